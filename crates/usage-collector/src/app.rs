@@ -1,0 +1,229 @@
+//! Wiring: build every stage from the settings, run them, stop them in order.
+//!
+//! [`Application::build`] binds both listeners first (so tests can ask for port 0 and read the
+//! port back), then starts the writer and the startup verification, which keeps retrying with
+//! backoff until the database is usable; until then `/health/ready` is 503 and export requests
+//! get UNAVAILABLE. [`Application::run`] serves until the shutdown future resolves, then stops
+//! the receivers (finishing in-flight requests), lets the writer finish its queue, and closes
+//! the pool.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::catalog::Catalog;
+use crate::config::Settings;
+use crate::health::{Check, Health, Metrics};
+use crate::receiver::{self, Ingest};
+use crate::sink::{Sink, Step, VerifyError};
+use crate::writer::{Writer, WriterTask};
+
+/// First wait between failed verification runs; doubled up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+/// Longest wait between failed verification runs.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// The collector could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database settings are unusable.
+    #[error(transparent)]
+    Open(#[from] crate::sink::handle::OpenError),
+    /// The gRPC server failed.
+    #[error("OTLP/gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The admin server failed.
+    #[error("admin HTTP server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// A built collector, listening but not yet serving.
+pub struct Application {
+    grpc: TcpListener,
+    admin: TcpListener,
+    ingest: Ingest,
+    writer_task: WriterTask,
+    verification: tokio::task::JoinHandle<()>,
+    sink: Sink,
+    max_request_bytes: usize,
+}
+
+impl Application {
+    /// Binds the listeners and starts the writer and the startup verification.
+    /// With `migrate`, migrations are applied before verification.
+    pub async fn build(settings: Settings, migrate: bool) -> Result<Self, AppError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })
+        };
+        let grpc = bind(settings.grpc_listen).await?;
+        let admin = bind(settings.admin_listen).await?;
+        let catalog = Arc::new(Catalog::built_in());
+        let sink = Sink::open(&settings.database, catalog.clone())?;
+        let metrics = Arc::new(Metrics::new());
+        let health = Health::new();
+        let (writer, writer_task) = Writer::spawn(
+            sink.clone(),
+            settings.writer.clone(),
+            metrics.clone(),
+            health.clone(),
+        );
+        let verification = tokio::spawn(verify_until_ready(
+            sink.clone(),
+            migrate,
+            health.clone(),
+            metrics.clone(),
+        ));
+        Ok(Self {
+            grpc,
+            admin,
+            ingest: Ingest {
+                catalog,
+                writer,
+                metrics,
+                health,
+                batch_size: settings.writer.batch_size,
+            },
+            writer_task,
+            verification,
+            sink,
+            max_request_bytes: settings.max_request_bytes,
+        })
+    }
+
+    /// The OTLP/gRPC address actually bound.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The admin HTTP address actually bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Readiness state.
+    pub fn health(&self) -> Health {
+        self.ingest.health.clone()
+    }
+
+    /// Metric handles.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.ingest.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut rx: watch::Receiver<bool>| async move {
+            // An error means the sender is gone, which is also a reason to stop.
+            let _stopping = rx.wait_for(|stop| *stop).await;
+        };
+        tracing::info!(grpc = %self.grpc_addr(), admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
+        let admin_router =
+            crate::health::http::router(self.ingest.health.clone(), self.ingest.metrics.clone());
+        let admin = tokio::spawn(
+            axum::serve(self.admin, admin_router)
+                .with_graceful_shutdown(wait(stopped.clone()))
+                .into_future(),
+        );
+        let grpc = tokio::spawn(receiver::serve(
+            self.grpc,
+            self.ingest,
+            self.max_request_bytes,
+            wait(stopped),
+        ));
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        if stop.send(true).is_err() {
+            tracing::debug!("servers already stopped");
+        }
+        let grpc_result = grpc.await;
+        let admin_result = admin.await;
+        self.verification.abort();
+        // The receivers are gone, and with them every writer handle: the writer drains its queue.
+        if let Err(e) = self.writer_task.await {
+            tracing::error!(error = %e, "writer task ended abnormally");
+        }
+        self.sink.close().await;
+        tracing::info!("stopped");
+        match grpc_result {
+            Ok(result) => result?,
+            Err(e) => tracing::error!(error = %e, "gRPC server task ended abnormally"),
+        }
+        match admin_result {
+            Ok(result) => result.map_err(AppError::Admin)?,
+            Err(e) => tracing::error!(error = %e, "admin server task ended abnormally"),
+        }
+        Ok(())
+    }
+}
+
+/// Runs migrations (when asked) and verification until they pass, reporting each failure in
+/// the health checks and the log.
+async fn verify_until_ready(sink: Sink, migrate: bool, health: Health, metrics: Arc<Metrics>) {
+    let mut wait = FIRST_RETRY;
+    loop {
+        let result = async {
+            if migrate {
+                sink.migrate_step().await?;
+            }
+            sink.verify().await
+        }
+        .await;
+        match result {
+            Ok(_) => {
+                health.set_database(Check::Ok);
+                health.set_schema(Check::Ok);
+                metrics.database_up.set(1);
+                metrics.schema_ok.set(1);
+                tracing::info!(database = %sink.target(), "startup verification passed: ready");
+                return;
+            }
+            Err(error) => {
+                report(&error, &health, &metrics);
+                tracing::warn!(
+                    step = error.step.as_str(),
+                    error = %error,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "startup verification failed: not ready"
+                );
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_RETRY);
+    }
+}
+
+fn report(error: &VerifyError, health: &Health, metrics: &Metrics) {
+    let failed = Check::Failed(format!("{}: {}", error.step, error.message));
+    metrics.schema_ok.set(0);
+    match error.step {
+        Step::Connect | Step::Query | Step::Server => {
+            metrics.database_up.set(0);
+            health.set_database(failed);
+            health.set_schema(Check::Pending("waiting for the database".to_owned()));
+        }
+        Step::Migrate | Step::Schema | Step::WritePermission => {
+            metrics.database_up.set(1);
+            health.set_database(Check::Ok);
+            health.set_schema(failed);
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! From a decoded event to a row: attribute types checked, text cut to its column's width.
+//!
+//! Rules beyond the catalogue's data:
+//! - an event of a catalogue table gets the five common columns, then its attributes' columns;
+//! - for an event that arrived as a span, the span's duration and status win over the
+//!   attributes they override ([`SpanOverride`]);
+//! - a program run without `program.success` succeeded unless it carries `error.message`;
+//! - an event that names no catalogue entry goes to `usage_events` with its attributes as JSON;
+//! - every event with `session.id` updates that session's row (the sink recounts its counters
+//!   from `program_executions`).
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use time::{OffsetDateTime, PrimitiveDateTime};
+use usage_tracker::catalog::{self, AttrType, Attribute, SpanOverride, events, keys, tables};
+
+use super::rows::{SessionRow, Value};
+use super::tables::{self as table_defs, Column, ColumnType, Table, TableId, TableKind};
+use crate::event::{UsageEvent, describe, find};
+
+/// Why an event could not be mapped to a row.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MapError {
+    /// A required attribute is absent.
+    #[error("event `{event}` needs attribute `{key}`")]
+    MissingAttribute {
+        /// The event name.
+        event: &'static str,
+        /// The attribute key.
+        key: &'static str,
+    },
+    /// An attribute has the wrong type for its column.
+    #[error("attribute `{key}` must be {expected}, got {got}")]
+    WrongType {
+        /// The attribute key.
+        key: &'static str,
+        /// The expected type.
+        expected: &'static str,
+        /// What was sent.
+        got: String,
+    },
+    /// A JSON attribute does not hold JSON.
+    #[error("attribute `{key}` is not valid JSON: {error}")]
+    BadJson {
+        /// The attribute key.
+        key: &'static str,
+        /// The parser's complaint.
+        error: String,
+    },
+    /// The event's time cannot be stored (outside years 1000–9999).
+    #[error("event time {unix_nano} ns since the epoch is outside the years 1000 to 9999")]
+    TimeOutOfRange {
+        /// The time sent.
+        unix_nano: u64,
+    },
+}
+
+impl MapError {
+    /// Low-cardinality reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MapError::MissingAttribute { .. } => "missing_attribute",
+            MapError::WrongType { .. } | MapError::BadJson { .. } => "wrong_type",
+            MapError::TimeOutOfRange { .. } => "bad_time",
+        }
+    }
+}
+
+/// One event, ready for a [`super::RowBatch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    /// The event's row, unless it only updates its session.
+    pub row: Option<(TableId, Vec<Value>)>,
+    /// The session it touches.
+    pub session: Option<(String, SessionRow)>,
+    /// (table, column) of each text value that was cut to fit.
+    pub truncated: Vec<(&'static str, &'static str)>,
+}
+
+/// The tables and the event-to-table mapping.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    tables: Vec<Table>,
+    usage_events: TableId,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self::built_in()
+    }
+}
+
+impl Catalog {
+    /// The built-in catalogue.
+    pub fn built_in() -> Self {
+        let tables = table_defs::built_in();
+        let position = |name: &str| tables.iter().position(|t| t.name == name);
+        Self {
+            usage_events: position(tables::USAGE_EVENTS).expect("built-in table"),
+            tables,
+        }
+    }
+
+    /// Every table the catalogue writes.
+    pub fn tables(&self) -> &[Table] {
+        &self.tables
+    }
+
+    /// Maps one event.
+    pub fn map(&self, event: &UsageEvent) -> Result<Mapped, MapError> {
+        let mut truncated = Vec::new();
+        let time = timestamp(event.time_unix_nano)?;
+        let spec = catalog::event(&event.name);
+        let table_id = match spec {
+            Some(spec) if spec.table == tables::IDE_SESSIONS => None,
+            Some(spec) => self.tables.iter().position(|t| t.name == spec.table),
+            None => Some(self.usage_events),
+        };
+        let table_name = table_id.map_or(tables::IDE_SESSIONS, |id| self.tables[id].name);
+        // Cut once here so the event row and the session row agree on the session's id.
+        let [session_id, user_id] = [&catalog::COMMON[0], &catalog::COMMON[1]].map(|attribute| {
+            let mut value = text_attr(&event.attributes, attribute)?;
+            if let (Some(text), Some(width)) = (value.as_mut(), attribute.max_chars)
+                && cut(text, width)
+            {
+                truncated.push((table_name, attribute.column));
+            }
+            Ok::<_, MapError>(value)
+        });
+        let (session_id, user_id) = (session_id?, user_id?);
+        let row = match table_id {
+            Some(id) => {
+                let table = &self.tables[id];
+                let mut values = Vec::with_capacity(table.columns.len());
+                values.push(Value::Id(*event.id.as_bytes()));
+                values.push(Value::Text(event.service.to_string()));
+                values.push(session_id.clone().map_or(Value::Null, Value::Text));
+                values.push(user_id.clone().map_or(Value::Null, Value::Text));
+                values.push(Value::Time(time));
+                match spec {
+                    Some(spec) => self.fill_catalogue(event, spec, table, &mut values)?,
+                    None => fill_usage_event(event, &mut values),
+                }
+                cut_to_fit(table, &mut values, &mut truncated);
+                Some((id, values))
+            }
+            None => {
+                // A session event's own attributes are checked even though it has no row.
+                for attribute in spec.map_or(&[][..], |s| s.attributes) {
+                    attribute_value(event, attribute, spec.map_or("", |s| s.name))?;
+                }
+                None
+            }
+        };
+        let session = session_id.map(|id| {
+            let mut session = SessionRow {
+                service: event.service.to_string(),
+                user_id,
+                start_time: time,
+                last_activity: time,
+                end_time: (event.name == events::SESSION_END).then_some(time),
+                user_agent: session_text(event, keys::USER_AGENT),
+                ip_address: session_text(event, keys::CLIENT_ADDRESS),
+            };
+            cut_session(&mut session, &mut truncated);
+            (id, session)
+        });
+        Ok(Mapped {
+            row,
+            session,
+            truncated,
+        })
+    }
+
+    fn fill_catalogue(
+        &self,
+        event: &UsageEvent,
+        spec: &'static catalog::Event,
+        table: &Table,
+        values: &mut Vec<Value>,
+    ) -> Result<(), MapError> {
+        for column in &table.columns[table_defs::EVENT_COLUMNS.len()..] {
+            let value = match spec.attributes.iter().find(|a| a.column == column.name) {
+                Some(attribute) => attribute_value(event, attribute, spec.name)?,
+                None => Value::Null,
+            };
+            values.push(value);
+        }
+        if spec.name == events::PROGRAM_EXECUTION {
+            infer_success(spec, table, values);
+        }
+        Ok(())
+    }
+}
+
+/// A run without `program.success` (and no span status) failed only if it has an error message.
+fn infer_success(spec: &catalog::Event, table: &Table, values: &mut [Value]) {
+    let column_of = |key: &str| {
+        let attribute = spec.attributes.iter().find(|a| a.key == key)?;
+        table
+            .columns
+            .iter()
+            .position(|c| c.name == attribute.column)
+    };
+    if let (Some(success), Some(message)) = (
+        column_of(keys::PROGRAM_SUCCESS),
+        column_of(keys::ERROR_MESSAGE),
+    ) && values[success] == Value::Null
+    {
+        values[success] = Value::Bool(values[message] == Value::Null);
+    }
+}
+
+fn timestamp(unix_nano: u64) -> Result<PrimitiveDateTime, MapError> {
+    let micros = i128::from(unix_nano / 1_000 * 1_000);
+    OffsetDateTime::from_unix_timestamp_nanos(micros)
+        .ok()
+        .filter(|t| (1000..=9999).contains(&t.year()))
+        .map(|t| PrimitiveDateTime::new(t.date(), t.time()))
+        .ok_or(MapError::TimeOutOfRange { unix_nano })
+}
+
+fn text_attr(attributes: &[KeyValue], attribute: &Attribute) -> Result<Option<String>, MapError> {
+    match find(attributes, attribute.key) {
+        None => Ok(None),
+        Some(any_value::Value::StringValue(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(wrong_type(attribute.key, "a string", other)),
+    }
+}
+
+/// The session columns take a string from any event that carries the key.
+fn session_text(event: &UsageEvent, key: &str) -> Option<String> {
+    match find(&event.attributes, key) {
+        Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn wrong_type(key: &'static str, expected: &'static str, got: &any_value::Value) -> MapError {
+    MapError::WrongType {
+        key,
+        expected,
+        got: describe(got),
+    }
+}
+
+fn attribute_value(
+    event: &UsageEvent,
+    attribute: &Attribute,
+    event_name: &'static str,
+) -> Result<Value, MapError> {
+    if let (Some(facts), Some(over)) = (&event.span, attribute.span_override) {
+        match over {
+            SpanOverride::DurationMs => return Ok(Value::Int(facts.duration_ms)),
+            SpanOverride::Success if facts.status_set => {
+                return Ok(Value::Bool(facts.error.is_none()));
+            }
+            SpanOverride::ErrorMessage if facts.error.is_some() => {
+                return Ok(facts.error.clone().map_or(Value::Null, Value::Text));
+            }
+            _ => {}
+        }
+    }
+    let Some(value) = find(&event.attributes, attribute.key) else {
+        return if attribute.required {
+            Err(MapError::MissingAttribute {
+                event: event_name,
+                key: attribute.key,
+            })
+        } else {
+            Ok(Value::Null)
+        };
+    };
+    use any_value::Value as V;
+    let key = attribute.key;
+    Ok(match (attribute.ty, value) {
+        (AttrType::Str | AttrType::StrOrFirstOfArray, V::StringValue(s)) => Value::Text(s.clone()),
+        (AttrType::StrOrFirstOfArray, V::ArrayValue(array)) => {
+            match array.values.first().and_then(|v| v.value.as_ref()) {
+                None => Value::Null,
+                Some(V::StringValue(s)) => Value::Text(s.clone()),
+                Some(other) => return Err(wrong_type(key, "a string or string array", other)),
+            }
+        }
+        (AttrType::Str, other) => return Err(wrong_type(key, "a string", other)),
+        (AttrType::StrOrFirstOfArray, other) => {
+            return Err(wrong_type(key, "a string or string array", other));
+        }
+        (AttrType::Int, V::IntValue(i)) => Value::Int(*i),
+        (AttrType::Int, V::DoubleValue(d))
+            if d.fract() == 0.0 && d.abs() < 9_007_199_254_740_992.0 =>
+        {
+            Value::Int(*d as i64)
+        }
+        (AttrType::Int, other) => return Err(wrong_type(key, "an integer", other)),
+        (AttrType::Bool, V::BoolValue(b)) => Value::Bool(*b),
+        (AttrType::Bool, other) => return Err(wrong_type(key, "a boolean", other)),
+        (AttrType::Json, V::StringValue(s)) => {
+            serde_json::from_str::<serde::de::IgnoredAny>(s).map_err(|e| MapError::BadJson {
+                key,
+                error: e.to_string(),
+            })?;
+            Value::Json(s.clone())
+        }
+        (AttrType::Json, V::KvlistValue(_) | V::ArrayValue(_)) => {
+            Value::Json(to_json(value).to_string())
+        }
+        (AttrType::Json, other) => {
+            return Err(wrong_type(key, "a JSON string or key-value list", other));
+        }
+    })
+}
+
+/// `usage_events`: name, trace and span id, duration, and every other attribute as JSON.
+fn fill_usage_event(event: &UsageEvent, values: &mut Vec<Value>) {
+    const OWN_COLUMNS: [&str; 4] = [
+        keys::EVENT_NAME,
+        keys::EVENT_ID,
+        keys::SESSION_ID,
+        keys::USER_ID,
+    ];
+    values.push(Value::Text(event.name.clone()));
+    values.push(
+        event
+            .trace_id
+            .map_or(Value::Null, |id| Value::Text(hex(&id))),
+    );
+    values.push(
+        event
+            .span_id
+            .map_or(Value::Null, |id| Value::Text(hex(&id))),
+    );
+    values.push(
+        event
+            .span
+            .as_ref()
+            .map_or(Value::Null, |s| Value::Int(s.duration_ms)),
+    );
+    let attributes: serde_json::Map<String, serde_json::Value> = event
+        .attributes
+        .iter()
+        .filter(|kv| !OWN_COLUMNS.contains(&kv.key.as_str()))
+        .map(|kv| {
+            (
+                kv.key.clone(),
+                kv.value
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, any_to_json),
+            )
+        })
+        .collect();
+    values.push(Value::Json(
+        serde_json::Value::Object(attributes).to_string(),
+    ));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+fn any_to_json(value: &AnyValue) -> serde_json::Value {
+    value
+        .value
+        .as_ref()
+        .map_or(serde_json::Value::Null, to_json)
+}
+
+/// An OTLP value as JSON: lists become arrays, key-value lists objects, bytes hex strings.
+pub fn to_json(value: &any_value::Value) -> serde_json::Value {
+    use any_value::Value as V;
+    use serde_json::Value as J;
+    match value {
+        V::StringValue(s) => J::String(s.clone()),
+        V::BoolValue(b) => J::Bool(*b),
+        V::IntValue(i) => J::from(*i),
+        V::DoubleValue(d) => serde_json::Number::from_f64(*d).map_or(J::Null, J::Number),
+        V::ArrayValue(a) => J::Array(a.values.iter().map(any_to_json).collect()),
+        V::KvlistValue(l) => J::Object(
+            l.values
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key.clone(),
+                        kv.value.as_ref().map_or(J::Null, any_to_json),
+                    )
+                })
+                .collect(),
+        ),
+        V::BytesValue(b) => J::String(hex(b)),
+        V::StringValueStrindex(_) => J::Null,
+    }
+}
+
+/// Cuts `text` to at most `max_chars` characters (always at a UTF-8 boundary).
+pub fn cut(text: &mut String, max_chars: u32) -> bool {
+    match text.char_indices().nth(max_chars as usize) {
+        Some((byte, _)) => {
+            text.truncate(byte);
+            true
+        }
+        None => false,
+    }
+}
+
+fn cut_to_fit(
+    table: &Table,
+    values: &mut [Value],
+    truncated: &mut Vec<(&'static str, &'static str)>,
+) {
+    for (column, value) in table.columns.iter().zip(values) {
+        if let (
+            Column {
+                ty: ColumnType::Text { max_chars },
+                name,
+            },
+            Value::Text(text),
+        ) = (column, value)
+            && cut(text, *max_chars)
+        {
+            truncated.push((table.name, name));
+        }
+    }
+}
+
+fn cut_session(session: &mut SessionRow, truncated: &mut Vec<(&'static str, &'static str)>) {
+    let fields = [
+        ("service", Some(&mut session.service)),
+        ("user_id", session.user_id.as_mut()),
+        ("user_agent", session.user_agent.as_mut()),
+        ("ip_address", session.ip_address.as_mut()),
+    ];
+    for (name, value) in fields {
+        let Some(value) = value else { continue };
+        let width = table_defs::SESSION_COLUMNS
+            .iter()
+            .find_map(|c| match c.ty {
+                ColumnType::Text { max_chars } if c.name == name => Some(max_chars),
+                _ => None,
+            })
+            .expect("session text column");
+        if cut(value, width) {
+            truncated.push((tables::IDE_SESSIONS, name));
+        }
+    }
+}
+
+impl Catalog {
+    /// The table kind of `id`.
+    pub fn kind(&self, id: TableId) -> TableKind {
+        self.tables[id].kind
+    }
+}

@@ -1,0 +1,148 @@
+//! The command line: `serve` (default), `check`, `migrate`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Application;
+use crate::catalog::Catalog;
+use crate::config::{LogFormat, LogSettings, Overrides, Settings};
+use crate::sink::Sink;
+
+/// Receives usage events over OTLP/gRPC and writes them as database rows, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "usage-collector", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Receive events and write them (the default).
+    Serve {
+        /// Apply migrations before serving.
+        #[arg(long, env = "USAGE_MIGRATE")]
+        migrate: bool,
+    },
+    /// Verify the database (connect, query, schema, write permission) and exit 0 only if all pass.
+    Check,
+    /// Apply the embedded migrations and exit.
+    Migrate,
+}
+
+/// Runs the command line; the whole of `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(&cli.overrides) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("usage-collector: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&settings.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(
+        cli.command.unwrap_or(Command::Serve { migrate: false }),
+        settings,
+    ))
+}
+
+async fn run(command: Command, settings: Settings) -> ExitCode {
+    match command {
+        Command::Serve { migrate } => {
+            let app = match Application::build(settings, migrate).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match app.run(shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "stopped with an error");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check | Command::Migrate => {
+            let sink = match Sink::open(&settings.database, Arc::new(Catalog::built_in())) {
+                Ok(sink) => sink,
+                Err(e) => {
+                    tracing::error!(error = %e, "check failed");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = match command {
+                Command::Migrate => sink.migrate_step().await.map(drop),
+                _ => sink.verify().await.map(drop),
+            };
+            sink.close().await;
+            match result {
+                Ok(()) => {
+                    tracing::info!(database = %sink.target(), "all steps passed");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(step = e.step.as_str(), "{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(log: &LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match &log.filter {
+        Some(filter) => EnvFilter::new(filter),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let installed = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = installed {
+        eprintln!("usage-collector: cannot install the log subscriber: {e}");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Kubernetes' "please drain").
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    result = interrupt => if let Err(e) = result {
+                        tracing::error!(error = %e, "cannot wait for SIGINT");
+                    },
+                    _ = terminate.recv() => {},
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot wait for SIGTERM; stopping on SIGINT only");
+                if let Err(e) = interrupt.await {
+                    tracing::error!(error = %e, "cannot wait for SIGINT");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    if let Err(e) = interrupt.await {
+        tracing::error!(error = %e, "cannot wait for SIGINT");
+    }
+}

@@ -1,0 +1,420 @@
+//! One usage event, decoded from an OTLP log record or span.
+//!
+//! Decoding settles the parts every event has — name, id, time, service, and for spans the
+//! duration and status — by the contract in DESIGN.md. What the attributes must contain is the
+//! catalogue's business ([`crate::catalog`]); a [`UsageEvent`] only promises that it has a name,
+//! a stable id and a time.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+use prost::Message;
+use usage_tracker::catalog::keys;
+use uuid::Uuid;
+
+/// Namespace of the name-based (v5) UUIDs the collector derives for events without `event.id`
+/// or whose `event.id` is not a UUID. Changing it would change every derived id: never do.
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a3_1c2e_4b8e_9d0a_7e55_3c8f_2a10);
+
+/// The service name OpenTelemetry SDKs use when the app did not set one.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// Which OTLP signal an event arrived as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// A log record.
+    Log,
+    /// A span.
+    Span,
+}
+
+impl Signal {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Log => "logs",
+            Signal::Span => "traces",
+        }
+    }
+}
+
+/// What a span says beyond its attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanFacts {
+    /// End minus start, in milliseconds, rounded.
+    pub duration_ms: i64,
+    /// `Some(message)` when the span's status is error, `None` when unset or ok.
+    pub error: Option<String>,
+    /// The span's status was explicitly set (ok or error).
+    pub status_set: bool,
+}
+
+/// A usage event: named, identified and timed.
+#[derive(Debug, Clone)]
+pub struct UsageEvent {
+    /// Stable across client retries: from `event.id`, else the span's ids, else a hash.
+    pub id: Uuid,
+    /// The event's name, which selects its table.
+    pub name: String,
+    /// When it happened, in nanoseconds since the Unix epoch.
+    pub time_unix_nano: u64,
+    /// The resource's `service.name`.
+    pub service: Arc<str>,
+    /// Which signal carried it.
+    pub signal: Signal,
+    /// The trace it belongs to, if any.
+    pub trace_id: Option<[u8; 16]>,
+    /// Its span (or the span it was recorded in), if any.
+    pub span_id: Option<[u8; 8]>,
+    /// Duration and status, for events that arrived as spans.
+    pub span: Option<SpanFacts>,
+    /// The record's attributes, as sent.
+    pub attributes: Vec<KeyValue>,
+}
+
+/// Why a record could not become an event.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// Neither `event_name` nor an `event.name` attribute (nor, for spans, a span name).
+    #[error("no event name: set the log record's event_name or an `event.name` string attribute")]
+    NoName,
+    /// `event.name` or `event.id` is present but not a non-empty string.
+    #[error("attribute `{key}` must be a non-empty string, got {got}")]
+    BadIdentity {
+        /// The attribute.
+        key: &'static str,
+        /// A short description of what was sent.
+        got: String,
+    },
+    /// The span's end is before its start.
+    #[error("span ends before it starts (start {start}, end {end})")]
+    NegativeDuration {
+        /// Start, ns since the epoch.
+        start: u64,
+        /// End, ns since the epoch.
+        end: u64,
+    },
+}
+
+impl DecodeError {
+    /// Low-cardinality reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::NoName => "no_event_name",
+            DecodeError::BadIdentity { .. } => "wrong_type",
+            DecodeError::NegativeDuration { .. } => "bad_span",
+        }
+    }
+}
+
+/// The service named by a resource's attributes.
+pub fn service_name(resource_attributes: &[KeyValue]) -> Arc<str> {
+    match find(resource_attributes, keys::SERVICE_NAME).and_then(as_str) {
+        Some(name) if !name.is_empty() => Arc::from(name),
+        _ => Arc::from(UNKNOWN_SERVICE),
+    }
+}
+
+/// Finds an attribute's value by key.
+pub fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| v.value.as_ref())
+}
+
+/// The value as a string slice, if it is a string.
+pub fn as_str(value: &any_value::Value) -> Option<&str> {
+    match value {
+        any_value::Value::StringValue(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A short description of a value's type and content, for error messages.
+pub fn describe(value: &any_value::Value) -> String {
+    use any_value::Value as V;
+    match value {
+        V::StringValue(s) if s.chars().count() > 40 => {
+            format!("string {:?}…", s.chars().take(40).collect::<String>())
+        }
+        V::StringValue(s) => format!("string {s:?}"),
+        V::BoolValue(b) => format!("bool {b}"),
+        V::IntValue(i) => format!("int {i}"),
+        V::DoubleValue(d) => format!("double {d}"),
+        V::ArrayValue(a) => format!("array of {}", a.values.len()),
+        V::KvlistValue(l) => format!("key-value list of {}", l.values.len()),
+        V::BytesValue(b) => format!("{} bytes", b.len()),
+        V::StringValueStrindex(_) => "string table reference".to_owned(),
+    }
+}
+
+fn identity_attr<'a>(
+    attributes: &'a [KeyValue],
+    key: &'static str,
+) -> Result<Option<&'a str>, DecodeError> {
+    match find(attributes, key) {
+        None => Ok(None),
+        Some(any_value::Value::StringValue(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(other) => Err(DecodeError::BadIdentity {
+            key,
+            got: describe(other),
+        }),
+    }
+}
+
+fn id_from_attribute(event_id: &str) -> Uuid {
+    Uuid::parse_str(event_id)
+        .unwrap_or_else(|_| Uuid::new_v5(&EVENT_ID_NAMESPACE, event_id.as_bytes()))
+}
+
+fn trace_id(bytes: &[u8]) -> Option<[u8; 16]> {
+    <[u8; 16]>::try_from(bytes).ok().filter(|id| id != &[0; 16])
+}
+
+fn span_id(bytes: &[u8]) -> Option<[u8; 8]> {
+    <[u8; 8]>::try_from(bytes).ok().filter(|id| id != &[0; 8])
+}
+
+/// Where a record came from, for the deterministic id of records without `event.id`.
+pub struct Origin<'a> {
+    /// The resource's attributes.
+    pub resource: &'a [KeyValue],
+    /// The instrumentation scope.
+    pub scope: Option<&'a InstrumentationScope>,
+    /// The service, from the resource.
+    pub service: &'a Arc<str>,
+    /// Receive time, used when the record carries no time at all.
+    pub now_unix_nano: u64,
+}
+
+impl Origin<'_> {
+    fn hashed_id(&self, record: &impl Message) -> Uuid {
+        let mut bytes = Vec::with_capacity(256);
+        for kv in self.resource {
+            kv.encode(&mut bytes).expect("a Vec grows as needed");
+        }
+        if let Some(scope) = self.scope {
+            bytes.extend_from_slice(scope.name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(scope.version.as_bytes());
+            bytes.push(0);
+        }
+        record.encode(&mut bytes).expect("a Vec grows as needed");
+        Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes)
+    }
+}
+
+impl UsageEvent {
+    /// Decodes a log record.
+    pub fn from_log(record: LogRecord, origin: &Origin<'_>) -> Result<Self, DecodeError> {
+        let attr_name = identity_attr(&record.attributes, keys::EVENT_NAME)?;
+        let name = if record.event_name.is_empty() {
+            attr_name.ok_or(DecodeError::NoName)?.to_owned()
+        } else {
+            record.event_name.clone()
+        };
+        let id = match identity_attr(&record.attributes, keys::EVENT_ID)? {
+            Some(event_id) => id_from_attribute(event_id),
+            None => origin.hashed_id(&record),
+        };
+        let time_unix_nano = [record.time_unix_nano, record.observed_time_unix_nano]
+            .into_iter()
+            .find(|t| *t != 0)
+            .unwrap_or(origin.now_unix_nano);
+        Ok(UsageEvent {
+            id,
+            name,
+            time_unix_nano,
+            service: origin.service.clone(),
+            signal: Signal::Log,
+            trace_id: trace_id(&record.trace_id),
+            span_id: span_id(&record.span_id),
+            span: None,
+            attributes: record.attributes,
+        })
+    }
+
+    /// Decodes a span: its start is the event's time, end − start its duration.
+    pub fn from_span(span: Span, origin: &Origin<'_>) -> Result<Self, DecodeError> {
+        let name = match identity_attr(&span.attributes, keys::EVENT_NAME)? {
+            Some(name) => name.to_owned(),
+            None if !span.name.is_empty() => span.name.clone(),
+            None => return Err(DecodeError::NoName),
+        };
+        if span.end_time_unix_nano < span.start_time_unix_nano {
+            return Err(DecodeError::NegativeDuration {
+                start: span.start_time_unix_nano,
+                end: span.end_time_unix_nano,
+            });
+        }
+        let (trace, own_span) = (trace_id(&span.trace_id), span_id(&span.span_id));
+        let id = match identity_attr(&span.attributes, keys::EVENT_ID)? {
+            Some(event_id) => id_from_attribute(event_id),
+            None => match (trace, own_span) {
+                (Some(t), Some(s)) => {
+                    let mut key = [0u8; 24];
+                    key[..16].copy_from_slice(&t);
+                    key[16..].copy_from_slice(&s);
+                    Uuid::new_v5(&EVENT_ID_NAMESPACE, &key)
+                }
+                _ => origin.hashed_id(&span),
+            },
+        };
+        let duration_ns = span.end_time_unix_nano - span.start_time_unix_nano;
+        let (error, status_set) = match &span.status {
+            Some(status) if status.code == StatusCode::Error as i32 => {
+                let message = if status.message.is_empty() {
+                    "span status is error".to_owned()
+                } else {
+                    status.message.clone()
+                };
+                (Some(message), true)
+            }
+            Some(status) => (None, status.code == StatusCode::Ok as i32),
+            None => (None, false),
+        };
+        let time_unix_nano = if span.start_time_unix_nano != 0 {
+            span.start_time_unix_nano
+        } else {
+            origin.now_unix_nano
+        };
+        Ok(UsageEvent {
+            id,
+            name,
+            time_unix_nano,
+            service: origin.service.clone(),
+            signal: Signal::Span,
+            trace_id: trace,
+            span_id: own_span,
+            span: Some(SpanFacts {
+                duration_ms: i64::try_from((duration_ns + 500_000) / 1_000_000).unwrap_or(i64::MAX),
+                error,
+                status_set,
+            }),
+            attributes: span.attributes,
+        })
+    }
+}
+
+/// Builds a string attribute (for tests, benches and fixtures).
+pub fn string_attr(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::Status;
+
+    fn origin(service: &Arc<str>) -> Origin<'_> {
+        Origin {
+            resource: &[],
+            scope: None,
+            service,
+            now_unix_nano: 7,
+        }
+    }
+
+    #[test]
+    fn log_name_from_field_then_attribute() {
+        let service = Arc::from("ide");
+        let mut record = LogRecord {
+            event_name: "page_visit".into(),
+            attributes: vec![string_attr(keys::EVENT_NAME, "other")],
+            time_unix_nano: 5,
+            ..Default::default()
+        };
+        let event = UsageEvent::from_log(record.clone(), &origin(&service)).unwrap();
+        assert_eq!(event.name, "page_visit");
+        assert_eq!(event.time_unix_nano, 5);
+        record.event_name.clear();
+        assert_eq!(
+            UsageEvent::from_log(record.clone(), &origin(&service))
+                .unwrap()
+                .name,
+            "other"
+        );
+        record.attributes.clear();
+        assert_eq!(
+            UsageEvent::from_log(record, &origin(&service)).unwrap_err(),
+            DecodeError::NoName
+        );
+    }
+
+    #[test]
+    fn ids_are_stable_and_follow_the_contract() {
+        let service = Arc::from("ide");
+        let uuid = "01890a5d-ac96-774b-bcce-b302099a8057";
+        let record = LogRecord {
+            event_name: "x".into(),
+            attributes: vec![string_attr(keys::EVENT_ID, uuid)],
+            ..Default::default()
+        };
+        let event = UsageEvent::from_log(record, &origin(&service)).unwrap();
+        assert_eq!(event.id.to_string(), uuid);
+        assert_eq!(event.time_unix_nano, 7, "falls back to receive time");
+
+        let plain = LogRecord {
+            event_name: "x".into(),
+            time_unix_nano: 1,
+            ..Default::default()
+        };
+        let a = UsageEvent::from_log(plain.clone(), &origin(&service))
+            .unwrap()
+            .id;
+        let b = UsageEvent::from_log(plain.clone(), &origin(&service))
+            .unwrap()
+            .id;
+        assert_eq!(a, b, "a retried record keeps its id");
+        let other = LogRecord {
+            time_unix_nano: 2,
+            ..plain
+        };
+        assert_ne!(
+            a,
+            UsageEvent::from_log(other, &origin(&service)).unwrap().id
+        );
+    }
+
+    #[test]
+    fn span_duration_status_and_id() {
+        let service = Arc::from("ide");
+        let span = Span {
+            name: "program_execution".into(),
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: 1_000_000_000,
+            end_time_unix_nano: 1_250_400_000,
+            status: Some(Status {
+                code: StatusCode::Error as i32,
+                message: "SYNTAX ERROR IN 20".into(),
+            }),
+            ..Default::default()
+        };
+        let event = UsageEvent::from_span(span.clone(), &origin(&service)).unwrap();
+        let facts = event.span.unwrap();
+        assert_eq!(facts.duration_ms, 250);
+        assert_eq!(facts.error.as_deref(), Some("SYNTAX ERROR IN 20"));
+        assert_eq!(event.time_unix_nano, 1_000_000_000);
+        let again = UsageEvent::from_span(span.clone(), &origin(&service)).unwrap();
+        assert_eq!(event.id, again.id);
+        let backwards = Span {
+            end_time_unix_nano: 1,
+            ..span
+        };
+        assert!(matches!(
+            UsageEvent::from_span(backwards, &origin(&service)),
+            Err(DecodeError::NegativeDuration { .. })
+        ));
+    }
+}

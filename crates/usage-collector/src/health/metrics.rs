@@ -1,0 +1,249 @@
+//! Every metric the collector exports, named once, here.
+//!
+//! Names follow `usage_collector_<noun>_<unit>` (counters gain `_total` on exposition). Labels
+//! are low-cardinality: signal, reason, table, column — never an error message.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The prefix of every metric name.
+pub const NAMESPACE: &str = "usage_collector";
+
+/// Metric names, without the namespace prefix and the counters' `_total` suffix.
+pub mod names {
+    /// Records that arrived, valid or not.
+    pub const RECORDS_RECEIVED: &str = "records_received";
+    /// Records written (or already present) after the client was told OK.
+    pub const RECORDS_ACCEPTED: &str = "records_accepted";
+    /// Records refused on their own, reported to the client as partial success.
+    pub const RECORDS_REJECTED: &str = "records_rejected";
+    /// Records of whole requests refused with a retryable or final gRPC status.
+    pub const RECORDS_REFUSED: &str = "records_refused";
+    /// Requests refused before their records could be counted (too large).
+    pub const REQUESTS_REFUSED: &str = "requests_refused";
+    /// New rows written, by table (repeats of written events are not rows).
+    pub const ROWS_WRITTEN: &str = "rows_written";
+    /// Batch writes that failed, by reason.
+    pub const WRITE_FAILURES: &str = "write_failures";
+    /// Text values cut to their column's width.
+    pub const TEXT_TRUNCATED: &str = "text_truncated";
+    /// Time to write one batch.
+    pub const BATCH_WRITE_DURATION: &str = "batch_write_duration_seconds";
+    /// 1 while the last database contact succeeded.
+    pub const DATABASE_UP: &str = "database_up";
+    /// 1 while the schema check passes.
+    pub const SCHEMA_OK: &str = "schema_ok";
+    /// Unix time of the last successful batch write.
+    pub const LAST_WRITE: &str = "last_write_timestamp_seconds";
+    /// Always 1, labelled with the version.
+    pub const BUILD_INFO: &str = "build_info";
+}
+
+/// Labels: the OTLP signal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    /// `logs` or `traces`.
+    pub signal: &'static str,
+}
+
+/// Labels: signal and reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalReasonLabels {
+    /// `logs` or `traces`.
+    pub signal: &'static str,
+    /// Why, as a short fixed word.
+    pub reason: &'static str,
+}
+
+/// Labels: reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why, as a short fixed word.
+    pub reason: &'static str,
+}
+
+/// Labels: table.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// Table name.
+    pub table: &'static str,
+}
+
+/// Labels: table and column.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ColumnLabels {
+    /// Table name.
+    pub table: &'static str,
+    /// Column name.
+    pub column: &'static str,
+}
+
+/// Labels: version.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// The collector's version.
+    pub version: &'static str,
+}
+
+/// Handles to every metric, and the registry that exposes them.
+#[derive(Debug)]
+pub struct Metrics {
+    /// See [`names::RECORDS_RECEIVED`].
+    pub records_received: Family<SignalLabels, Counter>,
+    /// See [`names::RECORDS_ACCEPTED`].
+    pub records_accepted: Family<SignalLabels, Counter>,
+    /// See [`names::RECORDS_REJECTED`].
+    pub records_rejected: Family<SignalReasonLabels, Counter>,
+    /// See [`names::RECORDS_REFUSED`].
+    pub records_refused: Family<SignalReasonLabels, Counter>,
+    /// See [`names::REQUESTS_REFUSED`].
+    pub requests_refused: Family<ReasonLabels, Counter>,
+    /// See [`names::ROWS_WRITTEN`].
+    pub rows_written: Family<TableLabels, Counter>,
+    /// See [`names::WRITE_FAILURES`].
+    pub write_failures: Family<ReasonLabels, Counter>,
+    /// See [`names::TEXT_TRUNCATED`].
+    pub text_truncated: Family<ColumnLabels, Counter>,
+    /// See [`names::BATCH_WRITE_DURATION`].
+    pub batch_write_duration: Histogram,
+    /// See [`names::DATABASE_UP`].
+    pub database_up: Gauge,
+    /// See [`names::SCHEMA_OK`].
+    pub schema_ok: Gauge,
+    /// See [`names::LAST_WRITE`].
+    pub last_write: Gauge<f64, AtomicU64>,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(NAMESPACE);
+        let m = Metrics {
+            records_received: Family::default(),
+            records_accepted: Family::default(),
+            records_rejected: Family::default(),
+            records_refused: Family::default(),
+            requests_refused: Family::default(),
+            rows_written: Family::default(),
+            write_failures: Family::default(),
+            text_truncated: Family::default(),
+            batch_write_duration: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            database_up: Gauge::default(),
+            schema_ok: Gauge::default(),
+            last_write: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            names::RECORDS_RECEIVED,
+            "Records that arrived, valid or not",
+            m.records_received.clone(),
+        );
+        registry.register(
+            names::RECORDS_ACCEPTED,
+            "Records acknowledged after their rows were committed",
+            m.records_accepted.clone(),
+        );
+        registry.register(
+            names::RECORDS_REJECTED,
+            "Invalid records refused on their own (partial success)",
+            m.records_rejected.clone(),
+        );
+        registry.register(
+            names::RECORDS_REFUSED,
+            "Records of requests refused as a whole",
+            m.records_refused.clone(),
+        );
+        registry.register(
+            names::REQUESTS_REFUSED,
+            "Requests refused before their records were counted",
+            m.requests_refused.clone(),
+        );
+        registry.register(
+            names::ROWS_WRITTEN,
+            "New rows committed, by table",
+            m.rows_written.clone(),
+        );
+        registry.register(
+            names::WRITE_FAILURES,
+            "Failed batch writes, by reason",
+            m.write_failures.clone(),
+        );
+        registry.register(
+            names::TEXT_TRUNCATED,
+            "Text values cut to their column's width",
+            m.text_truncated.clone(),
+        );
+        registry.register(
+            names::BATCH_WRITE_DURATION,
+            "Time to write one batch",
+            m.batch_write_duration.clone(),
+        );
+        registry.register(
+            names::DATABASE_UP,
+            "1 while the last database contact succeeded",
+            m.database_up.clone(),
+        );
+        registry.register(
+            names::SCHEMA_OK,
+            "1 while the schema check passes",
+            m.schema_ok.clone(),
+        );
+        registry.register(
+            names::LAST_WRITE,
+            "Unix time of the last successful batch write",
+            m.last_write.clone(),
+        );
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(names::BUILD_INFO, "Always 1; the version is a label", build);
+        Metrics { registry, ..m }
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus reads).
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(4096);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace_and_counters_their_suffix() {
+        let m = Metrics::new();
+        m.rows_written
+            .get_or_create(&TableLabels {
+                table: "page_visits",
+            })
+            .inc_by(3);
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("usage_collector_rows_written_total{table=\"page_visits\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("usage_collector_build_info{version=\""),
+            "{text}"
+        );
+    }
+}

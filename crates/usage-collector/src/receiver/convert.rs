@@ -1,0 +1,173 @@
+//! From an OTLP export request to row batches.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+use crate::catalog::{Catalog, RowBatch};
+use crate::event::{Origin, UsageEvent, service_name};
+
+/// The records of one request that could not become rows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Rejections {
+    /// How many.
+    pub count: u64,
+    /// The first one, described with its position.
+    pub first: Option<String>,
+    /// Counts by reason label.
+    pub by_reason: Vec<(&'static str, u64)>,
+}
+
+impl Rejections {
+    fn add(&mut self, reason: &'static str, describe: impl FnOnce() -> String) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some(describe());
+        }
+        match self.by_reason.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.by_reason.push((reason, 1)),
+        }
+    }
+
+    /// The partial-success message: the first problem and how many others there were.
+    pub fn message(&self) -> String {
+        match (&self.first, self.count) {
+            (None, _) => String::new(),
+            (Some(first), 1) => first.clone(),
+            (Some(first), n) => format!("{first}; and {} more rejected", n - 1),
+        }
+    }
+}
+
+/// A request, converted.
+#[derive(Debug, Default)]
+pub struct Converted {
+    /// Batches of at most `batch_size` events.
+    pub batches: Vec<RowBatch>,
+    /// Records in the request.
+    pub received: u64,
+    /// Records refused on their own.
+    pub rejected: Rejections,
+    /// (table, column) of each text value cut to fit.
+    pub truncated: Vec<(&'static str, &'static str)>,
+}
+
+struct Builder<'a> {
+    catalog: &'a Catalog,
+    batch_size: usize,
+    out: Converted,
+    current: RowBatch,
+}
+
+impl<'a> Builder<'a> {
+    fn new(catalog: &'a Catalog, batch_size: usize) -> Self {
+        Self {
+            catalog,
+            batch_size,
+            out: Converted::default(),
+            current: RowBatch::new(catalog.tables().len()),
+        }
+    }
+
+    fn add(
+        &mut self,
+        decoded: Result<UsageEvent, crate::event::DecodeError>,
+        position: impl Fn() -> String,
+    ) {
+        self.out.received += 1;
+        let event = match decoded {
+            Ok(event) => event,
+            Err(e) => {
+                return self
+                    .out
+                    .rejected
+                    .add(e.reason(), || format!("{}: {e}", position()));
+            }
+        };
+        match self.catalog.map(&event) {
+            Ok(mut mapped) => {
+                self.out.truncated.append(&mut mapped.truncated);
+                self.current.push(mapped);
+                if self.current.events >= self.batch_size {
+                    let full = std::mem::replace(
+                        &mut self.current,
+                        RowBatch::new(self.catalog.tables().len()),
+                    );
+                    self.out.batches.push(full);
+                }
+            }
+            Err(e) => self.out.rejected.add(e.reason(), || {
+                format!("{} (event `{}`): {e}", position(), event.name)
+            }),
+        }
+    }
+
+    fn finish(mut self) -> Converted {
+        if !self.current.is_empty() {
+            self.out.batches.push(self.current);
+        }
+        self.out
+    }
+}
+
+fn now_unix_nano() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Converts a logs request; each record is decoded and mapped on its own.
+pub fn logs(request: ExportLogsServiceRequest, catalog: &Catalog, batch_size: usize) -> Converted {
+    let now = now_unix_nano();
+    let mut builder = Builder::new(catalog, batch_size);
+    for (r, resource_logs) in request.resource_logs.into_iter().enumerate() {
+        let resource = resource_logs.resource.unwrap_or_default();
+        let service: Arc<str> = service_name(&resource.attributes);
+        for (s, scope_logs) in resource_logs.scope_logs.into_iter().enumerate() {
+            let origin = Origin {
+                resource: &resource.attributes,
+                scope: scope_logs.scope.as_ref(),
+                service: &service,
+                now_unix_nano: now,
+            };
+            for (i, record) in scope_logs.log_records.into_iter().enumerate() {
+                builder.add(UsageEvent::from_log(record, &origin), || {
+                    format!("log record {i} of resource {r}, scope {s}")
+                });
+            }
+        }
+    }
+    builder.finish()
+}
+
+/// Converts a traces request; each span is decoded and mapped on its own.
+pub fn traces(
+    request: ExportTraceServiceRequest,
+    catalog: &Catalog,
+    batch_size: usize,
+) -> Converted {
+    let now = now_unix_nano();
+    let mut builder = Builder::new(catalog, batch_size);
+    for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
+        let resource = resource_spans.resource.unwrap_or_default();
+        let service: Arc<str> = service_name(&resource.attributes);
+        for (s, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
+            let origin = Origin {
+                resource: &resource.attributes,
+                scope: scope_spans.scope.as_ref(),
+                service: &service,
+                now_unix_nano: now,
+            };
+            for (i, span) in scope_spans.spans.into_iter().enumerate() {
+                builder.add(UsageEvent::from_span(span, &origin), || {
+                    format!("span {i} of resource {r}, scope {s}")
+                });
+            }
+        }
+    }
+    builder.finish()
+}

@@ -1,0 +1,14 @@
+//! OTLP/gRPC: the logs and traces services, and the limits in front of them.
+//!
+//! - [`convert`]: an export request → row batches plus a count and description of the records
+//!   refused on their own.
+//! - [`ingest`]: the path every request takes: readiness gate, metrics, write, and the answer
+//!   (OK, partial success, or a retryable status).
+//! - [`grpc`]: the tonic services and the server (gzip, size limit, TCP_NODELAY).
+
+pub mod convert;
+pub mod grpc;
+pub mod ingest;
+
+pub use grpc::serve;
+pub use ingest::Ingest;

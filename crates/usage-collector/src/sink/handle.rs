@@ -1,0 +1,212 @@
+//! [`Sink`]: the database behind one pool, as the rest of the collector sees it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use sqlx::{MySqlPool, SqlitePool};
+
+use super::error::{Redactor, WriteError};
+use super::sql::{self, Written};
+use super::{mysql, sqlite};
+use crate::catalog::{Catalog, RowBatch};
+use crate::config::{DatabaseSettings, TlsMode};
+
+/// What the sink connects to, for logs: never the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `mysql` or `sqlite`.
+    pub backend: &'static str,
+    /// Host name or address (empty for SQLite).
+    pub host: String,
+    /// TCP port (MySQL).
+    pub port: Option<u16>,
+    /// Database name, or the SQLite file.
+    pub database: String,
+    /// User name (MySQL).
+    pub user: Option<String>,
+    /// TLS mode (MySQL).
+    pub tls: Option<TlsMode>,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.user, self.port, self.tls) {
+            (Some(user), Some(port), Some(tls)) => write!(
+                f,
+                "{}://{user}@{}:{port}/{} (tls {tls})",
+                self.backend, self.host, self.database
+            ),
+            _ => write!(f, "{}://{}", self.backend, self.database),
+        }
+    }
+}
+
+/// The database URL or options are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL does not parse or names no database.
+    #[error("invalid database URL: {message}")]
+    Url {
+        /// What is wrong, secrets removed.
+        message: String,
+    },
+    /// The URL's scheme is neither `mysql` nor `sqlite`.
+    #[error("unsupported database URL scheme {scheme:?}: use mysql://… or sqlite://…")]
+    Scheme {
+        /// The scheme given.
+        scheme: String,
+    },
+}
+
+#[derive(Clone)]
+enum Pool {
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// The database the collector writes, behind a connection pool.
+#[derive(Clone)]
+pub struct Sink {
+    pool: Pool,
+    catalog: Arc<Catalog>,
+    target: Arc<Target>,
+    redactor: Redactor,
+}
+
+impl fmt::Debug for Sink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sink")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl Sink {
+    /// A sink for the configured database. Connects lazily: nothing is dialled until first use.
+    pub fn open(settings: &DatabaseSettings, catalog: Arc<Catalog>) -> Result<Self, OpenError> {
+        let raw = settings.url.expose_secret();
+        let mut secrets = vec![raw.to_owned()];
+        if let Some(password) = &settings.password {
+            secrets.push(password.expose_secret().to_owned());
+        }
+        let scheme = raw.split_once(':').map_or("", |(scheme, _)| scheme);
+        let (pool, target) = match scheme {
+            "mysql" | "mariadb" => {
+                let url = url::Url::parse(raw).map_err(|e| OpenError::Url {
+                    message: e.to_string(),
+                })?;
+                if let Some(password) = url.password() {
+                    secrets.push(password.to_owned());
+                    // The URL form of the password may be percent-encoded; hide both forms.
+                    if let Ok(decoded) =
+                        percent_encoding::percent_decode_str(password).decode_utf8()
+                    {
+                        secrets.push(decoded.into_owned());
+                    }
+                }
+                let (pool, target) = mysql::config::pool(settings, &url)?;
+                (Pool::MySql(pool), target)
+            }
+            "sqlite" => {
+                let (pool, target) = sqlite::config::pool(settings, raw)?;
+                (Pool::Sqlite(pool), target)
+            }
+            other => {
+                return Err(OpenError::Scheme {
+                    scheme: other.to_owned(),
+                });
+            }
+        };
+        Ok(Self {
+            pool,
+            catalog,
+            target: Arc::new(target),
+            redactor: Redactor::new(secrets),
+        })
+    }
+
+    /// What the sink connects to.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The catalogue whose tables the sink writes.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// Removes this sink's secrets from text.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// Writes a batch in one transaction.
+    pub async fn write(&self, batch: &RowBatch) -> Result<Written, WriteError> {
+        self.transaction(batch, true)
+            .await
+            .map_err(|e| WriteError::classify(&e, &self.redactor))
+    }
+
+    /// Runs a batch's statements and commits them, or rolls them back (the write check).
+    pub(crate) async fn transaction(
+        &self,
+        batch: &RowBatch,
+        commit: bool,
+    ) -> Result<Written, sqlx::Error> {
+        match &self.pool {
+            Pool::MySql(pool) => {
+                let mut tx = pool.begin().await?;
+                let written = sql::write_in::<sqlx::MySql>(&mut tx, &self.catalog, batch).await?;
+                if commit {
+                    tx.commit().await?
+                } else {
+                    tx.rollback().await?
+                }
+                Ok(written)
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let written = sql::write_in::<sqlx::Sqlite>(&mut tx, &self.catalog, batch).await?;
+                if commit {
+                    tx.commit().await?
+                } else {
+                    tx.rollback().await?
+                }
+                Ok(written)
+            }
+        }
+    }
+
+    /// Applies the embedded migrations (under the migrator's lock, so several collectors
+    /// starting at once apply them once).
+    pub async fn migrate(&self) -> Result<(), String> {
+        let result = match &self.pool {
+            Pool::MySql(pool) => mysql::migrations::migrator().run(pool).await,
+            Pool::Sqlite(pool) => sqlite::migrations::migrator().run(pool).await,
+        };
+        result.map_err(|e| self.redactor.redact(&e.to_string()))
+    }
+
+    pub(crate) fn mysql(&self) -> Option<&MySqlPool> {
+        match &self.pool {
+            Pool::MySql(pool) => Some(pool),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    pub(crate) fn sqlite(&self) -> Option<&SqlitePool> {
+        match &self.pool {
+            Pool::Sqlite(pool) => Some(pool),
+            Pool::MySql(_) => None,
+        }
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::MySql(pool) => pool.close().await,
+            Pool::Sqlite(pool) => pool.close().await,
+        }
+    }
+}

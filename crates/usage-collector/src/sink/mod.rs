@@ -1,0 +1,22 @@
+//! Writing rows to a database: MySQL (production) and SQLite (the embedded default).
+//!
+//! - [`handle`]: [`Sink`], the one type the rest of the collector uses: connect, migrate,
+//!   verify, write a batch.
+//! - [`sql`]: the SQL both databases share, generic over the driver, and the order a batch is
+//!   written in.
+//! - [`verify`]: startup verification — connect, test query, server facts, schema, write
+//!   permission — each step named in its error.
+//! - [`error`]: database errors, classified as transient or permanent, with secrets redacted.
+//! - [`mysql`], [`sqlite`]: each backend's connection options and migrations.
+
+pub mod error;
+pub mod handle;
+pub mod mysql;
+pub mod sql;
+pub mod sqlite;
+pub mod verify;
+
+pub use error::{Redactor, WriteError};
+pub use handle::{Sink, Target};
+pub use sql::Written;
+pub use verify::{Step, VerifyError};

@@ -1,0 +1,53 @@
+//! MySQL connection options from the settings.
+
+use secrecy::ExposeSecret;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::{ConnectOptions, Executor};
+
+use crate::config::{DatabaseSettings, TlsMode};
+use crate::sink::handle::{OpenError, Target};
+
+/// Each transaction sees what others committed before it, so counters recounted after a
+/// session's row lock is granted include every run committed before (see `sink::sql`).
+const SESSION_SETUP: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
+
+/// A lazily connecting pool for `url`, and the target it describes.
+pub fn pool(settings: &DatabaseSettings, url: &url::Url) -> Result<(MySqlPool, Target), OpenError> {
+    let mut options = MySqlConnectOptions::from_url(url).map_err(|e| OpenError::Url {
+        message: e.to_string(),
+    })?;
+    if let Some(password) = &settings.password {
+        options = options.password(password.expose_secret());
+    }
+    options = options.ssl_mode(match settings.tls {
+        TlsMode::Disabled => MySqlSslMode::Disabled,
+        TlsMode::Preferred => MySqlSslMode::Preferred,
+        TlsMode::Required => MySqlSslMode::Required,
+        TlsMode::VerifyCa => MySqlSslMode::VerifyCa,
+        TlsMode::VerifyIdentity => MySqlSslMode::VerifyIdentity,
+    });
+    if let Some(ca) = &settings.tls_ca {
+        options = options.ssl_ca(ca);
+    }
+    let target = Target {
+        backend: "mysql",
+        host: options.get_host().to_owned(),
+        port: Some(options.get_port()),
+        database: options.get_database().unwrap_or_default().to_owned(),
+        user: Some(options.get_username().to_owned()),
+        tls: Some(settings.tls),
+    };
+    if target.database.is_empty() {
+        return Err(OpenError::Url {
+            message: "the MySQL URL names no database (mysql://user@host:port/DATABASE)".into(),
+        });
+    }
+    let pool = MySqlPoolOptions::new()
+        .max_connections(settings.pool_size)
+        .acquire_timeout(settings.connect_timeout)
+        .after_connect(|conn, _| {
+            Box::pin(async move { conn.execute(SESSION_SETUP).await.map(drop) })
+        })
+        .connect_lazy_with(options);
+    Ok((pool, target))
+}

@@ -1,0 +1,15 @@
+//! The MySQL schema, embedded in the binary.
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// The migrator for every MySQL migration, in order.
+pub fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "usage tables".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/mysql/0001_usage_tables.sql").into_sql_str(),
+        false,
+    )])
+}

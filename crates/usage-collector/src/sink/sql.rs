@@ -1,0 +1,241 @@
+//! The SQL both databases share, generic over the sqlx driver; each dialect supplies only the
+//! clauses where MySQL and SQLite differ.
+//!
+//! One batch is one transaction, in this order — the order is what keeps the session counters
+//! right under concurrent writers:
+//! 1. upsert every touched session, sorted by id. This takes the session rows' locks first, so
+//!    two transactions touching one session run one after the other;
+//! 2. insert the event rows, idempotently on `event_id`;
+//! 3. recount the touched sessions' counters from `program_executions` (read-committed: the
+//!    count sees every run committed before the lock was granted) and set `duration_seconds`
+//!    for ended sessions, since a late event may have moved the start.
+
+use sqlx::query_builder::Separated;
+use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
+use time::PrimitiveDateTime;
+
+use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
+use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
+
+/// Most bind parameters in one statement (SQLite's default limit is the lowest of the two).
+const MAX_BINDS: usize = 32_766;
+
+/// What differs between the dialects.
+pub trait Dialect: Database {
+    /// Appended to a multi-row event INSERT so a repeated `event_id` is a no-op.
+    const ON_DUPLICATE_EVENT: &'static str;
+    /// Appended to the session INSERT: how an existing row merges the new values.
+    const ON_DUPLICATE_SESSION: &'static str;
+    /// `SET` expression for `duration_seconds` from `start_time` and `end_time`.
+    const DURATION_SECONDS: &'static str;
+}
+
+impl Dialect for sqlx::MySql {
+    // Not INSERT IGNORE: that would also turn real errors (bad values) into warnings.
+    const ON_DUPLICATE_EVENT: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
+    const ON_DUPLICATE_SESSION: &'static str = " ON DUPLICATE KEY UPDATE \
+        start_time = LEAST(start_time, VALUES(start_time)), \
+        last_activity = GREATEST(last_activity, VALUES(last_activity)), \
+        end_time = COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)), \
+        user_id = COALESCE(user_id, VALUES(user_id)), \
+        user_agent = COALESCE(user_agent, VALUES(user_agent)), \
+        ip_address = COALESCE(ip_address, VALUES(ip_address))";
+    const DURATION_SECONDS: &'static str = "TIMESTAMPDIFF(SECOND, start_time, end_time)";
+}
+
+impl Dialect for sqlx::Sqlite {
+    const ON_DUPLICATE_EVENT: &'static str = " ON CONFLICT (event_id) DO NOTHING";
+    const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (session_id) DO UPDATE SET \
+        start_time = MIN(start_time, excluded.start_time), \
+        last_activity = MAX(last_activity, excluded.last_activity), \
+        end_time = COALESCE(MAX(end_time, excluded.end_time), end_time, excluded.end_time), \
+        user_id = COALESCE(user_id, excluded.user_id), \
+        user_agent = COALESCE(user_agent, excluded.user_agent), \
+        ip_address = COALESCE(ip_address, excluded.ip_address)";
+    const DURATION_SECONDS: &'static str =
+        "CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)";
+}
+
+/// Rows a batch inserted, per table (repeats of an already written event are not counted).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// (table, new rows) for each table the batch touched.
+    pub rows: Vec<(&'static str, u64)>,
+    /// Sessions upserted.
+    pub sessions: u64,
+}
+
+fn push_value<DB>(list: &mut Separated<'_, DB, &'static str>, value: &Value)
+where
+    DB: Database,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    bool: for<'q> Encode<'q, DB> + Type<DB>,
+    PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    match value {
+        Value::Null => list.push("NULL"),
+        Value::Id(id) => list.push_bind(&id[..]),
+        Value::Text(text) | Value::Json(text) => list.push_bind(text.as_str()),
+        Value::Int(int) => list.push_bind(*int),
+        Value::Bool(b) => list.push_bind(*b),
+        Value::Time(time) => list.push_bind(*time),
+    };
+}
+
+fn push_optional<DB>(list: &mut Separated<'_, DB, &'static str>, value: Option<&str>)
+where
+    DB: Database,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    match value {
+        Some(text) => list.push_bind(text),
+        None => list.push("NULL"),
+    };
+}
+
+fn column_list(columns: impl IntoIterator<Item = &'static str>) -> String {
+    let names: Vec<String> = columns.into_iter().map(|c| format!("`{c}`")).collect();
+    names.join(", ")
+}
+
+/// Writes a batch inside `conn`'s open transaction (the caller commits or rolls back).
+pub async fn write_in<DB>(
+    conn: &mut DB::Connection,
+    catalog: &Catalog,
+    batch: &RowBatch,
+) -> Result<Written, sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
+    bool: for<'q> Encode<'q, DB> + Type<DB>,
+    PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    let mut written = Written::default();
+    if !batch.sessions.is_empty() {
+        written.sessions = upsert_sessions::<DB>(conn, &batch.sessions).await?;
+    }
+    for (table_id, rows) in batch.tables() {
+        let table = &catalog.tables()[table_id];
+        debug_assert_eq!(table.kind, TableKind::Events);
+        let per_statement = (MAX_BINDS / table.columns.len()).max(1);
+        let mut inserted = 0;
+        for chunk in rows.chunks(per_statement) {
+            let mut query = QueryBuilder::<DB>::new(format!(
+                "INSERT INTO `{}` ({}) ",
+                table.name,
+                column_list(table.columns.iter().map(|c| c.name))
+            ));
+            query.push_values(chunk, |mut list, row| {
+                for value in row {
+                    push_value(&mut list, value);
+                }
+            });
+            query.push(DB::ON_DUPLICATE_EVENT);
+            inserted += query.build().execute(&mut *conn).await?.rows();
+        }
+        written.rows.push((table.name, inserted));
+    }
+    if !batch.sessions.is_empty() {
+        refresh_sessions::<DB>(conn, batch).await?;
+    }
+    Ok(written)
+}
+
+async fn upsert_sessions<DB>(
+    conn: &mut DB::Connection,
+    sessions: &std::collections::BTreeMap<String, SessionRow>,
+) -> Result<u64, sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
+{
+    // The first six session columns plus user_agent and ip_address; the rest are derived.
+    let columns = [0, 1, 2, 3, 4, 5, 7, 8].map(|i| SESSION_COLUMNS[i].name);
+    let entries: Vec<_> = sessions.iter().collect();
+    for chunk in entries.chunks(MAX_BINDS / columns.len()) {
+        let mut query = QueryBuilder::<DB>::new(format!(
+            "INSERT INTO `ide_sessions` ({}) ",
+            column_list(columns)
+        ));
+        query.push_values(chunk, |mut list, (id, s)| {
+            list.push_bind(id.as_str());
+            list.push_bind(s.service.as_str());
+            push_optional(&mut list, s.user_id.as_deref());
+            list.push_bind(s.start_time);
+            list.push_bind(s.last_activity);
+            match s.end_time {
+                Some(end) => list.push_bind(end),
+                None => list.push("NULL"),
+            };
+            push_optional(&mut list, s.user_agent.as_deref());
+            push_optional(&mut list, s.ip_address.as_deref());
+        });
+        query.push(DB::ON_DUPLICATE_SESSION);
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(sessions.len() as u64)
+}
+
+/// Recounts counters from `program_executions` and sets durations, for the batch's sessions.
+async fn refresh_sessions<DB>(
+    conn: &mut DB::Connection,
+    batch: &RowBatch,
+) -> Result<(), sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
+    let ids: Vec<&str> = batch.sessions.keys().map(String::as_str).collect();
+    for chunk in ids.chunks(MAX_BINDS) {
+        let mut query = QueryBuilder::<DB>::new(format!(
+            "UPDATE `ide_sessions` SET \
+             programs_run = (SELECT COUNT(*) FROM `program_executions` p \
+                 WHERE p.session_id = ide_sessions.session_id), \
+             lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
+                 WHERE p.session_id = ide_sessions.session_id), \
+             errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
+                 WHERE p.session_id = ide_sessions.session_id AND NOT p.success), \
+             duration_seconds = CASE WHEN end_time IS NULL THEN NULL ELSE {} END \
+             WHERE session_id IN (",
+            DB::DURATION_SECONDS
+        ));
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Rows affected by a statement, for both drivers.
+pub trait RowsAffected {
+    /// Rows the statement inserted or changed.
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::mysql::MySqlQueryResult {
+    fn rows(&self) -> u64 {
+        // ON DUPLICATE KEY UPDATE counts an inserted row as 1 and an unchanged duplicate as 0.
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}

@@ -1,0 +1,15 @@
+//! The SQLite schema, embedded in the binary.
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// The migrator for every SQLite migration, in order.
+pub fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "usage tables".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/sqlite/0001_usage_tables.sql").into_sql_str(),
+        false,
+    )])
+}

@@ -1,0 +1,406 @@
+//! Startup verification: prove the data path works before reporting ready.
+//!
+//! Steps, in order, each logged at INFO with the target (host, port, database, user, TLS mode):
+//! connect within the timeout; `SELECT 1`; log server version, charset and time zone; check
+//! that every table and column the catalogue writes exists with a compatible type (naming
+//! every one that does not); prove write permission by writing one probe row per table and
+//! a probe session, with the very statements the writer uses, and rolling back.
+
+use std::fmt;
+
+use sqlx::Row;
+use time::macros::datetime;
+
+use super::handle::Sink;
+use crate::catalog::tables::{ColumnType, TableKind};
+use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
+
+/// A verification step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Open a connection within the connect timeout.
+    Connect,
+    /// Run `SELECT 1`.
+    Query,
+    /// Read the server's version, charset and time zone.
+    Server,
+    /// Apply migrations (`--migrate`, `migrate`).
+    Migrate,
+    /// Check tables and columns.
+    Schema,
+    /// Write and roll back a probe row per table.
+    WritePermission,
+}
+
+impl Step {
+    /// The step's name in logs and errors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Connect => "connect",
+            Step::Query => "test query",
+            Step::Server => "server facts",
+            Step::Migrate => "migrate",
+            Step::Schema => "schema check",
+            Step::WritePermission => "write permission check",
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A verification step failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{step} failed for {target}: {message}")]
+pub struct VerifyError {
+    /// The step.
+    pub step: Step,
+    /// The database, described without its password.
+    pub target: String,
+    /// The database's own error text, or the list of schema problems; secrets removed.
+    pub message: String,
+}
+
+/// What the server said about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// Version string.
+    pub version: String,
+    /// Character set of the database.
+    pub charset: String,
+    /// Session time zone (the collector writes UTC).
+    pub time_zone: String,
+}
+
+impl Sink {
+    fn fail(&self, step: Step, message: impl fmt::Display) -> VerifyError {
+        VerifyError {
+            step,
+            target: self.target().to_string(),
+            message: self.redactor().redact(&message.to_string()),
+        }
+    }
+
+    fn step_ok(&self, step: Step, detail: &str) {
+        let t = self.target();
+        tracing::info!(
+            step = step.as_str(),
+            backend = t.backend,
+            host = %t.host,
+            port = t.port,
+            database = %t.database,
+            user = t.user.as_deref(),
+            tls = t.tls.map(tracing::field::display),
+            "database {step}: ok{}{detail}",
+            if detail.is_empty() { "" } else { ", " },
+        );
+    }
+
+    /// Applies migrations, as a verification step.
+    pub async fn migrate_step(&self) -> Result<(), VerifyError> {
+        self.migrate()
+            .await
+            .map_err(|e| self.fail(Step::Migrate, e))?;
+        self.step_ok(Step::Migrate, "schema is current");
+        Ok(())
+    }
+
+    /// Runs every verification step; the first failure stops the run.
+    pub async fn verify(&self) -> Result<ServerFacts, VerifyError> {
+        let facts = if let Some(pool) = self.mysql() {
+            let mut conn = pool
+                .acquire()
+                .await
+                .map_err(|e| self.fail(Step::Connect, e))?;
+            self.step_ok(Step::Connect, "");
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| self.fail(Step::Query, e))?;
+            self.step_ok(Step::Query, "");
+            let row = sqlx::query(
+                "SELECT CAST(VERSION() AS CHAR), CAST(@@character_set_database AS CHAR), \
+                 CAST(@@time_zone AS CHAR)",
+            )
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.fail(Step::Server, e))?;
+            ServerFacts {
+                version: row.try_get(0).map_err(|e| self.fail(Step::Server, e))?,
+                charset: row.try_get(1).map_err(|e| self.fail(Step::Server, e))?,
+                time_zone: row.try_get(2).map_err(|e| self.fail(Step::Server, e))?,
+            }
+        } else if let Some(pool) = self.sqlite() {
+            let mut conn = pool
+                .acquire()
+                .await
+                .map_err(|e| self.fail(Step::Connect, e))?;
+            self.step_ok(Step::Connect, "");
+            let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| self.fail(Step::Query, e))?;
+            self.step_ok(Step::Query, "");
+            ServerFacts {
+                version: format!("SQLite {version}"),
+                charset: "UTF-8".to_owned(),
+                time_zone: "UTC (the collector writes UTC)".to_owned(),
+            }
+        } else {
+            unreachable!("a sink has exactly one pool")
+        };
+        self.step_ok(
+            Step::Server,
+            &format!(
+                "version {}, charset {}, time zone {}",
+                facts.version, facts.charset, facts.time_zone
+            ),
+        );
+        let problems = self
+            .schema_problems()
+            .await
+            .map_err(|e| self.fail(Step::Schema, e))?;
+        if !problems.is_empty() {
+            return Err(self.fail(Step::Schema, problems.join("; ")));
+        }
+        self.step_ok(
+            Step::Schema,
+            &format!(
+                "{} tables with every mapped column",
+                self.catalog().tables().len()
+            ),
+        );
+        self.transaction(&probe_batch(self.catalog()), false)
+            .await
+            .map_err(|e| self.fail(Step::WritePermission, e))?;
+        self.step_ok(Step::WritePermission, "probe rows written and rolled back");
+        Ok(facts)
+    }
+
+    /// Every missing table, missing column and incompatible column type.
+    async fn schema_problems(&self) -> Result<Vec<String>, sqlx::Error> {
+        let mut live: Vec<(String, String, String, Option<i64>)> = Vec::new();
+        if let Some(pool) = self.mysql() {
+            let rows = sqlx::query(
+                "SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), \
+                 CAST(DATA_TYPE AS CHAR), CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) \
+                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
+            )
+            .fetch_all(pool)
+            .await?;
+            for row in rows {
+                live.push((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                ));
+            }
+        } else if let Some(pool) = self.sqlite() {
+            for table in self.catalog().tables() {
+                let rows = sqlx::query("SELECT name, type FROM pragma_table_info(?)")
+                    .bind(table.name)
+                    .fetch_all(pool)
+                    .await?;
+                for row in rows {
+                    let declared: String = row.try_get(1)?;
+                    let (ty, len) = split_declared(&declared);
+                    live.push((table.name.to_owned(), row.try_get(0)?, ty, len));
+                }
+            }
+        }
+        Ok(compare(self.catalog(), &live))
+    }
+}
+
+/// `VARCHAR(128)` → (`varchar`, Some(128)).
+fn split_declared(declared: &str) -> (String, Option<i64>) {
+    let lower = declared.to_ascii_lowercase();
+    match lower.split_once('(') {
+        Some((name, rest)) => (
+            name.trim().to_owned(),
+            rest.trim_end_matches(')')
+                .split(',')
+                .next()
+                .and_then(|n| n.trim().parse().ok()),
+        ),
+        None => (lower.trim().to_owned(), None),
+    }
+}
+
+/// Problems with the live schema, given (table, column, type, length) rows.
+pub fn compare(catalog: &Catalog, live: &[(String, String, String, Option<i64>)]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for table in catalog.tables() {
+        if !live.iter().any(|(t, ..)| t == table.name) {
+            problems.push(format!("table `{}` is missing", table.name));
+            continue;
+        }
+        for column in &table.columns {
+            let found = live
+                .iter()
+                .find(|(t, c, ..)| t == table.name && c.eq_ignore_ascii_case(column.name));
+            match found {
+                None => problems.push(format!(
+                    "column `{}`.`{}` is missing",
+                    table.name, column.name
+                )),
+                Some((_, _, data_type, len)) => {
+                    if let Err(need) = compatible(column.ty, &data_type.to_ascii_lowercase(), *len)
+                    {
+                        problems.push(format!(
+                            "column `{}`.`{}` is {}{}, needs {need}",
+                            table.name,
+                            column.name,
+                            data_type,
+                            len.map(|l| format!("({l})")).unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    problems
+}
+
+fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), String> {
+    const INTEGERS: [&str; 6] = [
+        "tinyint",
+        "smallint",
+        "mediumint",
+        "int",
+        "integer",
+        "bigint",
+    ];
+    let ok = match ty {
+        ColumnType::EventId => {
+            matches!(data_type, "blob" | "mediumblob" | "longblob")
+                || (matches!(data_type, "binary" | "varbinary") && len.is_none_or(|l| l >= 16))
+        }
+        ColumnType::Text { max_chars } => match data_type {
+            "varchar" | "char" | "nvarchar" | "nchar" | "varying character" => {
+                len.is_none_or(|l| l >= i64::from(max_chars))
+            }
+            "text" | "mediumtext" | "longtext" | "clob" => true,
+            "tinytext" => max_chars <= 63,
+            _ => false,
+        },
+        ColumnType::Int => INTEGERS[1..].contains(&data_type) || data_type == "numeric",
+        ColumnType::Bool => {
+            INTEGERS.contains(&data_type) || matches!(data_type, "boolean" | "bool" | "bit")
+        }
+        ColumnType::Timestamp => matches!(data_type, "datetime" | "timestamp"),
+        ColumnType::Json => matches!(data_type, "json" | "text" | "mediumtext" | "longtext"),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(match ty {
+        ColumnType::EventId => "BINARY(16)".to_owned(),
+        ColumnType::Text { max_chars } => format!("VARCHAR({max_chars}) or wider"),
+        ColumnType::Int => "an integer type".to_owned(),
+        ColumnType::Bool => "BOOLEAN".to_owned(),
+        ColumnType::Timestamp => "DATETIME(6)".to_owned(),
+        ColumnType::Json => "JSON".to_owned(),
+    })
+}
+
+/// Session id of the write check's probe (rolled back, never committed).
+pub const PROBE_SESSION: &str = "usage-collector-write-check";
+
+/// One probe row per event table and one probe session, shaped like real rows.
+fn probe_batch(catalog: &Catalog) -> RowBatch {
+    let time = datetime!(2000-01-01 0:00);
+    let mut batch = RowBatch::new(catalog.tables().len());
+    for (id, table) in catalog.tables().iter().enumerate() {
+        if table.kind != TableKind::Events {
+            continue;
+        }
+        let row = table
+            .columns
+            .iter()
+            .map(|column| match column.ty {
+                ColumnType::EventId => Value::Id(*uuid::Uuid::new_v4().as_bytes()),
+                ColumnType::Text { .. } if column.name == "session_id" => {
+                    Value::Text(PROBE_SESSION.to_owned())
+                }
+                ColumnType::Text { .. } => Value::Text("probe".to_owned()),
+                ColumnType::Int => Value::Int(0),
+                ColumnType::Bool => Value::Bool(true),
+                ColumnType::Timestamp => Value::Time(time),
+                ColumnType::Json => Value::Json("{}".to_owned()),
+            })
+            .collect();
+        batch.rows[id].push(row);
+        batch.events += 1;
+    }
+    batch.sessions.insert(
+        PROBE_SESSION.to_owned(),
+        SessionRow {
+            service: "probe".to_owned(),
+            user_id: None,
+            start_time: time,
+            last_activity: time,
+            end_time: Some(time),
+            user_agent: None,
+            ip_address: None,
+        },
+    );
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_names_each_missing_table_and_column() {
+        let catalog = Catalog::built_in();
+        let mut live = Vec::new();
+        for table in catalog.tables().iter().filter(|t| t.name != "page_visits") {
+            for column in &table.columns {
+                if table.name == "feature_usage" && column.name == "feature_data" {
+                    continue;
+                }
+                let (ty, len) = match column.ty {
+                    ColumnType::Text { .. } if column.name == "error_message" => {
+                        ("varchar", Some(10))
+                    }
+                    ColumnType::Text { max_chars } => ("varchar", Some(i64::from(max_chars))),
+                    ColumnType::EventId => ("binary", Some(16)),
+                    ColumnType::Int => ("bigint", None),
+                    ColumnType::Bool => ("tinyint", None),
+                    ColumnType::Timestamp => ("datetime", None),
+                    ColumnType::Json => ("longtext", None),
+                };
+                live.push((
+                    table.name.to_owned(),
+                    column.name.to_owned(),
+                    ty.to_owned(),
+                    len,
+                ));
+            }
+        }
+        let problems = compare(&catalog, &live);
+        assert_eq!(
+            problems,
+            [
+                "table `page_visits` is missing",
+                "column `program_executions`.`error_message` is varchar(10), needs VARCHAR(2048) or wider",
+                "column `feature_usage`.`feature_data` is missing",
+            ]
+        );
+    }
+
+    #[test]
+    fn declared_sqlite_types_split() {
+        assert_eq!(
+            split_declared("VARCHAR(128)"),
+            ("varchar".into(), Some(128))
+        );
+        assert_eq!(split_declared("BLOB"), ("blob".into(), None));
+    }
+}
