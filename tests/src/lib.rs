@@ -1,1 +1,15 @@
-//! x
+//! Test harness for the end-to-end tests: a fresh database per test, a collector on port 0,
+//! and one place that builds OTLP requests.
+//!
+//! # Layout
+//!
+//! - [`db`]: creates a uniquely named MariaDB database (dropped afterwards) or a temporary
+//!   SQLite file, and reads rows back as text for column-by-column assertions.
+//! - [`collector`]: starts an in-process collector against a database, waits until it is ready.
+//! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
+//!
+//! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
+
+pub mod collector;
+pub mod db;
+pub mod fixtures;

@@ -227,8 +227,11 @@ fn text_attr(attributes: &[KeyValue], attribute: &Attribute) -> Result<Option<St
     }
 }
 
-/// The session columns take a string from any event that carries the key.
+/// The session's user agent and address come from `session_start`, as the catalogue maps them.
 fn session_text(event: &UsageEvent, key: &str) -> Option<String> {
+    if event.name != events::SESSION_START {
+        return None;
+    }
     match find(&event.attributes, key) {
         Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,

@@ -1,0 +1,110 @@
+//! An in-process collector on port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use usage_collector::config::{DatabaseSettings, LogSettings, WriterSettings};
+use usage_collector::health::Metrics;
+use usage_collector::{Application, Settings};
+
+/// Settings for a test collector: loopback, port 0, this database.
+pub fn settings(database_url: &str) -> Settings {
+    Settings {
+        database: DatabaseSettings::new(database_url),
+        grpc_listen: "127.0.0.1:0".parse().expect("address"),
+        admin_listen: "127.0.0.1:0".parse().expect("address"),
+        max_request_bytes: usage_collector::config::defaults::MAX_REQUEST_BYTES,
+        writer: WriterSettings::default(),
+        log: LogSettings::default(),
+    }
+}
+
+/// A running collector; stopped when dropped.
+pub struct TestCollector {
+    /// OTLP/gRPC address.
+    pub grpc: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestCollector {
+    /// Starts a collector with migrations and waits until it is ready (10 s at most).
+    pub async fn start(settings: Settings) -> Self {
+        let collector = Self::start_unready(settings, true).await;
+        collector.wait_ready(Duration::from_secs(10)).await;
+        collector
+    }
+
+    /// Starts a collector without waiting for readiness.
+    pub async fn start_unready(settings: Settings, migrate: bool) -> Self {
+        let app = Application::build(settings, migrate)
+            .await
+            .expect("collector builds");
+        let (grpc, admin, metrics) = (app.grpc_addr(), app.admin_addr(), app.metrics());
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            app.run(async {
+                // A dropped sender also means stop.
+                let _ = stopped.await;
+            })
+            .await
+            .expect("collector runs and stops cleanly");
+        });
+        Self {
+            grpc,
+            admin,
+            metrics,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// The gRPC endpoint as a URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// GET on the admin port: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        crate::fixtures::http_get(self.admin, path).await
+    }
+
+    /// Polls `/health/ready` until 200.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let (status, body) = self.get("/health/ready").await;
+            if status == 200 {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "collector not ready after {limit:?}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the collector and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).expect("collector still running");
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("collector task");
+        }
+    }
+}
+
+impl Drop for TestCollector {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A fresh database per test.
+
+use std::path::PathBuf;
+
+use sqlx::{Connection, Executor, MySqlConnection, Row};
+
+/// The MariaDB server the tests use, without a database name.
+pub fn server_url() -> String {
+    std::env::var("USAGE_TEST_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+/// A database that exists for one test.
+pub enum TestDb {
+    /// A uniquely named MariaDB database, dropped when this value is dropped.
+    MySql {
+        /// Its name.
+        name: String,
+        /// URL including the database.
+        url: String,
+        /// Pool for reading rows back.
+        pool: sqlx::MySqlPool,
+    },
+    /// A SQLite file in a temporary folder, removed when this value is dropped.
+    Sqlite {
+        /// The folder holding the file.
+        dir: PathBuf,
+        /// URL of the file.
+        url: String,
+        /// Pool for reading rows back.
+        pool: sqlx::SqlitePool,
+    },
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+}
+
+impl TestDb {
+    /// Creates an empty MariaDB database with a unique name.
+    pub async fn mysql() -> Self {
+        let name = unique("usage_test");
+        let mut admin = MySqlConnection::connect(&server_url())
+            .await
+            .unwrap_or_else(|e| panic!("MariaDB at {} is not reachable: {e}", server_url()));
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+            )))
+            .await
+            .expect("create test database");
+        let url = format!("{}/{name}", server_url());
+        let pool = sqlx::MySqlPool::connect(&url)
+            .await
+            .expect("connect to test database");
+        TestDb::MySql { name, url, pool }
+    }
+
+    /// Creates an empty SQLite file in a unique temporary folder.
+    pub async fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(unique("usage_test"));
+        std::fs::create_dir_all(&dir).expect("create temp folder");
+        let url = format!("sqlite://{}", dir.join("usage.db").display());
+        let options: sqlx::sqlite::SqliteConnectOptions = url.parse().expect("sqlite url");
+        let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true))
+            .await
+            .expect("open sqlite");
+        TestDb::Sqlite { dir, url, pool }
+    }
+
+    /// The database's URL, for the collector.
+    pub fn url(&self) -> &str {
+        match self {
+            TestDb::MySql { url, .. } | TestDb::Sqlite { url, .. } => url,
+        }
+    }
+
+    /// Runs `sql` and returns every row with every column as text (NULL as `None`).
+    /// Write `CAST(x AS CHAR)` for non-text columns; on SQLite it becomes `CAST(x AS TEXT)`.
+    pub async fn texts(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match self {
+            TestDb::MySql { pool, .. } => {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_all(pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|row| {
+                        (0..row.len())
+                            .map(|i| row.get::<Option<String>, _>(i))
+                            .collect()
+                    })
+                    .collect()
+            }
+            TestDb::Sqlite { pool, .. } => {
+                let sql = sql.replace(" AS CHAR)", " AS TEXT)");
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                    .fetch_all(pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .map(|row| {
+                        (0..row.len())
+                            .map(|i| row.get::<Option<String>, _>(i))
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// `SELECT COUNT(*) FROM table`.
+    pub async fn count(&self, table: &str) -> i64 {
+        let rows = self
+            .texts(&format!("SELECT CAST(COUNT(*) AS CHAR) FROM {table}"))
+            .await;
+        rows[0][0]
+            .as_deref()
+            .unwrap_or("0")
+            .parse()
+            .expect("a count")
+    }
+
+    /// Runs a statement (schema changes in tests).
+    pub async fn execute(&self, sql: &str) {
+        let result = match self {
+            TestDb::MySql { pool, .. } => pool
+                .execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .map(drop),
+            TestDb::Sqlite { pool, .. } => pool
+                .execute(sqlx::AssertSqlSafe(sql.to_owned()))
+                .await
+                .map(drop),
+        };
+        result.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match self {
+            TestDb::MySql { name, .. } => {
+                let name = name.clone();
+                // Drop runs outside any runtime guarantee: use a thread with its own runtime.
+                let dropped = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime
+                        .block_on(async {
+                            let mut admin = MySqlConnection::connect(&server_url()).await?;
+                            admin
+                                .execute(sqlx::AssertSqlSafe(format!(
+                                    "DROP DATABASE IF EXISTS `{name}`"
+                                )))
+                                .await?;
+                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                        })
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                })
+                .join();
+                match dropped {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => eprintln!("could not drop a test database: {e}"),
+                    Err(_) => {
+                        eprintln!("could not drop a test database: the dropping thread panicked")
+                    }
+                }
+            }
+            TestDb::Sqlite { dir, .. } => {
+                if let Err(e) = std::fs::remove_dir_all(&*dir) {
+                    eprintln!("could not remove {}: {e}", dir.display());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! OTLP requests for tests, and the clients that send them.
+
+use std::net::SocketAddr;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, KeyValue, KeyValueList, any_value::Value,
+};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, status::StatusCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::codec::CompressionEncoding;
+
+/// 2026-03-04 05:06:07.123456 UTC, in ns: a time whose microseconds survive every database.
+pub const T0: u64 = 1_772_600_767_123_456_000;
+
+/// One second in ns.
+pub const SECOND: u64 = 1_000_000_000;
+
+/// An attribute value.
+pub fn v(value: impl Into<Val>) -> AnyValue {
+    AnyValue {
+        value: Some(value.into().0),
+    }
+}
+
+/// Wrapper so literals convert into OTLP values.
+pub struct Val(Value);
+
+impl From<&str> for Val {
+    fn from(s: &str) -> Self {
+        Val(Value::StringValue(s.to_owned()))
+    }
+}
+impl From<String> for Val {
+    fn from(s: String) -> Self {
+        Val(Value::StringValue(s))
+    }
+}
+impl From<i64> for Val {
+    fn from(i: i64) -> Self {
+        Val(Value::IntValue(i))
+    }
+}
+impl From<f64> for Val {
+    fn from(d: f64) -> Self {
+        Val(Value::DoubleValue(d))
+    }
+}
+impl From<bool> for Val {
+    fn from(b: bool) -> Self {
+        Val(Value::BoolValue(b))
+    }
+}
+impl From<Value> for Val {
+    fn from(value: Value) -> Self {
+        Val(value)
+    }
+}
+
+/// A key-value pair.
+pub fn kv(key: &str, value: impl Into<Val>) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(v(value)),
+        ..Default::default()
+    }
+}
+
+/// A string array value.
+pub fn strings(items: &[&str]) -> Value {
+    Value::ArrayValue(ArrayValue {
+        values: items.iter().map(|s| v(*s)).collect(),
+    })
+}
+
+/// A key-value list value.
+pub fn kvlist(items: Vec<KeyValue>) -> Value {
+    Value::KvlistValue(KeyValueList { values: items })
+}
+
+/// A log record carrying a usage event in the `event_name` field.
+pub fn event(name: &str, time: u64, attributes: Vec<KeyValue>) -> LogRecord {
+    LogRecord {
+        event_name: name.to_owned(),
+        time_unix_nano: time,
+        observed_time_unix_nano: time + 1_000,
+        attributes,
+        ..Default::default()
+    }
+}
+
+/// A span; `error` sets an error status with that message.
+pub fn span(
+    name: &str,
+    id: u8,
+    start: u64,
+    end: u64,
+    error: Option<&str>,
+    attributes: Vec<KeyValue>,
+) -> Span {
+    Span {
+        trace_id: vec![0xab; 16],
+        span_id: vec![id; 8],
+        name: name.to_owned(),
+        start_time_unix_nano: start,
+        end_time_unix_nano: end,
+        attributes,
+        status: Some(match error {
+            Some(message) => Status {
+                code: StatusCode::Error as i32,
+                message: message.to_owned(),
+            },
+            None => Status {
+                code: StatusCode::Ok as i32,
+                message: String::new(),
+            },
+        }),
+        ..Default::default()
+    }
+}
+
+fn resource(service: &str) -> Option<Resource> {
+    Some(Resource {
+        attributes: vec![kv("service.name", service)],
+        ..Default::default()
+    })
+}
+
+/// A logs request from one service.
+pub fn logs_request(service: &str, records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: resource(service),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// A traces request from one service.
+pub fn traces_request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: resource(service),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+/// Sends a logs request (gzip-compressed when `gzip`).
+pub async fn send_logs(
+    endpoint: &str,
+    request: ExportLogsServiceRequest,
+    gzip: bool,
+) -> Result<ExportLogsServiceResponse, tonic::Status> {
+    let mut client = LogsServiceClient::connect(endpoint.to_owned())
+        .await
+        .expect("connect to the collector")
+        .max_encoding_message_size(usize::MAX);
+    if gzip {
+        client = client.send_compressed(CompressionEncoding::Gzip);
+    }
+    client
+        .export(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Sends a traces request.
+pub async fn send_traces(
+    endpoint: &str,
+    request: ExportTraceServiceRequest,
+) -> Result<ExportTraceServiceResponse, tonic::Status> {
+    let mut client = TraceServiceClient::connect(endpoint.to_owned())
+        .await
+        .expect("connect to the collector");
+    client
+        .export(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A plain HTTP/1.1 GET: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to admin port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
