@@ -27,7 +27,7 @@ pub mod names {
     pub const RECORDS_REFUSED: &str = "records_refused";
     /// Requests refused before their records could be counted (too large).
     pub const REQUESTS_REFUSED: &str = "requests_refused";
-    /// New rows written, by table (repeats of written events are not rows).
+    /// Rows committed, by table; an event sent again counts again (its insert is a no-op).
     pub const ROWS_WRITTEN: &str = "rows_written";
     /// Batch writes that failed, by reason.
     pub const WRITE_FAILURES: &str = "write_failures";
@@ -173,7 +173,7 @@ impl Metrics {
         );
         registry.register(
             names::ROWS_WRITTEN,
-            "New rows committed, by table",
+            "Rows committed, by table (a repeated event is a no-op that counts again)",
             m.rows_written.clone(),
         );
         registry.register(

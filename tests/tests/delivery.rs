@@ -1,0 +1,231 @@
+//! Retries, ordering, partial success, limits and compression, against MariaDB.
+
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::fixtures::*;
+
+fn run(session: &str, i: u8, ok: bool) -> LogRecord {
+    let mut attributes = vec![
+        kv("session.id", session),
+        kv("program.lines", 10i64),
+        kv("program.lines_executed", i64::from(i) * 10),
+    ];
+    if !ok {
+        attributes.push(kv("error.message", "OUT OF DATA"));
+    }
+    event("program_execution", T0 + u64::from(i) * SECOND, attributes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_counters_are_right_after_retries_and_out_of_order_arrival() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let endpoint = collector.endpoint();
+    // Runs arrive before the session start, and everything is sent twice.
+    let runs = logs_request(
+        "web-ide",
+        vec![run("s9", 1, true), run("s9", 2, false), run("s9", 3, true)],
+    );
+    let span_run = traces_request(
+        "web-ide",
+        vec![span(
+            "program_execution",
+            1,
+            T0 + 4 * SECOND,
+            T0 + 5 * SECOND,
+            None,
+            vec![kv("session.id", "s9")],
+        )],
+    );
+    let start = logs_request(
+        "web-ide",
+        vec![event(
+            "session_start",
+            T0 - 30 * SECOND,
+            vec![kv("session.id", "s9")],
+        )],
+    );
+    let end = logs_request(
+        "web-ide",
+        vec![event(
+            "session_end",
+            T0 + 90 * SECOND,
+            vec![kv("session.id", "s9")],
+        )],
+    );
+    for _ in 0..2 {
+        send_logs(&endpoint, runs.clone(), false).await.unwrap();
+        send_traces(&endpoint, span_run.clone()).await.unwrap();
+        send_logs(&endpoint, end.clone(), false).await.unwrap();
+        send_logs(&endpoint, start.clone(), false).await.unwrap();
+    }
+    assert_eq!(db.count("program_executions").await, 4);
+    let session = db
+        .texts(
+            "SELECT CAST(start_time AS CHAR), CAST(end_time AS CHAR), CAST(duration_seconds AS CHAR), \
+             CAST(programs_run AS CHAR), CAST(lines_executed AS CHAR), CAST(errors_encountered AS CHAR) \
+             FROM ide_sessions WHERE session_id = 's9'",
+        )
+        .await;
+    let s = |t: &str| Some(t.to_owned());
+    assert_eq!(
+        session,
+        [vec![
+            s("2026-03-04 05:05:37.123456"),
+            s("2026-03-04 05:07:37.123456"),
+            s("120"),
+            s("4"),
+            s("60"),
+            s("1"),
+        ]]
+    );
+    let summary = db
+        .texts("SELECT CAST(programs_run AS CHAR), CAST(page_visits AS CHAR) FROM session_summary WHERE session_id = 's9'")
+        .await;
+    assert_eq!(summary, [vec![s("4"), s("0")]]);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_request_twice_leaves_one_row_per_event() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    // No event.id: the collector derives a stable id from the record itself.
+    let request = logs_request(
+        "web-ide",
+        (0..50)
+            .map(|i| {
+                event(
+                    "page_visit",
+                    T0 + i * SECOND,
+                    vec![kv("url.path", format!("/p/{i}"))],
+                )
+            })
+            .collect(),
+    );
+    for _ in 0..2 {
+        send_logs(&collector.endpoint(), request.clone(), true)
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.count("page_visits").await, 50);
+    let metrics = collector.get("/metrics").await.1;
+    assert!(
+        metrics.contains("usage_collector_rows_written_total{table=\"page_visits\"} 100"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("usage_collector_records_accepted_total{signal=\"logs\"} 100"),
+        "{metrics}"
+    );
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_records_are_refused_alone_and_valid_ones_written() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let request = logs_request(
+        "web-ide",
+        vec![
+            event("page_visit", T0, vec![kv("url.path", "/ok/1")]),
+            event("page_visit", T0, vec![kv("user_agent.original", "no path")]),
+            event("program_execution", T0, vec![kv("program.lines", "twelve")]),
+            LogRecord {
+                time_unix_nano: T0,
+                ..Default::default()
+            },
+            event(
+                "feature_use",
+                T0,
+                vec![kv("feature.name", "x"), kv("feature.data", "{not json")],
+            ),
+            event("page_visit", T0 + 1, vec![kv("url.path", "/ok/2")]),
+        ],
+    );
+    let answer = send_logs(&collector.endpoint(), request, false)
+        .await
+        .unwrap();
+    let partial = answer.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_log_records, 4);
+    assert_eq!(
+        partial.error_message,
+        "log record 1 of resource 0, scope 0 (event `page_visit`): event `page_visit` needs attribute \
+         `url.path`; and 3 more rejected"
+    );
+    let paths = db
+        .texts("SELECT page_path FROM page_visits ORDER BY page_path")
+        .await;
+    assert_eq!(
+        paths,
+        [
+            vec![Some("/ok/1".to_owned())],
+            vec![Some("/ok/2".to_owned())]
+        ]
+    );
+    assert_eq!(
+        db.count("program_executions").await + db.count("feature_usage").await,
+        0
+    );
+    let metrics = collector.get("/metrics").await.1;
+    for line in [
+        "usage_collector_records_rejected_total{signal=\"logs\",reason=\"missing_attribute\"} 1",
+        "usage_collector_records_rejected_total{signal=\"logs\",reason=\"wrong_type\"} 2",
+        "usage_collector_records_rejected_total{signal=\"logs\",reason=\"no_event_name\"} 1",
+        "usage_collector_records_accepted_total{signal=\"logs\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_requests_get_resource_exhausted_and_metrics_are_unimplemented() {
+    let db = TestDb::mysql().await;
+    let mut config = settings(db.url());
+    config.max_request_bytes = 64 * 1024;
+    let collector = TestCollector::start(config).await;
+    let big = logs_request(
+        "web-ide",
+        (0..200)
+            .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/x".repeat(300))]))
+            .collect(),
+    );
+    for gzip in [false, true] {
+        let status = send_logs(&collector.endpoint(), big.clone(), gzip)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "gzip={gzip}: {status:?}"
+        );
+    }
+    assert_eq!(db.count("page_visits").await, 0);
+    // A small gzip request is fine.
+    let small = logs_request(
+        "web-ide",
+        vec![event("page_visit", T0, vec![kv("url.path", "/small")])],
+    );
+    send_logs(&collector.endpoint(), small, true).await.unwrap();
+    assert_eq!(db.count("page_visits").await, 1);
+
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+    let mut client = MetricsServiceClient::connect(collector.endpoint())
+        .await
+        .unwrap();
+    let status = client
+        .export(ExportMetricsServiceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert!(
+        status
+            .message()
+            .contains("usage events as OTLP logs or spans"),
+        "{status:?}"
+    );
+    collector.stop().await;
+}
