@@ -62,7 +62,7 @@ impl LogsService for Logs {
         let converted = convert::logs(request.into_inner(), &ingest.catalog, ingest.batch_size);
         let partial = ingest.write(Signal::Log, converted).await?;
         Ok(Response::new(ExportLogsServiceResponse {
-            partial_success: (partial.rejected > 0).then(|| ExportLogsPartialSuccess {
+            partial_success: (partial.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: partial.rejected,
                 error_message: partial.message,
             }),
@@ -81,7 +81,7 @@ impl TraceService for Traces {
         let converted = convert::traces(request.into_inner(), &ingest.catalog, ingest.batch_size);
         let partial = ingest.write(Signal::Span, converted).await?;
         Ok(Response::new(ExportTraceServiceResponse {
-            partial_success: (partial.rejected > 0).then(|| ExportTracePartialSuccess {
+            partial_success: (partial.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: partial.rejected,
                 error_message: partial.message,
             }),

@@ -1,0 +1,90 @@
+//! Cost of turning an OTLP logs request into rows: decode each record into a usage event, map
+//! it through the catalogue, and group the rows into batches. No I/O.
+//!
+//! Run with `cargo bench -p usage-pipeline-tests --bench decode_map`; criterion reports the time
+//! per request and the records per second. Numbers in docs/performance.md name their machine.
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use usage_collector::catalog::Catalog;
+use usage_collector::receiver::convert;
+use usage_pipeline_tests::fixtures::*;
+
+/// 512 records: page visits, program runs, feature use and custom events, each with an id.
+fn request(records: u64) -> ExportLogsServiceRequest {
+    let events = (0..records)
+        .map(|i| {
+            let session = format!("session-{}", i % 64);
+            let id = uuid::Uuid::now_v7().to_string();
+            let time = T0 + i * 1_000_000;
+            match i % 4 {
+                0 => event(
+                    "page_visit",
+                    time,
+                    vec![
+                        kv("event.id", id.as_str()),
+                        kv("session.id", session.as_str()),
+                        kv("url.path", "/ide/programs/42"),
+                        kv(
+                            "user_agent.original",
+                            "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0",
+                        ),
+                        kv("client.address", "203.0.113.7"),
+                    ],
+                ),
+                1 => event(
+                    "program_execution",
+                    time,
+                    vec![
+                        kv("event.id", id.as_str()),
+                        kv("session.id", session.as_str()),
+                        kv("program.lines", 40i64),
+                        kv("program.lines_executed", 1200i64),
+                        kv("program.duration_ms", 12i64),
+                        kv("program.success", true),
+                    ],
+                ),
+                2 => event(
+                    "feature_use",
+                    time,
+                    vec![
+                        kv("event.id", id.as_str()),
+                        kv("session.id", session.as_str()),
+                        kv("feature.name", "autosave"),
+                        kv("feature.data", "{\"interval\":30}"),
+                    ],
+                ),
+                _ => event(
+                    "export_pdf",
+                    time,
+                    vec![
+                        kv("event.id", id.as_str()),
+                        kv("pages", 3i64),
+                        kv("format", "a4"),
+                    ],
+                ),
+            }
+        })
+        .collect();
+    logs_request("web-ide", events)
+}
+
+fn decode_and_map(c: &mut Criterion) {
+    let catalog = Catalog::built_in();
+    let mut group = c.benchmark_group("decode_and_map");
+    for records in [1u64, 512] {
+        let input = request(records);
+        group.throughput(Throughput::Elements(records));
+        group.bench_function(format!("{records}_records"), |b| {
+            b.iter_batched(
+                || input.clone(),
+                |request| convert::logs(request, &catalog, 500),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_map);
+criterion_main!(benches);
