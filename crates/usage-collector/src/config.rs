@@ -434,33 +434,36 @@ impl FileSettings {
     }
 }
 
-/// Replaces each `${NAME}` with `lookup(NAME)`; `$$` stays a literal `$`-pair and a lone `$` is
-/// kept as is, so passwords containing `$` survive. Errors with (line, name) on an unset one.
+/// Replaces each `${NAME}` with `lookup(NAME)`, except on comment lines; a `$` not followed by
+/// `{` is kept, so passwords containing `$` survive. Errors with (line, name) on an unset one.
 fn expand_vars(
     text: &str,
     lookup: &impl Fn(&str) -> Option<String>,
 ) -> Result<String, (usize, String)> {
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[start..]);
-            return Ok(out);
-        };
-        let name = &after[..end];
-        let line = text[..text.len() - rest.len() + start]
-            .matches('\n')
-            .count()
-            + 1;
-        match lookup(name) {
-            Some(value) => out.push_str(&value),
-            None => return Err((line, name.to_owned())),
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
         }
-        rest = &after[end + 1..];
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let name = &after[..end];
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => return Err((index + 1, name.to_owned())),
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
     }
-    out.push_str(rest);
     Ok(out)
 }
 
@@ -511,18 +514,18 @@ mod tests {
     fn lookup(var: &str) -> Option<String> {
         match var {
             "DB_PASS" => Some("s3cr$t".to_owned()),
-            "HOST" => Some("db.internal".to_owned()),
+            "HOST" | "DB_HOST" => Some("db.internal".to_owned()),
             _ => None,
         }
     }
 
     #[test]
     fn expands_braced_variables_and_keeps_lone_dollars() {
-        let text = "url = \"mysql://u:${DB_PASS}@${HOST}:3306/x\"\n# cost $5\n";
+        let text = "url = \"mysql://u:${DB_PASS}@${HOST}:3306/x\"\n# ${UNSET} in a comment\ncost = \"$5\"\n";
         let out = expand_vars(text, &lookup).unwrap();
         assert_eq!(
             out,
-            "url = \"mysql://u:s3cr$t@db.internal:3306/x\"\n# cost $5\n"
+            "url = \"mysql://u:s3cr$t@db.internal:3306/x\"\n# ${UNSET} in a comment\ncost = \"$5\"\n"
         );
     }
 
@@ -584,6 +587,18 @@ mod tests {
         )
         .unwrap();
         assert!(Settings::layer(file, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_example_file_in_deploy_parses() {
+        let text = include_str!("../../../deploy/collector.example.toml");
+        let file = FileSettings::parse(text, Path::new("collector.example.toml"), lookup).unwrap();
+        let settings = Settings::layer(file, &Overrides::default());
+        // The example names a password file that only exists in a pod.
+        assert!(
+            matches!(settings, Err(ConfigError::PasswordFile { .. })),
+            "{settings:?}"
+        );
     }
 
     #[test]
