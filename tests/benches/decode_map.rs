@@ -2,7 +2,7 @@
 //! it through the catalogue, and group the rows into batches. No I/O.
 //!
 //! Run with `cargo bench -p usage-pipeline-tests --bench decode_map`; criterion reports the time
-//! per request and the records per second. Numbers in docs/performance.md name their machine.
+//! per request and the records per second.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

@@ -458,3 +458,98 @@ impl Catalog {
         self.tables[id].kind
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Signal, string_attr};
+
+    fn event(name: &str, attributes: Vec<KeyValue>) -> UsageEvent {
+        UsageEvent {
+            id: uuid::Uuid::nil(),
+            name: name.to_owned(),
+            time_unix_nano: 1_700_000_000_123_456_789,
+            service: Arc::from("ide"),
+            signal: Signal::Log,
+            trace_id: None,
+            span_id: None,
+            span: None,
+            attributes,
+        }
+    }
+
+    fn attr(key: &str, value: any_value::Value) -> KeyValue {
+        KeyValue {
+            key: key.to_owned(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cut_keeps_whole_characters() {
+        let mut text = "añb€".to_owned();
+        assert!(cut(&mut text, 3));
+        assert_eq!(text, "añb");
+        assert!(!cut(&mut text, 3));
+    }
+
+    #[test]
+    fn integral_doubles_are_integers_and_other_types_are_named() {
+        let catalog = Catalog::built_in();
+        let ok = event(
+            "program_execution",
+            vec![attr(
+                keys::PROGRAM_LINES,
+                any_value::Value::DoubleValue(12.0),
+            )],
+        );
+        let (_, row) = catalog.map(&ok).unwrap().row.unwrap();
+        assert!(row.contains(&Value::Int(12)));
+        assert!(
+            row.contains(&Value::Bool(true)),
+            "no error message: success inferred"
+        );
+        assert!(row.contains(&Value::Time(timestamp(1_700_000_000_123_456_000).unwrap())));
+
+        let bad = event(
+            "program_execution",
+            vec![attr(
+                keys::PROGRAM_LINES,
+                any_value::Value::DoubleValue(1.5),
+            )],
+        );
+        assert_eq!(
+            catalog.map(&bad).unwrap_err().to_string(),
+            "attribute `program.lines` must be an integer, got double 1.5"
+        );
+        let missing = event("feature_use", vec![string_attr(keys::SESSION_ID, "s")]);
+        assert_eq!(
+            catalog.map(&missing).unwrap_err(),
+            MapError::MissingAttribute {
+                event: "feature_use",
+                key: keys::FEATURE_NAME
+            }
+        );
+    }
+
+    #[test]
+    fn session_events_touch_only_their_session() {
+        let catalog = Catalog::built_in();
+        let start = event(
+            "session_start",
+            vec![
+                string_attr(keys::SESSION_ID, "s"),
+                string_attr(keys::CLIENT_ADDRESS, "10.1.2.3"),
+            ],
+        );
+        let mapped = catalog.map(&start).unwrap();
+        assert!(mapped.row.is_none());
+        let (id, session) = mapped.session.unwrap();
+        assert_eq!(id, "s");
+        assert_eq!(session.ip_address.as_deref(), Some("10.1.2.3"));
+        assert_eq!(session.end_time, None);
+    }
+}
