@@ -68,6 +68,14 @@ impl TestDb {
         TestDb::Sqlite { dir, url, pool }
     }
 
+    /// The MariaDB database's name (panics for SQLite).
+    pub fn name(&self) -> &str {
+        match self {
+            TestDb::MySql { name, .. } => name,
+            TestDb::Sqlite { .. } => panic!("a SQLite test database has no name"),
+        }
+    }
+
     /// The database's URL, for the collector.
     pub fn url(&self) -> &str {
         match self {

@@ -7,9 +7,11 @@
 //!   SQLite file, and reads rows back as text for column-by-column assertions.
 //! - [`collector`]: starts an in-process collector against a database, waits until it is ready.
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
+//! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 
 pub mod collector;
 pub mod db;
 pub mod fixtures;
+pub mod proxy;

@@ -18,7 +18,10 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
         if body.contains("failed: schema check") {
             break body;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "no schema failure reported: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no schema failure reported: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();

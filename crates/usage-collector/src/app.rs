@@ -26,6 +26,8 @@ use crate::writer::{Writer, WriterTask};
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait between failed verification runs.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How often a database marked failed (by a failed write) is probed again.
+const DATABASE_PROBE: Duration = Duration::from_secs(1);
 
 /// The collector could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +83,13 @@ impl Application {
             metrics.clone(),
             health.clone(),
         );
-        let verification = tokio::spawn(verify_until_ready(
-            sink.clone(),
-            migrate,
-            health.clone(),
-            metrics.clone(),
-        ));
+        let verification = tokio::spawn({
+            let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
+            async move {
+                verify_until_ready(&sink, migrate, &health, &metrics).await;
+                watch_database(&sink, &health, &metrics).await;
+            }
+        });
         Ok(Self {
             grpc,
             admin,
@@ -177,7 +180,7 @@ impl Application {
 
 /// Runs migrations (when asked) and verification until they pass, reporting each failure in
 /// the health checks and the log.
-async fn verify_until_ready(sink: Sink, migrate: bool, health: Health, metrics: Arc<Metrics>) {
+async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics: &Metrics) {
     let mut wait = FIRST_RETRY;
     loop {
         let result = async {
@@ -197,7 +200,7 @@ async fn verify_until_ready(sink: Sink, migrate: bool, health: Health, metrics: 
                 return;
             }
             Err(error) => {
-                report(&error, &health, &metrics);
+                report(&error, health, metrics);
                 tracing::warn!(
                     step = error.step.as_str(),
                     error = %error,
@@ -208,6 +211,36 @@ async fn verify_until_ready(sink: Sink, migrate: bool, health: Health, metrics: 
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(MAX_RETRY);
+    }
+}
+
+/// After startup: a write that lost the database marks it failed, and requests are refused
+/// fast (UNAVAILABLE) instead of each waiting out the connect timeout. This probes the database
+/// until it answers again and then lets requests through.
+async fn watch_database(sink: &Sink, health: &Health, metrics: &Metrics) {
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(DATABASE_PROBE).await;
+        if health.database_ok() {
+            continue;
+        }
+        match sink.ping().await {
+            Ok(()) => {
+                health.set_database(Check::Ok);
+                health.set_writer(Check::Ok);
+                metrics.database_up.set(1);
+                tracing::info!(database = %sink.target(), "database reachable again");
+                last_error.clear();
+            }
+            Err(error) => {
+                if error.message != last_error {
+                    tracing::warn!(database = %sink.target(), error = %error.message, "database still unreachable");
+                    last_error = error.message.clone();
+                }
+                health.set_database(Check::Failed(error.message));
+                metrics.database_up.set(0);
+            }
+        }
     }
 }
 

@@ -52,10 +52,12 @@ async fn live() -> impl IntoResponse {
 
 async fn ready(State(state): State<AdminState>) -> Response {
     let readiness = state.health.readiness();
-    let code = if readiness.status == "ok" {
-        StatusCode::OK
-    } else {
+    // Degraded still takes and writes events (a batch failed, the next may not): taking the
+    // pod out of its Service would stop the very traffic that shows whether it recovered.
+    let code = if readiness.status == "failing" {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (code, axum::Json(readiness)).into_response()
 }

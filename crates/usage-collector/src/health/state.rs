@@ -1,7 +1,9 @@
 //! Readiness: is the data path working, and if not, why.
 //!
 //! Each check holds `ok`, `pending: …` or `failed: …` with the reason (the database's own error
-//! text, secrets already removed). Ready means every check is ok.
+//! text, secrets already removed). `ok`: every check passes. `failing` (not ready): the
+//! database or the schema check fails, and events are refused. `degraded` (still ready): the
+//! last batch write failed for another reason; events are still taken.
 
 use std::sync::{Arc, RwLock};
 
@@ -90,7 +92,16 @@ impl Health {
         self.update(|c| c.writer = check);
     }
 
-    /// True when events can be accepted: the database answered and the schema is verified.
+    /// True while the database check passes.
+    pub fn database_ok(&self) -> bool {
+        self.checks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .database
+            == Check::Ok
+    }
+
+    /// True when events can be accepted: the database answers and the schema is verified.
     pub fn accepting(&self) -> Result<(), String> {
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
         for (name, check) in [("database", &checks.database), ("schema", &checks.schema)] {

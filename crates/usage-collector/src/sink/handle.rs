@@ -178,6 +178,15 @@ impl Sink {
         }
     }
 
+    /// Runs `SELECT 1` on a pooled connection.
+    pub async fn ping(&self) -> Result<(), WriteError> {
+        let result = match &self.pool {
+            Pool::MySql(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Pool::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+        };
+        result.map_err(|e| WriteError::classify(&e, &self.redactor))
+    }
+
     /// Applies the embedded migrations (under the migrator's lock, so several collectors
     /// starting at once apply them once).
     pub async fn migrate(&self) -> Result<(), String> {
