@@ -45,6 +45,28 @@ async fn check_passes_after_migrate_and_names_a_missing_table() {
         0
     );
 
+    // TLS modes reach the driver: this server has TLS off, so `required` must fail, `disabled` pass.
+    let (ok, out) = collector(&[
+        "check",
+        "--database-url",
+        db.url(),
+        "--database-tls",
+        "required",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("(tls required)") && out.contains("TLS"),
+        "{out}"
+    );
+    let (ok, out) = collector(&[
+        "check",
+        "--database-url",
+        db.url(),
+        "--database-tls",
+        "disabled",
+    ]);
+    assert!(ok && out.contains("(tls disabled)"), "{out}");
+
     db.execute("DROP TABLE page_visits").await;
     db.execute("ALTER TABLE program_executions DROP COLUMN error_message")
         .await;

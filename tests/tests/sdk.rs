@@ -1,7 +1,10 @@
 //! Events sent by the real OpenTelemetry SDK and `opentelemetry-otlp` exporter arrive as rows.
 
 use opentelemetry::KeyValue;
-use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _};
+use std::collections::HashMap;
+
+use opentelemetry::Key;
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _};
 use opentelemetry::trace::{Span as _, Status, Tracer as _, TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
@@ -28,18 +31,54 @@ async fn the_otlp_exporter_delivers_log_events_and_spans() {
         )
         .build();
     let logger = logs.logger("usage");
-    let mut record = logger.create_log_record();
-    record.set_event_name("page_visit");
-    record.set_timestamp(std::time::SystemTime::now());
-    record.add_attribute("url.path", "/ide/naïve 'quote'");
-    record.add_attribute("session.id", "sdk-1");
-    record.add_attribute("event.id", uuid::Uuid::now_v7().to_string());
-    logger.emit(record);
-    let mut record = logger.create_log_record();
-    record.set_event_name("feature_use");
-    record.add_attribute("feature.name", "run_button");
-    record.add_attribute("session.id", "sdk-1");
-    logger.emit(record);
+    let emit = |name: &'static str, attributes: Vec<(&'static str, AnyValue)>| {
+        let mut record = logger.create_log_record();
+        record.set_event_name(name);
+        record.set_timestamp(std::time::SystemTime::now());
+        record.add_attribute("event.id", uuid::Uuid::now_v7().to_string());
+        record.add_attribute("session.id", "sdk-1");
+        for (key, value) in attributes {
+            record.add_attribute(key, value);
+        }
+        logger.emit(record);
+    };
+    emit(
+        "session_start",
+        vec![
+            ("user_agent.original", "Mozilla/5.0 \"sdk\"".into()),
+            ("client.address", "198.51.100.4".into()),
+            ("user.id", "u-sdk".into()),
+        ],
+    );
+    emit(
+        "page_visit",
+        vec![
+            ("url.path", "/ide/naïve 'quote'".into()),
+            (
+                "http.request.header.referer",
+                AnyValue::ListAny(Box::new(vec!["https://example.org/".into()])),
+            ),
+        ],
+    );
+    emit(
+        "program_execution",
+        vec![
+            ("program.lines", 20i64.into()),
+            ("program.lines_executed", 55i64.into()),
+            ("program.duration_ms", 8i64.into()),
+            ("program.success", true.into()),
+        ],
+    );
+    let data = HashMap::from([(Key::from("autosave"), AnyValue::from(true))]);
+    emit(
+        "feature_use",
+        vec![
+            ("feature.name", "run_button".into()),
+            ("feature.data", AnyValue::Map(Box::new(data))),
+        ],
+    );
+    emit("share_link", vec![("link.kind", "public".into())]);
+    emit("session_end", vec![]);
 
     let traces = SdkTracerProvider::builder()
         .with_resource(resource)
@@ -52,11 +91,15 @@ async fn the_otlp_exporter_delivers_log_events_and_spans() {
         )
         .build();
     let tracer = traces.tracer("usage");
-    let mut span = tracer.start("program_execution");
+    let started = std::time::SystemTime::now();
+    let mut span = tracer
+        .span_builder("program_execution")
+        .with_start_time(started)
+        .start(&tracer);
     span.set_attribute(KeyValue::new("session.id", "sdk-1"));
     span.set_attribute(KeyValue::new("program.lines", 3i64));
     span.set_status(Status::error("TYPE MISMATCH"));
-    span.end();
+    span.end_with_timestamp(started + std::time::Duration::from_millis(250));
 
     tokio::task::spawn_blocking(move || {
         logs.shutdown().expect("logs flushed");
@@ -67,27 +110,44 @@ async fn the_otlp_exporter_delivers_log_events_and_spans() {
 
     let s = |t: &str| Some(t.to_owned());
     assert_eq!(
-        db.texts("SELECT service, session_id, page_path FROM page_visits")
+        db.texts("SELECT service, session_id, page_path, referrer FROM page_visits")
             .await,
-        [vec![s("web-ide-sdk"), s("sdk-1"), s("/ide/naïve 'quote'")]]
+        [vec![
+            s("web-ide-sdk"),
+            s("sdk-1"),
+            s("/ide/naïve 'quote'"),
+            s("https://example.org/")
+        ]]
+    );
+    let features = db
+        .texts("SELECT feature_name, CAST(feature_data AS CHAR) FROM feature_usage")
+        .await;
+    assert_eq!(features[0][0], s("run_button"));
+    let data: serde_json::Value = serde_json::from_str(features[0][1].as_deref().unwrap()).unwrap();
+    assert_eq!(data, serde_json::json!({"autosave": true}));
+    assert_eq!(
+        db.texts(
+            "SELECT CAST(program_lines AS CHAR), CAST(lines_executed AS CHAR), CAST(execution_time_ms AS CHAR), \
+             CAST(success AS CHAR), error_message FROM program_executions ORDER BY success DESC"
+        )
+        .await,
+        [
+            vec![s("20"), s("55"), s("8"), s("1"), None],
+            vec![s("3"), None, s("250"), s("0"), s("TYPE MISMATCH")],
+        ]
     );
     assert_eq!(
-        db.texts("SELECT feature_name FROM feature_usage").await,
-        [vec![s("run_button")]]
+        db.texts("SELECT event_name, CAST(attributes AS CHAR) FROM usage_events")
+            .await[0][0],
+        s("share_link")
     );
     assert_eq!(
         db.texts(
-            "SELECT CAST(program_lines AS CHAR), CAST(success AS CHAR), error_message FROM program_executions"
+            "SELECT user_id, user_agent, ip_address, CAST(programs_run AS CHAR), CAST(lines_executed AS CHAR), \
+             CAST(errors_encountered AS CHAR), CAST(end_time IS NOT NULL AS CHAR) FROM ide_sessions"
         )
         .await,
-        [vec![s("3"), s("0"), s("TYPE MISMATCH")]]
-    );
-    assert_eq!(
-        db.texts(
-            "SELECT CAST(programs_run AS CHAR), CAST(errors_encountered AS CHAR) FROM ide_sessions"
-        )
-        .await,
-        [vec![s("1"), s("1")]]
+        [vec![s("u-sdk"), s("Mozilla/5.0 \"sdk\""), s("198.51.100.4"), s("2"), s("55"), s("1"), s("1")]]
     );
     collector.stop().await;
 }
