@@ -32,6 +32,20 @@ pub enum TestDb {
     },
 }
 
+fn as_texts<R: Row>(rows: &[R]) -> Vec<Vec<Option<String>>>
+where
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.get::<Option<String>, _>(i))
+                .collect()
+        })
+        .collect()
+}
+
 fn unique(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
@@ -86,35 +100,20 @@ impl TestDb {
     /// Runs `sql` and returns every row with every column as text (NULL as `None`).
     /// Write `CAST(x AS CHAR)` for non-text columns; on SQLite it becomes `CAST(x AS TEXT)`.
     pub async fn texts(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        match self {
-            TestDb::MySql { pool, .. } => {
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .fetch_all(pool)
-                    .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                rows.iter()
-                    .map(|row| {
-                        (0..row.len())
-                            .map(|i| row.get::<Option<String>, _>(i))
-                            .collect()
-                    })
-                    .collect()
-            }
+        let result = match self {
+            TestDb::MySql { pool, .. } => sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_all(pool)
+                .await
+                .map(|rows| as_texts(&rows)),
             TestDb::Sqlite { pool, .. } => {
                 let sql = sql.replace(" AS CHAR)", " AS TEXT)");
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                sqlx::query(sqlx::AssertSqlSafe(sql))
                     .fetch_all(pool)
                     .await
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                rows.iter()
-                    .map(|row| {
-                        (0..row.len())
-                            .map(|i| row.get::<Option<String>, _>(i))
-                            .collect()
-                    })
-                    .collect()
+                    .map(|rows| as_texts(&rows))
             }
-        }
+        };
+        result.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// `SELECT COUNT(*) FROM table`.

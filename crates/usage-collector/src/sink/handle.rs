@@ -59,6 +59,12 @@ pub enum OpenError {
     },
 }
 
+/// The sink's pool, for code that speaks each dialect itself (verification).
+pub(crate) enum PoolRef<'a> {
+    MySql(&'a MySqlPool),
+    Sqlite(&'a SqlitePool),
+}
+
 #[derive(Clone)]
 enum Pool {
     MySql(MySqlPool),
@@ -197,17 +203,10 @@ impl Sink {
         result.map_err(|e| self.redactor.redact(&e.to_string()))
     }
 
-    pub(crate) fn mysql(&self) -> Option<&MySqlPool> {
+    pub(crate) fn pool(&self) -> PoolRef<'_> {
         match &self.pool {
-            Pool::MySql(pool) => Some(pool),
-            Pool::Sqlite(_) => None,
-        }
-    }
-
-    pub(crate) fn sqlite(&self) -> Option<&SqlitePool> {
-        match &self.pool {
-            Pool::Sqlite(pool) => Some(pool),
-            Pool::MySql(_) => None,
+            Pool::MySql(pool) => PoolRef::MySql(pool),
+            Pool::Sqlite(pool) => PoolRef::Sqlite(pool),
         }
     }
 

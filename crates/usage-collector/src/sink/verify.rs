@@ -11,7 +11,7 @@ use std::fmt;
 use sqlx::Row;
 use time::macros::datetime;
 
-use super::handle::Sink;
+use super::handle::{PoolRef, Sink};
 use crate::catalog::tables::{ColumnType, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
 
@@ -110,47 +110,9 @@ impl Sink {
 
     /// Runs every verification step; the first failure stops the run.
     pub async fn verify(&self) -> Result<ServerFacts, VerifyError> {
-        let facts = if let Some(pool) = self.mysql() {
-            let mut conn = pool
-                .acquire()
-                .await
-                .map_err(|e| self.fail(Step::Connect, e))?;
-            self.step_ok(Step::Connect, "");
-            sqlx::query("SELECT 1")
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| self.fail(Step::Query, e))?;
-            self.step_ok(Step::Query, "");
-            let row = sqlx::query(
-                "SELECT CAST(VERSION() AS CHAR), CAST(@@character_set_database AS CHAR), \
-                 CAST(@@time_zone AS CHAR)",
-            )
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| self.fail(Step::Server, e))?;
-            ServerFacts {
-                version: row.try_get(0).map_err(|e| self.fail(Step::Server, e))?,
-                charset: row.try_get(1).map_err(|e| self.fail(Step::Server, e))?,
-                time_zone: row.try_get(2).map_err(|e| self.fail(Step::Server, e))?,
-            }
-        } else if let Some(pool) = self.sqlite() {
-            let mut conn = pool
-                .acquire()
-                .await
-                .map_err(|e| self.fail(Step::Connect, e))?;
-            self.step_ok(Step::Connect, "");
-            let version: String = sqlx::query_scalar("SELECT sqlite_version()")
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| self.fail(Step::Query, e))?;
-            self.step_ok(Step::Query, "");
-            ServerFacts {
-                version: format!("SQLite {version}"),
-                charset: "UTF-8".to_owned(),
-                time_zone: "UTC (the collector writes UTC)".to_owned(),
-            }
-        } else {
-            unreachable!("a sink has exactly one pool")
+        let facts = match self.pool() {
+            PoolRef::MySql(pool) => self.mysql_facts(pool).await?,
+            PoolRef::Sqlite(pool) => self.sqlite_facts(pool).await?,
         };
         self.step_ok(
             Step::Server,
@@ -180,35 +142,81 @@ impl Sink {
         Ok(facts)
     }
 
+    async fn mysql_facts(&self, pool: &sqlx::MySqlPool) -> Result<ServerFacts, VerifyError> {
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| self.fail(Step::Connect, e))?;
+        self.step_ok(Step::Connect, "");
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| self.fail(Step::Query, e))?;
+        self.step_ok(Step::Query, "");
+        let row = sqlx::query(
+            "SELECT CAST(VERSION() AS CHAR), CAST(@@character_set_database AS CHAR), \
+             CAST(@@time_zone AS CHAR)",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| self.fail(Step::Server, e))?;
+        Ok(ServerFacts {
+            version: row.try_get(0).map_err(|e| self.fail(Step::Server, e))?,
+            charset: row.try_get(1).map_err(|e| self.fail(Step::Server, e))?,
+            time_zone: row.try_get(2).map_err(|e| self.fail(Step::Server, e))?,
+        })
+    }
+
+    async fn sqlite_facts(&self, pool: &sqlx::SqlitePool) -> Result<ServerFacts, VerifyError> {
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|e| self.fail(Step::Connect, e))?;
+        self.step_ok(Step::Connect, "");
+        let version: String = sqlx::query_scalar("SELECT sqlite_version()")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.fail(Step::Query, e))?;
+        self.step_ok(Step::Query, "");
+        Ok(ServerFacts {
+            version: format!("SQLite {version}"),
+            charset: "UTF-8".to_owned(),
+            time_zone: "UTC (the collector writes UTC)".to_owned(),
+        })
+    }
+
     /// Every missing table, missing column and incompatible column type.
     async fn schema_problems(&self) -> Result<Vec<String>, sqlx::Error> {
         let mut live: Vec<(String, String, String, Option<i64>)> = Vec::new();
-        if let Some(pool) = self.mysql() {
-            let rows = sqlx::query(
-                "SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), \
+        match self.pool() {
+            PoolRef::MySql(pool) => {
+                let rows = sqlx::query(
+                    "SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), \
                  CAST(DATA_TYPE AS CHAR), CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) \
                  FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
-            )
-            .fetch_all(pool)
-            .await?;
-            for row in rows {
-                live.push((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                ));
-            }
-        } else if let Some(pool) = self.sqlite() {
-            for table in self.catalog().tables() {
-                let rows = sqlx::query("SELECT name, type FROM pragma_table_info(?)")
-                    .bind(table.name)
-                    .fetch_all(pool)
-                    .await?;
+                )
+                .fetch_all(pool)
+                .await?;
                 for row in rows {
-                    let declared: String = row.try_get(1)?;
-                    let (ty, len) = split_declared(&declared);
-                    live.push((table.name.to_owned(), row.try_get(0)?, ty, len));
+                    live.push((
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                    ));
+                }
+            }
+            PoolRef::Sqlite(pool) => {
+                for table in self.catalog().tables() {
+                    let rows = sqlx::query("SELECT name, type FROM pragma_table_info(?)")
+                        .bind(table.name)
+                        .fetch_all(pool)
+                        .await?;
+                    for row in rows {
+                        let declared: String = row.try_get(1)?;
+                        let (ty, len) = split_declared(&declared);
+                        live.push((table.name.to_owned(), row.try_get(0)?, ty, len));
+                    }
                 }
             }
         }
