@@ -64,7 +64,8 @@ pub struct Application {
 
 impl Application {
     /// Binds the listeners and starts the writer and the startup verification.
-    /// With `migrate`, migrations are applied before verification.
+    /// With `migrate`, migrations are applied before verification; the embedded SQLite
+    /// database is always migrated, so the collector runs with nothing set up.
     pub async fn build(settings: Settings, migrate: bool) -> Result<Self, AppError> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -83,6 +84,7 @@ impl Application {
             metrics.clone(),
             health.clone(),
         );
+        let migrate = migrate || sink.is_embedded();
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
             async move {

@@ -1,10 +1,60 @@
 //! Usage tracking for applications: record usage events with ordinary `tracing` macros and ship
-//! them over OTLP to the usage collector.
+//! them over OTLP to the usage collector, without ever blocking the application, and without a
+//! failure going unnoticed.
+//!
+//! ```no_run
+//! let tracker = usage_tracker::init()?; // OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …
+//! usage_tracker::page_visit(usage_tracker::PageVisit {
+//!     path: "/ide",
+//!     session_id: Some("s-1"),
+//!     ..Default::default()
+//! });
+//! println!("{:?} {:?}", tracker.stats(), tracker.health());
+//! # Ok::<(), usage_tracker::InitError>(())
+//! ```
 //!
 //! # Layout
 //!
 //! - [`catalog`]: the built-in usage events, their attribute keys and types, and the table and
 //!   column each one is written to. The collector derives its mapping from this module, so an app
 //!   and the collector can never disagree about a key.
+//! - [`record`]: the helpers that record catalogue events, the [`event!`] macro for custom
+//!   events, and [`ProgramRun`], a program run recorded as a span.
+//! - [`config`]: settings from the standard OpenTelemetry environment variables or from code.
+//! - [`tracker`]: [`Tracker`] — the `tracing` layer, `stats()`, `health()`, flush and shutdown;
+//!   [`init`] for the one-call setup.
+//! - `pipeline`: the bounded queue and the background export thread.
+//! - [`health`]: the counters and health states, and the warnings written to stderr.
+//!
+//! Everything but [`catalog`] is behind the default `exporter` feature.
 
 pub mod catalog;
+#[cfg(feature = "exporter")]
+pub mod config;
+#[cfg(feature = "exporter")]
+pub mod health;
+#[cfg(feature = "exporter")]
+mod pipeline;
+#[cfg(feature = "exporter")]
+pub mod record;
+#[cfg(feature = "exporter")]
+pub mod tracker;
+
+#[cfg(feature = "exporter")]
+pub use config::Config;
+#[cfg(feature = "exporter")]
+pub use health::{Health, Stats};
+#[cfg(feature = "exporter")]
+pub use pipeline::StartError;
+#[cfg(feature = "exporter")]
+pub use record::{
+    EventId, FeatureUse, PageVisit, ProgramExecution, ProgramRun, SessionStart, TARGET,
+    feature_use, page_visit, program_execution, session_end, session_start,
+};
+#[cfg(feature = "exporter")]
+pub use tracker::{InitError, Tracker, TrackerBuilder, init};
+
+/// Re-exported for the [`event!`] macro.
+#[cfg(feature = "exporter")]
+#[doc(hidden)]
+pub use tracing;

@@ -132,6 +132,11 @@ impl Sink {
         })
     }
 
+    /// True for the embedded SQLite database, whose schema the collector always manages.
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.pool, Pool::Sqlite(_))
+    }
+
     /// What the sink connects to.
     pub fn target(&self) -> &Target {
         &self.target

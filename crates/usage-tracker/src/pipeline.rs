@@ -1,0 +1,382 @@
+//! The export pipeline: a bounded queue in front of one background thread that batches and
+//! sends over OTLP/gRPC.
+//!
+//! The application's threads only clone the record and `try_send` it: when the queue is full
+//! the event is dropped and counted, never waited for. The export thread owns a small tokio
+//! runtime of its own, so the tracker works the same in a tokio application and in a plain
+//! synchronous `main`. Each batch gets the exporter's own retry policy (the OTLP-recommended
+//! three retries with backoff, honouring the collector's RetryInfo), then counts as failed;
+//! meanwhile the queue keeps absorbing events up to its capacity.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord};
+use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::health::Shared;
+
+pub(crate) enum Item {
+    Log(Box<(SdkLogRecord, InstrumentationScope)>),
+    Span(Box<SpanData>),
+}
+
+pub(crate) enum Control {
+    /// Send everything queued, then answer.
+    Flush(std_mpsc::Sender<()>),
+    /// Send everything queued, answer, and stop.
+    Shutdown(std_mpsc::Sender<()>),
+}
+
+/// The application-side end of the pipeline: an OpenTelemetry log and span processor.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    items: mpsc::Sender<Item>,
+    control: mpsc::UnboundedSender<Control>,
+    shared: Arc<Shared>,
+    /// Set by the first shutdown; the providers' own shutdowns after it return at once.
+    stopping: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for Queue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("stats", &self.shared.stats())
+            .finish()
+    }
+}
+
+impl Queue {
+    fn push(&self, item: Item) {
+        self.shared.recorded();
+        if self.items.try_send(item).is_err() {
+            self.shared.dropped();
+        }
+    }
+
+    /// Stops the export thread after it sent what is queued; waits at most `deadline`.
+    /// Only the first call does anything.
+    pub(crate) fn stop(&self, deadline: Duration) -> bool {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        self.ask(Control::Shutdown, deadline)
+    }
+
+    /// Asks the export thread to do `make(ack)` and waits at most `deadline` for its answer.
+    pub(crate) fn ask(
+        &self,
+        make: fn(std_mpsc::Sender<()>) -> Control,
+        deadline: Duration,
+    ) -> bool {
+        let (ack, done) = std_mpsc::channel();
+        self.control.send(make(ack)).is_ok() && done.recv_timeout(deadline).is_ok()
+    }
+}
+
+impl LogProcessor for Queue {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        self.push(Item::Log(Box::new((record.clone(), scope.clone()))));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.ask(Control::Flush, Duration::from_secs(30))
+            .then_some(())
+            .ok_or(opentelemetry_sdk::error::OTelSdkError::Timeout(
+                Duration::from_secs(30),
+            ))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.stop(timeout)
+            .then_some(())
+            .ok_or(opentelemetry_sdk::error::OTelSdkError::Timeout(timeout))
+    }
+}
+
+impl SpanProcessor for Queue {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        self.push(Item::Span(Box::new(span)));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        LogProcessor::force_flush(self)
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        LogProcessor::shutdown_with_timeout(self, timeout)
+    }
+}
+
+/// Why the pipeline could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The export thread or its runtime could not be created.
+    #[error("cannot start the export thread: {0}")]
+    Thread(std::io::Error),
+    /// An exporter could not be built (for example, an invalid endpoint).
+    #[error("cannot set up export to {endpoint}: {error}")]
+    Exporter {
+        /// The endpoint.
+        endpoint: String,
+        /// The exporter's error.
+        error: String,
+    },
+    /// `verify` was asked for and the collector did not answer.
+    #[error("the collector at {endpoint} did not accept an empty export request: {error}")]
+    Unreachable {
+        /// The endpoint.
+        endpoint: String,
+        /// What went wrong (connection refused, timeout, status from the server).
+        error: String,
+    },
+}
+
+struct Worker {
+    logs: opentelemetry_otlp::LogExporter,
+    spans: opentelemetry_otlp::SpanExporter,
+    config: Config,
+    shared: Arc<Shared>,
+}
+
+/// Starts the export thread; returns once its exporters are built (and, when asked, the
+/// collector has answered).
+pub(crate) fn start(
+    config: Config,
+    resource: Resource,
+    shared: Arc<Shared>,
+) -> Result<Queue, StartError> {
+    let (items, item_rx) = mpsc::channel(config.queue_size.max(1));
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let (ready, started) = std_mpsc::channel();
+    let queue = Queue {
+        items,
+        control,
+        shared: shared.clone(),
+        stopping: Arc::default(),
+    };
+    std::thread::Builder::new()
+        .name("usage-tracker-export".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    // The receiver only disappears if `start` itself is gone.
+                    ready.send(Err(StartError::Thread(e))).ok();
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let worker = match Worker::build(config, resource, shared).await {
+                    Ok(worker) => worker,
+                    Err(e) => {
+                        ready.send(Err(e)).ok();
+                        return;
+                    }
+                };
+                ready.send(Ok(())).ok();
+                worker.run(item_rx, control_rx).await;
+            });
+        })
+        .map_err(StartError::Thread)?;
+    match started.recv() {
+        Ok(Ok(())) => Ok(queue),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(StartError::Thread(std::io::Error::other(
+            "the export thread stopped while starting",
+        ))),
+    }
+}
+
+fn metadata(config: &Config) -> tonic::metadata::MetadataMap {
+    let mut map = tonic::metadata::MetadataMap::new();
+    for (key, value) in &config.headers {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.to_ascii_lowercase().as_bytes()),
+            value.parse(),
+        ) {
+            map.insert(key, value);
+        } else {
+            eprintln!(
+                "usage-tracker WARN: header {key:?} is not a valid gRPC metadata entry; not sent"
+            );
+        }
+    }
+    map
+}
+
+impl Worker {
+    async fn build(
+        config: Config,
+        resource: Resource,
+        shared: Arc<Shared>,
+    ) -> Result<Self, StartError> {
+        let exporter_error = |endpoint: &str| {
+            let endpoint = endpoint.to_owned();
+            move |e: opentelemetry_otlp::ExporterBuildError| StartError::Exporter {
+                endpoint,
+                error: e.to_string(),
+            }
+        };
+        let mut logs = opentelemetry_otlp::LogExporter::builder()
+            .with_tonic()
+            .with_endpoint(config.logs_endpoint.clone())
+            .with_timeout(config.timeout)
+            .with_metadata(metadata(&config))
+            .build()
+            .map_err(exporter_error(&config.logs_endpoint))?;
+        let mut spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(config.traces_endpoint.clone())
+            .with_timeout(config.timeout)
+            .with_metadata(metadata(&config))
+            .build()
+            .map_err(exporter_error(&config.traces_endpoint))?;
+        logs.set_resource(&resource);
+        spans.set_resource(&resource);
+        if let Some(timeout) = config.verify_timeout {
+            verify(&config, timeout).await?;
+        }
+        Ok(Worker {
+            logs,
+            spans,
+            config,
+            shared,
+        })
+    }
+
+    async fn run(
+        self,
+        mut items: mpsc::Receiver<Item>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        let mut batch = Vec::with_capacity(self.config.batch_size);
+        let mut tick = tokio::time::interval(self.config.export_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                order = control.recv() => {
+                    let (ack, stop) = match order {
+                        Some(Control::Flush(ack)) => (Some(ack), false),
+                        Some(Control::Shutdown(ack)) => (Some(ack), true),
+                        None => (None, true),
+                    };
+                    while let Ok(item) = items.try_recv() {
+                        batch.push(item);
+                        if batch.len() >= self.config.batch_size {
+                            self.export(std::mem::take(&mut batch)).await;
+                        }
+                    }
+                    self.export(std::mem::take(&mut batch)).await;
+                    if let Some(ack) = ack {
+                        ack.send(()).ok(); // the asker may have stopped waiting
+                    }
+                    if stop {
+                        return;
+                    }
+                }
+                received = items.recv_many(&mut batch, self.config.batch_size) => {
+                    if received == 0 {
+                        self.export(std::mem::take(&mut batch)).await;
+                        return;
+                    }
+                    if batch.len() >= self.config.batch_size {
+                        self.export(std::mem::take(&mut batch)).await;
+                    }
+                }
+                _ = tick.tick() => {
+                    self.shared.check_drops(&self.config.logs_endpoint);
+                    if !batch.is_empty() {
+                        self.export(std::mem::take(&mut batch)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one batch: its log records in one request, its spans in another.
+    async fn export(&self, batch: Vec<Item>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut logs = Vec::new();
+        let mut spans = Vec::new();
+        for item in batch {
+            match item {
+                Item::Log(log) => logs.push(log),
+                Item::Span(span) => spans.push(*span),
+            }
+        }
+        if !logs.is_empty() {
+            let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+                logs.iter().map(|b| (&b.0, &b.1)).collect();
+            let result = self.logs.export(LogBatch::new(&refs)).await;
+            self.settle(logs.len() as u64, &self.config.logs_endpoint, result);
+        }
+        if !spans.is_empty() {
+            let count = spans.len() as u64;
+            let result = self.spans.export(spans).await;
+            self.settle(count, &self.config.traces_endpoint, result);
+        }
+    }
+
+    fn settle(&self, events: u64, endpoint: &str, result: OTelSdkResult) {
+        match result {
+            Ok(()) => self.shared.export_succeeded(events, endpoint),
+            Err(e) => self.shared.export_failed(events, endpoint, &e.to_string()),
+        }
+    }
+}
+
+/// Sends an empty logs export request and waits for the answer.
+async fn verify(config: &Config, timeout: Duration) -> Result<(), StartError> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    let endpoint = config.logs_endpoint.clone();
+    let unreachable = |error: String| StartError::Unreachable {
+        endpoint: endpoint.clone(),
+        error,
+    };
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| unreachable(format!("{e}: {}", source_chain(&e))))?;
+        let mut request = tonic::Request::new(ExportLogsServiceRequest::default());
+        *request.metadata_mut() = metadata(config);
+        LogsServiceClient::new(channel)
+            .export(request)
+            .await
+            .map_err(|status| unreachable(format!("{:?}: {}", status.code(), status.message())))?;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {timeout:?}"))))
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = error.source();
+    while let Some(e) = source {
+        parts.push(e.to_string());
+        source = e.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,258 @@
+//! Recording usage events: typed helpers for the built-in catalogue, [`event!`](crate::event!)
+//! for anything else, and [`ProgramRun`] for a program run recorded as a span.
+//!
+//! Every helper is one `tracing` event with target [`TARGET`], the catalogue's event name as
+//! its name and the catalogue's keys as its fields, plus a fresh UUIDv7 `event.id` so that the
+//! collector writes a retried event once. Field values, the id included, are only computed when
+//! a subscriber wants the event: with tracking off, a helper costs one disabled-callsite check.
+
+use tracing::field::Empty;
+
+use crate::catalog::{events, keys};
+
+/// The `tracing` target of every usage event and usage span; the tracker exports only these.
+pub const TARGET: &str = "usage";
+
+/// A UUIDv7, formatted on the stack.
+#[derive(Clone, Copy)]
+pub struct EventId([u8; 36]);
+
+impl EventId {
+    /// A new time-ordered id.
+    pub fn new() -> Self {
+        let mut buf = [0u8; 36];
+        uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+        EventId(buf)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // encode_lower writes ASCII hex digits and hyphens only.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl Default for EventId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A page was shown.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageVisit<'a> {
+    /// The page's path (required by the collector).
+    pub path: &'a str,
+    /// The session it belongs to.
+    pub session_id: Option<&'a str>,
+    /// The signed-in user.
+    pub user_id: Option<&'a str>,
+    /// The `Referer` header.
+    pub referrer: Option<&'a str>,
+    /// The browser's user agent.
+    pub user_agent: Option<&'a str>,
+    /// The client's address.
+    pub client_address: Option<&'a str>,
+}
+
+/// Records a page visit.
+pub fn page_visit(visit: PageVisit<'_>) {
+    tracing::event!(
+        name: events::PAGE_VISIT,
+        target: TARGET,
+        tracing::Level::INFO,
+        {
+            { keys::EVENT_ID } = EventId::new().as_str(),
+            { keys::SESSION_ID } = visit.session_id,
+            { keys::USER_ID } = visit.user_id,
+            { keys::URL_PATH } = visit.path,
+            { keys::HTTP_REFERER } = visit.referrer,
+            { keys::USER_AGENT } = visit.user_agent,
+            { keys::CLIENT_ADDRESS } = visit.client_address,
+        }
+    );
+}
+
+/// An IDE session began.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SessionStart<'a> {
+    /// The session.
+    pub session_id: &'a str,
+    /// The signed-in user.
+    pub user_id: Option<&'a str>,
+    /// The browser's user agent.
+    pub user_agent: Option<&'a str>,
+    /// The client's address.
+    pub client_address: Option<&'a str>,
+}
+
+/// Records the start of a session.
+pub fn session_start(start: SessionStart<'_>) {
+    tracing::event!(
+        name: events::SESSION_START,
+        target: TARGET,
+        tracing::Level::INFO,
+        {
+            { keys::EVENT_ID } = EventId::new().as_str(),
+            { keys::SESSION_ID } = start.session_id,
+            { keys::USER_ID } = start.user_id,
+            { keys::USER_AGENT } = start.user_agent,
+            { keys::CLIENT_ADDRESS } = start.client_address,
+        }
+    );
+}
+
+/// Records the end of a session.
+pub fn session_end(session_id: &str) {
+    tracing::event!(
+        name: events::SESSION_END,
+        target: TARGET,
+        tracing::Level::INFO,
+        {
+            { keys::EVENT_ID } = EventId::new().as_str(),
+            { keys::SESSION_ID } = session_id,
+        }
+    );
+}
+
+/// A program was run (recorded after the fact; see [`ProgramRun`] for a span).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProgramExecution<'a> {
+    /// The session.
+    pub session_id: Option<&'a str>,
+    /// The signed-in user.
+    pub user_id: Option<&'a str>,
+    /// Lines in the program.
+    pub lines: Option<i64>,
+    /// Lines the interpreter executed.
+    pub lines_executed: Option<i64>,
+    /// Run time in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// `Some(message)` when the run failed.
+    pub error_message: Option<&'a str>,
+}
+
+/// Records a program run.
+pub fn program_execution(run: ProgramExecution<'_>) {
+    tracing::event!(
+        name: events::PROGRAM_EXECUTION,
+        target: TARGET,
+        tracing::Level::INFO,
+        {
+            { keys::EVENT_ID } = EventId::new().as_str(),
+            { keys::SESSION_ID } = run.session_id,
+            { keys::USER_ID } = run.user_id,
+            { keys::PROGRAM_LINES } = run.lines,
+            { keys::PROGRAM_LINES_EXECUTED } = run.lines_executed,
+            { keys::PROGRAM_DURATION_MS } = run.duration_ms,
+            { keys::PROGRAM_SUCCESS } = run.error_message.is_none(),
+            { keys::ERROR_MESSAGE } = run.error_message,
+        }
+    );
+}
+
+/// A feature was used.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FeatureUse<'a> {
+    /// The feature's name (required by the collector).
+    pub name: &'a str,
+    /// The session.
+    pub session_id: Option<&'a str>,
+    /// The signed-in user.
+    pub user_id: Option<&'a str>,
+    /// Details as a JSON document.
+    pub data_json: Option<&'a str>,
+}
+
+/// Records a feature use.
+pub fn feature_use(feature: FeatureUse<'_>) {
+    tracing::event!(
+        name: events::FEATURE_USE,
+        target: TARGET,
+        tracing::Level::INFO,
+        {
+            { keys::EVENT_ID } = EventId::new().as_str(),
+            { keys::SESSION_ID } = feature.session_id,
+            { keys::USER_ID } = feature.user_id,
+            { keys::FEATURE_NAME } = feature.name,
+            { keys::FEATURE_DATA } = feature.data_json,
+        }
+    );
+}
+
+/// Records a custom usage event; the collector writes it to `usage_events` with its fields as
+/// JSON. The name must be a literal or a `const`; fields use `tracing` syntax:
+///
+/// ```
+/// usage_tracker::event!("share_link", "session.id" = "s-1", "link.kind" = "public", pages = 3);
+/// ```
+#[macro_export]
+macro_rules! event {
+    ($name:expr $(, $($fields:tt)*)?) => {
+        $crate::tracing::event!(
+            name: $name,
+            target: $crate::TARGET,
+            $crate::tracing::Level::INFO,
+            {
+                { $crate::catalog::keys::EVENT_ID } = $crate::EventId::new().as_str()
+                $(, $($fields)*)?
+            }
+        )
+    };
+}
+
+/// A program run recorded as a span: its duration is the span's, and [`ProgramRun::failed`]
+/// gives it an error status, which the collector maps to `success = false` and the message.
+/// The run ends when the value is dropped (or [`ProgramRun::finish`] is called).
+#[derive(Debug)]
+pub struct ProgramRun {
+    span: tracing::Span,
+}
+
+impl ProgramRun {
+    /// Starts a run in `session_id`.
+    pub fn start(session_id: Option<&str>) -> Self {
+        let span = tracing::info_span!(
+            target: TARGET,
+            events::PROGRAM_EXECUTION,
+            { keys::EVENT_ID } = EventId::new().as_str(),
+            { keys::SESSION_ID } = session_id,
+            { keys::PROGRAM_LINES } = Empty,
+            { keys::PROGRAM_LINES_EXECUTED } = Empty,
+            otel.status_description = Empty,
+        );
+        Self { span }
+    }
+
+    /// Lines in the program.
+    pub fn lines(&self, lines: i64) -> &Self {
+        self.span.record(keys::PROGRAM_LINES, lines);
+        self
+    }
+
+    /// Lines the interpreter executed.
+    pub fn lines_executed(&self, lines: i64) -> &Self {
+        self.span.record(keys::PROGRAM_LINES_EXECUTED, lines);
+        self
+    }
+
+    /// Marks the run as failed with this message.
+    pub fn failed(&self, message: &str) -> &Self {
+        self.span.record("otel.status_description", message);
+        self
+    }
+
+    /// The span, to enter it or to parent other spans.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Ends the run now.
+    pub fn finish(self) {}
+}

@@ -1,0 +1,296 @@
+//! [`Tracker`]: the running tracker, its `tracing` layer, its counters, and its shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Subscriber;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::{Config, EnvError};
+use crate::health::{Health, Shared, Stats};
+use crate::pipeline::{self, Control, Queue, StartError};
+use crate::record::TARGET;
+
+/// The tracker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// A standard environment variable is unusable.
+    #[error("usage tracking: {0}")]
+    Env(#[from] EnvError),
+    /// The export pipeline could not start, or the collector did not answer `verify`.
+    #[error("usage tracking: {0}")]
+    Start(#[from] StartError),
+    /// `init` found another global subscriber; use `Tracker::layer` in that subscriber instead.
+    #[error(
+        "usage tracking: a global tracing subscriber is already set; start the tracker with \
+         Tracker::builder() and add tracker.layer() to your subscriber"
+    )]
+    SubscriberAlreadySet,
+}
+
+/// Settings for a [`Tracker`], from code or from the environment.
+#[derive(Debug, Clone, Default)]
+pub struct TrackerBuilder {
+    config: Config,
+}
+
+impl TrackerBuilder {
+    /// Defaults, ignoring the environment.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The standard OpenTelemetry environment variables (see [`Config::from_env`]).
+    pub fn from_env() -> Result<Self, EnvError> {
+        Ok(Self {
+            config: Config::from_env()?,
+        })
+    }
+
+    /// These settings.
+    pub fn from_config(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// Sends logs and spans to this collector endpoint (`http://host:4317`).
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        let endpoint = endpoint.into();
+        self.config.logs_endpoint = endpoint.clone();
+        self.config.traces_endpoint = endpoint;
+        self
+    }
+
+    /// Adds gRPC metadata to every export request.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.headers.push((key.into(), value.into()));
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>`.
+    pub fn bearer_token(self, token: &str) -> Self {
+        self.header("authorization", format!("Bearer {token}"))
+    }
+
+    /// Per-request timeout.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// The `service.name` resource attribute.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.config.service_name = Some(name.into());
+        self
+    }
+
+    /// Another resource attribute.
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config
+            .resource_attributes
+            .push((key.into(), value.into()));
+        self
+    }
+
+    /// Queue capacity in events (default 2048).
+    pub fn queue_size(mut self, events: usize) -> Self {
+        self.config.queue_size = events;
+        self
+    }
+
+    /// Longest wait before a partial batch is sent (default 200 ms).
+    pub fn export_interval(mut self, interval: Duration) -> Self {
+        self.config.export_interval = interval;
+        self
+    }
+
+    /// How long dropping the tracker waits for queued events (default 5 s).
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.config.shutdown_deadline = deadline;
+        self
+    }
+
+    /// Makes `start` send an empty export request and fail unless the collector answers in time.
+    pub fn verify(mut self, timeout: Duration) -> Self {
+        self.config.verify_timeout = Some(timeout);
+        self
+    }
+
+    /// Also exports the application's other `tracing` events as log records (off by default).
+    pub fn export_app_logs(mut self, on: bool) -> Self {
+        self.config.export_app_logs = on;
+        self
+    }
+
+    /// Starts the export thread. Add [`Tracker::layer`] to the application's subscriber.
+    pub fn start(self) -> Result<Tracker, InitError> {
+        Tracker::start(self.config)
+    }
+}
+
+/// The running tracker. Dropping it flushes queued events, waiting at most the shutdown deadline.
+#[derive(Debug)]
+pub struct Tracker {
+    shared: Arc<Shared>,
+    queue: Queue,
+    logs: SdkLoggerProvider,
+    spans: SdkTracerProvider,
+    config: Config,
+    stopped: AtomicBool,
+    _metrics: Vec<opentelemetry::metrics::ObservableCounter<u64>>,
+}
+
+impl Tracker {
+    /// Settings for a tracker.
+    pub fn builder() -> TrackerBuilder {
+        TrackerBuilder::new()
+    }
+
+    fn start(config: Config) -> Result<Self, InitError> {
+        let mut resource = Resource::builder();
+        if let Some(name) = &config.service_name {
+            resource = resource.with_service_name(name.clone());
+        }
+        let resource = resource
+            .with_attributes(
+                config
+                    .resource_attributes
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .build();
+        let shared = Arc::new(Shared::default());
+        let queue = pipeline::start(config.clone(), resource.clone(), shared.clone())?;
+        let logs = SdkLoggerProvider::builder()
+            .with_resource(resource.clone())
+            .with_log_processor(queue.clone())
+            .build();
+        let spans = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_span_processor(queue.clone())
+            .build();
+        let metrics = register_metrics(&shared);
+        Ok(Self {
+            shared,
+            queue,
+            logs,
+            spans,
+            config,
+            stopped: AtomicBool::new(false),
+            _metrics: metrics,
+        })
+    }
+
+    /// The `tracing` layer that exports usage events (as OTLP logs) and usage spans (as OTLP
+    /// spans); every other event and span is left to the application's other layers.
+    pub fn layer<S>(&self) -> impl Layer<S> + 'static
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let all_events = self.config.export_app_logs;
+        let logs =
+            OpenTelemetryTracingBridge::new(&self.logs).with_filter(filter_fn(move |meta| {
+                meta.target() == TARGET
+                    || (all_events && meta.is_event() && !is_telemetry_internal(meta.target()))
+            }));
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(self.spans.tracer("usage-tracker"))
+            .with_filter(filter_fn(|meta| meta.target() == TARGET));
+        logs.and_then(spans)
+    }
+
+    /// Counts since start.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats()
+    }
+
+    /// Healthy, or degraded with the last error and since when.
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Sends everything queued; false if `deadline` passed first.
+    pub fn flush(&self, deadline: Duration) -> bool {
+        self.queue.ask(Control::Flush, deadline)
+    }
+
+    /// Sends everything queued and stops, waiting at most the shutdown deadline. Returns the
+    /// counts at the end; events still queued at the deadline are reported on stderr.
+    pub fn shutdown(&self) -> Stats {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return self.stats();
+        }
+        let deadline = self.config.shutdown_deadline;
+        if !self.queue.stop(deadline) {
+            let stats = self.stats();
+            eprintln!(
+                "usage-tracker WARN: shutdown deadline of {deadline:?} passed with {} events not yet sent to {}",
+                stats.pending(),
+                self.config.logs_endpoint
+            );
+        }
+        self.stats()
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The OpenTelemetry crates' own diagnostics must never become usage events.
+fn is_telemetry_internal(target: &str) -> bool {
+    ["opentelemetry", "tonic", "h2", "hyper", "tower"]
+        .iter()
+        .any(|prefix| target.starts_with(prefix))
+}
+
+/// Reports the counts through the application's global meter provider, if it has one.
+fn register_metrics(shared: &Arc<Shared>) -> Vec<opentelemetry::metrics::ObservableCounter<u64>> {
+    let meter = opentelemetry::global::meter("usage-tracker");
+    type Read = fn(&Stats) -> u64;
+    let outcomes: [(&str, Read); 4] = [
+        ("recorded", |s| s.recorded),
+        ("exported", |s| s.exported),
+        ("failed", |s| s.failed),
+        ("dropped", |s| s.dropped),
+    ];
+    outcomes
+        .into_iter()
+        .map(|(outcome, read)| {
+            let shared = shared.clone();
+            meter
+                .u64_observable_counter(format!("usage_tracker.events.{outcome}"))
+                .with_description(format!("Usage events {outcome} by the tracker"))
+                .with_unit("{event}")
+                .with_callback(move |observer| observer.observe(read(&shared.stats()), &[]))
+                .build()
+        })
+        .collect()
+}
+
+/// Starts a tracker from the standard environment variables and installs it as the global
+/// `tracing` subscriber. An application with its own subscriber uses
+/// `Tracker::builder()…start()` and adds `tracker.layer()` instead.
+pub fn init() -> Result<Tracker, InitError> {
+    use tracing_subscriber::layer::SubscriberExt;
+    let tracker = TrackerBuilder::from_env()?.start()?;
+    let subscriber = tracing_subscriber::registry().with(tracker.layer());
+    tracing::subscriber::set_global_default(subscriber)
+        .map_err(|_| InitError::SubscriberAlreadySet)?;
+    Ok(tracker)
+}
