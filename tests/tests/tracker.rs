@@ -277,3 +277,42 @@ fn verify_names_the_endpoint_that_does_not_answer() {
         "{message}"
     );
 }
+
+#[tracing::instrument(target = "usage", name = "program_execution", skip_all,
+                      fields(session.id = %session, program.lines = lines, otel.status_description))]
+fn run_program(session: &str, lines: i64, fail: bool) {
+    if fail {
+        tracing::Span::current().record("otel.status_description", "?OUT OF MEMORY");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instrumented_functions_are_program_runs() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let tracker = TrackerBuilder::new()
+        .endpoint(collector.endpoint())
+        .start()
+        .unwrap();
+    let subscriber = tracing_subscriber::registry().with(tracker.layer());
+    tokio::task::spawn_blocking(move || {
+        tracing::subscriber::with_default(subscriber, || {
+            run_program("inst-1", 12, false);
+            run_program("inst-1", 7, true);
+        });
+        assert_eq!(tracker.shutdown().exported, 2);
+    })
+    .await
+    .unwrap();
+    let runs = db
+        .texts("SELECT session_id, CAST(program_lines AS CHAR), CAST(success AS CHAR), error_message FROM program_executions ORDER BY program_lines")
+        .await;
+    assert_eq!(
+        runs,
+        [
+            vec![s("inst-1"), s("7"), s("0"), s("?OUT OF MEMORY")],
+            vec![s("inst-1"), s("12"), s("1"), None],
+        ]
+    );
+    collector.stop().await;
+}

@@ -74,6 +74,10 @@ fn visit() -> PageVisit<'static> {
 fn cost_per_event(c: &mut Criterion) {
     let endpoint = server();
     let mut group = c.benchmark_group("cost_per_event");
+    // First, before any subscriber has existed in this process.
+    group.bench_function("no_subscriber", |b| {
+        b.iter(|| usage_tracker::page_visit(visit()))
+    });
 
     let tracker = TrackerBuilder::new()
         .endpoint(endpoint.clone())
@@ -85,7 +89,7 @@ fn cost_per_event(c: &mut Criterion) {
             b.iter(|| usage_tracker::page_visit(visit()))
         });
     });
-    println!("tracker stats after its run: {:?}", tracker.stats());
+    println!("tracker stats after its run: {:?}", tracker.shutdown());
 
     let exporter_runtime = tokio::runtime::Runtime::new().expect("runtime");
     let exporter = exporter_runtime.block_on(async {
