@@ -8,6 +8,7 @@
 //! - [`receiver`]: OTLP/gRPC logs and traces services — gzip, size limit, partial success.
 //! - [`event`]: one usage event decoded from a log record or span: name, id, time, service.
 //! - [`catalog`]: which event goes to which table and column; type checks; text cut to fit.
+//! - [`spool`]: the durable write-ahead log an accepted request is `fsync`ed to before OK.
 //! - [`writer`]: group commit — many requests' rows in one transaction, answered after commit.
 //! - [`sink`]: MySQL and SQLite — migrations, startup verification, idempotent batch writes.
 //! - [`health`]: metrics, readiness checks, and the admin HTTP endpoints.
@@ -23,6 +24,7 @@ pub mod event;
 pub mod health;
 pub mod receiver;
 pub mod sink;
+pub mod spool;
 pub mod writer;
 
 pub use app::Application;

@@ -1,0 +1,48 @@
+//! The spool: a durable write-ahead log between the receiver and the writer.
+//!
+//! # Design
+//!
+//! **Guarantee.** A request's events are appended and `fsync`ed before the client hears OK;
+//! the writer moves the checkpoint past them only after the database committed them. Whatever
+//! lies after the checkpoint is replayed on start. Together with idempotent inserts keyed by
+//! event id this gives exactly-once rows across crashes, restarts and outages.
+//!
+//! **On disk.** `<spool-dir>/` holds segments named `<first-sequence, 20 digits>.wal`, a
+//! `checkpoint` file, and a `quarantine/` folder. A segment is a sequence of records:
+//!
+//! ```text
+//! record  = length:u32le  crc32:u32le  payload[length]
+//! payload = version:u8(=1)  signal:u8(1 logs, 2 traces)  received_unix_nano:u64le  otlp_request
+//! ```
+//!
+//! The CRC (CRC-32, IEEE) covers the payload. The payload is the OTLP export request as
+//! received (protobuf), so a spool survives collector upgrades and catalogue changes.
+//! `checkpoint` holds `<segment> <offset>` (text, replaced atomically by rename): everything
+//! before it is in the database.
+//!
+//! **Writing.** One thread appends: it takes every waiting request, writes them, calls
+//! `fdatasync` once for all of them (group commit), then answers them. A segment is closed at
+//! [`SEGMENT_BYTES`]. When the bytes not yet written to the database would exceed the cap, the
+//! append is refused (the client gets a retryable status and retries later).
+//!
+//! **Recovery rules** (on open), which never need a person to delete anything:
+//! - segments wholly before the checkpoint are deleted (their rows are committed);
+//! - a record whose length runs past the end of the *last* segment, or whose CRC fails with
+//!   nothing valid after it, is a torn tail from a crash before `fsync`: it was never
+//!   acknowledged, so the segment is truncated there;
+//! - a bad record anywhere else is corruption: the segment is copied whole to `quarantine/`
+//!   (counted and logged), then truncated before the bad record, so the good records before it
+//!   are replayed and the collector carries on;
+//! - an unreadable checkpoint means "replay everything" (repeats are no-ops).
+//!
+//! - [`format`]: record encoding and decoding.
+//! - [`wal`]: the [`Spool`]: open and recover, append with group commit, read, checkpoint.
+
+pub mod format;
+pub mod wal;
+
+pub use format::{Payload, SpoolSignal};
+pub use wal::{AppendError, Position, ReadBatch, Recovery, Spool, SpoolError};
+
+/// A segment is closed once it holds this many bytes.
+pub const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
