@@ -4,11 +4,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use usage_collector::config::{DatabaseSettings, LogSettings, WriterSettings};
+use usage_collector::config::{DatabaseSettings, LogSettings, SpoolSettings, WriterSettings};
 use usage_collector::health::Metrics;
+use usage_collector::spool::Spool;
 use usage_collector::{Application, Settings};
 
-/// Settings for a test collector: loopback, port 0, this database.
+/// Settings for a test collector: loopback, port 0, this database, a fresh spool folder
+/// (removed when the collector is stopped, unless kept for a restart).
 pub fn settings(database_url: &str) -> Settings {
     Settings {
         database: DatabaseSettings::new(database_url),
@@ -16,6 +18,14 @@ pub fn settings(database_url: &str) -> Settings {
         admin_listen: "127.0.0.1:0".parse().expect("address"),
         max_request_bytes: usage_collector::config::defaults::MAX_REQUEST_BYTES,
         writer: WriterSettings::default(),
+        spool: SpoolSettings {
+            dir: std::env::temp_dir().join(format!(
+                "usage_test_spool_{}",
+                uuid::Uuid::new_v4().simple()
+            )),
+            ..SpoolSettings::default()
+        },
+        shutdown_timeout: Duration::from_secs(5),
         log: LogSettings::default(),
     }
 }
@@ -28,6 +38,9 @@ pub struct TestCollector {
     pub admin: SocketAddr,
     /// Its metrics.
     pub metrics: Arc<Metrics>,
+    /// Its spool.
+    pub spool: Spool,
+    spool_dir: std::path::PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -42,10 +55,16 @@ impl TestCollector {
 
     /// Starts a collector without waiting for readiness.
     pub async fn start_unready(settings: Settings, migrate: bool) -> Self {
+        let spool_dir = settings.spool.dir.clone();
         let app = Application::build(settings, migrate)
             .await
             .expect("collector builds");
-        let (grpc, admin, metrics) = (app.grpc_addr(), app.admin_addr(), app.metrics());
+        let (grpc, admin, metrics, spool) = (
+            app.grpc_addr(),
+            app.admin_addr(),
+            app.metrics(),
+            app.spool(),
+        );
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             app.run(async {
@@ -59,6 +78,8 @@ impl TestCollector {
             grpc,
             admin,
             metrics,
+            spool,
+            spool_dir,
             stop: Some(stop),
             task: Some(task),
         }
@@ -90,8 +111,30 @@ impl TestCollector {
         }
     }
 
-    /// Stops the collector and waits until it has stopped.
-    pub async fn stop(mut self) {
+    /// Waits until every accepted request is in the database (the spool is empty).
+    pub async fn wait_written(&self, limit: Duration) {
+        let started = Instant::now();
+        while self.spool.depth().0 > 0 {
+            assert!(
+                started.elapsed() < limit,
+                "spool not drained after {limit:?}: {:?}",
+                self.spool.depth()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the collector, waits until it has stopped, and removes its spool folder.
+    pub async fn stop(self) {
+        let dir = self.spool_dir.clone();
+        self.stop_keeping_spool().await;
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            eprintln!("could not remove {}: {e}", dir.display());
+        }
+    }
+
+    /// Stops the collector and waits until it has stopped; the spool stays for a restart.
+    pub async fn stop_keeping_spool(mut self) {
         if let Some(stop) = self.stop.take() {
             stop.send(()).expect("collector still running");
         }

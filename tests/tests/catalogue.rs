@@ -124,6 +124,9 @@ async fn catalogue_roundtrip(db: TestDb, migrate: bool) {
         .await
         .expect("spans accepted");
     assert_eq!(answer.partial_success, None);
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
 
     let page = db
         .texts(

@@ -60,6 +60,9 @@ async fn session_counters_are_right_after_retries_and_out_of_order_arrival() {
         send_logs(&endpoint, end.clone(), false).await.unwrap();
         send_logs(&endpoint, start.clone(), false).await.unwrap();
     }
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(db.count("program_executions").await, 4);
     let session = db
         .texts(
@@ -109,6 +112,9 @@ async fn the_same_request_twice_leaves_one_row_per_event() {
             .await
             .unwrap();
     }
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(db.count("page_visits").await, 50);
     let metrics = collector.get("/metrics").await.1;
     assert!(
@@ -154,6 +160,9 @@ async fn invalid_records_are_refused_alone_and_valid_ones_written() {
         "log record 1 of resource 0, scope 0 (event `page_visit`): event `page_visit` needs attribute \
          `url.path`; and 3 more rejected"
     );
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     let paths = db
         .texts("SELECT page_path FROM page_visits ORDER BY page_path")
         .await;
@@ -209,6 +218,9 @@ async fn oversized_requests_get_resource_exhausted_and_metrics_are_unimplemented
         vec![event("page_visit", T0, vec![kv("url.path", "/small")])],
     );
     send_logs(&collector.endpoint(), small, true).await.unwrap();
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(db.count("page_visits").await, 1);
 
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;

@@ -1,5 +1,6 @@
-//! Until the database is usable the collector is not ready, says why, and refuses with a
-//! retryable status; it becomes ready by itself once the problem is fixed.
+//! Until the database is usable the collector is not ready and says why, yet it keeps
+//! accepting events into its spool; once the problem is fixed it becomes ready by itself and
+//! writes what it accepted.
 
 use std::time::Duration;
 
@@ -25,8 +26,9 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(readiness["status"], "failing");
+    assert_eq!(readiness["status"], "degraded");
     assert_eq!(readiness["checks"]["database"], "ok");
+    assert_eq!(readiness["checks"]["spool"], "ok");
     let schema = readiness["checks"]["schema"].as_str().unwrap();
     assert!(
         schema.starts_with("failed: schema check: table `page_visits` is missing"),
@@ -34,25 +36,23 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
     );
     assert_eq!(collector.get("/health/live").await.0, 200);
 
+    // Accepted into the spool while the schema is missing.
     let request = logs_request(
         "web-ide",
         vec![event("page_visit", T0, vec![kv("url.path", "/")])],
     );
-    let status = send_logs(&collector.endpoint(), request.clone(), false)
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.message().contains("not ready"), "{status:?}");
-    let metrics = collector.get("/metrics").await.1;
-    assert!(metrics.contains("usage_collector_schema_ok 0"), "{metrics}");
-
-    // Another collector migrates; this one notices on its next verification run.
-    let migrator = TestCollector::start(settings(db.url())).await;
-    migrator.stop().await;
-    collector.wait_ready(Duration::from_secs(30)).await;
     send_logs(&collector.endpoint(), request, false)
         .await
         .unwrap();
+    assert_eq!(collector.spool.depth().0, 1);
+    let metrics = collector.get("/metrics").await.1;
+    assert!(metrics.contains("usage_collector_schema_ok 0"), "{metrics}");
+
+    // Another collector migrates; this one notices on its next verification run and writes.
+    let migrator = TestCollector::start(settings(db.url())).await;
+    migrator.stop().await;
+    collector.wait_ready(Duration::from_secs(30)).await;
+    collector.wait_written(Duration::from_secs(10)).await;
     assert_eq!(db.count("page_visits").await, 1);
     collector.stop().await;
 }

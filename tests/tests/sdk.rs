@@ -107,6 +107,9 @@ async fn the_otlp_exporter_delivers_log_events_and_spans() {
     })
     .await
     .unwrap();
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
 
     let s = |t: &str| Some(t.to_owned());
     assert_eq!(

@@ -72,6 +72,9 @@ async fn the_examples_events_arrive_as_exactly_the_expected_rows() {
     );
     assert!(stdout.contains("health: Healthy"), "{stdout}");
     assert!(!stderr.contains("usage-tracker WARN"), "{stderr}");
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
 
     for (table, rows) in [
         ("ide_sessions", 4),
@@ -195,6 +198,9 @@ async fn events_flow_once_the_collector_comes_up() {
     assert!(tracker.flush(Duration::from_secs(10)));
     assert_eq!(tracker.health(), Health::Healthy);
     assert_eq!(tracker.stats().exported, 1);
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(
         db.texts("SELECT page_path, service FROM page_visits").await,
         [vec![s("/after-up"), s("late-collector")]]
@@ -255,6 +261,9 @@ async fn shutdown_sends_what_is_queued_and_nothing_else_is_exported() {
     })
     .await
     .unwrap();
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     assert_eq!(db.count("usage_events").await, 50);
     let names = db
         .texts("SELECT DISTINCT event_name FROM usage_events")
@@ -304,6 +313,9 @@ async fn instrumented_functions_are_program_runs() {
     })
     .await
     .unwrap();
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
     let runs = db
         .texts("SELECT session_id, CAST(program_lines AS CHAR), CAST(success AS CHAR), error_message FROM program_executions ORDER BY program_lines")
         .await;

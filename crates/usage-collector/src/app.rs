@@ -1,11 +1,13 @@
 //! Wiring: build every stage from the settings, run them, stop them in order.
 //!
 //! [`Application::build`] binds both listeners first (so tests can ask for port 0 and read the
-//! port back), then starts the writer and the startup verification, which keeps retrying with
-//! backoff until the database is usable; until then `/health/ready` is 503 and export requests
-//! get UNAVAILABLE. [`Application::run`] serves until the shutdown future resolves, then stops
-//! the receivers (finishing in-flight requests), lets the writer finish its queue, and closes
-//! the pool.
+//! port back), opens (and recovers) the spool, then starts the writer and the startup
+//! verification, which keeps retrying with backoff until the database is usable. Requests are
+//! accepted into the spool from the start; the writer begins once verification passes.
+//! [`Application::run`] serves until the shutdown future resolves, then stops in order: new
+//! requests are refused, in-flight ones finish, the writer keeps writing until the spool is
+//! empty or the shutdown timeout passes (the rest waits in the spool for the next start), and
+//! the pool closes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,6 +22,8 @@ use crate::config::Settings;
 use crate::health::{Check, Health, Metrics};
 use crate::receiver::{self, Ingest};
 use crate::sink::{Sink, Step, VerifyError};
+use crate::spool::Spool;
+use crate::writer::dead_letters::DeadLetters;
 use crate::writer::{Writer, WriterTask};
 
 /// First wait between failed verification runs; doubled up to [`MAX_RETRY`].
@@ -49,6 +53,9 @@ pub enum AppError {
     /// The admin server failed.
     #[error("admin HTTP server failed: {0}")]
     Admin(std::io::Error),
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] crate::spool::SpoolError),
 }
 
 /// A built collector, listening but not yet serving.
@@ -56,10 +63,12 @@ pub struct Application {
     grpc: TcpListener,
     admin: TcpListener,
     ingest: Ingest,
+    writer: Writer,
     writer_task: WriterTask,
     verification: tokio::task::JoinHandle<()>,
     sink: Sink,
     max_request_bytes: usize,
+    shutdown_timeout: Duration,
 }
 
 impl Application {
@@ -78,11 +87,35 @@ impl Application {
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
         let health = Health::new();
+        let dir = settings.spool.dir.clone();
+        let max_bytes = settings.spool.max_bytes;
+        let (spool, recovery) = tokio::task::spawn_blocking(move || Spool::open(&dir, max_bytes))
+            .await
+            .map_err(|e| crate::spool::SpoolError::Io {
+                path: settings.spool.dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        tracing::info!(
+            dir = %settings.spool.dir.display(),
+            replay_records = recovery.records,
+            replay_bytes = recovery.bytes,
+            torn_bytes = recovery.torn_bytes,
+            quarantined = recovery.quarantined.len(),
+            "spool opened"
+        );
+        metrics
+            .spool_quarantined
+            .inc_by(recovery.quarantined.len() as u64);
+        metrics.attach_spool(spool.clone());
+        health.attach_spool(spool.clone());
+        let dead_letters = DeadLetters::new(sink.clone(), &settings.spool.dir, metrics.clone());
         let (writer, writer_task) = Writer::spawn(
+            spool.clone(),
             sink.clone(),
             settings.writer.clone(),
             metrics.clone(),
             health.clone(),
+            dead_letters,
         );
         let migrate = migrate || sink.is_embedded();
         let verification = tokio::spawn({
@@ -97,15 +130,16 @@ impl Application {
             admin,
             ingest: Ingest {
                 catalog,
-                writer,
+                spool,
                 metrics,
                 health,
-                batch_size: settings.writer.batch_size,
             },
+            writer,
             writer_task,
             verification,
             sink,
             max_request_bytes: settings.max_request_bytes,
+            shutdown_timeout: settings.shutdown_timeout,
         })
     }
 
@@ -128,6 +162,11 @@ impl Application {
         self.ingest.health.clone()
     }
 
+    /// The spool (for its depth).
+    pub fn spool(&self) -> Spool {
+        self.ingest.spool.clone()
+    }
+
     /// Metric handles.
     pub fn metrics(&self) -> Arc<Metrics> {
         self.ingest.metrics.clone()
@@ -141,8 +180,8 @@ impl Application {
             let _stopping = rx.wait_for(|stop| *stop).await;
         };
         tracing::info!(grpc = %self.grpc_addr(), admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
-        let admin_router =
-            crate::health::http::router(self.ingest.health.clone(), self.ingest.metrics.clone());
+        let health = self.ingest.health.clone();
+        let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
         let admin = tokio::spawn(
             axum::serve(self.admin, admin_router)
                 .with_graceful_shutdown(wait(stopped.clone()))
@@ -155,14 +194,19 @@ impl Application {
             wait(stopped),
         ));
         shutdown.await;
-        tracing::info!("shutting down: finishing requests in flight");
+        tracing::info!(
+            timeout_secs = self.shutdown_timeout.as_secs(),
+            "shutting down: refusing new requests, finishing those in flight"
+        );
+        health.set_closing();
         if stop.send(true).is_err() {
             tracing::debug!("servers already stopped");
         }
         let grpc_result = grpc.await;
         let admin_result = admin.await;
         self.verification.abort();
-        // The receivers are gone, and with them every writer handle: the writer drains its queue.
+        self.writer
+            .stop(tokio::time::Instant::now() + self.shutdown_timeout);
         if let Err(e) = self.writer_task.await {
             tracing::error!(error = %e, "writer task ended abnormally");
         }

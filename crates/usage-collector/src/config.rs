@@ -34,6 +34,12 @@ pub mod defaults {
     pub const FLUSH_INTERVAL_MS: u64 = 5;
     /// Batches written at the same time.
     pub const WRITER_CONCURRENCY: usize = 2;
+    /// The spool folder, relative to the working folder.
+    pub const SPOOL_DIR: &str = "spool";
+    /// Most bytes of accepted events the spool holds before refusing new ones.
+    pub const SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+    /// How long a shutdown keeps writing spooled events to the database before exiting.
+    pub const SHUTDOWN_TIMEOUT_SECS: u64 = 20;
 }
 
 /// Everything the collector needs to run.
@@ -49,8 +55,30 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// How rows are grouped into transactions.
     pub writer: WriterSettings,
+    /// The durable log accepted events wait in.
+    pub spool: SpoolSettings,
+    /// How long a shutdown keeps writing to the database.
+    pub shutdown_timeout: Duration,
     /// The collector's own log output.
     pub log: LogSettings,
+}
+
+/// The spool's place and size.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// Its folder (created if missing); one per collector.
+    pub dir: PathBuf,
+    /// Cap on bytes of events not yet in the database; past it, requests are refused.
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(defaults::SPOOL_DIR),
+            max_bytes: defaults::SPOOL_MAX_BYTES,
+        }
+    }
 }
 
 /// Database connection settings.
@@ -208,8 +236,11 @@ pub struct FileSettings {
     grpc_listen: Option<String>,
     admin_listen: Option<String>,
     max_request_bytes: Option<usize>,
+    shutdown_timeout_secs: Option<u64>,
     #[serde(default)]
     database: FileDatabase,
+    #[serde(default)]
+    spool: FileSpool,
     #[serde(default)]
     writer: FileWriter,
     #[serde(default)]
@@ -228,6 +259,13 @@ struct FileDatabase {
     disable_ssl: Option<bool>,
     pool_size: Option<u32>,
     connect_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSpool {
+    dir: Option<PathBuf>,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +338,15 @@ pub struct Overrides {
     /// Transactions in flight at once [default: 2]
     #[arg(long, env = "USAGE_WRITER_CONCURRENCY", global = true)]
     pub writer_concurrency: Option<usize>,
+    /// Spool folder: accepted events wait here until written [default: spool]
+    #[arg(long, env = "USAGE_SPOOL_DIR", global = true)]
+    pub spool_dir: Option<PathBuf>,
+    /// Cap on spooled bytes not yet written; past it requests are refused [default: 1073741824]
+    #[arg(long, env = "USAGE_SPOOL_MAX_BYTES", global = true)]
+    pub spool_max_bytes: Option<u64>,
+    /// Seconds a shutdown keeps writing spooled events before exiting [default: 20]
+    #[arg(long, env = "USAGE_SHUTDOWN_TIMEOUT_SECS", global = true)]
+    pub shutdown_timeout_secs: Option<u64>,
     /// Log format [default: text]
     #[arg(long, env = "USAGE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -397,6 +444,23 @@ impl Settings {
                 defaults::MAX_REQUEST_BYTES,
             )?,
             writer,
+            spool: SpoolSettings {
+                dir: o
+                    .spool_dir
+                    .clone()
+                    .or(file.spool.dir)
+                    .unwrap_or_else(|| PathBuf::from(defaults::SPOOL_DIR)),
+                max_bytes: positive(
+                    "spool.max_bytes",
+                    o.spool_max_bytes.or(file.spool.max_bytes),
+                    defaults::SPOOL_MAX_BYTES,
+                )?,
+            },
+            shutdown_timeout: Duration::from_secs(
+                o.shutdown_timeout_secs
+                    .or(file.shutdown_timeout_secs)
+                    .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
+            ),
             log: LogSettings {
                 format: o.log_format.or(file.log.format).unwrap_or_default(),
                 filter: o.log_level.clone().or(file.log.level),

@@ -68,6 +68,8 @@ impl MapError {
 /// One event, ready for a [`super::RowBatch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mapped {
+    /// The event's id.
+    pub id: [u8; 16],
     /// The event's row, unless it only updates its session.
     pub row: Option<(TableId, Vec<Value>)>,
     /// The session it touches.
@@ -165,6 +167,7 @@ impl Catalog {
             (id, session)
         });
         Ok(Mapped {
+            id: *event.id.as_bytes(),
             row,
             session,
             truncated,

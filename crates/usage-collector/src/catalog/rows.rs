@@ -92,6 +92,15 @@ impl RowBatch {
         }
     }
 
+    /// A batch of these events (copied: the writer keeps them to isolate a bad one).
+    pub fn of(tables: usize, events: &[super::Mapped]) -> Self {
+        let mut batch = Self::new(tables);
+        for event in events {
+            batch.push(event.clone());
+        }
+        batch
+    }
+
     /// Moves another batch's content into this one.
     pub fn merge(&mut self, other: RowBatch) {
         self.events += other.events;

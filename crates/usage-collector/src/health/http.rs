@@ -51,13 +51,11 @@ async fn live() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
-    let readiness = state.health.readiness();
-    // Degraded still takes and writes events (a batch failed, the next may not): taking the
-    // pod out of its Service would stop the very traffic that shows whether it recovered.
-    let code = if readiness.status == "failing" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    let (readiness, ready) = state.health.readiness();
+    let code = if ready {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(readiness)).into_response()
 }

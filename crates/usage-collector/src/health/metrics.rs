@@ -41,6 +41,18 @@ pub mod names {
     pub const SCHEMA_OK: &str = "schema_ok";
     /// Unix time of the last successful batch write.
     pub const LAST_WRITE: &str = "last_write_timestamp_seconds";
+    /// Requests in the spool, not yet in the database.
+    pub const SPOOL_RECORDS: &str = "spool_records";
+    /// Bytes in the spool, not yet in the database.
+    pub const SPOOL_BYTES: &str = "spool_bytes";
+    /// The spool's cap in bytes.
+    pub const SPOOL_CAPACITY: &str = "spool_capacity_bytes";
+    /// Spool segments found corrupt at start and copied to quarantine.
+    pub const SPOOL_QUARANTINED: &str = "spool_quarantined_segments";
+    /// Rows the database refused for good, kept as dead letters, by table.
+    pub const DEAD_LETTERS: &str = "dead_letters";
+    /// Dead letters that could be kept neither in the table nor in the file (only logged).
+    pub const DEAD_LETTERS_LOST: &str = "dead_letters_lost";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "build_info";
 }
@@ -118,6 +130,20 @@ pub struct Metrics {
     pub schema_ok: Gauge,
     /// See [`names::LAST_WRITE`].
     pub last_write: Gauge<f64, AtomicU64>,
+    /// See [`names::SPOOL_RECORDS`].
+    pub spool_records: Gauge,
+    /// See [`names::SPOOL_BYTES`].
+    pub spool_bytes: Gauge,
+    /// See [`names::SPOOL_CAPACITY`].
+    pub spool_capacity: Gauge,
+    /// See [`names::SPOOL_QUARANTINED`].
+    pub spool_quarantined: Counter,
+    /// See [`names::DEAD_LETTERS`].
+    pub dead_letters: Family<TableLabels, Counter>,
+    /// See [`names::DEAD_LETTERS_LOST`].
+    pub dead_letters_lost: Counter,
+    /// Read at each scrape for the spool gauges.
+    spool: std::sync::OnceLock<crate::spool::Spool>,
     registry: Registry,
 }
 
@@ -144,6 +170,13 @@ impl Metrics {
             database_up: Gauge::default(),
             schema_ok: Gauge::default(),
             last_write: Gauge::default(),
+            spool_records: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_capacity: Gauge::default(),
+            spool_quarantined: Counter::default(),
+            dead_letters: Family::default(),
+            dead_letters_lost: Counter::default(),
+            spool: std::sync::OnceLock::new(),
             registry: Registry::default(),
         };
         registry.register(
@@ -206,6 +239,36 @@ impl Metrics {
             "Unix time of the last successful batch write",
             m.last_write.clone(),
         );
+        registry.register(
+            names::SPOOL_RECORDS,
+            "Requests in the spool, not yet in the database",
+            m.spool_records.clone(),
+        );
+        registry.register(
+            names::SPOOL_BYTES,
+            "Bytes in the spool, not yet in the database",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            names::SPOOL_CAPACITY,
+            "The spool's cap in bytes",
+            m.spool_capacity.clone(),
+        );
+        registry.register(
+            names::SPOOL_QUARANTINED,
+            "Corrupt spool segments copied to quarantine at start",
+            m.spool_quarantined.clone(),
+        );
+        registry.register(
+            names::DEAD_LETTERS,
+            "Rows refused by the database for good, kept as dead letters",
+            m.dead_letters.clone(),
+        );
+        registry.register(
+            names::DEAD_LETTERS_LOST,
+            "Dead letters kept neither in the table nor in the file",
+            m.dead_letters_lost.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -216,8 +279,24 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// The spool whose depth the spool gauges show, read at each scrape.
+    pub fn attach_spool(&self, spool: crate::spool::Spool) {
+        self.spool_capacity
+            .set(i64::try_from(spool.capacity()).unwrap_or(i64::MAX));
+        if self.spool.set(spool).is_err() {
+            tracing::debug!("spool already attached to the metrics");
+        }
+    }
+
     /// The exposition text (OpenMetrics, which Prometheus reads).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        if let Some(spool) = self.spool.get() {
+            let (records, bytes) = spool.depth();
+            self.spool_records
+                .set(i64::try_from(records).unwrap_or(i64::MAX));
+            self.spool_bytes
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let mut out = String::with_capacity(4096);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

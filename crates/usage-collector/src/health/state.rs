@@ -1,9 +1,13 @@
 //! Readiness: is the data path working, and if not, why.
 //!
 //! Each check holds `ok`, `pending: …` or `failed: …` with the reason (the database's own error
-//! text, secrets already removed). `ok`: every check passes. `failing` (not ready): the
-//! database or the schema check fails, and events are refused. `degraded` (still ready): the
-//! last batch write failed for another reason; events are still taken.
+//! text, secrets already removed).
+//!
+//! - `ok` (200): every check passes.
+//! - `degraded`: events are still accepted into the spool, but the data path is impaired. Not
+//!   ready (503) when the database or the schema check fails, so traffic moves to a healthy
+//!   collector; ready (200) when only the last batch write failed.
+//! - `failing` (503): the spool cannot take events (near its cap, or shutting down).
 
 use std::sync::{Arc, RwLock};
 
@@ -46,10 +50,15 @@ struct Checks {
     writer: Check,
 }
 
-/// Shared readiness state, updated by verification and the writer.
+/// Share of the spool's cap above which the collector reports failing.
+pub const SPOOL_HIGH_WATER: f64 = 0.9;
+
+/// Shared readiness state, updated by verification, the writer and the receiver.
 #[derive(Debug, Clone)]
 pub struct Health {
     checks: Arc<RwLock<Checks>>,
+    spool: Arc<std::sync::OnceLock<crate::spool::Spool>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Health {
@@ -68,6 +77,49 @@ impl Health {
                 schema: pending(),
                 writer: Check::Ok,
             })),
+            spool: Arc::default(),
+            closing: Arc::default(),
+        }
+    }
+
+    /// The spool whose depth the spool check reads.
+    pub fn attach_spool(&self, spool: crate::spool::Spool) {
+        if self.spool.set(spool).is_err() {
+            tracing::debug!("spool already attached to the health checks");
+        }
+    }
+
+    /// Marks the collector as shutting down: new requests are refused.
+    pub fn set_closing(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// True once shutdown has begun.
+    pub fn closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// True once startup verification has passed.
+    pub fn schema_verified(&self) -> bool {
+        self.checks.read().unwrap_or_else(|e| e.into_inner()).schema == Check::Ok
+    }
+
+    fn spool_check(&self) -> Check {
+        if self.closing() {
+            return Check::Failed("shutting down: new requests are refused".to_owned());
+        }
+        let Some(spool) = self.spool.get() else {
+            return Check::Ok;
+        };
+        let (records, bytes) = spool.depth();
+        let cap = spool.capacity();
+        if bytes as f64 >= cap as f64 * SPOOL_HIGH_WATER {
+            Check::Failed(format!(
+                "{records} requests ({bytes} of {cap} bytes) wait for the database: above the high-water mark"
+            ))
+        } else {
+            Check::Ok
         }
     }
 
@@ -101,35 +153,30 @@ impl Health {
             == Check::Ok
     }
 
-    /// True when events can be accepted: the database answers and the schema is verified.
-    pub fn accepting(&self) -> Result<(), String> {
-        let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
-        for (name, check) in [("database", &checks.database), ("schema", &checks.schema)] {
-            if *check != Check::Ok {
-                return Err(format!("{name} {}", check.render()));
-            }
-        }
-        Ok(())
-    }
-
-    /// The readiness report.
-    pub fn readiness(&self) -> Readiness {
+    /// The readiness report and whether it means ready.
+    pub fn readiness(&self) -> (Readiness, bool) {
+        let spool = self.spool_check();
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
         let all = [
             ("database", &checks.database),
             ("schema", &checks.schema),
+            ("spool", &spool),
             ("writer", &checks.writer),
         ];
-        let status = if all.iter().all(|(_, c)| **c == Check::Ok) {
-            "ok"
-        } else if checks.database != Check::Ok || checks.schema != Check::Ok {
-            "failing"
+        let data_path = checks.database == Check::Ok && checks.schema == Check::Ok;
+        let (status, ready) = if spool != Check::Ok {
+            ("failing", false)
+        } else if !data_path {
+            ("degraded", false)
+        } else if checks.writer != Check::Ok {
+            ("degraded", true)
         } else {
-            "degraded"
+            ("ok", true)
         };
-        Readiness {
+        let report = Readiness {
             status,
             checks: all.iter().map(|(n, c)| (*n, c.render())).collect(),
-        }
+        };
+        (report, ready)
     }
 }

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
-use crate::catalog::{Catalog, RowBatch};
+use crate::catalog::{Catalog, Mapped};
 use crate::event::{Origin, UsageEvent, service_name};
 
 /// The records of one request that could not become rows.
@@ -45,8 +45,8 @@ impl Rejections {
 /// A request, converted.
 #[derive(Debug, Default)]
 pub struct Converted {
-    /// Batches of at most `batch_size` events.
-    pub batches: Vec<RowBatch>,
+    /// The valid records, mapped to rows.
+    pub events: Vec<Mapped>,
     /// Records in the request.
     pub received: u64,
     /// Records refused on their own.
@@ -57,18 +57,14 @@ pub struct Converted {
 
 struct Builder<'a> {
     catalog: &'a Catalog,
-    batch_size: usize,
     out: Converted,
-    current: RowBatch,
 }
 
 impl<'a> Builder<'a> {
-    fn new(catalog: &'a Catalog, batch_size: usize) -> Self {
+    fn new(catalog: &'a Catalog) -> Self {
         Self {
             catalog,
-            batch_size,
             out: Converted::default(),
-            current: RowBatch::new(catalog.tables().len()),
         }
     }
 
@@ -90,14 +86,7 @@ impl<'a> Builder<'a> {
         match self.catalog.map(&event) {
             Ok(mut mapped) => {
                 self.out.truncated.append(&mut mapped.truncated);
-                self.current.push(mapped);
-                if self.current.events >= self.batch_size {
-                    let full = std::mem::replace(
-                        &mut self.current,
-                        RowBatch::new(self.catalog.tables().len()),
-                    );
-                    self.out.batches.push(full);
-                }
+                self.out.events.push(mapped);
             }
             Err(e) => self.out.rejected.add(e.reason(), || {
                 format!("{} (event `{}`): {e}", position(), event.name)
@@ -105,25 +94,22 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn finish(mut self) -> Converted {
-        if !self.current.is_empty() {
-            self.out.batches.push(self.current);
-        }
+    fn finish(self) -> Converted {
         self.out
     }
 }
 
-fn now_unix_nano() -> u64 {
+/// Now, in nanoseconds since the Unix epoch (the receive time of a request).
+pub fn now_unix_nano() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-/// Converts a logs request; each record is decoded and mapped on its own.
-pub fn logs(request: ExportLogsServiceRequest, catalog: &Catalog, batch_size: usize) -> Converted {
-    let now = now_unix_nano();
-    let mut builder = Builder::new(catalog, batch_size);
+/// Converts a logs request received at `now`; each record is decoded and mapped on its own.
+pub fn logs(request: ExportLogsServiceRequest, catalog: &Catalog, now: u64) -> Converted {
+    let mut builder = Builder::new(catalog);
     for (r, resource_logs) in request.resource_logs.into_iter().enumerate() {
         let resource = resource_logs.resource.unwrap_or_default();
         let service: Arc<str> = service_name(&resource.attributes);
@@ -144,14 +130,9 @@ pub fn logs(request: ExportLogsServiceRequest, catalog: &Catalog, batch_size: us
     builder.finish()
 }
 
-/// Converts a traces request; each span is decoded and mapped on its own.
-pub fn traces(
-    request: ExportTraceServiceRequest,
-    catalog: &Catalog,
-    batch_size: usize,
-) -> Converted {
-    let now = now_unix_nano();
-    let mut builder = Builder::new(catalog, batch_size);
+/// Converts a traces request received at `now`; each span is decoded and mapped on its own.
+pub fn traces(request: ExportTraceServiceRequest, catalog: &Catalog, now: u64) -> Converted {
+    let mut builder = Builder::new(catalog);
     for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
         let resource = resource_spans.resource.unwrap_or_default();
         let service: Arc<str> = service_name(&resource.attributes);

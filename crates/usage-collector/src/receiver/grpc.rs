@@ -25,6 +25,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use prost::Message;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
@@ -59,8 +60,11 @@ impl LogsService for Logs {
     ) -> Result<Response<ExportLogsServiceResponse>, Status> {
         let ingest = &self.0;
         ingest.gate(Signal::Log)?;
-        let converted = convert::logs(request.into_inner(), &ingest.catalog, ingest.batch_size);
-        let partial = ingest.write(Signal::Log, converted).await?;
+        let request = request.into_inner();
+        let bytes = request.encode_to_vec();
+        let now = convert::now_unix_nano();
+        let converted = convert::logs(request, &ingest.catalog, now);
+        let partial = ingest.accept(Signal::Log, bytes, now, converted).await?;
         Ok(Response::new(ExportLogsServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: partial.rejected,
@@ -78,8 +82,11 @@ impl TraceService for Traces {
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         let ingest = &self.0;
         ingest.gate(Signal::Span)?;
-        let converted = convert::traces(request.into_inner(), &ingest.catalog, ingest.batch_size);
-        let partial = ingest.write(Signal::Span, converted).await?;
+        let request = request.into_inner();
+        let bytes = request.encode_to_vec();
+        let now = convert::now_unix_nano();
+        let converted = convert::traces(request, &ingest.catalog, now);
+        let partial = ingest.accept(Signal::Span, bytes, now, converted).await?;
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: partial.rejected,

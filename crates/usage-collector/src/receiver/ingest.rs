@@ -1,17 +1,22 @@
-//! The path every export request takes after decoding.
+//! The path every export request takes after decoding: count, validate, spool, answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tonic::Status;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
 
 use super::convert::Converted;
 use crate::catalog::Catalog;
 use crate::event::Signal;
 use crate::health::metrics::{ColumnLabels, SignalLabels, SignalReasonLabels};
 use crate::health::{Health, Metrics};
-use crate::writer::Writer;
+use crate::spool::{AppendError, Payload, Spool, SpoolSignal};
 
-/// What the client hears when not everything was written: rejected count and message.
+/// What a client is told to wait before retrying a refused request.
+pub const RETRY_DELAY: Duration = Duration::from_secs(2);
+
+/// What the client hears when not everything was taken: rejected count and message.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Partial {
     /// Records refused on their own.
@@ -23,35 +28,50 @@ pub struct Partial {
 /// Shared by the logs and traces services.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    /// The table mapping.
+    /// The table mapping, for validation.
     pub catalog: Arc<Catalog>,
-    /// Where rows go.
-    pub writer: Writer,
+    /// Where accepted requests are made durable.
+    pub spool: Spool,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// Readiness gate.
+    /// Shutdown flag and checks.
     pub health: Health,
-    /// Events per batch handed to the writer.
-    pub batch_size: usize,
+}
+
+fn retryable(message: String) -> Status {
+    Status::with_error_details(
+        Code::Unavailable,
+        message,
+        ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
+    )
 }
 
 impl Ingest {
-    /// Refuses a request before decoding it when the collector cannot take events.
+    /// Refuses a request before decoding it when the collector is shutting down.
     pub fn gate(&self, signal: Signal) -> Result<(), Status> {
-        self.health.accepting().map_err(|why| {
-            self.metrics
-                .records_refused
-                .get_or_create(&SignalReasonLabels {
-                    signal: signal.as_str(),
-                    reason: "not_ready",
-                })
-                .inc();
-            Status::unavailable(format!("collector not ready, retry later: {why}"))
-        })
+        if !self.health.closing() {
+            return Ok(());
+        }
+        self.metrics
+            .records_refused
+            .get_or_create(&SignalReasonLabels {
+                signal: signal.as_str(),
+                reason: "shutdown",
+            })
+            .inc();
+        Err(retryable(
+            "the collector is shutting down; retry against another".to_owned(),
+        ))
     }
 
-    /// Writes a converted request; answers once every valid record is committed.
-    pub async fn write(&self, signal: Signal, converted: Converted) -> Result<Partial, Status> {
+    /// Spools a validated request (`request`: its protobuf bytes); answers once it is on disk.
+    pub async fn accept(
+        &self,
+        signal: Signal,
+        request: Vec<u8>,
+        received_unix_nano: u64,
+        converted: Converted,
+    ) -> Result<Partial, Status> {
         let labels = SignalLabels {
             signal: signal.as_str(),
         };
@@ -67,11 +87,6 @@ impl Ingest {
                 })
                 .inc_by(*n);
         }
-        for (table, column) in &converted.truncated {
-            m.text_truncated
-                .get_or_create(&ColumnLabels { table, column })
-                .inc();
-        }
         if converted.rejected.count > 0 {
             tracing::debug!(
                 signal = signal.as_str(),
@@ -80,28 +95,32 @@ impl Ingest {
                 "records rejected"
             );
         }
-        let valid = converted.received - converted.rejected.count;
-        for batch in converted.batches {
-            if let Err(error) = self.writer.write(batch).await {
+        let valid = converted.events.len() as u64;
+        if valid > 0 {
+            let payload = Payload {
+                signal: match signal {
+                    Signal::Log => SpoolSignal::Logs,
+                    Signal::Span => SpoolSignal::Traces,
+                },
+                received_unix_nano,
+                request,
+            };
+            if let Err(error) = self.spool.append(payload).await {
                 m.records_refused
                     .get_or_create(&SignalReasonLabels {
                         signal: signal.as_str(),
-                        reason: error.reason,
+                        reason: error.reason(),
                     })
                     .inc_by(valid);
-                let retryable = error.transient
-                    || matches!(
-                        error.reason,
-                        "missing_table" | "missing_column" | "permission"
-                    );
-                return Err(if retryable {
-                    Status::unavailable(format!(
-                        "database write failed, retry later: {}",
-                        error.message
-                    ))
-                } else {
-                    Status::internal(format!("database refused the rows: {}", error.message))
-                });
+                if !matches!(error, AppendError::Full { .. }) {
+                    tracing::error!(error = %error, "cannot spool a request; refused with a retryable status");
+                }
+                return Err(retryable(format!("{error}; retry later")));
+            }
+            for (table, column) in &converted.truncated {
+                m.text_truncated
+                    .get_or_create(&ColumnLabels { table, column })
+                    .inc();
             }
         }
         m.records_accepted.get_or_create(&labels).inc_by(valid);

@@ -189,6 +189,43 @@ impl Sink {
         }
     }
 
+    /// Inserts one dead letter (a repeat of the same event is a no-op).
+    pub async fn write_dead_letter(
+        &self,
+        event_id: &[u8; 16],
+        table: &str,
+        reason: &str,
+        row_json: &str,
+    ) -> Result<(), WriteError> {
+        let mut reason = reason.to_owned();
+        crate::catalog::mapping::cut(&mut reason, 2048);
+        let result = match &self.pool {
+            Pool::MySql(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?){}",
+                <sqlx::MySql as sql::Dialect>::ON_DUPLICATE_EVENT
+            )))
+            .bind(&event_id[..])
+            .bind(table)
+            .bind(&reason)
+            .bind(row_json)
+            .execute(pool)
+            .await
+            .map(drop),
+            Pool::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?){}",
+                <sqlx::Sqlite as sql::Dialect>::ON_DUPLICATE_EVENT
+            )))
+            .bind(&event_id[..])
+            .bind(table)
+            .bind(&reason)
+            .bind(row_json)
+            .execute(pool)
+            .await
+            .map(drop),
+        };
+        result.map_err(|e| WriteError::classify(&e, &self.redactor))
+    }
+
     /// Runs `SELECT 1` on a pooled connection.
     pub async fn ping(&self) -> Result<(), WriteError> {
         let result = match &self.pool {

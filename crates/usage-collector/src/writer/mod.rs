@@ -1,9 +1,13 @@
-//! Writing batches to the database.
+//! Writing spooled events to the database.
 //!
-//! - [`batcher`]: merges concurrent requests' rows into transactions of up to `batch_size`
-//!   rows, writes up to `concurrency` of them at once, retries transient failures, and answers
-//!   each request only after its rows are committed.
+//! - [`drain`]: follows the spool from its checkpoint, writes the events in transactions of up
+//!   to `batch_size`, retries transient failures without end (with backoff), and moves the
+//!   checkpoint only after the commit; stops on shutdown once the spool is empty or the
+//!   deadline has passed.
+//! - [`dead_letters`]: when the database refuses rows for good, finds the offending events by
+//!   bisecting the batch, writes the rest, and keeps each refused row with its reason.
 
-pub mod batcher;
+pub mod dead_letters;
+pub mod drain;
 
-pub use batcher::{Writer, WriterTask};
+pub use drain::{Writer, WriterTask};

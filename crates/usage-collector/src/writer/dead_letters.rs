@@ -1,0 +1,113 @@
+//! Rows the database refuses for good: kept with the reason, in the `dead_letters` table, or —
+//! when the database cannot take even that — in `dead-letters.jsonl` in the spool folder.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::catalog::{Catalog, Mapped, Value};
+use crate::health::Metrics;
+use crate::health::metrics::TableLabels;
+use crate::sink::{Sink, WriteError};
+
+/// Name of the fallback file in the spool folder.
+pub const FILE: &str = "dead-letters.jsonl";
+
+/// Where refused rows go.
+#[derive(Debug, Clone)]
+pub struct DeadLetters {
+    sink: Sink,
+    file: PathBuf,
+    metrics: Arc<Metrics>,
+}
+
+impl DeadLetters {
+    /// Dead letters for `sink`, falling back to a file in `spool_dir`.
+    pub fn new(sink: Sink, spool_dir: &std::path::Path, metrics: Arc<Metrics>) -> Self {
+        Self {
+            sink,
+            file: spool_dir.join(FILE),
+            metrics,
+        }
+    }
+
+    /// Keeps one refused event with the database's reason.
+    pub async fn keep(&self, catalog: &Catalog, event: &Mapped, error: &WriteError) {
+        let table = event
+            .row
+            .as_ref()
+            .map_or("ide_sessions", |(id, _)| catalog.tables()[*id].name);
+        let row = describe(catalog, event);
+        self.metrics
+            .dead_letters
+            .get_or_create(&TableLabels { table })
+            .inc();
+        tracing::warn!(
+            table,
+            event_id = %uuid::Uuid::from_bytes(event.id),
+            reason = %error.message,
+            "row refused by the database; kept as a dead letter"
+        );
+        let Err(db_error) = self
+            .sink
+            .write_dead_letter(&event.id, table, &error.message, &row.to_string())
+            .await
+        else {
+            return;
+        };
+        let line = json!({
+            "event_id": uuid::Uuid::from_bytes(event.id).to_string(),
+            "table": table,
+            "reason": error.message,
+            "row": row,
+            "dead_letter_table_error": db_error.message,
+        });
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.file)
+            .and_then(|mut f| {
+                writeln!(f, "{line}")?;
+                f.sync_data()
+            });
+        if let Err(e) = written {
+            self.metrics.dead_letters_lost.inc();
+            tracing::error!(
+                file = %self.file.display(),
+                error = %e,
+                row = %line,
+                "cannot keep a dead letter in the table or the file; the row is in this log line only"
+            );
+        }
+    }
+}
+
+/// The row as JSON: its table, session and column values.
+fn describe(catalog: &Catalog, event: &Mapped) -> Json {
+    let mut columns = Map::new();
+    if let Some((id, values)) = &event.row {
+        for (column, value) in catalog.tables()[*id].columns.iter().zip(values) {
+            columns.insert(column.name.to_owned(), value_json(value));
+        }
+    }
+    json!({
+        "session_id": event.session.as_ref().map(|(id, _)| id.clone()),
+        "columns": columns,
+    })
+}
+
+fn value_json(value: &Value) -> Json {
+    match value {
+        Value::Null => Json::Null,
+        Value::Id(id) => Json::String(uuid::Uuid::from_bytes(*id).to_string()),
+        Value::Text(text) => Json::String(text.clone()),
+        Value::Json(text) => {
+            serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.clone()))
+        }
+        Value::Int(i) => Json::from(*i),
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Time(t) => Json::String(t.to_string()),
+    }
+}

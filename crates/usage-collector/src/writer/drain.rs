@@ -1,0 +1,283 @@
+//! The writer: spool → database, checkpoint after commit.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::dead_letters::DeadLetters;
+use crate::catalog::{Catalog, Mapped, RowBatch};
+use crate::config::WriterSettings;
+use crate::health::metrics::{ReasonLabels, TableLabels};
+use crate::health::{Check, Health, Metrics};
+use crate::receiver::convert;
+use crate::sink::{Sink, WriteError};
+use crate::spool::{Payload, Spool, SpoolSignal};
+
+/// Spool records (requests) read per round.
+const RECORDS_PER_READ: usize = 256;
+/// First wait after a transient failure; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between attempts while the database is away.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Asks the writer to stop: it keeps writing until the spool is empty or the deadline passes.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    stop: watch::Sender<Option<Instant>>,
+}
+
+/// The running writer.
+pub type WriterTask = JoinHandle<()>;
+
+/// The writer was told to stop while the database was still refusing.
+struct Stopped;
+
+impl Writer {
+    /// Starts the writer on the spool.
+    pub fn spawn(
+        spool: Spool,
+        sink: Sink,
+        settings: WriterSettings,
+        metrics: Arc<Metrics>,
+        health: Health,
+        dead_letters: DeadLetters,
+    ) -> (Writer, WriterTask) {
+        let (stop, stopping) = watch::channel(None);
+        let drain = Drain {
+            catalog: sink.catalog().clone(),
+            spool,
+            sink,
+            settings,
+            metrics,
+            health,
+            dead_letters,
+            stopping,
+        };
+        (Writer { stop }, tokio::spawn(drain.run()))
+    }
+
+    /// Stops once the spool is empty or at `deadline`, whichever comes first.
+    pub fn stop(&self, deadline: Instant) {
+        self.stop.send_replace(Some(deadline));
+    }
+}
+
+struct Drain {
+    spool: Spool,
+    sink: Sink,
+    catalog: Arc<Catalog>,
+    settings: WriterSettings,
+    metrics: Arc<Metrics>,
+    health: Health,
+    dead_letters: DeadLetters,
+    stopping: watch::Receiver<Option<Instant>>,
+}
+
+impl Drain {
+    fn deadline(&self) -> Option<Instant> {
+        *self.stopping.borrow()
+    }
+
+    fn past_deadline(&self) -> bool {
+        self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    async fn run(mut self) {
+        let mut at = self.spool.checkpoint();
+        loop {
+            if self.past_deadline() {
+                break;
+            }
+            if !self.health.schema_verified() {
+                // Nothing is written before startup verification passes.
+                if self.deadline().is_some() {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = self.stopping.changed() => {}
+                }
+                continue;
+            }
+            let batch = match self.spool.read(at, RECORDS_PER_READ).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!(error = %e, "spool read failed; retrying");
+                    self.health
+                        .set_writer(Check::Failed(format!("spool read failed: {e}")));
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
+            if batch.records.is_empty() {
+                at = batch.end;
+                if self.deadline().is_some() {
+                    break; // stopping and nothing left
+                }
+                tokio::select! {
+                    () = self.spool.wait_after(at) => {}
+                    _ = self.stopping.changed() => {}
+                }
+                continue;
+            }
+            let records = batch.records.len() as u64;
+            let events = self.decode(batch.records);
+            let mut written = true;
+            for chunk in events.chunks(self.settings.batch_size) {
+                if self.write_isolating(chunk).await.is_err() {
+                    written = false;
+                    break;
+                }
+            }
+            if !written {
+                break; // stopped with the database refusing: the rest stays in the spool
+            }
+            if let Err(e) = self.spool.commit(batch.end, records).await {
+                tracing::error!(error = %e, "cannot record the spool checkpoint; rows will be rewritten (no-ops) after a restart");
+            }
+            at = batch.end;
+        }
+        let (records, bytes) = self.spool.depth();
+        tracing::info!(
+            records,
+            bytes,
+            "writer stopped; what is left stays in the spool for the next start"
+        );
+    }
+
+    /// Spooled requests back to events. They were validated when received, so a record
+    /// refused now (only possible across a catalogue change) is logged and skipped.
+    fn decode(&self, records: Vec<Payload>) -> Vec<Mapped> {
+        let mut events = Vec::new();
+        for record in records {
+            let converted = match record.signal {
+                SpoolSignal::Logs => ExportLogsServiceRequest::decode(record.request.as_slice())
+                    .map(|r| convert::logs(r, &self.catalog, record.received_unix_nano)),
+                SpoolSignal::Traces => ExportTraceServiceRequest::decode(record.request.as_slice())
+                    .map(|r| convert::traces(r, &self.catalog, record.received_unix_nano)),
+            };
+            match converted {
+                Ok(converted) => events.extend(converted.events),
+                Err(e) => {
+                    tracing::error!(error = %e, "a spooled request no longer decodes; skipped")
+                }
+            }
+        }
+        events
+    }
+
+    /// Writes `events`; on a permanent refusal, bisects to find the refused events and sends
+    /// them to the dead letters. Transient failures are retried until they pass or the
+    /// shutdown deadline comes.
+    async fn write_isolating(&self, events: &[Mapped]) -> Result<(), Stopped> {
+        let mut pending: Vec<&[Mapped]> = vec![events];
+        while let Some(slice) = pending.pop() {
+            match self.write_retrying(slice).await? {
+                Ok(()) => {}
+                Err(error) if slice.len() == 1 => {
+                    self.dead_letters
+                        .keep(&self.catalog, &slice[0], &error)
+                        .await;
+                }
+                Err(_) => {
+                    let (left, right) = slice.split_at(slice.len() / 2);
+                    // Right pushed first so the left half is written first.
+                    pending.push(right);
+                    pending.push(left);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One slice, retried while the failure is transient. `Ok(Err(e))`: refused for good.
+    async fn write_retrying(&self, events: &[Mapped]) -> Result<Result<(), WriteError>, Stopped> {
+        let batch = RowBatch::of(self.catalog.tables().len(), events);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let started = std::time::Instant::now();
+            let span = tracing::debug_span!(
+                "write_batch",
+                events = batch.events,
+                rows = batch.row_count()
+            );
+            let result = tracing::Instrument::instrument(self.sink.write(&batch), span).await;
+            match result {
+                Ok(written) => {
+                    self.metrics
+                        .batch_write_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    for (table, rows) in &written.rows {
+                        self.metrics
+                            .rows_written
+                            .get_or_create(&TableLabels { table })
+                            .inc_by(*rows);
+                    }
+                    self.metrics.database_up.set(1);
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    self.metrics.last_write.set(now.as_secs_f64());
+                    self.health.set_database(Check::Ok);
+                    self.health.set_writer(Check::Ok);
+                    tracing::debug!(
+                        events = batch.events,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "batch written"
+                    );
+                    return Ok(Ok(()));
+                }
+                Err(error) => {
+                    self.metrics
+                        .write_failures
+                        .get_or_create(&ReasonLabels {
+                            reason: error.reason,
+                        })
+                        .inc();
+                    if !error.transient {
+                        tracing::warn!(events = batch.events, reason = error.reason, error = %error.message, "database refused a batch; isolating the refused rows");
+                        return Ok(Err(error));
+                    }
+                    if matches!(
+                        error.reason,
+                        "connection"
+                            | "pool_timeout"
+                            | "tls"
+                            | "too_many_connections"
+                            | "read_only"
+                    ) {
+                        self.metrics.database_up.set(0);
+                        self.health
+                            .set_database(Check::Failed(error.message.clone()));
+                    }
+                    self.health.set_writer(Check::Failed(format!(
+                        "retrying a batch of {} events ({}): {}",
+                        batch.events, error.reason, error.message
+                    )));
+                    tracing::warn!(events = batch.events, reason = error.reason, error = %error.message, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying (events stay in the spool)");
+                    let wake = Instant::now() + jitter(backoff);
+                    if self.deadline().is_some_and(|d| d <= wake) {
+                        return Err(Stopped);
+                    }
+                    tokio::time::sleep_until(wake).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// `wait` plus up to a quarter more, so collectors do not retry in step.
+fn jitter(wait: Duration) -> Duration {
+    let noise = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    wait + wait / 4 * (noise % 1000) / 1000
+}
