@@ -8,10 +8,14 @@
 //! - [`collector`]: starts an in-process collector against a database, waits until it is ready.
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
+//! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
+//! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 
 pub mod collector;
 pub mod db;
 pub mod fixtures;
+pub mod load;
+pub mod process;
 pub mod proxy;

@@ -1,0 +1,206 @@
+//! Steady load from concurrent OTLP clients that retry refusals the way the SDKs do, and a
+//! record of every event the collector acknowledged.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+use crate::db::TestDb;
+use crate::fixtures::{event, kv, logs_request};
+
+/// What a load run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Events in requests sent (each counted once, however often retried).
+    pub sent: u64,
+    /// Events the collector acknowledged.
+    pub acknowledged: u64,
+    /// Retryable refusals the clients saw (and retried).
+    pub refusals: u64,
+    /// Of those, refusals that carried RetryInfo.
+    pub with_retry_info: u64,
+    /// Events given up on when the run ended (sent, never acknowledged).
+    pub abandoned: u64,
+    /// Requests refused for good.
+    pub failed: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    acked: Mutex<Vec<String>>,
+    sent: AtomicU64,
+    refusals: AtomicU64,
+    with_retry_info: AtomicU64,
+    abandoned: AtomicU64,
+    failed: AtomicU64,
+    stop_new: AtomicBool,
+    give_up: AtomicBool,
+}
+
+/// A running load.
+pub struct Load {
+    shared: Arc<Shared>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The codes an OTLP client retries (the specification's list).
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::DataLoss
+    )
+}
+
+impl Load {
+    /// Starts `clients` clients, each sending requests of `events` page visits in a loop,
+    /// pausing `pause` between requests.
+    pub fn start(endpoint: &str, clients: usize, events: usize, pause: Duration) -> Load {
+        let shared = Arc::new(Shared::default());
+        let channel: Channel = Endpoint::from_shared(endpoint.to_owned())
+            .expect("endpoint")
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy();
+        let clients = (0..clients)
+            .map(|c| {
+                let shared = shared.clone();
+                let mut client = LogsServiceClient::new(channel.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !shared.stop_new.load(Ordering::SeqCst) {
+                        let ids: Vec<String> = (0..events)
+                            .map(|_| uuid::Uuid::now_v7().to_string())
+                            .collect();
+                        let records = ids
+                            .iter()
+                            .map(|id| {
+                                event(
+                                    "page_visit",
+                                    1_772_600_767_000_000_000 + n,
+                                    vec![
+                                        kv("event.id", id.as_str()),
+                                        kv("url.path", format!("/load/{c}/{n}")),
+                                    ],
+                                )
+                            })
+                            .collect();
+                        n += 1;
+                        let request = logs_request("load", records);
+                        shared.sent.fetch_add(events as u64, Ordering::SeqCst);
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            match client.export(request.clone()).await {
+                                Ok(_) => {
+                                    shared
+                                        .acked
+                                        .lock()
+                                        .expect("acked")
+                                        .extend(ids.iter().cloned());
+                                    break;
+                                }
+                                Err(status) if retryable(status.code()) => {
+                                    shared.refusals.fetch_add(1, Ordering::SeqCst);
+                                    let hinted =
+                                        status.get_details_retry_info().and_then(|r| r.retry_delay);
+                                    if hinted.is_some() {
+                                        shared.with_retry_info.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                    if shared.give_up.load(Ordering::SeqCst) {
+                                        shared.abandoned.fetch_add(events as u64, Ordering::SeqCst);
+                                        return;
+                                    }
+                                    tokio::time::sleep(
+                                        hinted.unwrap_or(backoff).min(Duration::from_secs(2)),
+                                    )
+                                    .await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                                }
+                                Err(status) => {
+                                    eprintln!("load client: request failed for good: {status:?}");
+                                    shared.failed.fetch_add(1, Ordering::SeqCst);
+                                    break;
+                                }
+                            }
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Load { shared, clients }
+    }
+
+    /// Events acknowledged so far.
+    pub fn acknowledged(&self) -> u64 {
+        self.shared.acked.lock().expect("acked").len() as u64
+    }
+
+    /// Refusals so far.
+    pub fn refusals(&self) -> u64 {
+        self.shared.refusals.load(Ordering::SeqCst)
+    }
+
+    /// Stops sending new requests, lets retries finish for up to `patience`, then gives up.
+    pub async fn stop(self, patience: Duration) -> (Report, Vec<String>) {
+        self.shared.stop_new.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + patience;
+        for client in self.clients {
+            let abort = client.abort_handle();
+            if tokio::time::timeout_at(deadline, client).await.is_err() {
+                self.shared.give_up.store(true, Ordering::SeqCst);
+                abort.abort();
+            }
+        }
+        let acked = self.shared.acked.lock().expect("acked").clone();
+        let s = &self.shared;
+        let report = Report {
+            sent: s.sent.load(Ordering::SeqCst),
+            acknowledged: acked.len() as u64,
+            refusals: s.refusals.load(Ordering::SeqCst),
+            with_retry_info: s.with_retry_info.load(Ordering::SeqCst),
+            abandoned: s.abandoned.load(Ordering::SeqCst),
+            failed: s.failed.load(Ordering::SeqCst),
+        };
+        (report, acked)
+    }
+}
+
+/// How many acknowledged events are in `page_visits`, and how many of them more than once.
+pub async fn check_present(db: &TestDb, acked: &[String]) -> (u64, u64) {
+    let rows = db
+        .texts("SELECT LOWER(HEX(event_id)), CAST(COUNT(*) AS CHAR) FROM page_visits GROUP BY event_id")
+        .await;
+    let counts: HashMap<String, u64> = rows
+        .into_iter()
+        .map(|row| {
+            let id = row[0].clone().expect("event id");
+            let count = row[1].as_deref().expect("count").parse().expect("number");
+            (id, count)
+        })
+        .collect();
+    let mut present = 0;
+    let mut duplicated = 0;
+    for id in acked {
+        match counts.get(&id.replace('-', "")) {
+            Some(1) => present += 1,
+            Some(_) => {
+                present += 1;
+                duplicated += 1;
+            }
+            None => {}
+        }
+    }
+    (present, duplicated)
+}

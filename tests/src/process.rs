@@ -1,0 +1,162 @@
+//! The real `usage-collector` command as a child process, for tests that kill or stop it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback address with a free port (bound, then released, so a restart can reuse it).
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+/// How to start a collector process; `start` may be called again for a restart.
+#[derive(Debug, Clone)]
+pub struct ProcessConfig {
+    /// The collector binary (a test passes `env!("CARGO_BIN_EXE_usage-collector-e2e")`).
+    pub binary: PathBuf,
+    /// Database URL.
+    pub database_url: String,
+    /// OTLP/gRPC address (fixed, so clients reconnect after a restart).
+    pub grpc: SocketAddr,
+    /// Admin address.
+    pub admin: SocketAddr,
+    /// Spool folder (kept across restarts).
+    pub spool_dir: PathBuf,
+    /// Spool cap.
+    pub spool_max_bytes: u64,
+    /// Shutdown deadline.
+    pub shutdown_timeout_secs: u64,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl ProcessConfig {
+    /// Fresh ports and a fresh spool folder under `dir`.
+    pub fn new(binary: &str, database_url: &str, dir: &Path) -> Self {
+        Self {
+            binary: PathBuf::from(binary),
+            database_url: database_url.to_owned(),
+            grpc: free_addr(),
+            admin: free_addr(),
+            spool_dir: dir.join("spool"),
+            spool_max_bytes: 1 << 30,
+            shutdown_timeout_secs: 10,
+            log: dir.join("collector.log"),
+        }
+    }
+
+    /// The OTLP endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Starts the process (with `--migrate`), appending its output to the log file.
+    pub fn start(&self) -> CollectorProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("collector log file");
+        let child = Command::new(&self.binary)
+            .args(["serve", "--migrate"])
+            .args(["--database-url", &self.database_url])
+            .args(["--grpc-listen", &self.grpc.to_string()])
+            .args(["--admin-listen", &self.admin.to_string()])
+            .arg("--spool-dir")
+            .arg(&self.spool_dir)
+            .args(["--spool-max-bytes", &self.spool_max_bytes.to_string()])
+            .args([
+                "--shutdown-timeout-secs",
+                &self.shutdown_timeout_secs.to_string(),
+            ])
+            .args(["--database-connect-timeout-secs", "1"])
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start usage-collector");
+        CollectorProcess {
+            child,
+            admin: self.admin,
+        }
+    }
+}
+
+/// A running collector process; killed if dropped while running.
+pub struct CollectorProcess {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl CollectorProcess {
+    /// Waits until `/health/live` answers.
+    pub async fn wait_live(&mut self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!("the collector exited while starting: {status}");
+            }
+            if tokio::net::TcpStream::connect(self.admin).await.is_ok()
+                && crate::fixtures::http_get(self.admin, "/health/live")
+                    .await
+                    .0
+                    == 200
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "collector not live after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET on the admin port.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        crate::fixtures::http_get(self.admin, path).await
+    }
+
+    /// SIGKILL: the process dies at once, mid-write.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits up to `limit` for the exit.
+    pub async fn terminate(mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < limit,
+                "no exit within {limit:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            if let Err(e) = self.child.kill() {
+                eprintln!("could not kill a test collector: {e}");
+            }
+            // Reaping fails only if it was already reaped.
+            self.child.wait().ok();
+        }
+    }
+}

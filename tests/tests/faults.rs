@@ -1,0 +1,362 @@
+//! Fault tests: under steady load from retrying clients, every event the collector
+//! acknowledged is in its table exactly once — through a database outage, SIGKILL, a full
+//! spool, a damaged spool, rows the database refuses, and SIGTERM. Each test prints
+//! `events sent / acknowledged / present / duplicated`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::load::{Load, Report, check_present};
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
+use usage_pipeline_tests::proxy::Proxy;
+
+const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("usage_fault_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn proxied(db: &TestDb) -> (Proxy, String) {
+    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
+    let url = format!("mysql://root@{}/{}", proxy.addr, db.name());
+    (proxy, url)
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+async fn wait_ready(collector: &CollectorProcess, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let (code, body) = collector.get("/health/ready").await;
+        if code == 200 {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not ready after {limit:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_drained(collector: &CollectorProcess, limit: Duration) {
+    let started = Instant::now();
+    loop {
+        let metrics = collector.get("/metrics").await.1;
+        if metric(&metrics, "usage_collector_spool_records") == Some(0.0) {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "spool not drained after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts every acknowledged event is present exactly once; prints the tally. Requests that
+/// failed for good (only a killed connection does that: the OTLP SDKs do not retry a broken
+/// stream) were never acknowledged, so they are allowed only when `killed`.
+async fn assert_exactly_once(
+    name: &str,
+    db: &TestDb,
+    report: &Report,
+    acked: &[String],
+    killed: bool,
+) {
+    let (present, duplicated) = check_present(db, acked).await;
+    println!(
+        "{name}: events sent {} / acknowledged {} / present {} / duplicated {} (refusals retried {}, with RetryInfo {}, abandoned {})",
+        report.sent,
+        report.acknowledged,
+        present,
+        duplicated,
+        report.refusals,
+        report.with_retry_info,
+        report.abandoned
+    );
+    assert!(report.acknowledged > 0, "{name}: nothing was acknowledged");
+    assert_eq!(
+        present, report.acknowledged,
+        "{name}: acknowledged events missing"
+    );
+    assert_eq!(duplicated, 0, "{name}: duplicated rows");
+    if !killed {
+        assert_eq!(report.failed, 0, "{name}: requests refused for good");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_cut_for_20_seconds_under_load() {
+    let db = TestDb::mysql().await;
+    let (proxy, url) = proxied(&db).await;
+    let dir = temp_dir();
+    let config = ProcessConfig::new(BIN, &url, &dir);
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    wait_ready(&collector, Duration::from_secs(20)).await;
+
+    let load = Load::start(&config.endpoint(), 4, 20, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.cut();
+    let before = load.acknowledged();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let during = load.acknowledged() - before;
+    let (code, body) = collector.get("/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"database\":\"failed: "), "{body}");
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (report, acked) = load.stop(Duration::from_secs(30)).await;
+    wait_drained(&collector, Duration::from_secs(60)).await;
+    assert!(
+        during > 0,
+        "acknowledgements stopped during the outage: the spool should take them"
+    );
+    assert_exactly_once("database cut 20 s", &db, &report, &acked, false).await;
+    drop(collector);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_then_restart_on_the_same_spool() {
+    let db = TestDb::mysql().await;
+    let dir = temp_dir();
+    let config = ProcessConfig::new(BIN, db.url(), &dir);
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    wait_ready(&collector, Duration::from_secs(20)).await;
+    let load = Load::start(&config.endpoint(), 4, 20, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    collector.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (report, acked) = load.stop(Duration::from_secs(30)).await;
+    wait_drained(&collector, Duration::from_secs(60)).await;
+    assert_exactly_once("SIGKILL and restart", &db, &report, &acked, true).await;
+    drop(collector);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_spool_refuses_with_retry_info_and_the_retries_land() {
+    let db = TestDb::mysql().await;
+    let (proxy, url) = proxied(&db).await;
+    let dir = temp_dir();
+    let mut config = ProcessConfig::new(BIN, &url, &dir);
+    config.spool_max_bytes = 64 * 1024;
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    wait_ready(&collector, Duration::from_secs(20)).await;
+    proxy.cut();
+    let load = Load::start(&config.endpoint(), 3, 20, Duration::from_millis(10));
+    let started = Instant::now();
+    while load.refusals() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the spool never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = collector.get("/metrics").await.1;
+    assert!(
+        metrics.contains(
+            "usage_collector_records_refused_total{signal=\"logs\",reason=\"spool_full\"}"
+        ),
+        "{metrics}"
+    );
+    let (code, body) = collector.get("/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"status\":\"failing\""), "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (report, acked) = load.stop(Duration::from_secs(60)).await;
+    wait_drained(&collector, Duration::from_secs(60)).await;
+    assert!(report.with_retry_info > 0, "{report:?}");
+    assert_eq!(
+        report.abandoned, 0,
+        "every refused request was retried until it landed: {report:?}"
+    );
+    assert_exactly_once("spool cap during an outage", &db, &report, &acked, false).await;
+    drop(collector);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn segments(spool: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(spool)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "wal") && std::fs::metadata(p).unwrap().len() > 0
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_spool_is_repaired_at_start_and_the_rest_replayed() {
+    let db = TestDb::mysql().await;
+    let (proxy, url) = proxied(&db).await;
+    proxy.cut(); // nothing is written: everything stays in the spool
+    let dir = temp_dir();
+    let config = ProcessConfig::new(BIN, &url, &dir);
+    let send = |endpoint: String, first: u64| async move {
+        for i in first..first + 5 {
+            let request = logs_request(
+                "spool",
+                vec![event(
+                    "page_visit",
+                    T0 + i,
+                    vec![
+                        kv("event.id", uuid::Uuid::now_v7().to_string()),
+                        kv("url.path", format!("/r/{i}")),
+                    ],
+                )],
+            );
+            send_logs(&endpoint, request, false).await.unwrap();
+        }
+    };
+    for first in [0, 5] {
+        let mut collector = config.start();
+        collector.wait_live(Duration::from_secs(20)).await;
+        send(config.endpoint(), first).await;
+        collector.kill();
+    }
+    let files = segments(&config.spool_dir);
+    assert_eq!(files.len(), 2, "{files:?}");
+    // Corrupt the third record of the first segment; tear the end of the second.
+    let mut first = std::fs::read(&files[0]).unwrap();
+    let record = first.len() / 5;
+    first[2 * record + 30] ^= 0xff;
+    std::fs::write(&files[0], &first).unwrap();
+    let mut second = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&files[1])
+        .unwrap();
+    std::io::Write::write_all(&mut second, &first[..record / 2]).unwrap();
+    drop(second);
+
+    proxy.restore();
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    wait_ready(&collector, Duration::from_secs(20)).await;
+    wait_drained(&collector, Duration::from_secs(30)).await;
+    let paths = db
+        .texts("SELECT page_path FROM page_visits ORDER BY page_path")
+        .await;
+    let paths: Vec<String> = paths.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(
+        paths,
+        ["/r/0", "/r/1", "/r/5", "/r/6", "/r/7", "/r/8", "/r/9"]
+    );
+    let quarantined = std::fs::read_dir(config.spool_dir.join("quarantine"))
+        .unwrap()
+        .count();
+    assert_eq!(quarantined, 1);
+    let metrics = collector.get("/metrics").await.1;
+    assert_eq!(
+        metric(&metrics, "usage_collector_spool_quarantined_segments_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    println!(
+        "damaged spool: 10 acknowledged, 7 replayed, 3 after the corrupt record kept in quarantine, torn tail cut"
+    );
+    drop(collector);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_the_database_refuses_become_dead_letters_and_the_rest_is_written() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    // program_lines is an INT column: five billion is out of its range.
+    let runs: Vec<_> = (0..10i64)
+        .map(|i| {
+            let lines = if i % 4 == 1 { 5_000_000_000 } else { i };
+            event(
+                "program_execution",
+                T0 + i as u64,
+                vec![
+                    kv("event.id", uuid::Uuid::now_v7().to_string()),
+                    kv("program.lines", lines),
+                ],
+            )
+        })
+        .collect();
+    send_logs(&collector.endpoint(), logs_request("ide", runs), false)
+        .await
+        .unwrap();
+    collector.wait_written(Duration::from_secs(20)).await;
+    let lines = db
+        .texts("SELECT CAST(program_lines AS CHAR) FROM program_executions ORDER BY program_lines")
+        .await;
+    let lines: Vec<String> = lines.into_iter().map(|r| r[0].clone().unwrap()).collect();
+    assert_eq!(lines, ["0", "2", "3", "4", "6", "7", "8"]);
+    let dead = db
+        .texts("SELECT table_name, reason, CAST(row_data AS CHAR) FROM dead_letters")
+        .await;
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    for row in &dead {
+        assert_eq!(row[0].as_deref(), Some("program_executions"));
+        assert!(
+            row[1].as_deref().unwrap().contains("Out of range"),
+            "{row:?}"
+        );
+        assert!(row[2].as_deref().unwrap().contains("5000000000"), "{row:?}");
+    }
+    let metrics = collector.get("/metrics").await.1;
+    assert!(
+        metrics.contains("usage_collector_dead_letters_total{table=\"program_executions\"} 3"),
+        "{metrics}"
+    );
+    println!(
+        "permanent refusals: 10 acknowledged, 7 written, 3 dead letters with reasons, 0 duplicated"
+    );
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_exits_cleanly_and_nothing_is_lost() {
+    let db = TestDb::mysql().await;
+    let dir = temp_dir();
+    let mut config = ProcessConfig::new(BIN, db.url(), &dir);
+    config.shutdown_timeout_secs = 5;
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    wait_ready(&collector, Duration::from_secs(20)).await;
+    let load = Load::start(&config.endpoint(), 4, 20, Duration::from_millis(5));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, took) = collector.terminate(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        took < Duration::from_secs(config.shutdown_timeout_secs + 5),
+        "took {took:?}"
+    );
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (report, acked) = load.stop(Duration::from_secs(30)).await;
+    wait_drained(&collector, Duration::from_secs(60)).await;
+    println!("SIGTERM: exited 0 after {took:?}");
+    assert_exactly_once("SIGTERM and restart", &db, &report, &acked, false).await;
+    drop(collector);
+    std::fs::remove_dir_all(dir).unwrap();
+}
