@@ -32,8 +32,6 @@ pub mod defaults {
     pub const BATCH_SIZE: usize = 500;
     /// How long the writer waits for more rows before writing a batch that is not full.
     pub const FLUSH_INTERVAL_MS: u64 = 5;
-    /// Batches written at the same time.
-    pub const WRITER_CONCURRENCY: usize = 2;
     /// The spool folder, relative to the working folder.
     pub const SPOOL_DIR: &str = "spool";
     /// Most bytes of accepted events the spool holds before refusing new ones.
@@ -119,8 +117,6 @@ pub struct WriterSettings {
     pub batch_size: usize,
     /// How long to wait for more rows before writing a partial batch.
     pub flush_interval: Duration,
-    /// Transactions in flight at once.
-    pub concurrency: usize,
 }
 
 impl Default for WriterSettings {
@@ -128,7 +124,6 @@ impl Default for WriterSettings {
         Self {
             batch_size: defaults::BATCH_SIZE,
             flush_interval: Duration::from_millis(defaults::FLUSH_INTERVAL_MS),
-            concurrency: defaults::WRITER_CONCURRENCY,
         }
     }
 }
@@ -273,7 +268,6 @@ struct FileSpool {
 struct FileWriter {
     batch_size: Option<usize>,
     flush_interval_ms: Option<u64>,
-    concurrency: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -335,9 +329,6 @@ pub struct Overrides {
     /// Milliseconds to wait for more rows before writing a partial batch [default: 5]
     #[arg(long, env = "USAGE_FLUSH_INTERVAL_MS", global = true)]
     pub flush_interval_ms: Option<u64>,
-    /// Transactions in flight at once [default: 2]
-    #[arg(long, env = "USAGE_WRITER_CONCURRENCY", global = true)]
-    pub writer_concurrency: Option<usize>,
     /// Spool folder: accepted events wait here until written [default: spool]
     #[arg(long, env = "USAGE_SPOOL_DIR", global = true)]
     pub spool_dir: Option<PathBuf>,
@@ -420,11 +411,6 @@ impl Settings {
                     .or(fw.flush_interval_ms)
                     .unwrap_or(defaults::FLUSH_INTERVAL_MS),
             ),
-            concurrency: positive(
-                "writer.concurrency",
-                o.writer_concurrency.or(fw.concurrency),
-                defaults::WRITER_CONCURRENCY,
-            )?,
         };
         Ok(Settings {
             database,

@@ -126,6 +126,28 @@ impl Drain {
                 }
                 continue;
             }
+            let mut batch = batch;
+            if batch.records.len() < RECORDS_PER_READ && self.deadline().is_none() {
+                // A partial batch: give more requests `flush_interval` to arrive and join it.
+                let more = tokio::time::timeout(
+                    self.settings.flush_interval,
+                    self.spool.wait_after(batch.end),
+                )
+                .await;
+                if more.is_ok() {
+                    match self
+                        .spool
+                        .read(batch.end, RECORDS_PER_READ - batch.records.len())
+                        .await
+                    {
+                        Ok(extra) => {
+                            batch.records.extend(extra.records);
+                            batch.end = extra.end;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "could not extend a partial batch"),
+                    }
+                }
+            }
             let records = batch.records.len() as u64;
             let events = self.decode(batch.records);
             let mut written = true;
