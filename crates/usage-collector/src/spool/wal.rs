@@ -361,11 +361,18 @@ impl Spool {
                 }
             }
             let path = segment_path(&self.inner.dir, from.segment);
-            let want = ((len - from.offset) as usize).min(READ_BYTES);
-            let mut buf = vec![0; want];
             let mut file = File::open(&path).map_err(io(&path))?;
             file.seek(SeekFrom::Start(from.offset)).map_err(io(&path))?;
-            file.read_exact(&mut buf).map_err(io(&path))?;
+            // Read a window, but never less than the first record (a request may exceed it).
+            let mut header = [0u8; super::format::HEADER];
+            file.read_exact(&mut header).map_err(io(&path))?;
+            let first = super::format::HEADER
+                + u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let want = ((len - from.offset) as usize).min(READ_BYTES.max(first));
+            let mut buf = vec![0; want];
+            buf[..header.len()].copy_from_slice(&header);
+            file.read_exact(&mut buf[header.len()..])
+                .map_err(io(&path))?;
             let mut at = 0;
             while batch.records.len() < max_records {
                 match Payload::decode(&buf[at..]) {
@@ -791,6 +798,26 @@ mod tests {
         drop(spool);
         let (_, recovery) = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(recovery.records, 0);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_record_larger_than_the_read_window_is_read_whole() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, 1 << 30).unwrap();
+        let big = Payload {
+            signal: SpoolSignal::Logs,
+            received_unix_nano: 1,
+            request: vec![7; READ_BYTES + 1000],
+        };
+        spool.append(big.clone()).await.unwrap();
+        spool.append(payload(1)).await.unwrap();
+        let batch = spool.read(spool.checkpoint(), 10).await.unwrap();
+        assert_eq!(batch.records[0], big);
+        let rest = spool.read(batch.end, 10).await.unwrap();
+        let mut all = batch.records;
+        all.extend(rest.records);
+        assert_eq!(all.len(), 2);
         fs::remove_dir_all(dir).unwrap();
     }
 
