@@ -8,6 +8,26 @@ use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::fixtures::*;
 
+/// The gRPC health status of `service` ("" for the whole server).
+async fn grpc_health(endpoint: &str, service: &str) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    client.check(request).await.unwrap().into_inner().status
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+const LOGS: &str = "opentelemetry.proto.collector.logs.v1.LogsService";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn not_ready_without_the_schema_then_ready_after_migration() {
     let db = TestDb::mysql().await;
@@ -35,6 +55,9 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
         "{schema}"
     );
     assert_eq!(collector.get("/health/live").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await; // one gRPC health update period
+    assert_eq!(grpc_health(&collector.endpoint(), "").await, NOT_SERVING);
+    assert_eq!(grpc_health(&collector.endpoint(), LOGS).await, NOT_SERVING);
 
     // Accepted into the spool while the schema is missing.
     let request = logs_request(
@@ -54,5 +77,8 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
     collector.wait_ready(Duration::from_secs(30)).await;
     collector.wait_written(Duration::from_secs(10)).await;
     assert_eq!(db.count("page_visits").await, 1);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(grpc_health(&collector.endpoint(), "").await, SERVING);
+    assert_eq!(grpc_health(&collector.endpoint(), LOGS).await, SERVING);
     collector.stop().await;
 }

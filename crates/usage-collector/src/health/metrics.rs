@@ -19,7 +19,7 @@ pub const NAMESPACE: &str = "usage_collector";
 pub mod names {
     /// Records that arrived, valid or not.
     pub const RECORDS_RECEIVED: &str = "records_received";
-    /// Records written (or already present) after the client was told OK.
+    /// Valid records acknowledged: on disk in the spool, to be written exactly once.
     pub const RECORDS_ACCEPTED: &str = "records_accepted";
     /// Records refused on their own, reported to the client as partial success.
     pub const RECORDS_REJECTED: &str = "records_rejected";
@@ -53,6 +53,14 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "dead_letters";
     /// Dead letters that could be kept neither in the table nor in the file (only logged).
     pub const DEAD_LETTERS_LOST: &str = "dead_letters_lost";
+    /// Events committed to the database (a repeat of an already written event counts again).
+    pub const EVENTS_WRITTEN: &str = "events_written";
+    /// Accepted records lost after acknowledgement, by reason (must stay 0).
+    pub const RECORDS_DROPPED: &str = "records_dropped";
+    /// Accepted events by service and event name (bounded; overflow goes to `other`).
+    pub const EVENTS: &str = "events";
+    /// Unix time each service last sent events (bounded; overflow goes to `other`).
+    pub const SERVICE_LAST_SEEN: &str = "service_last_seen_timestamp_seconds";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "build_info";
 }
@@ -95,6 +103,35 @@ pub struct ColumnLabels {
     /// Column name.
     pub column: &'static str,
 }
+
+/// Labels: service and event name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `service.name` of the sender.
+    pub service: String,
+    /// Event name.
+    pub event: String,
+}
+
+/// Labels: service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `service.name` of the sender.
+    pub service: String,
+}
+
+/// Most (service, event) pairs with their own series; the rest count as `other`.
+pub const MAX_EVENT_SERIES: usize = 200;
+/// Most services with their own last-seen series; the rest count as `other`.
+pub const MAX_SERVICES: usize = 50;
+/// The label value that stands for everything past a bound.
+pub const OTHER: &str = "other";
+
+/// (service, event) pairs and services that have their own series.
+type SeenLabels = (
+    std::collections::HashSet<(String, String)>,
+    std::collections::HashSet<String>,
+);
 
 /// Labels: version.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -142,6 +179,16 @@ pub struct Metrics {
     pub dead_letters: Family<TableLabels, Counter>,
     /// See [`names::DEAD_LETTERS_LOST`].
     pub dead_letters_lost: Counter,
+    /// See [`names::EVENTS_WRITTEN`].
+    pub events_written: Counter,
+    /// See [`names::RECORDS_DROPPED`].
+    pub records_dropped: Family<ReasonLabels, Counter>,
+    /// See [`names::EVENTS`].
+    pub events: Family<EventLabels, Counter>,
+    /// See [`names::SERVICE_LAST_SEEN`].
+    pub service_last_seen: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    /// Label values already given their own series, to keep the bounds.
+    seen: std::sync::Mutex<SeenLabels>,
     /// Read at each scrape for the spool gauges.
     spool: std::sync::OnceLock<crate::spool::Spool>,
     registry: Registry,
@@ -176,6 +223,11 @@ impl Metrics {
             spool_quarantined: Counter::default(),
             dead_letters: Family::default(),
             dead_letters_lost: Counter::default(),
+            events_written: Counter::default(),
+            records_dropped: Family::default(),
+            events: Family::default(),
+            service_last_seen: Family::default(),
+            seen: std::sync::Mutex::default(),
             spool: std::sync::OnceLock::new(),
             registry: Registry::default(),
         };
@@ -186,7 +238,7 @@ impl Metrics {
         );
         registry.register(
             names::RECORDS_ACCEPTED,
-            "Records acknowledged after their rows were committed",
+            "Valid records acknowledged (on disk in the spool)",
             m.records_accepted.clone(),
         );
         registry.register(
@@ -269,6 +321,26 @@ impl Metrics {
             "Dead letters kept neither in the table nor in the file",
             m.dead_letters_lost.clone(),
         );
+        registry.register(
+            names::EVENTS_WRITTEN,
+            "Events committed to the database (repeats count again)",
+            m.events_written.clone(),
+        );
+        registry.register(
+            names::RECORDS_DROPPED,
+            "Accepted records lost after acknowledgement, by reason (must stay 0)",
+            m.records_dropped.clone(),
+        );
+        registry.register(
+            names::EVENTS,
+            "Accepted events by service and event name (bounded, overflow in other)",
+            m.events.clone(),
+        );
+        registry.register(
+            names::SERVICE_LAST_SEEN,
+            "Unix time each service last sent events (bounded, overflow in other)",
+            m.service_last_seen.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -277,6 +349,36 @@ impl Metrics {
             .set(1);
         registry.register(names::BUILD_INFO, "Always 1; the version is a label", build);
         Metrics { registry, ..m }
+    }
+
+    /// Counts accepted events of `service` named `event`, and marks the service as seen now.
+    /// Past the bounds, new services and event names are counted under `other`.
+    pub fn count_events(&self, service: &str, event: &str, n: u64, now_unix_seconds: f64) {
+        let (service, event) = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            let (pairs, services) = &mut *seen;
+            let service = if services.contains(service) || services.len() < MAX_SERVICES {
+                services.insert(service.to_owned());
+                service.to_owned()
+            } else {
+                OTHER.to_owned()
+            };
+            let pair = (service.clone(), event.to_owned());
+            if pairs.contains(&pair) || pairs.len() < MAX_EVENT_SERIES {
+                pairs.insert(pair.clone());
+                pair
+            } else {
+                (service, OTHER.to_owned())
+            }
+        };
+        self.service_last_seen
+            .get_or_create(&ServiceLabels {
+                service: service.clone(),
+            })
+            .set(now_unix_seconds);
+        self.events
+            .get_or_create(&EventLabels { service, event })
+            .inc_by(n);
     }
 
     /// The spool whose depth the spool gauges show, read at each scrape.
@@ -306,6 +408,25 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_series_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_SERVICES + 5 {
+            m.count_events(&format!("svc-{i}"), "page_visit", 1, 1.0);
+        }
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("usage_collector_events_total{service=\"other\",event=\"page_visit\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "usage_collector_service_last_seen_timestamp_seconds{service=\"svc-0\"} 1"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn names_carry_the_namespace_and_counters_their_suffix() {

@@ -53,6 +53,8 @@ pub struct Converted {
     pub rejected: Rejections,
     /// (table, column) of each text value cut to fit.
     pub truncated: Vec<(&'static str, &'static str)>,
+    /// Valid events by (service, event name).
+    pub tally: Vec<((Arc<str>, String), u64)>,
 }
 
 struct Builder<'a> {
@@ -87,6 +89,14 @@ impl<'a> Builder<'a> {
             Ok(mut mapped) => {
                 self.out.truncated.append(&mut mapped.truncated);
                 self.out.events.push(mapped);
+                let tally = &mut self.out.tally;
+                match tally
+                    .iter_mut()
+                    .find(|((s, n), _)| Arc::ptr_eq(s, &event.service) && *n == event.name)
+                {
+                    Some((_, count)) => *count += 1,
+                    None => tally.push(((event.service.clone(), event.name.clone()), 1)),
+                }
             }
             Err(e) => self.out.rejected.add(e.reason(), || {
                 format!("{} (event `{}`): {e}", position(), event.name)

@@ -1,5 +1,9 @@
 //! The OTLP/gRPC services and server.
 //!
+//! The gRPC health service (`grpc.health.v1`) answers SERVING exactly when `/health/ready`
+//! says ready, for the server as a whole and for each OTLP service, so Kubernetes gRPC probes
+//! and HTTP probes agree.
+//!
 //! Requests may be gzip-compressed. The size limit applies after decompression; a request over
 //! it gets RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE for an uncompressed one, which OTLP
 //! clients would retry forever, so the status is rewritten on the way out).
@@ -132,6 +136,8 @@ pub async fn serve(
         }
         response
     });
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let readiness = tokio::spawn(report_readiness(reporter, ingest.health.clone()));
     let logs = LogsServiceServer::new(Logs(ingest.clone()))
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max_request_bytes);
@@ -140,11 +146,40 @@ pub async fn serve(
         .max_decoding_message_size(max_request_bytes);
     // Our own listener, so TCP_NODELAY must be asked for (Server::serve(addr) would set it).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .layer(too_large)
+        .add_service(health_service)
         .add_service(logs)
         .add_service(traces)
         .add_service(MetricsServiceServer::new(NoMetrics))
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .await;
+    readiness.abort();
+    served
+}
+
+/// How often the gRPC health status follows the readiness checks.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn report_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    health: crate::health::Health,
+) {
+    use tonic_health::ServingStatus;
+    let names = [
+        "",
+        <LogsServiceServer<Logs> as tonic::server::NamedService>::NAME,
+        <TraceServiceServer<Traces> as tonic::server::NamedService>::NAME,
+    ];
+    loop {
+        let status = if health.readiness().1 {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in names {
+            reporter.set_service_status(name, status).await;
+        }
+        tokio::time::sleep(HEALTH_EVERY).await;
+    }
 }

@@ -122,6 +122,10 @@ impl Ingest {
                     .get_or_create(&ColumnLabels { table, column })
                     .inc();
             }
+            let now = received_unix_nano as f64 / 1e9;
+            for ((service, event), n) in &converted.tally {
+                m.count_events(service, event, *n, now);
+            }
         }
         m.records_accepted.get_or_create(&labels).inc_by(valid);
         Ok(Partial {

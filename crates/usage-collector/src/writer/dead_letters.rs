@@ -74,6 +74,12 @@ impl DeadLetters {
             });
         if let Err(e) = written {
             self.metrics.dead_letters_lost.inc();
+            self.metrics
+                .records_dropped
+                .get_or_create(&crate::health::metrics::ReasonLabels {
+                    reason: "dead_letter_lost",
+                })
+                .inc();
             tracing::error!(
                 file = %self.file.display(),
                 error = %e,

@@ -187,7 +187,13 @@ impl Drain {
             match converted {
                 Ok(converted) => events.extend(converted.events),
                 Err(e) => {
-                    tracing::error!(error = %e, "a spooled request no longer decodes; skipped")
+                    self.metrics
+                        .records_dropped
+                        .get_or_create(&ReasonLabels {
+                            reason: "undecodable",
+                        })
+                        .inc();
+                    tracing::error!(error = %e, "a spooled request no longer decodes; skipped and counted as dropped");
                 }
             }
         }
@@ -241,6 +247,7 @@ impl Drain {
                             .get_or_create(&TableLabels { table })
                             .inc_by(*rows);
                     }
+                    self.metrics.events_written.inc_by(events.len() as u64);
                     self.metrics.database_up.set(1);
                     let now = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
