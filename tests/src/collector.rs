@@ -26,6 +26,10 @@ pub fn settings(database_url: &str) -> Settings {
             ..SpoolSettings::default()
         },
         shutdown_timeout: Duration::from_secs(5),
+        heartbeat_interval: Duration::from_secs(
+            usage_collector::config::defaults::HEARTBEAT_INTERVAL_SECS,
+        ),
+        instance: "test-collector".to_owned(),
         log: LogSettings::default(),
     }
 }

@@ -82,3 +82,44 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
     assert_eq!(grpc_health(&collector.endpoint(), LOGS).await, SERVING);
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heartbeats_travel_the_write_path_and_report_their_age() {
+    let db = TestDb::mysql().await;
+    let mut config = settings(db.url());
+    config.heartbeat_interval = Duration::from_millis(300);
+    config.instance = "collector-hb".to_owned();
+    let collector = TestCollector::start(config).await;
+    let started = std::time::Instant::now();
+    let row = loop {
+        let rows = db
+            .texts("SELECT instance, CAST(last_beat AS CHAR) FROM collector_heartbeats")
+            .await;
+        if !rows.is_empty() {
+            break rows;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no heartbeat row"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(row[0][0].as_deref(), Some("collector-hb"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let metrics = collector.get("/metrics").await.1;
+    let age: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_collector_heartbeat_age_seconds "))
+        .expect("heartbeat age")
+        .parse()
+        .unwrap();
+    assert!(age < 5.0, "heartbeat age {age}");
+    let later = db
+        .texts("SELECT CAST(last_beat AS CHAR) FROM collector_heartbeats")
+        .await;
+    assert_ne!(
+        later[0][0], row[0][1],
+        "the row moves forward with each beat"
+    );
+    collector.stop().await;
+}

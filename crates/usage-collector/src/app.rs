@@ -66,6 +66,7 @@ pub struct Application {
     writer: Writer,
     writer_task: WriterTask,
     verification: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
     sink: Sink,
     max_request_bytes: usize,
     shutdown_timeout: Duration,
@@ -117,6 +118,11 @@ impl Application {
             health.clone(),
             dead_letters,
         );
+        let heartbeat = tokio::spawn(send_heartbeats(
+            spool.clone(),
+            settings.instance.clone(),
+            settings.heartbeat_interval,
+        ));
         let migrate = migrate || sink.is_embedded();
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
@@ -137,6 +143,7 @@ impl Application {
             writer,
             writer_task,
             verification,
+            heartbeat,
             sink,
             max_request_bytes: settings.max_request_bytes,
             shutdown_timeout: settings.shutdown_timeout,
@@ -205,6 +212,7 @@ impl Application {
         let grpc_result = grpc.await;
         let admin_result = admin.await;
         self.verification.abort();
+        self.heartbeat.abort();
         self.writer
             .stop(tokio::time::Instant::now() + self.shutdown_timeout);
         if let Err(e) = self.writer_task.await {
@@ -286,6 +294,23 @@ async fn watch_database(sink: &Sink, health: &Health, metrics: &Metrics) {
                 health.set_database(Check::Failed(error.message));
                 metrics.database_up.set(0);
             }
+        }
+    }
+}
+
+/// Every `interval`, sends a heartbeat down the write path: spool, writer, database.
+async fn send_heartbeats(spool: Spool, instance: String, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        tick.tick().await;
+        let payload = crate::spool::Payload {
+            signal: crate::spool::SpoolSignal::Heartbeat,
+            received_unix_nano: crate::receiver::convert::now_unix_nano(),
+            request: instance.as_bytes().to_vec(),
+        };
+        if let Err(e) = spool.append(payload).await {
+            // Its growing age on /metrics is what raises the alarm.
+            tracing::warn!(error = %e, "cannot spool a heartbeat");
         }
     }
 }

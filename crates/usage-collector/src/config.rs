@@ -38,6 +38,10 @@ pub mod defaults {
     pub const SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
     /// How long a shutdown keeps writing spooled events to the database before exiting.
     pub const SHUTDOWN_TIMEOUT_SECS: u64 = 20;
+    /// How often a heartbeat travels the write path.
+    pub const HEARTBEAT_INTERVAL_SECS: u64 = 30;
+    /// This collector's name in `collector_heartbeats` when `HOSTNAME` is not set.
+    pub const INSTANCE: &str = "usage-collector";
 }
 
 /// Everything the collector needs to run.
@@ -57,6 +61,10 @@ pub struct Settings {
     pub spool: SpoolSettings,
     /// How long a shutdown keeps writing to the database.
     pub shutdown_timeout: Duration,
+    /// How often a heartbeat travels the write path.
+    pub heartbeat_interval: Duration,
+    /// This collector's name (its heartbeat row).
+    pub instance: String,
     /// The collector's own log output.
     pub log: LogSettings,
 }
@@ -232,6 +240,8 @@ pub struct FileSettings {
     admin_listen: Option<String>,
     max_request_bytes: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
+    heartbeat_interval_secs: Option<u64>,
+    instance: Option<String>,
     #[serde(default)]
     database: FileDatabase,
     #[serde(default)]
@@ -338,6 +348,12 @@ pub struct Overrides {
     /// Seconds a shutdown keeps writing spooled events before exiting [default: 20]
     #[arg(long, env = "USAGE_SHUTDOWN_TIMEOUT_SECS", global = true)]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Seconds between heartbeats through the write path [default: 30]
+    #[arg(long, env = "USAGE_HEARTBEAT_INTERVAL_SECS", global = true)]
+    pub heartbeat_interval_secs: Option<u64>,
+    /// This collector's name in `collector_heartbeats` [default: $HOSTNAME, else usage-collector]
+    #[arg(long, env = "USAGE_INSTANCE", global = true)]
+    pub instance: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = "USAGE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -447,6 +463,17 @@ impl Settings {
                     .or(file.shutdown_timeout_secs)
                     .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
             ),
+            heartbeat_interval: Duration::from_secs(positive(
+                "heartbeat_interval_secs",
+                o.heartbeat_interval_secs.or(file.heartbeat_interval_secs),
+                defaults::HEARTBEAT_INTERVAL_SECS,
+            )?),
+            instance: o
+                .instance
+                .clone()
+                .or(file.instance)
+                .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+                .unwrap_or_else(|| defaults::INSTANCE.to_owned()),
             log: LogSettings {
                 format: o.log_format.or(file.log.format).unwrap_or_default(),
                 filter: o.log_level.clone().or(file.log.level),

@@ -61,6 +61,10 @@ pub mod names {
     pub const EVENTS: &str = "events";
     /// Unix time each service last sent events (bounded; overflow goes to `other`).
     pub const SERVICE_LAST_SEEN: &str = "service_last_seen_timestamp_seconds";
+    /// Unix time of the last heartbeat that reached the database.
+    pub const HEARTBEAT_LAST_WRITTEN: &str = "heartbeat_last_written_timestamp_seconds";
+    /// Seconds since the last heartbeat reached the database (since start, before the first).
+    pub const HEARTBEAT_AGE: &str = "heartbeat_age_seconds";
     /// Always 1, labelled with the version.
     pub const BUILD_INFO: &str = "build_info";
 }
@@ -187,6 +191,12 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// See [`names::SERVICE_LAST_SEEN`].
     pub service_last_seen: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    /// See [`names::HEARTBEAT_LAST_WRITTEN`].
+    pub heartbeat_last_written: Gauge<f64, AtomicU64>,
+    /// See [`names::HEARTBEAT_AGE`]; computed at each scrape.
+    pub heartbeat_age: Gauge<f64, AtomicU64>,
+    /// When the collector started (the heartbeat age before the first heartbeat).
+    started: std::time::SystemTime,
     /// Label values already given their own series, to keep the bounds.
     seen: std::sync::Mutex<SeenLabels>,
     /// Read at each scrape for the spool gauges.
@@ -227,6 +237,9 @@ impl Metrics {
             records_dropped: Family::default(),
             events: Family::default(),
             service_last_seen: Family::default(),
+            heartbeat_last_written: Gauge::default(),
+            heartbeat_age: Gauge::default(),
+            started: std::time::SystemTime::now(),
             seen: std::sync::Mutex::default(),
             spool: std::sync::OnceLock::new(),
             registry: Registry::default(),
@@ -341,6 +354,16 @@ impl Metrics {
             "Unix time each service last sent events (bounded, overflow in other)",
             m.service_last_seen.clone(),
         );
+        registry.register(
+            names::HEARTBEAT_LAST_WRITTEN,
+            "Unix time of the last heartbeat that reached the database",
+            m.heartbeat_last_written.clone(),
+        );
+        registry.register(
+            names::HEARTBEAT_AGE,
+            "Seconds since the last heartbeat reached the database",
+            m.heartbeat_age.clone(),
+        );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build
             .get_or_create(&BuildLabels {
@@ -381,6 +404,13 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// A heartbeat sent at `unix_seconds` reached the database.
+    pub fn heartbeat_written(&self, unix_seconds: f64) {
+        if unix_seconds > self.heartbeat_last_written.get() {
+            self.heartbeat_last_written.set(unix_seconds);
+        }
+    }
+
     /// The spool whose depth the spool gauges show, read at each scrape.
     pub fn attach_spool(&self, spool: crate::spool::Spool) {
         self.spool_capacity
@@ -392,6 +422,17 @@ impl Metrics {
 
     /// The exposition text (OpenMetrics, which Prometheus reads).
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let since = match self.heartbeat_last_written.get() {
+            last if last > 0.0 => last,
+            _ => self
+                .started
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(now, |d| d.as_secs_f64()),
+        };
+        self.heartbeat_age.set((now - since).max(0.0));
         if let Some(spool) = self.spool.get() {
             let (records, bytes) = spool.depth();
             self.spool_records

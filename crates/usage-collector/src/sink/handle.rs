@@ -226,6 +226,36 @@ impl Sink {
         result.map_err(|e| WriteError::classify(&e, &self.redactor))
     }
 
+    /// Moves this collector's heartbeat row forward to `beat`.
+    pub async fn write_heartbeat(
+        &self,
+        instance: &str,
+        beat: time::PrimitiveDateTime,
+    ) -> Result<(), WriteError> {
+        const INSERT: &str = "INSERT INTO collector_heartbeats (instance, last_beat) VALUES (?, ?)";
+        let result = match &self.pool {
+            Pool::MySql(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{INSERT}{}",
+                <sqlx::MySql as sql::Dialect>::ON_DUPLICATE_HEARTBEAT
+            )))
+            .bind(instance)
+            .bind(beat)
+            .execute(pool)
+            .await
+            .map(drop),
+            Pool::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{INSERT}{}",
+                <sqlx::Sqlite as sql::Dialect>::ON_DUPLICATE_HEARTBEAT
+            )))
+            .bind(instance)
+            .bind(beat)
+            .execute(pool)
+            .await
+            .map(drop),
+        };
+        result.map_err(|e| WriteError::classify(&e, &self.redactor))
+    }
+
     /// Runs `SELECT 1` on a pooled connection.
     pub async fn ping(&self) -> Result<(), WriteError> {
         let result = match &self.pool {

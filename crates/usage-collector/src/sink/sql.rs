@@ -28,6 +28,8 @@ pub trait Dialect: Database {
     const ON_DUPLICATE_SESSION: &'static str;
     /// `SET` expression for `duration_seconds` from `start_time` and `end_time`.
     const DURATION_SECONDS: &'static str;
+    /// Appended to the heartbeat INSERT: an existing row only moves forward.
+    const ON_DUPLICATE_HEARTBEAT: &'static str;
 }
 
 impl Dialect for sqlx::MySql {
@@ -41,6 +43,8 @@ impl Dialect for sqlx::MySql {
         user_agent = COALESCE(user_agent, VALUES(user_agent)), \
         ip_address = COALESCE(ip_address, VALUES(ip_address))";
     const DURATION_SECONDS: &'static str = "TIMESTAMPDIFF(SECOND, start_time, end_time)";
+    const ON_DUPLICATE_HEARTBEAT: &'static str =
+        " ON DUPLICATE KEY UPDATE last_beat = GREATEST(last_beat, VALUES(last_beat))";
 }
 
 impl Dialect for sqlx::Sqlite {
@@ -54,6 +58,8 @@ impl Dialect for sqlx::Sqlite {
         ip_address = COALESCE(ip_address, excluded.ip_address)";
     const DURATION_SECONDS: &'static str =
         "CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)";
+    const ON_DUPLICATE_HEARTBEAT: &'static str =
+        " ON CONFLICT (instance) DO UPDATE SET last_beat = MAX(last_beat, excluded.last_beat)";
 }
 
 /// Rows a batch committed, per table. A repeat of an already written event counts too: its

@@ -207,22 +207,32 @@ impl Sink {
                 }
             }
             PoolRef::Sqlite(pool) => {
-                for table in self.catalog().tables() {
+                let names = self.catalog().tables().iter().map(|t| t.name);
+                for table in names.chain(SYSTEM_TABLES) {
                     let rows = sqlx::query("SELECT name, type FROM pragma_table_info(?)")
-                        .bind(table.name)
+                        .bind(table)
                         .fetch_all(pool)
                         .await?;
                     for row in rows {
                         let declared: String = row.try_get(1)?;
                         let (ty, len) = split_declared(&declared);
-                        live.push((table.name.to_owned(), row.try_get(0)?, ty, len));
+                        live.push((table.to_owned(), row.try_get(0)?, ty, len));
                     }
                 }
             }
         }
-        Ok(compare(self.catalog(), &live))
+        let mut problems = compare(self.catalog(), &live);
+        for table in SYSTEM_TABLES {
+            if !live.iter().any(|(t, ..)| t == table) {
+                problems.push(format!("table `{table}` is missing"));
+            }
+        }
+        Ok(problems)
     }
 }
+
+/// Tables the collector writes besides the catalogue's (created by its migrations).
+pub const SYSTEM_TABLES: [&str; 2] = ["dead_letters", "collector_heartbeats"];
 
 /// `VARCHAR(128)` → (`varchar`, Some(128)).
 fn split_declared(declared: &str) -> (String, Option<i64>) {

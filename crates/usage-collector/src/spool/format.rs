@@ -16,6 +16,8 @@ pub enum SpoolSignal {
     Logs,
     /// `ExportTraceServiceRequest`.
     Traces,
+    /// A collector heartbeat; the payload is the collector's instance name.
+    Heartbeat,
 }
 
 /// One spooled request.
@@ -57,6 +59,7 @@ impl Payload {
         out.push(match self.signal {
             SpoolSignal::Logs => 1,
             SpoolSignal::Traces => 2,
+            SpoolSignal::Heartbeat => 3,
         });
         out.extend_from_slice(&self.received_unix_nano.to_le_bytes());
         out.extend_from_slice(&self.request);
@@ -86,6 +89,7 @@ impl Payload {
         let signal = match (body[0], body[1]) {
             (VERSION, 1) => SpoolSignal::Logs,
             (VERSION, 2) => SpoolSignal::Traces,
+            (VERSION, 3) => SpoolSignal::Heartbeat,
             _ => return Err(DecodeError::BadPayload),
         };
         let received_unix_nano = u64::from_le_bytes(body[2..10].try_into().expect("8 bytes"));

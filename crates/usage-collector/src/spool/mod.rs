@@ -12,11 +12,12 @@
 //!
 //! ```text
 //! record  = length:u32le  crc32:u32le  payload[length]
-//! payload = version:u8(=1)  signal:u8(1 logs, 2 traces)  received_unix_nano:u64le  otlp_request
+//! payload = version:u8(=1)  signal:u8(1 logs, 2 traces, 3 heartbeat)  received_unix_nano:u64le  body
 //! ```
 //!
-//! The CRC (CRC-32, IEEE) covers the payload. The payload is the OTLP export request as
-//! received (protobuf), so a spool survives collector upgrades and catalogue changes.
+//! The CRC (CRC-32, IEEE) covers the payload. The body is the OTLP export request as received
+//! (protobuf), so a spool survives collector upgrades and catalogue changes; a heartbeat's body
+//! is the collector's instance name.
 //! `checkpoint` holds `<segment> <offset>` (text, replaced atomically by rename): everything
 //! before it is in the database.
 //!

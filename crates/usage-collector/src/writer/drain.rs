@@ -149,7 +149,7 @@ impl Drain {
                 }
             }
             let records = batch.records.len() as u64;
-            let events = self.decode(batch.records);
+            let (events, heartbeats) = self.decode(batch.records);
             let mut written = true;
             for chunk in events.chunks(self.settings.batch_size) {
                 if self.write_isolating(chunk).await.is_err() {
@@ -160,6 +160,7 @@ impl Drain {
             if !written {
                 break; // stopped with the database refusing: the rest stays in the spool
             }
+            self.write_heartbeats(&heartbeats).await;
             if let Err(e) = self.spool.commit(batch.end, records).await {
                 tracing::error!(error = %e, "cannot record the spool checkpoint; rows will be rewritten (no-ops) after a restart");
             }
@@ -173,16 +174,23 @@ impl Drain {
         );
     }
 
-    /// Spooled requests back to events. They were validated when received, so a record
-    /// refused now (only possible across a catalogue change) is logged and skipped.
-    fn decode(&self, records: Vec<Payload>) -> Vec<Mapped> {
+    /// Spooled requests back to events, and the heartbeats among them. Requests were validated
+    /// when received, so one refused now (only possible across a catalogue change) is logged
+    /// and skipped.
+    fn decode(&self, records: Vec<Payload>) -> (Vec<Mapped>, Vec<(String, u64)>) {
         let mut events = Vec::new();
+        let mut heartbeats = Vec::new();
         for record in records {
             let converted = match record.signal {
                 SpoolSignal::Logs => ExportLogsServiceRequest::decode(record.request.as_slice())
                     .map(|r| convert::logs(r, &self.catalog, record.received_unix_nano)),
                 SpoolSignal::Traces => ExportTraceServiceRequest::decode(record.request.as_slice())
                     .map(|r| convert::traces(r, &self.catalog, record.received_unix_nano)),
+                SpoolSignal::Heartbeat => {
+                    let instance = String::from_utf8_lossy(&record.request).into_owned();
+                    heartbeats.push((instance, record.received_unix_nano));
+                    continue;
+                }
             };
             match converted {
                 Ok(converted) => events.extend(converted.events),
@@ -197,7 +205,33 @@ impl Drain {
                 }
             }
         }
-        events
+        (events, heartbeats)
+    }
+
+    /// Moves the heartbeat rows forward. A failure is logged and counted but never holds up
+    /// the events: the heartbeat's age on `/metrics` is what shows it.
+    async fn write_heartbeats(&self, heartbeats: &[(String, u64)]) {
+        for (instance, at) in heartbeats {
+            let Some(time) =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(*at / 1000 * 1000))
+                    .ok()
+                    .map(|t| time::PrimitiveDateTime::new(t.date(), t.time()))
+            else {
+                continue;
+            };
+            match self.sink.write_heartbeat(instance, time).await {
+                Ok(()) => self.metrics.heartbeat_written(*at as f64 / 1e9),
+                Err(error) => {
+                    self.metrics
+                        .write_failures
+                        .get_or_create(&ReasonLabels {
+                            reason: error.reason,
+                        })
+                        .inc();
+                    tracing::warn!(instance, error = %error.message, "heartbeat write failed");
+                }
+            }
+        }
     }
 
     /// Writes `events`; on a permanent refusal, bisects to find the refused events and sends

@@ -20,5 +20,12 @@ pub fn migrator() -> Migrator {
             include_str!("../migrations/sqlite/0002_dead_letters.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            3,
+            "collector heartbeats".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/sqlite/0003_collector_heartbeats.sql").into_sql_str(),
+            false,
+        ),
     ])
 }
