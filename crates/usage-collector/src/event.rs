@@ -99,6 +99,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every reason label.
+    pub const REASONS: [&'static str; 3] = ["no_event_name", "wrong_type", "bad_span"];
+
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -55,6 +55,9 @@ pub enum MapError {
 }
 
 impl MapError {
+    /// Every reason label.
+    pub const REASONS: [&'static str; 3] = ["missing_attribute", "wrong_type", "bad_time"];
+
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
         match self {

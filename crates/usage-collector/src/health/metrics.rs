@@ -371,7 +371,67 @@ impl Metrics {
             })
             .set(1);
         registry.register(names::BUILD_INFO, "Always 1; the version is a label", build);
-        Metrics { registry, ..m }
+        let m = Metrics { registry, ..m };
+        m.start_known_series_at_zero();
+        m
+    }
+
+    /// Creates every series whose labels are known up front, at zero, so dashboards and
+    /// `increase()` alerts see the first event and a missing series never hides a problem.
+    fn start_known_series_at_zero(&self) {
+        use crate::catalog::MapError;
+        use crate::event::DecodeError;
+        use crate::spool::AppendError;
+        use usage_tracker::catalog::tables;
+        const SIGNALS: [&str; 2] = ["logs", "traces"];
+        const TABLES: [&str; 5] = [
+            tables::PAGE_VISITS,
+            tables::IDE_SESSIONS,
+            tables::PROGRAM_EXECUTIONS,
+            tables::FEATURE_USAGE,
+            tables::USAGE_EVENTS,
+        ];
+        for signal in SIGNALS {
+            self.records_received
+                .get_or_create(&SignalLabels { signal })
+                .inc_by(0);
+            self.records_accepted
+                .get_or_create(&SignalLabels { signal })
+                .inc_by(0);
+            for reason in DecodeError::REASONS.into_iter().chain(MapError::REASONS) {
+                self.records_rejected
+                    .get_or_create(&SignalReasonLabels { signal, reason })
+                    .inc_by(0);
+            }
+            for reason in AppendError::REASONS {
+                self.records_refused
+                    .get_or_create(&SignalReasonLabels { signal, reason })
+                    .inc_by(0);
+            }
+        }
+        self.requests_refused
+            .get_or_create(&ReasonLabels {
+                reason: "too_large",
+            })
+            .inc_by(0);
+        for reason in crate::sink::error::REASONS {
+            self.write_failures
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for reason in ["undecodable", "dead_letter_lost"] {
+            self.records_dropped
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for table in TABLES {
+            self.rows_written
+                .get_or_create(&TableLabels { table })
+                .inc_by(0);
+            self.dead_letters
+                .get_or_create(&TableLabels { table })
+                .inc_by(0);
+        }
     }
 
     /// Counts accepted events of `service` named `event`, and marks the service as seen now.

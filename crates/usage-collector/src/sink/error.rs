@@ -14,6 +14,25 @@ pub struct WriteError {
     pub message: String,
 }
 
+/// Every reason label [`WriteError::classify`] gives (so metrics can start each at zero).
+pub const REASONS: [&str; 15] = [
+    "connection",
+    "tls",
+    "pool_timeout",
+    "shutdown",
+    "protocol",
+    "other",
+    "deadlock",
+    "lock_wait_timeout",
+    "too_many_connections",
+    "read_only",
+    "missing_table",
+    "missing_column",
+    "permission",
+    "rejected",
+    "locked",
+];
+
 impl WriteError {
     /// Classifies a driver error.
     pub fn classify(error: &sqlx::Error, redactor: &Redactor) -> Self {

@@ -61,6 +61,9 @@ pub enum AppendError {
 }
 
 impl AppendError {
+    /// Every reason label.
+    pub const REASONS: [&'static str; 3] = ["spool_full", "spool_io", "shutdown"];
+
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -1,0 +1,334 @@
+//! The dashboards and alert rules in `deploy/` against the real thing: promtool, a live
+//! collector's `/metrics`, the usage schema, and a real Prometheus server scraping collectors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::db::{TestDb, server_url};
+use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::process::free_addr;
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file)
+}
+
+fn require(tool: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let path = Path::new(dir).join(tool);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!(
+        "{tool} is missing: scripts/test installs Debian's prometheus package, which provides it"
+    );
+}
+
+/// Every `usage_collector_…` name in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("usage_collector_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_owned());
+        rest = &tail[end..];
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn promtool_checks_and_tests_the_alert_rules() {
+    let promtool = require("promtool");
+    for args in [
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ] {
+        let output = Command::new(&promtool)
+            .args(args)
+            .current_dir(deploy("prometheus"))
+            .output()
+            .expect("run promtool");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_metric_in_the_dashboards_and_rules_is_exported() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    // One event makes the per-service and per-column series appear (the rest start at zero).
+    let visit = event(
+        "page_visit",
+        T0,
+        vec![
+            kv("url.path", "/"),
+            kv("session.id", "m1"),
+            kv("user_agent.original", "x".repeat(600)),
+        ],
+    );
+    send_logs(
+        &collector.endpoint(),
+        logs_request("web-ide", vec![visit]),
+        false,
+    )
+    .await
+    .unwrap();
+    collector.wait_written(Duration::from_secs(10)).await;
+    let exposition = collector.get("/metrics").await.1;
+    let mut used = Vec::new();
+    for file in ["prometheus/alerts.yml", "grafana/pipeline-health.json"] {
+        used.extend(metric_names(
+            &std::fs::read_to_string(deploy(file)).unwrap(),
+        ));
+    }
+    assert!(used.len() > 15, "{used:?}");
+    for name in used {
+        // A counter's family is named without `_total`; a histogram's series add suffixes.
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            exposition.contains(&format!("# TYPE {family} ")),
+            "{name} is used in deploy/ but not exported:\n{exposition}"
+        );
+    }
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_usage_dashboard_queries_run_on_the_schema() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let request = logs_request(
+        "web-ide",
+        vec![
+            event("session_start", T0, vec![kv("session.id", "d1")]),
+            event(
+                "page_visit",
+                T0,
+                vec![kv("url.path", "/"), kv("session.id", "d1")],
+            ),
+            event(
+                "feature_use",
+                T0,
+                vec![kv("feature.name", "run"), kv("session.id", "d1")],
+            ),
+            event(
+                "program_execution",
+                T0,
+                vec![kv("session.id", "d1"), kv("program.success", false)],
+            ),
+            // Out of the INT column's range: becomes a dead letter.
+            event(
+                "program_execution",
+                T0 + 1,
+                vec![kv("program.lines", 5_000_000_000i64)],
+            ),
+        ],
+    );
+    send_logs(&collector.endpoint(), request, false)
+        .await
+        .unwrap();
+    collector.wait_written(Duration::from_secs(10)).await;
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/usage.json")).unwrap())
+            .unwrap();
+    let mut ran = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let sql = target["rawSql"].as_str().unwrap();
+            // Grafana's macros, as Grafana would expand them for "all time, service web-ide".
+            let mut sql = sql.replace("${service:sqlstring}", "'web-ide'");
+            while let Some(at) = sql.find("$__timeFilter(") {
+                let end = at + sql[at..].find(')').unwrap();
+                let column = sql[at + "$__timeFilter(".len()..end].to_owned();
+                sql.replace_range(at..=end, &format!("{column} IS NOT NULL"));
+            }
+            let count = db
+                .texts(&format!(
+                    "SELECT CAST(COUNT(*) AS CHAR) FROM ({sql}) AS panel"
+                ))
+                .await;
+            assert_ne!(
+                count[0][0].as_deref(),
+                Some("0"),
+                "{} returned nothing: {sql}",
+                panel["title"]
+            );
+            ran += 1;
+        }
+    }
+    assert_eq!(ran, dashboard["panels"].as_array().unwrap().len());
+    collector.stop().await;
+}
+
+/// A Prometheus server on loopback that scrapes `targets` every second; killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: std::net::SocketAddr,
+    dir: PathBuf,
+}
+
+impl Prometheus {
+    fn start(targets: &[std::net::SocketAddr]) -> Self {
+        let binary = require("prometheus");
+        let dir = std::env::temp_dir().join(format!(
+            "usage_prometheus_{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\n\
+             scrape_configs:\n  - job_name: usage-collector\n    static_configs:\n      - targets: [{}]\n",
+            deploy("prometheus/alerts.yml").display(),
+            list.join(", ")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+        let addr = free_addr();
+        let child = Command::new(binary)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        Self { child, addr, dir }
+    }
+
+    /// Polls an instant query until `accept` takes its JSON result, for at most 30 s.
+    async fn query_until(
+        &self,
+        query: &str,
+        accept: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let started = Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                let (code, body) = usage_pipeline_tests::fixtures::http_get(
+                    self.addr,
+                    &format!("/api/v1/query?query={encoded}"),
+                )
+                .await;
+                if code == 200 {
+                    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    if accept(&json["data"]["result"]) {
+                        return json["data"]["result"].clone();
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no acceptable answer to {query}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        if let Err(e) = self.child.kill() {
+            eprintln!("could not stop prometheus: {e}");
+        }
+        self.child.wait().ok();
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+fn value(result: &serde_json::Value) -> Option<f64> {
+    result.as_array()?.first()?["value"][1]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_the_expected_series_and_sees_a_database_down() {
+    let db = TestDb::mysql().await;
+    let healthy = TestCollector::start(settings(db.url())).await;
+    // A second collector with a password the server refuses.
+    let bad_url = server_url().replace("://root@", "://nobody_prom:wrong-pass@") + "/" + db.name();
+    let broken = TestCollector::start_unready(settings(&bad_url), false).await;
+    let prometheus = Prometheus::start(&[healthy.admin, broken.admin]);
+
+    let events = (0..7)
+        .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/p")]))
+        .collect();
+    send_logs(&healthy.endpoint(), logs_request("web-ide", events), false)
+        .await
+        .unwrap();
+    healthy.wait_written(Duration::from_secs(10)).await;
+
+    let healthy_instance = healthy.admin.to_string();
+    let accepted = prometheus
+        .query_until(
+            &format!("usage_collector_records_accepted_total{{instance=\"{healthy_instance}\"}}"),
+            |r| value(r) == Some(7.0),
+        )
+        .await;
+    assert_eq!(value(&accepted), Some(7.0));
+    let written = prometheus
+        .query_until(
+            &format!("usage_collector_rows_written_total{{instance=\"{healthy_instance}\",table=\"page_visits\"}}"),
+            |r| value(r) == Some(7.0),
+        )
+        .await;
+    assert_eq!(value(&written), Some(7.0));
+
+    // Wrong credentials: not ready with the reason, database_up 0, and the alert's expression holds.
+    let (code, body) = broken.get("/health/ready").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("Access denied for user 'nobody_prom'"),
+        "{body}"
+    );
+    assert!(!body.contains("wrong-pass"), "{body}");
+    let broken_instance = broken.admin.to_string();
+    let down = prometheus
+        .query_until("usage_collector_database_up == 0", |r| {
+            r.as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+    let instances: Vec<&str> = down
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str())
+        .collect();
+    assert_eq!(instances, [broken_instance.as_str()]);
+    drop(prometheus);
+    broken.stop().await;
+    healthy.stop().await;
+}
