@@ -30,6 +30,8 @@ pub fn settings(database_url: &str) -> Settings {
             usage_collector::config::defaults::HEARTBEAT_INTERVAL_SECS,
         ),
         instance: "test-collector".to_owned(),
+        telemetry_endpoint: None,
+        telemetry_interval: Duration::from_secs(15),
         log: LogSettings::default(),
     }
 }

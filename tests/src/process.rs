@@ -31,6 +31,8 @@ pub struct ProcessConfig {
     pub shutdown_timeout_secs: u64,
     /// Where stdout and stderr go.
     pub log: PathBuf,
+    /// Extra arguments (for example the telemetry endpoint).
+    pub extra: Vec<String>,
 }
 
 impl ProcessConfig {
@@ -45,6 +47,7 @@ impl ProcessConfig {
             spool_max_bytes: 1 << 30,
             shutdown_timeout_secs: 10,
             log: dir.join("collector.log"),
+            extra: Vec::new(),
         }
     }
 
@@ -73,6 +76,7 @@ impl ProcessConfig {
                 &self.shutdown_timeout_secs.to_string(),
             ])
             .args(["--database-connect-timeout-secs", "1"])
+            .args(&self.extra)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -67,6 +67,7 @@ pub struct Application {
     writer_task: WriterTask,
     verification: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    telemetry: Option<tokio::task::JoinHandle<()>>,
     sink: Sink,
     max_request_bytes: usize,
     shutdown_timeout: Duration,
@@ -123,6 +124,14 @@ impl Application {
             settings.instance.clone(),
             settings.heartbeat_interval,
         ));
+        let telemetry = settings.telemetry_endpoint.clone().map(|endpoint| {
+            tokio::spawn(crate::health::otlp::push_metrics(
+                endpoint,
+                metrics.clone(),
+                settings.instance.clone(),
+                settings.telemetry_interval,
+            ))
+        });
         let migrate = migrate || sink.is_embedded();
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
@@ -144,6 +153,7 @@ impl Application {
             writer_task,
             verification,
             heartbeat,
+            telemetry,
             sink,
             max_request_bytes: settings.max_request_bytes,
             shutdown_timeout: settings.shutdown_timeout,
@@ -213,6 +223,9 @@ impl Application {
         let admin_result = admin.await;
         self.verification.abort();
         self.heartbeat.abort();
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.abort();
+        }
         self.writer
             .stop(tokio::time::Instant::now() + self.shutdown_timeout);
         if let Err(e) = self.writer_task.await {

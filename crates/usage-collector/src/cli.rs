@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::Application;
 use crate::catalog::Catalog;
-use crate::config::{LogFormat, LogSettings, Overrides, Settings};
+use crate::config::{LogFormat, Overrides, Settings};
 use crate::sink::Sink;
 
 /// Receives usage events over OTLP/gRPC and writes them as database rows, exactly once.
@@ -44,18 +44,29 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&settings.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
+            eprintln!("usage-collector: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(
-        cli.command.unwrap_or(Command::Serve { migrate: false }),
-        settings,
-    ))
+    runtime.block_on(async {
+        let traces = init_logging(&settings);
+        let code = run(
+            cli.command.unwrap_or(Command::Serve { migrate: false }),
+            settings,
+        )
+        .await;
+        if let Some(provider) = traces {
+            // Sends the last spans; the export thread may block, so not on a runtime worker.
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if !matches!(flushed, Ok(Ok(()))) {
+                eprintln!("usage-collector: the last spans may not have been sent: {flushed:?}");
+            }
+        }
+        code
+    })
 }
 
 async fn run(command: Command, settings: Settings) -> ExitCode {
@@ -103,23 +114,55 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
     }
 }
 
-fn init_logging(log: &LogSettings) {
-    use tracing_subscriber::EnvFilter;
+/// Installs the log subscriber: stdout (text or JSON) filtered by the log level, plus, with a
+/// telemetry endpoint, the collector's own INFO spans over OTLP. Returns the tracer provider
+/// to flush at exit.
+fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use std::io::IsTerminal;
+    use tracing_subscriber::filter::{EnvFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::{Layer, util::SubscriberInitExt};
+    let log = &settings.log;
     let filter = match &log.filter {
         Some(filter) => EnvFilter::new(filter),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stdout().is_terminal());
-    let installed = match log.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let ansi = std::io::stdout().is_terminal();
+    let stdout = match log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
     };
+    let mut provider = None;
+    let spans =
+        settings.telemetry_endpoint.as_deref().and_then(
+            |endpoint| match crate::health::otlp::tracer(endpoint, &settings.instance) {
+                Ok((tracer_provider, tracer)) => {
+                    provider = Some(tracer_provider);
+                    let only_ours =
+                        Targets::new().with_target("usage_collector", tracing::Level::INFO);
+                    Some(
+                        tracing_opentelemetry::layer()
+                            .with_tracer(tracer)
+                            .with_filter(only_ours),
+                    )
+                }
+                Err(e) => {
+                    eprintln!("usage-collector: {e}; own traces are not exported");
+                    None
+                }
+            },
+        );
+    let installed = tracing_subscriber::registry()
+        .with(stdout.with_filter(filter))
+        .with(spans)
+        .try_init();
     if let Err(e) = installed {
         eprintln!("usage-collector: cannot install the log subscriber: {e}");
     }
+    provider
 }
 
 /// Resolves on SIGINT or SIGTERM (Kubernetes' "please drain").

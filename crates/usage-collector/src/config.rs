@@ -40,6 +40,8 @@ pub mod defaults {
     pub const SHUTDOWN_TIMEOUT_SECS: u64 = 20;
     /// How often a heartbeat travels the write path.
     pub const HEARTBEAT_INTERVAL_SECS: u64 = 30;
+    /// How often the collector's own metrics are pushed over OTLP (when an endpoint is set).
+    pub const TELEMETRY_INTERVAL_SECS: u64 = 15;
     /// This collector's name in `collector_heartbeats` when `HOSTNAME` is not set.
     pub const INSTANCE: &str = "usage-collector";
 }
@@ -65,6 +67,11 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// This collector's name (its heartbeat row).
     pub instance: String,
+    /// Where the collector's own metrics and traces go over OTLP/gRPC (Jaeger, Tempo, an
+    /// OpenTelemetry Collector); none: only `/metrics` and logs.
+    pub telemetry_endpoint: Option<String>,
+    /// How often the own metrics are pushed.
+    pub telemetry_interval: Duration,
     /// The collector's own log output.
     pub log: LogSettings,
 }
@@ -242,6 +249,8 @@ pub struct FileSettings {
     shutdown_timeout_secs: Option<u64>,
     heartbeat_interval_secs: Option<u64>,
     instance: Option<String>,
+    telemetry_endpoint: Option<String>,
+    telemetry_interval_secs: Option<u64>,
     #[serde(default)]
     database: FileDatabase,
     #[serde(default)]
@@ -354,6 +363,13 @@ pub struct Overrides {
     /// This collector's name in `collector_heartbeats` [default: $HOSTNAME, else usage-collector]
     #[arg(long, env = "USAGE_INSTANCE", global = true)]
     pub instance: Option<String>,
+    /// Send the collector's own metrics and traces over OTLP/gRPC to this endpoint
+    /// (`http://jaeger:4317`); never point it at a usage collector [default: none]
+    #[arg(long, env = "USAGE_TELEMETRY_ENDPOINT", global = true)]
+    pub telemetry_endpoint: Option<String>,
+    /// Seconds between pushes of the own metrics [default: 15]
+    #[arg(long, env = "USAGE_TELEMETRY_INTERVAL_SECS", global = true)]
+    pub telemetry_interval_secs: Option<u64>,
     /// Log format [default: text]
     #[arg(long, env = "USAGE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -474,6 +490,12 @@ impl Settings {
                 .or(file.instance)
                 .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
                 .unwrap_or_else(|| defaults::INSTANCE.to_owned()),
+            telemetry_endpoint: o.telemetry_endpoint.clone().or(file.telemetry_endpoint),
+            telemetry_interval: Duration::from_secs(positive(
+                "telemetry_interval_secs",
+                o.telemetry_interval_secs.or(file.telemetry_interval_secs),
+                defaults::TELEMETRY_INTERVAL_SECS,
+            )?),
             log: LogSettings {
                 format: o.log_format.or(file.log.format).unwrap_or_default(),
                 filter: o.log_level.clone().or(file.log.level),

@@ -88,6 +88,15 @@ pub enum DecodeError {
         /// A short description of what was sent.
         got: String,
     },
+    /// The record is the collector's own telemetry sent back to a collector.
+    #[error(
+        "this is a usage collector's own telemetry (scope `{scope}`), not a usage event: point \
+         the collector's telemetry endpoint at a tracing or metrics backend"
+    )]
+    OwnTelemetry {
+        /// The instrumentation scope.
+        scope: String,
+    },
     /// The span's end is before its start.
     #[error("span ends before it starts (start {start}, end {end})")]
     NegativeDuration {
@@ -100,7 +109,8 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every reason label.
-    pub const REASONS: [&'static str; 3] = ["no_event_name", "wrong_type", "bad_span"];
+    pub const REASONS: [&'static str; 4] =
+        ["no_event_name", "wrong_type", "bad_span", "own_telemetry"];
 
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
@@ -108,6 +118,7 @@ impl DecodeError {
             DecodeError::NoName => "no_event_name",
             DecodeError::BadIdentity { .. } => "wrong_type",
             DecodeError::NegativeDuration { .. } => "bad_span",
+            DecodeError::OwnTelemetry { .. } => "own_telemetry",
         }
     }
 }
@@ -195,6 +206,18 @@ pub struct Origin<'a> {
 }
 
 impl Origin<'_> {
+    /// Refuses the collector's own telemetry, so a misdirected export cannot loop.
+    fn check_not_own(&self) -> Result<(), DecodeError> {
+        match self.scope {
+            Some(scope) if scope.name == crate::health::otlp::SELF_SCOPE => {
+                Err(DecodeError::OwnTelemetry {
+                    scope: scope.name.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn hashed_id(&self, record: &impl Message) -> Uuid {
         let mut bytes = Vec::with_capacity(256);
         for kv in self.resource {
@@ -214,6 +237,7 @@ impl Origin<'_> {
 impl UsageEvent {
     /// Decodes a log record.
     pub fn from_log(record: LogRecord, origin: &Origin<'_>) -> Result<Self, DecodeError> {
+        origin.check_not_own()?;
         let attr_name = identity_attr(&record.attributes, keys::EVENT_NAME)?;
         let name = if record.event_name.is_empty() {
             attr_name.ok_or(DecodeError::NoName)?.to_owned()
@@ -243,6 +267,7 @@ impl UsageEvent {
 
     /// Decodes a span: its start is the event's time, end − start its duration.
     pub fn from_span(span: Span, origin: &Origin<'_>) -> Result<Self, DecodeError> {
+        origin.check_not_own()?;
         let name = match identity_attr(&span.attributes, keys::EVENT_NAME)? {
             Some(name) => name.to_owned(),
             None if !span.name.is_empty() => span.name.clone(),

@@ -264,7 +264,7 @@ impl Drain {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let started = std::time::Instant::now();
-            let span = tracing::debug_span!(
+            let span = tracing::info_span!(
                 "write_batch",
                 events = batch.events,
                 rows = batch.row_count()

@@ -1,0 +1,202 @@
+//! The collector's own telemetry over OTLP: metrics pushed and one span per batch write, and
+//! never a loop back into the usage tables.
+
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+use tokio::sync::mpsc;
+use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::process::ProcessConfig;
+
+const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
+
+/// A tracing/metrics backend stand-in that hands over what it receives.
+#[derive(Clone)]
+struct Backend {
+    metrics: mpsc::UnboundedSender<ExportMetricsServiceRequest>,
+    traces: mpsc::UnboundedSender<ExportTraceServiceRequest>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Backend {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.metrics.send(request.into_inner()).ok();
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Backend {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.traces.send(request.into_inner()).ok();
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn accepted(request: &ExportMetricsServiceRequest) -> Option<f64> {
+    let metric = request.resource_metrics[0].scope_metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "usage_collector_records_accepted")?;
+    let Some(metric::Data::Sum(sum)) = &metric.data else {
+        return None;
+    };
+    sum.data_points
+        .iter()
+        .filter_map(|p| match p.value {
+            Some(number_data_point::Value::AsDouble(v)) => Some(v),
+            _ => None,
+        })
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let (metrics_tx, mut metrics_rx) = mpsc::unbounded_channel();
+    let (traces_tx, mut traces_rx) = mpsc::unbounded_channel();
+    let backend = Backend {
+        metrics: metrics_tx,
+        traces: traces_tx,
+    };
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(backend.clone()))
+            .add_service(TraceServiceServer::new(backend))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    let db = TestDb::mysql().await;
+    let dir =
+        std::env::temp_dir().join(format!("usage_telemetry_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = ProcessConfig::new(BIN, db.url(), &dir);
+    config.extra = vec![
+        "--telemetry-endpoint".into(),
+        format!("http://{backend_addr}"),
+        "--telemetry-interval-secs".into(),
+        "1".into(),
+    ];
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    let events = (0..3)
+        .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/t")]))
+        .collect();
+    send_logs(&config.endpoint(), logs_request("web-ide", events), false)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    loop {
+        let request = tokio::time::timeout(Duration::from_secs(20), metrics_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let resource = &request.resource_metrics[0];
+        assert_eq!(
+            resource.scope_metrics[0].scope.as_ref().unwrap().name,
+            "usage-collector.self"
+        );
+        if accepted(&request) == Some(3.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no push with the accepted count"
+        );
+    }
+    let started = Instant::now();
+    let span = loop {
+        let request = tokio::time::timeout(Duration::from_secs(20), traces_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let found = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .find(|s| s.name == "write_batch")
+            .cloned();
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no write_batch span"
+        );
+    };
+    let keys: Vec<&str> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert!(
+        keys.contains(&"events") && keys.contains(&"rows"),
+        "{keys:?}"
+    );
+    assert!(span.end_time_unix_nano > span.start_time_unix_nano);
+    drop(collector);
+
+    // Pointed at a usage collector by mistake: refused as its own telemetry, nothing written.
+    let sink_db = TestDb::mysql().await;
+    let target = TestCollector::start(settings(sink_db.url())).await;
+    config.extra = vec![
+        "--telemetry-endpoint".into(),
+        target.endpoint(),
+        "--telemetry-interval-secs".into(),
+        "1".into(),
+    ];
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(20)).await;
+    let events = (0..2)
+        .map(|i| event("page_visit", T0 + 10 + i, vec![kv("url.path", "/u")]))
+        .collect();
+    send_logs(&config.endpoint(), logs_request("web-ide", events), false)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let metrics = target.get("/metrics").await.1;
+        let own = ["logs", "traces"].iter().any(|signal| {
+            metrics
+                .lines()
+                .filter(|l| l.starts_with(&format!("usage_collector_records_rejected_total{{signal=\"{signal}\",reason=\"own_telemetry\"}}")))
+                .any(|l| !l.ends_with(" 0"))
+        });
+        if own {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "own telemetry was not refused:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    target.wait_written(Duration::from_secs(10)).await;
+    assert_eq!(
+        sink_db.count("usage_events").await,
+        0,
+        "own spans became usage rows"
+    );
+    drop(collector);
+    target.stop().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
