@@ -249,6 +249,7 @@ impl Application {
 /// the health checks and the log.
 async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics: &Metrics) {
     let mut wait = FIRST_RETRY;
+    let mut last_error = String::new();
     loop {
         let result = async {
             if migrate {
@@ -268,12 +269,23 @@ async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics
             }
             Err(error) => {
                 report(&error, health, metrics);
-                tracing::warn!(
-                    step = error.step.as_str(),
-                    error = %error,
-                    retry_in_ms = wait.as_millis() as u64,
-                    "startup verification failed: not ready"
-                );
+                // Logged once per distinct failure; /health/ready always has the current one.
+                let text = error.to_string();
+                if text != last_error {
+                    tracing::warn!(
+                        step = error.step.as_str(),
+                        error = %error,
+                        retry_in_ms = wait.as_millis() as u64,
+                        "startup verification failed: not ready (retrying with backoff)"
+                    );
+                    last_error = text;
+                } else {
+                    tracing::debug!(
+                        step = error.step.as_str(),
+                        retry_in_ms = wait.as_millis() as u64,
+                        "startup verification still failing"
+                    );
+                }
             }
         }
         tokio::time::sleep(wait).await;

@@ -58,6 +58,7 @@ impl Writer {
             health,
             dead_letters,
             stopping,
+            last_failure: std::sync::Mutex::default(),
         };
         (Writer { stop }, tokio::spawn(drain.run()))
     }
@@ -77,6 +78,8 @@ struct Drain {
     health: Health,
     dead_letters: DeadLetters,
     stopping: watch::Receiver<Option<Instant>>,
+    /// The last transient failure logged, so an outage is logged once, not every retry.
+    last_failure: std::sync::Mutex<String>,
 }
 
 impl Drain {
@@ -272,6 +275,10 @@ impl Drain {
             let result = tracing::Instrument::instrument(self.sink.write(&batch), span).await;
             match result {
                 Ok(written) => {
+                    self.last_failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clear();
                     self.metrics
                         .batch_write_duration
                         .observe(started.elapsed().as_secs_f64());
@@ -323,7 +330,20 @@ impl Drain {
                         "retrying a batch of {} events ({}): {}",
                         batch.events, error.reason, error.message
                     )));
-                    tracing::warn!(events = batch.events, reason = error.reason, error = %error.message, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying (events stay in the spool)");
+                    {
+                        // Logged once per distinct failure while it lasts; the metrics count each one.
+                        let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
+                        if *last != error.message {
+                            tracing::warn!(events = batch.events, reason = error.reason, error = %error.message, retry_in_ms = backoff.as_millis() as u64, "batch write failed; retrying until it works (events stay in the spool)");
+                            last.clone_from(&error.message);
+                        } else {
+                            tracing::debug!(
+                                events = batch.events,
+                                reason = error.reason,
+                                "batch write still failing"
+                            );
+                        }
+                    }
                     let wake = Instant::now() + jitter(backoff);
                     if self.deadline().is_some_and(|d| d <= wake) {
                         return Err(Stopped);
