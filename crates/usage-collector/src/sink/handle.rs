@@ -88,6 +88,23 @@ impl fmt::Debug for Sink {
     }
 }
 
+/// Runs `$body` with `$pool` bound to the sink's pool and `$db` to its sqlx database type, so
+/// SQL that is the same on both databases is written once.
+macro_rules! with_pool {
+    ($self:expr, |$pool:ident, $db:ident| $body:expr) => {
+        match &$self.pool {
+            Pool::MySql($pool) => {
+                type $db = sqlx::MySql;
+                $body
+            }
+            Pool::Sqlite($pool) => {
+                type $db = sqlx::Sqlite;
+                $body
+            }
+        }
+    };
+}
+
 impl Sink {
     /// A sink for the configured database. Connects lazily: nothing is dialled until first use.
     pub fn open(settings: &DatabaseSettings, catalog: Arc<Catalog>) -> Result<Self, OpenError> {
@@ -165,28 +182,16 @@ impl Sink {
         batch: &RowBatch,
         commit: bool,
     ) -> Result<Written, sqlx::Error> {
-        match &self.pool {
-            Pool::MySql(pool) => {
-                let mut tx = pool.begin().await?;
-                let written = sql::write_in::<sqlx::MySql>(&mut tx, &self.catalog, batch).await?;
-                if commit {
-                    tx.commit().await?
-                } else {
-                    tx.rollback().await?
-                }
-                Ok(written)
+        with_pool!(self, |pool, Db| {
+            let mut tx = pool.begin().await?;
+            let written = sql::write_in::<Db>(&mut tx, &self.catalog, batch).await?;
+            if commit {
+                tx.commit().await?
+            } else {
+                tx.rollback().await?
             }
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                let written = sql::write_in::<sqlx::Sqlite>(&mut tx, &self.catalog, batch).await?;
-                if commit {
-                    tx.commit().await?
-                } else {
-                    tx.rollback().await?
-                }
-                Ok(written)
-            }
-        }
+            Ok(written)
+        })
     }
 
     /// Inserts one dead letter (a repeat of the same event is a no-op).
@@ -197,32 +202,21 @@ impl Sink {
         reason: &str,
         row_json: &str,
     ) -> Result<(), WriteError> {
+        const INSERT: &str =
+            "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?)";
         let mut reason = reason.to_owned();
         crate::catalog::mapping::cut(&mut reason, 2048);
-        let result = match &self.pool {
-            Pool::MySql(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?){}",
-                <sqlx::MySql as sql::Dialect>::ON_DUPLICATE_EVENT
-            )))
-            .bind(&event_id[..])
-            .bind(table)
-            .bind(&reason)
-            .bind(row_json)
-            .execute(pool)
-            .await
-            .map(drop),
-            Pool::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?){}",
-                <sqlx::Sqlite as sql::Dialect>::ON_DUPLICATE_EVENT
-            )))
-            .bind(&event_id[..])
-            .bind(table)
-            .bind(&reason)
-            .bind(row_json)
-            .execute(pool)
-            .await
-            .map(drop),
-        };
+        let result = with_pool!(self, |pool, Db| {
+            let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_EVENT;
+            sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
+                .bind(&event_id[..])
+                .bind(table)
+                .bind(&reason)
+                .bind(row_json)
+                .execute(pool)
+                .await
+                .map(drop)
+        });
         result.map_err(|e| WriteError::classify(&e, &self.redactor))
     }
 
@@ -233,35 +227,24 @@ impl Sink {
         beat: time::PrimitiveDateTime,
     ) -> Result<(), WriteError> {
         const INSERT: &str = "INSERT INTO collector_heartbeats (instance, last_beat) VALUES (?, ?)";
-        let result = match &self.pool {
-            Pool::MySql(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{INSERT}{}",
-                <sqlx::MySql as sql::Dialect>::ON_DUPLICATE_HEARTBEAT
-            )))
-            .bind(instance)
-            .bind(beat)
-            .execute(pool)
-            .await
-            .map(drop),
-            Pool::Sqlite(pool) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{INSERT}{}",
-                <sqlx::Sqlite as sql::Dialect>::ON_DUPLICATE_HEARTBEAT
-            )))
-            .bind(instance)
-            .bind(beat)
-            .execute(pool)
-            .await
-            .map(drop),
-        };
+        let result = with_pool!(self, |pool, Db| {
+            let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_HEARTBEAT;
+            sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
+                .bind(instance)
+                .bind(beat)
+                .execute(pool)
+                .await
+                .map(drop)
+        });
         result.map_err(|e| WriteError::classify(&e, &self.redactor))
     }
 
     /// Runs `SELECT 1` on a pooled connection.
     pub async fn ping(&self) -> Result<(), WriteError> {
-        let result = match &self.pool {
-            Pool::MySql(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Pool::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        };
+        let result = with_pool!(self, |pool, _Db| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(drop));
         result.map_err(|e| WriteError::classify(&e, &self.redactor))
     }
 
@@ -284,9 +267,6 @@ impl Sink {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
-        match &self.pool {
-            Pool::MySql(pool) => pool.close().await,
-            Pool::Sqlite(pool) => pool.close().await,
-        }
+        with_pool!(self, |pool, _Db| pool.close().await)
     }
 }

@@ -17,6 +17,26 @@ use time::PrimitiveDateTime;
 use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
 
+/// A migrator for embedded `(description, sql)` migrations, numbered from 1 in order.
+pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::Migrator {
+    use sqlx::SqlSafeStr;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    Migrator::with_migrations(
+        (1..)
+            .zip(migrations)
+            .map(|(version, (description, sql))| {
+                Migration::new(
+                    version,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
 /// Most bind parameters in one statement (SQLite's default limit is the lowest of the two).
 const MAX_BINDS: usize = 32_766;
 
