@@ -207,6 +207,20 @@ impl Spool {
             recovery.bytes += len - from;
             segments.insert(id, len);
         }
+        // Segments with nothing left to write (empty, or wholly before the checkpoint) go, so
+        // restarts without traffic do not leave a trail of empty files.
+        let done: Vec<u64> = segments
+            .iter()
+            .filter(|(id, len)| {
+                **len == 0 || (**id == checkpoint.segment && checkpoint.offset >= **len)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let path = segment_path(dir, id);
+            fs::remove_file(&path).map_err(io(&path))?;
+            segments.remove(&id);
+        }
         if !segments.contains_key(&checkpoint.segment) {
             // The checkpoint's segment is gone (fully written and deleted): start at the next.
             checkpoint = Position {
@@ -821,6 +835,33 @@ mod tests {
         let mut all = batch.records;
         all.extend(rest.records);
         assert_eq!(all.len(), 2);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn restarts_without_traffic_leave_no_trail_of_segments() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(payload(0)).await.unwrap();
+        let batch = spool.read(spool.checkpoint(), 10).await.unwrap();
+        spool.commit(batch.end, 1).await.unwrap();
+        drop(spool);
+        for _ in 0..3 {
+            let (spool, recovery) = Spool::open(&dir, 1 << 20).unwrap();
+            assert_eq!(recovery.records, 0);
+            drop(spool);
+        }
+        let segments = fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "wal")
+            })
+            .count();
+        assert_eq!(segments, 1, "only the active segment");
         fs::remove_dir_all(dir).unwrap();
     }
 
