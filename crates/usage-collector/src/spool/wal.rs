@@ -15,7 +15,7 @@ use super::format::{DecodeError, Payload};
 /// Most bytes one append group writes before its `fsync`.
 const GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Most bytes read from a segment at once.
-const READ_BYTES: usize = 8 * 1024 * 1024;
+const READ_BYTES: usize = 2 * 1024 * 1024;
 const CHECKPOINT: &str = "checkpoint";
 const QUARANTINE: &str = "quarantine";
 

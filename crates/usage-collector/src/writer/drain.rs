@@ -19,8 +19,8 @@ use crate::receiver::convert;
 use crate::sink::{Sink, WriteError};
 use crate::spool::{Payload, Spool, SpoolSignal};
 
-/// Spool records (requests) read per round.
-const RECORDS_PER_READ: usize = 256;
+/// Spool records (requests) read per round: bounds the events held in memory at once.
+const RECORDS_PER_READ: usize = 16;
 /// First wait after a transient failure; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts while the database is away.
