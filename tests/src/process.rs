@@ -38,6 +38,7 @@ pub struct ProcessConfig {
 impl ProcessConfig {
     /// Fresh ports and a fresh spool folder under `dir`.
     pub fn new(binary: &str, database_url: &str, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("collector folder");
         Self {
             binary: PathBuf::from(binary),
             database_url: database_url.to_owned(),
@@ -119,6 +120,11 @@ impl CollectorProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// GET on the admin port.

@@ -132,6 +132,9 @@ pub struct WriterSettings {
     pub batch_size: usize,
     /// How long to wait for more rows before writing a partial batch.
     pub flush_interval: Duration,
+    /// Benchmarking only: decode, map and spool, then discard instead of writing (the
+    /// database is never contacted).
+    pub discard: bool,
 }
 
 impl Default for WriterSettings {
@@ -139,6 +142,7 @@ impl Default for WriterSettings {
         Self {
             batch_size: defaults::BATCH_SIZE,
             flush_interval: Duration::from_millis(defaults::FLUSH_INTERVAL_MS),
+            discard: false,
         }
     }
 }
@@ -370,6 +374,9 @@ pub struct Overrides {
     /// Seconds between pushes of the own metrics [default: 15]
     #[arg(long, env = "USAGE_TELEMETRY_INTERVAL_SECS", global = true)]
     pub telemetry_interval_secs: Option<u64>,
+    /// Benchmarking only: decode, map and spool, then discard the rows instead of writing them
+    #[arg(long, hide = true, global = true)]
+    pub discard_rows: bool,
     /// Log format [default: text]
     #[arg(long, env = "USAGE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -443,6 +450,7 @@ impl Settings {
                     .or(fw.flush_interval_ms)
                     .unwrap_or(defaults::FLUSH_INTERVAL_MS),
             ),
+            discard: o.discard_rows,
         };
         Ok(Settings {
             database,

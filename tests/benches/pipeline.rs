@@ -1,0 +1,227 @@
+//! The pipeline bench: one command, three measurements side by side, rows counted in the
+//! database (not requests sent).
+//!
+//! - (a) raw: the same page-visit rows as multi-row INSERTs (500 rows, 2 connections) from a
+//!   minimal sqlx client — what MariaDB itself can take;
+//! - (b) end to end: load generator → collector (spool on, fsync before OK) → MariaDB, until
+//!   every event is written;
+//! - (c) no database: the collector decoding, mapping and spooling, rows discarded.
+//!
+//! Run: `cargo bench -p usage-pipeline-tests --bench pipeline` (needs MariaDB on 127.0.0.1:3306,
+//! as the tests do). `USAGE_BENCH_EVENTS` sets the events of (a) and (b) (default 300000),
+//! `USAGE_BENCH_SECONDS` the length of (c) (default 10). The header names the machine.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use sqlx::{MySqlPool, QueryBuilder};
+use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::loadgen::{self, Attributes, Plan, Signal};
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}; load generator, collector and MariaDB share them")
+}
+
+/// (user + system CPU seconds, peak RSS in MB) of a process.
+fn usage(pid: u32) -> (f64, f64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(
+                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
+                    / ticks,
+            )
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0;
+    (cpu, rss)
+}
+
+async fn raw_inserts(db: &TestDb, events: u64) -> f64 {
+    let pool = MySqlPool::connect(db.url()).await.expect("connect");
+    let per_connection = events / 2;
+    let started = Instant::now();
+    let writers: Vec<_> = (0..2u64)
+        .map(|w| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await.expect("connection");
+                let mut done = 0;
+                while done < per_connection {
+                    let n = (per_connection - done).min(500);
+                    let mut query = QueryBuilder::new(
+                        "INSERT INTO page_visits (event_id, service, session_id, user_id, `timestamp`, page_path, \
+                         referrer, user_agent, ip_address) ",
+                    );
+                    query.push_values(0..n, |mut row, i| {
+                        let k = w * per_connection + done + i;
+                        row.push_bind(uuid::Uuid::now_v7().as_bytes().to_vec())
+                            .push_bind("usage-load")
+                            .push_bind(format!("load-session-{w}-{}", k % 64))
+                            .push_bind(format!("user-{}", k % 1000))
+                            .push_bind(time::OffsetDateTime::now_utc().to_offset(time::UtcOffset::UTC))
+                            .push_bind(format!("/load/{w}/{k}"))
+                            .push_bind("https://example.org/ide/programs")
+                            .push_bind("Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0")
+                            .push_bind("203.0.113.7");
+                    });
+                    query.push(" ON DUPLICATE KEY UPDATE event_id = event_id");
+                    query.build().execute(&mut *conn).await.expect("insert");
+                    done += n;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rows = db.count("page_visits").await as f64;
+    pool.close().await;
+    rows / elapsed
+}
+
+fn plan(endpoint: String, records: u64, seconds: u64) -> Plan {
+    Plan {
+        endpoint,
+        signal: Signal::Logs,
+        batch: 512,
+        in_flight: 8,
+        connections: 2,
+        duration_secs: seconds,
+        rate: 0,
+        records,
+        duplicates: false,
+        attributes: Attributes::Full,
+    }
+}
+
+async fn written(collector: &CollectorProcess) -> f64 {
+    let metrics = collector.get("/metrics").await.1;
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("usage_collector_events_written_total ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn start(config: &ProcessConfig) -> (CollectorProcess, u32) {
+    let mut collector = config.start();
+    collector.wait_live(Duration::from_secs(30)).await;
+    let started = Instant::now();
+    while collector.get("/health/ready").await.0 != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "collector not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = collector.pid();
+    (collector, pid)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // cargo bench --list
+    }
+    let events = env_u64("USAGE_BENCH_EVENTS", 300_000);
+    let seconds = env_u64("USAGE_BENCH_SECONDS", 10);
+    let dir: PathBuf =
+        std::env::temp_dir().join(format!("usage_bench_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("bench folder");
+    println!("# Pipeline bench — {}", machine());
+    println!("# {events} page-visit events (~500 B rows), 512 per request, 8 requests in flight\n");
+
+    // (a) raw inserts
+    let raw_db = TestDb::mysql().await;
+    let migrated = std::process::Command::new(BIN)
+        .args(["migrate", "--database-url", raw_db.url()])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("migrate");
+    assert!(migrated.status.success(), "{migrated:?}");
+    let raw = raw_inserts(&raw_db, events).await;
+
+    // (b) end to end
+    let e2e_db = TestDb::mysql().await;
+    let config = ProcessConfig::new(BIN, e2e_db.url(), &dir.join("e2e"));
+    let (collector, pid) = start(&config).await;
+    let started = Instant::now();
+    let load = loadgen::run(plan(config.endpoint(), events, 3600))
+        .await
+        .expect("load");
+    while written(&collector).await < load.accepted as f64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "not all events written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rows = e2e_db.count("page_visits").await as f64;
+    let (e2e_cpu, e2e_rss) = usage(pid);
+    drop(collector);
+    let e2e = rows / elapsed;
+
+    // (c) no database
+    let mut config = ProcessConfig::new(BIN, e2e_db.url(), &dir.join("discard"));
+    config.extra = vec!["--discard-rows".into()];
+    let (collector, pid) = start(&config).await;
+    let discard = loadgen::run(plan(config.endpoint(), 0, seconds))
+        .await
+        .expect("load");
+    let (discard_cpu, discard_rss) = usage(pid);
+    drop(collector);
+
+    println!(
+        "| measurement | rows/s | vs (a) | p50 ms | p99 ms | collector CPU s | collector peak RSS MB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| (a) raw multi-row INSERT, 500 rows × 2 connections | {raw:.0} | 1.00 | | | | |");
+    println!(
+        "| (b) end to end, spool on, {rows:.0} rows counted in MariaDB | {e2e:.0} | {:.2} | {:.1} | {:.1} | {e2e_cpu:.1} | {e2e_rss:.0} |",
+        e2e / raw,
+        load.p50_ms,
+        load.p99_ms
+    );
+    println!(
+        "| (c) decode + map + spool, rows discarded, {seconds} s | {:.0} | | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} |",
+        discard.records_per_second, discard.p50_ms, discard.p99_ms
+    );
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("could not remove {}: {e}", dir.display());
+    }
+}

@@ -1,0 +1,361 @@
+//! The load generator's engine, shared by `usage-load` and the pipeline bench: concurrent
+//! OTLP senders at full speed or a fixed rate, every event unique unless asked for duplicates,
+//! refusals retried like the SDKs do, and a report with throughput and latency percentiles.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+use crate::fixtures::{T0, event, kv, logs_request, span, traces_request};
+
+/// Which OTLP signal to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Signal {
+    /// Log records.
+    Logs,
+    /// Spans.
+    Traces,
+}
+
+/// What each record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Attributes {
+    /// `event.id` and `url.path` only.
+    Minimal,
+    /// A page visit with every catalogue attribute (about 500 bytes per row).
+    Full,
+}
+
+/// A load run's shape.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Plan {
+    /// The collector's OTLP/gRPC endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:4317")]
+    pub endpoint: String,
+    /// Log records or spans.
+    #[arg(long, value_enum, default_value = "logs")]
+    pub signal: Signal,
+    /// Records per request.
+    #[arg(long, default_value_t = 512)]
+    pub batch: usize,
+    /// Requests in flight at once (over all connections).
+    #[arg(long, default_value_t = 8)]
+    pub in_flight: usize,
+    /// TCP connections.
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// How long to send.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Records per second over all senders; 0 sends as fast as possible.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Stop after this many records (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub records: u64,
+    /// Resend the same event ids in every request (tests de-duplication).
+    #[arg(long)]
+    pub duplicates: bool,
+    /// Attribute set of each record.
+    #[arg(long, value_enum, default_value = "full")]
+    pub attributes: Attributes,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Accepted records per second.
+    pub records_per_second: f64,
+    /// Request latency percentiles and maximum, in milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest request.
+    pub max_ms: f64,
+    /// Records sent (each once, however often retried).
+    pub sent: u64,
+    /// Records acknowledged.
+    pub accepted: u64,
+    /// Records of refused (and retried) requests.
+    pub refused: u64,
+    /// Records refused on their own (partial success).
+    pub rejected: u64,
+    /// Records of requests that failed for good.
+    pub failed: u64,
+}
+
+impl Outcome {
+    /// A Markdown table of the outcome.
+    pub fn table(&self) -> String {
+        format!(
+            "| records/s | p50 ms | p99 ms | max ms | sent | accepted | refused (retried) | rejected | failed |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+             | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+            self.records_per_second,
+            self.p50_ms,
+            self.p99_ms,
+            self.max_ms,
+            self.sent,
+            self.accepted,
+            self.refused,
+            self.rejected,
+            self.failed
+        )
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    sent: AtomicU64,
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+}
+
+fn set_string(attributes: &mut [KeyValue], key: &str, value: String) {
+    if let Some(kv) = attributes.iter_mut().find(|kv| kv.key == key) {
+        kv.value = Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        });
+    }
+}
+
+fn attributes(kind: Attributes, sender: usize, n: usize) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        kv("event.id", ""),
+        kv("url.path", format!("/load/{sender}/{n}")),
+    ];
+    if let Attributes::Full = kind {
+        attributes.extend([
+            kv("session.id", format!("load-session-{sender}-{}", n % 64)),
+            kv("user.id", format!("user-{}", n % 1000)),
+            kv(
+                "http.request.header.referer",
+                "https://example.org/ide/programs",
+            ),
+            kv(
+                "user_agent.original",
+                "Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0",
+            ),
+            kv("client.address", "203.0.113.7"),
+        ]);
+    }
+    attributes
+}
+
+enum Request {
+    Logs(ExportLogsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+}
+
+impl Request {
+    fn template(args: &Plan, sender: usize) -> Request {
+        match args.signal {
+            Signal::Logs => Request::Logs(logs_request(
+                "usage-load",
+                (0..args.batch)
+                    .map(|n| {
+                        event(
+                            "page_visit",
+                            T0 + n as u64,
+                            attributes(args.attributes, sender, n),
+                        )
+                    })
+                    .collect(),
+            )),
+            Signal::Traces => Request::Traces(traces_request(
+                "usage-load",
+                (0..args.batch)
+                    .map(|n| {
+                        let mut attributes = attributes(args.attributes, sender, n);
+                        attributes.push(kv("event.name", "program_execution"));
+                        span(
+                            "program_execution",
+                            (n % 250) as u8 + 1,
+                            T0,
+                            T0 + 1_000_000,
+                            None,
+                            attributes,
+                        )
+                    })
+                    .collect(),
+            )),
+        }
+    }
+
+    /// Fresh event ids for every record.
+    fn renew_ids(&mut self) {
+        let attributes: Box<dyn Iterator<Item = &mut Vec<KeyValue>>> = match self {
+            Request::Logs(r) => Box::new(
+                r.resource_logs
+                    .iter_mut()
+                    .flat_map(|r| &mut r.scope_logs)
+                    .flat_map(|s| &mut s.log_records)
+                    .map(|l| &mut l.attributes),
+            ),
+            Request::Traces(r) => Box::new(
+                r.resource_spans
+                    .iter_mut()
+                    .flat_map(|r| &mut r.scope_spans)
+                    .flat_map(|s| &mut s.spans)
+                    .map(|s| &mut s.attributes),
+            ),
+        };
+        for attributes in attributes {
+            set_string(attributes, "event.id", uuid::Uuid::now_v7().to_string());
+        }
+    }
+}
+
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::ResourceExhausted
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::OutOfRange
+            | Code::DataLoss
+    )
+}
+
+async fn send(channel: Channel, request: &Request) -> Result<i64, tonic::Status> {
+    match request {
+        Request::Logs(r) => LogsServiceClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .export(r.clone())
+            .await
+            .map(|a| {
+                a.into_inner()
+                    .partial_success
+                    .map_or(0, |p| p.rejected_log_records)
+            }),
+        Request::Traces(r) => TraceServiceClient::new(channel)
+            .max_encoding_message_size(usize::MAX)
+            .export(r.clone())
+            .await
+            .map(|a| {
+                a.into_inner()
+                    .partial_success
+                    .map_or(0, |p| p.rejected_spans)
+            }),
+    }
+}
+
+/// Runs `plan` and reports.
+pub async fn run(plan: Plan) -> Result<Outcome, String> {
+    let args = Arc::new(plan);
+    let channels: Vec<Channel> = (0..args.connections.max(1))
+        .map(|_| {
+            Endpoint::from_shared(args.endpoint.clone()).map(|e| e.tcp_nodelay(true).connect_lazy())
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid endpoint {}: {e}", args.endpoint))?;
+    let tally = Arc::new(Tally::default());
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.duration_secs);
+    let senders = args.in_flight.max(1);
+    let tasks: Vec<_> = (0..senders)
+        .map(|sender| {
+            let (args, tally, channel) = (
+                args.clone(),
+                tally.clone(),
+                channels[sender % channels.len()].clone(),
+            );
+            tokio::spawn(async move {
+                let mut request = Request::template(&args, sender);
+                let mut latencies = Vec::new();
+                let per_sender_rate = args.rate as f64 / senders as f64;
+                let pause = (per_sender_rate > 0.0)
+                    .then(|| Duration::from_secs_f64(args.batch as f64 / per_sender_rate));
+                let mut next = Instant::now();
+                while Instant::now() < until
+                    && (args.records == 0 || tally.sent.load(Ordering::Relaxed) < args.records)
+                {
+                    if let Some(pause) = pause {
+                        tokio::time::sleep_until(next.into()).await;
+                        next += pause;
+                    }
+                    if !args.duplicates || latencies.is_empty() {
+                        request.renew_ids();
+                    }
+                    tally.sent.fetch_add(args.batch as u64, Ordering::Relaxed);
+                    let mut backoff = Duration::from_millis(100);
+                    loop {
+                        let t = Instant::now();
+                        match send(channel.clone(), &request).await {
+                            Ok(rejected) => {
+                                latencies.push(t.elapsed());
+                                tally.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
+                                tally.accepted.fetch_add(
+                                    args.batch as u64 - rejected as u64,
+                                    Ordering::Relaxed,
+                                );
+                                break;
+                            }
+                            Err(status)
+                                if retryable(status.code())
+                                    && Instant::now() < until + Duration::from_secs(30) =>
+                            {
+                                tally
+                                    .refused
+                                    .fetch_add(args.batch as u64, Ordering::Relaxed);
+                                let hint =
+                                    status.get_details_retry_info().and_then(|r| r.retry_delay);
+                                tokio::time::sleep(hint.unwrap_or(backoff)).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                            }
+                            Err(status) => {
+                                eprintln!(
+                                    "usage-load: request failed: {:?} {}",
+                                    status.code(),
+                                    status.message()
+                                );
+                                tally.failed.fetch_add(args.batch as u64, Ordering::Relaxed);
+                                break;
+                            }
+                        }
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(mut l) => latencies.append(&mut l),
+            Err(e) => eprintln!("usage-load: a sender failed: {e}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let percentile = |p: f64| -> f64 {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let t = &tally;
+    Ok(Outcome {
+        records_per_second: t.accepted.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: percentile(0.5),
+        p99_ms: percentile(0.99),
+        max_ms: latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+        sent: t.sent.load(Ordering::Relaxed),
+        accepted: t.accepted.load(Ordering::Relaxed),
+        refused: t.refused.load(Ordering::Relaxed),
+        rejected: t.rejected.load(Ordering::Relaxed),
+        failed: t.failed.load(Ordering::Relaxed),
+    })
+}
