@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
 use crate::db::TestDb;
 use crate::fixtures::{event, kv, logs_request};
+use crate::loadgen::retryable;
 
 /// What a load run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -47,20 +47,6 @@ struct Shared {
 pub struct Load {
     shared: Arc<Shared>,
     clients: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// The codes an OTLP client retries (the specification's list).
-fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::ResourceExhausted
-            | Code::Cancelled
-            | Code::DeadlineExceeded
-            | Code::Aborted
-            | Code::OutOfRange
-            | Code::DataLoss
-    )
 }
 
 impl Load {

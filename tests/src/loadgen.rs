@@ -217,7 +217,8 @@ impl Request {
     }
 }
 
-fn retryable(code: Code) -> bool {
+/// The status codes an OTLP client retries (the specification's list).
+pub fn retryable(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable

@@ -464,6 +464,13 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// Counts one failed write attempt.
+    pub fn write_failed(&self, reason: &'static str) {
+        self.write_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     /// A heartbeat sent at `unix_seconds` reached the database.
     pub fn heartbeat_written(&self, unix_seconds: f64) {
         if unix_seconds > self.heartbeat_last_written.get() {

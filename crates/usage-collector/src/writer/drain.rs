@@ -225,12 +225,7 @@ impl Drain {
             match self.sink.write_heartbeat(instance, time).await {
                 Ok(()) => self.metrics.heartbeat_written(*at as f64 / 1e9),
                 Err(error) => {
-                    self.metrics
-                        .write_failures
-                        .get_or_create(&ReasonLabels {
-                            reason: error.reason,
-                        })
-                        .inc();
+                    self.metrics.write_failed(error.reason);
                     tracing::warn!(instance, error = %error.message, "heartbeat write failed");
                 }
             }
@@ -308,12 +303,7 @@ impl Drain {
                     return Ok(Ok(()));
                 }
                 Err(error) => {
-                    self.metrics
-                        .write_failures
-                        .get_or_create(&ReasonLabels {
-                            reason: error.reason,
-                        })
-                        .inc();
+                    self.metrics.write_failed(error.reason);
                     if !error.transient {
                         tracing::warn!(events = batch.events, reason = error.reason, error = %error.message, "database refused a batch; isolating the refused rows");
                         return Ok(Err(error));
