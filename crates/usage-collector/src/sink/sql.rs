@@ -6,15 +6,16 @@
 //! 1. upsert every touched session, sorted by id. This takes the session rows' locks first, so
 //!    two transactions touching one session run one after the other;
 //! 2. insert the event rows, idempotently on `event_id`;
-//! 3. recount the touched sessions' counters from `program_executions` (read-committed: the
-//!    count sees every run committed before the lock was granted) and set `duration_seconds`
-//!    for ended sessions, since a late event may have moved the start.
+//! 3. recount the counters of the sessions that got program runs in the batch from
+//!    `program_executions` (read-committed: the count sees every run committed before the lock
+//!    was granted), and set `duration_seconds` for the batch's ended sessions, since a late
+//!    event may have moved the start.
 
 use sqlx::query_builder::Separated;
 use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
 use time::PrimitiveDateTime;
 
-use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
+use crate::catalog::tables::{EVENT_COLUMNS, SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
 
 /// A migrator for embedded `(description, sql)` migrations, numbered from 1 in order.
@@ -171,7 +172,7 @@ where
         written.rows.push((table.name, inserted));
     }
     if !batch.sessions.is_empty() {
-        refresh_sessions::<DB>(conn, batch).await?;
+        refresh_sessions::<DB>(conn, catalog, batch).await?;
     }
     Ok(written)
 }
@@ -217,6 +218,7 @@ where
 /// Recounts counters from `program_executions` and sets durations, for the batch's sessions.
 async fn refresh_sessions<DB>(
     conn: &mut DB::Connection,
+    catalog: &Catalog,
     batch: &RowBatch,
 ) -> Result<(), sqlx::Error>
 where
@@ -225,25 +227,64 @@ where
     for<'q> DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
 {
+    // Counters change only for sessions that got program runs in this batch.
+    let runs = catalog
+        .tables()
+        .iter()
+        .position(|t| t.name == usage_tracker::catalog::tables::PROGRAM_EXECUTIONS);
+    let session_column = EVENT_COLUMNS.iter().position(|c| c.name == "session_id");
+    let mut recount: Vec<&str> = match (runs, session_column) {
+        (Some(table), Some(column)) => batch.rows[table]
+            .iter()
+            .filter_map(|row| match &row[column] {
+                Value::Text(id) => Some(id.as_str()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    recount.sort_unstable();
+    recount.dedup();
+    const COUNTERS: &str = "UPDATE `ide_sessions` SET \
+         programs_run = (SELECT COUNT(*) FROM `program_executions` p \
+             WHERE p.session_id = ide_sessions.session_id), \
+         lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
+             WHERE p.session_id = ide_sessions.session_id), \
+         errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
+             WHERE p.session_id = ide_sessions.session_id AND NOT p.success) \
+         WHERE session_id IN (";
+    update_in::<DB>(conn, COUNTERS, &recount, "").await?;
+    // A duration changes when a session ends, or when a late event moves an ended session's
+    // start: recompute it for every ended session the batch touched.
     let ids: Vec<&str> = batch.sessions.keys().map(String::as_str).collect();
+    let durations = format!(
+        "UPDATE `ide_sessions` SET duration_seconds = {} WHERE session_id IN (",
+        DB::DURATION_SECONDS
+    );
+    update_in::<DB>(conn, &durations, &ids, " AND end_time IS NOT NULL").await
+}
+
+/// Runs `prefix` + a bound `IN` list of `ids` + `)` + `suffix`, in chunks.
+async fn update_in<DB>(
+    conn: &mut DB::Connection,
+    prefix: &str,
+    ids: &[&str],
+    suffix: &str,
+) -> Result<(), sqlx::Error>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+{
     for chunk in ids.chunks(MAX_BINDS) {
-        let mut query = QueryBuilder::<DB>::new(format!(
-            "UPDATE `ide_sessions` SET \
-             programs_run = (SELECT COUNT(*) FROM `program_executions` p \
-                 WHERE p.session_id = ide_sessions.session_id), \
-             lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
-                 WHERE p.session_id = ide_sessions.session_id), \
-             errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
-                 WHERE p.session_id = ide_sessions.session_id AND NOT p.success), \
-             duration_seconds = CASE WHEN end_time IS NULL THEN NULL ELSE {} END \
-             WHERE session_id IN (",
-            DB::DURATION_SECONDS
-        ));
+        let mut query = QueryBuilder::<DB>::new(prefix);
         let mut list = query.separated(", ");
         for id in chunk {
             list.push_bind(*id);
         }
         query.push(")");
+        query.push(suffix);
         query.build().execute(&mut *conn).await?;
     }
     Ok(())

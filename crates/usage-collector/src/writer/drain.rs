@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -69,6 +69,16 @@ impl Writer {
     }
 }
 
+/// Spooled requests, decoded, waiting for the writer stage.
+struct Decoded {
+    events: Vec<Mapped>,
+    heartbeats: Vec<(String, u64)>,
+    /// Where the checkpoint moves once they are written.
+    end: crate::spool::Position,
+    /// How many spool records they came from.
+    records: u64,
+}
+
 struct Drain {
     spool: Spool,
     sink: Sink,
@@ -91,24 +101,63 @@ impl Drain {
         self.deadline().is_some_and(|d| Instant::now() >= d)
     }
 
-    async fn run(mut self) {
+    /// Two stages, so decoding the next requests overlaps the database writing the current
+    /// ones: a reader reads and decodes spooled requests in order, the writer writes them and
+    /// moves the checkpoint. The checkpoint still only moves after the commit.
+    async fn run(self) {
+        let this = Arc::new(self);
+        let (decoded, mut queue) = mpsc::channel::<Decoded>(2);
+        let reader = tokio::spawn(this.clone().read_ahead(decoded));
+        while let Some(next) = queue.recv().await {
+            if this.past_deadline() {
+                break;
+            }
+            let mut written = true;
+            for chunk in next.events.chunks(this.settings.batch_size) {
+                if this.write_isolating(chunk).await.is_err() {
+                    written = false;
+                    break;
+                }
+            }
+            if !written {
+                break; // stopped with the database refusing: the rest stays in the spool
+            }
+            this.write_heartbeats(&next.heartbeats).await;
+            if let Err(e) = this.spool.commit(next.end, next.records).await {
+                tracing::error!(error = %e, "cannot record the spool checkpoint; rows will be rewritten (no-ops) after a restart");
+            }
+        }
+        drop(queue);
+        reader.abort();
+        let (records, bytes) = this.spool.depth();
+        tracing::info!(
+            records,
+            bytes,
+            "writer stopped; what is left stays in the spool for the next start"
+        );
+    }
+
+    /// The reader stage: spooled requests, in order, decoded. Ends when stopping with nothing
+    /// left, at the deadline, or when the writer stops listening.
+    async fn read_ahead(self: Arc<Self>, decoded: mpsc::Sender<Decoded>) {
+        let mut stopping = self.stopping.clone();
         let mut at = self.spool.checkpoint();
         loop {
             if self.past_deadline() {
-                break;
+                return;
             }
             if !self.health.schema_verified() {
                 // Nothing is written before startup verification passes.
                 if self.deadline().is_some() {
-                    break;
+                    return;
                 }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    _ = self.stopping.changed() => {}
+                    _ = stopping.changed() => {}
                 }
                 continue;
             }
-            let batch = match self.spool.read(at, RECORDS_PER_READ).await {
+            let mut batch = match self.spool.read(at, RECORDS_PER_READ).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "spool read failed; retrying");
@@ -121,15 +170,14 @@ impl Drain {
             if batch.records.is_empty() {
                 at = batch.end;
                 if self.deadline().is_some() {
-                    break; // stopping and nothing left
+                    return; // stopping and nothing left
                 }
                 tokio::select! {
                     () = self.spool.wait_after(at) => {}
-                    _ = self.stopping.changed() => {}
+                    _ = stopping.changed() => {}
                 }
                 continue;
             }
-            let mut batch = batch;
             if batch.records.len() < RECORDS_PER_READ && self.deadline().is_none() {
                 // A partial batch: give more requests `flush_interval` to arrive and join it.
                 let more = tokio::time::timeout(
@@ -151,30 +199,19 @@ impl Drain {
                     }
                 }
             }
+            at = batch.end;
             let records = batch.records.len() as u64;
             let (events, heartbeats) = self.decode(batch.records);
-            let mut written = true;
-            for chunk in events.chunks(self.settings.batch_size) {
-                if self.write_isolating(chunk).await.is_err() {
-                    written = false;
-                    break;
-                }
+            let next = Decoded {
+                events,
+                heartbeats,
+                end: batch.end,
+                records,
+            };
+            if decoded.send(next).await.is_err() {
+                return; // the writer stopped
             }
-            if !written {
-                break; // stopped with the database refusing: the rest stays in the spool
-            }
-            self.write_heartbeats(&heartbeats).await;
-            if let Err(e) = self.spool.commit(batch.end, records).await {
-                tracing::error!(error = %e, "cannot record the spool checkpoint; rows will be rewritten (no-ops) after a restart");
-            }
-            at = batch.end;
         }
-        let (records, bytes) = self.spool.depth();
-        tracing::info!(
-            records,
-            bytes,
-            "writer stopped; what is left stays in the spool for the next start"
-        );
     }
 
     /// Spooled requests back to events, and the heartbeats among them. Requests were validated
