@@ -106,7 +106,7 @@ impl Drain {
     /// moves the checkpoint. The checkpoint still only moves after the commit.
     async fn run(self) {
         let this = Arc::new(self);
-        let (decoded, mut queue) = mpsc::channel::<Decoded>(2);
+        let (decoded, mut queue) = mpsc::channel::<Decoded>(1);
         let reader = tokio::spawn(this.clone().read_ahead(decoded));
         while let Some(next) = queue.recv().await {
             if this.past_deadline() {
