@@ -1,5 +1,6 @@
 //! The writer: spool → database, checkpoint after commit.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -19,6 +20,9 @@ use crate::receiver::convert;
 use crate::sink::{Sink, WriteError};
 use crate::spool::{Payload, Spool, SpoolSignal};
 
+/// Rounds written at the same time, each on its own connection (two keep MariaDB busy while
+/// one transaction commits; sessions are locked in id order, so they wait rather than deadlock).
+const WRITE_STREAMS: usize = 2;
 /// Spool records (requests) read per round: bounds the events held in memory at once.
 const RECORDS_PER_READ: usize = 16;
 /// First wait after a transient failure; doubled up to [`MAX_BACKOFF`].
@@ -102,29 +106,67 @@ impl Drain {
     }
 
     /// Two stages, so decoding the next requests overlaps the database writing the current
-    /// ones: a reader reads and decodes spooled requests in order, the writer writes them and
-    /// moves the checkpoint. The checkpoint still only moves after the commit.
+    /// ones: a reader reads and decodes spooled requests in order; the writer writes up to
+    /// [`WRITE_STREAMS`] of them at once, each in its own transactions, and moves the
+    /// checkpoint past a round only when it and every round before it are committed.
     async fn run(self) {
         let this = Arc::new(self);
         let (decoded, mut queue) = mpsc::channel::<Decoded>(1);
         let reader = tokio::spawn(this.clone().read_ahead(decoded));
-        while let Some(next) = queue.recv().await {
-            if this.past_deadline() {
-                break;
-            }
-            let mut written = true;
-            for chunk in next.events.chunks(this.settings.batch_size) {
-                if this.write_isolating(chunk).await.is_err() {
-                    written = false;
-                    break;
+        let mut writes = tokio::task::JoinSet::new();
+        // Finished rounds by sequence: Some((end, records)) written, None given up (stopping).
+        let mut finished: BTreeMap<u64, Option<(crate::spool::Position, u64)>> = BTreeMap::new();
+        let (mut next, mut to_commit) = (0u64, 0u64);
+        let (mut closed, mut stopped) = (false, false);
+        loop {
+            tokio::select! {
+                round = queue.recv(), if writes.len() < WRITE_STREAMS && !closed && !stopped => {
+                    match round {
+                        Some(_) if this.past_deadline() => stopped = true,
+                        Some(round) => {
+                            let (seq, writer) = (next, this.clone());
+                            next += 1;
+                            writes.spawn(async move {
+                                let written = writer.write_round(&round).await;
+                                (seq, written.then_some((round.end, round.records)))
+                            });
+                        }
+                        None => closed = true,
+                    }
                 }
+                Some(result) = writes.join_next(), if !writes.is_empty() => {
+                    match result {
+                        Ok((seq, outcome)) => {
+                            finished.insert(seq, outcome);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "a write task failed; its rows stay in the spool");
+                            stopped = true;
+                        }
+                    }
+                    while let Some(entry) = finished.first_entry() {
+                        if *entry.key() != to_commit {
+                            break;
+                        }
+                        match entry.remove() {
+                            Some((end, records)) => {
+                                if let Err(e) = this.spool.commit(end, records).await {
+                                    tracing::error!(error = %e, "cannot record the spool checkpoint; rows will be rewritten (no-ops) after a restart");
+                                }
+                                to_commit += 1;
+                            }
+                            None => {
+                                // Stopped with the database refusing: the rest stays in the spool.
+                                stopped = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                else => break,
             }
-            if !written {
-                break; // stopped with the database refusing: the rest stays in the spool
-            }
-            this.write_heartbeats(&next.heartbeats).await;
-            if let Err(e) = this.spool.commit(next.end, next.records).await {
-                tracing::error!(error = %e, "cannot record the spool checkpoint; rows will be rewritten (no-ops) after a restart");
+            if (closed || stopped) && writes.is_empty() {
+                break;
             }
         }
         drop(queue);
@@ -135,6 +177,17 @@ impl Drain {
             bytes,
             "writer stopped; what is left stays in the spool for the next start"
         );
+    }
+
+    /// Writes one decoded round and its heartbeats; false if stopped before it was written.
+    async fn write_round(&self, round: &Decoded) -> bool {
+        for chunk in round.events.chunks(self.settings.batch_size) {
+            if self.write_isolating(chunk).await.is_err() {
+                return false;
+            }
+        }
+        self.write_heartbeats(&round.heartbeats).await;
+        true
     }
 
     /// The reader stage: spooled requests, in order, decoded. Ends when stopping with nothing
