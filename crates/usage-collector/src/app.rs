@@ -111,6 +111,7 @@ impl Application {
         metrics.attach_spool(spool.clone());
         health.attach_spool(spool.clone());
         let dead_letters = DeadLetters::new(sink.clone(), &settings.spool.dir, metrics.clone());
+        let cache = Arc::new(crate::writer::cache::RowCache::default());
         let (writer, writer_task) = Writer::spawn(
             spool.clone(),
             sink.clone(),
@@ -118,6 +119,7 @@ impl Application {
             metrics.clone(),
             health.clone(),
             dead_letters,
+            cache.clone(),
         );
         let heartbeat = tokio::spawn(send_heartbeats(
             spool.clone(),
@@ -157,6 +159,7 @@ impl Application {
                 spool,
                 metrics,
                 health,
+                cache,
             },
             writer,
             writer_task,

@@ -36,6 +36,8 @@ pub struct Ingest {
     pub metrics: Arc<Metrics>,
     /// Shutdown flag and checks.
     pub health: Health,
+    /// Where mapped rows wait for the writer, so it need not decode them again.
+    pub cache: Arc<crate::writer::cache::RowCache>,
 }
 
 fn retryable(message: String) -> Status {
@@ -70,7 +72,7 @@ impl Ingest {
         signal: Signal,
         request: Vec<u8>,
         received_unix_nano: u64,
-        converted: Converted,
+        mut converted: Converted,
     ) -> Result<Partial, Status> {
         let labels = SignalLabels {
             signal: signal.as_str(),
@@ -105,18 +107,21 @@ impl Ingest {
                 received_unix_nano,
                 request,
             };
-            if let Err(error) = self.spool.append(payload).await {
-                m.records_refused
-                    .get_or_create(&SignalReasonLabels {
-                        signal: signal.as_str(),
-                        reason: error.reason(),
-                    })
-                    .inc_by(valid);
-                if !matches!(error, AppendError::Full { .. }) {
-                    tracing::error!(error = %error, "cannot spool a request; refused with a retryable status");
+            let position = match self.spool.append(payload).await {
+                Ok(position) => position,
+                Err(error) => {
+                    m.records_refused
+                        .get_or_create(&SignalReasonLabels {
+                            signal: signal.as_str(),
+                            reason: error.reason(),
+                        })
+                        .inc_by(valid);
+                    if !matches!(error, AppendError::Full { .. }) {
+                        tracing::error!(error = %error, "cannot spool a request; refused with a retryable status");
+                    }
+                    return Err(retryable(format!("{error}; retry later")));
                 }
-                return Err(retryable(format!("{error}; retry later")));
-            }
+            };
             for (table, column) in &converted.truncated {
                 m.text_truncated
                     .get_or_create(&ColumnLabels { table, column })
@@ -126,6 +131,8 @@ impl Ingest {
             for ((service, event), n) in &converted.tally {
                 m.count_events(service, event, *n, now);
             }
+            self.cache
+                .offer(position, std::mem::take(&mut converted.events));
         }
         m.records_accepted.get_or_create(&labels).inc_by(valid);
         Ok(Partial {

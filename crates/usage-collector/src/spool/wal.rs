@@ -92,6 +92,8 @@ pub struct Recovery {
 pub struct ReadBatch {
     /// The requests, in order.
     pub records: Vec<Payload>,
+    /// Position after each record, in the same order (the key an appender was given).
+    pub ends: Vec<Position>,
     /// Position after the last one: commit it once they are in the database.
     pub end: Position,
     /// Bytes they occupy in the spool.
@@ -347,6 +349,7 @@ impl Spool {
     ) -> Result<ReadBatch, SpoolError> {
         let mut batch = ReadBatch {
             records: Vec::new(),
+            ends: Vec::new(),
             end: from,
             bytes: 0,
         };
@@ -396,6 +399,10 @@ impl Spool {
                     Ok((payload, used)) => {
                         batch.records.push(payload);
                         at += used;
+                        batch.ends.push(Position {
+                            segment: from.segment,
+                            offset: from.offset + at as u64,
+                        });
                     }
                     Err(DecodeError::Truncated) if at > 0 => break,
                     Err(e) => {

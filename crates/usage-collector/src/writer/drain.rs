@@ -24,7 +24,7 @@ use crate::spool::{Payload, Spool, SpoolSignal};
 /// one transaction commits; sessions are locked in id order, so they wait rather than deadlock).
 const WRITE_STREAMS: usize = 2;
 /// Spool records (requests) read per round: bounds the events held in memory at once.
-const RECORDS_PER_READ: usize = 16;
+const RECORDS_PER_READ: usize = 8;
 /// First wait after a transient failure; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts while the database is away.
@@ -51,6 +51,7 @@ impl Writer {
         metrics: Arc<Metrics>,
         health: Health,
         dead_letters: DeadLetters,
+        cache: Arc<super::cache::RowCache>,
     ) -> (Writer, WriterTask) {
         let (stop, stopping) = watch::channel(None);
         let drain = Drain {
@@ -63,6 +64,7 @@ impl Writer {
             dead_letters,
             stopping,
             last_failure: std::sync::Mutex::default(),
+            cache,
         };
         (Writer { stop }, tokio::spawn(drain.run()))
     }
@@ -94,6 +96,8 @@ struct Drain {
     stopping: watch::Receiver<Option<Instant>>,
     /// The last transient failure logged, so an outage is logged once, not every retry.
     last_failure: std::sync::Mutex<String>,
+    /// Rows the receiver already mapped, by spool position.
+    cache: Arc<super::cache::RowCache>,
 }
 
 impl Drain {
@@ -246,6 +250,7 @@ impl Drain {
                     {
                         Ok(extra) => {
                             batch.records.extend(extra.records);
+                            batch.ends.extend(extra.ends);
                             batch.end = extra.end;
                         }
                         Err(e) => tracing::debug!(error = %e, "could not extend a partial batch"),
@@ -254,7 +259,7 @@ impl Drain {
             }
             at = batch.end;
             let records = batch.records.len() as u64;
-            let (events, heartbeats) = self.decode(batch.records);
+            let (events, heartbeats) = self.decode(batch.records, &batch.ends);
             let next = Decoded {
                 events,
                 heartbeats,
@@ -267,13 +272,21 @@ impl Drain {
         }
     }
 
-    /// Spooled requests back to events, and the heartbeats among them. Requests were validated
-    /// when received, so one refused now (only possible across a catalogue change) is logged
-    /// and skipped.
-    fn decode(&self, records: Vec<Payload>) -> (Vec<Mapped>, Vec<(String, u64)>) {
+    /// Spooled requests back to events (from the cache when the receiver's mapping is still
+    /// there), and the heartbeats among them. Requests were validated when received, so one
+    /// refused now (only possible across a catalogue change) is logged and skipped.
+    fn decode(
+        &self,
+        records: Vec<Payload>,
+        ends: &[crate::spool::Position],
+    ) -> (Vec<Mapped>, Vec<(String, u64)>) {
         let mut events = Vec::new();
         let mut heartbeats = Vec::new();
-        for record in records {
+        for (record, end) in records.into_iter().zip(ends) {
+            if let Some(mapped) = self.cache.take(*end) {
+                events.extend(mapped);
+                continue;
+            }
             let converted = match record.signal {
                 SpoolSignal::Logs => ExportLogsServiceRequest::decode(record.request.as_slice())
                     .map(|r| convert::logs(r, &self.catalog, record.received_unix_nano)),
