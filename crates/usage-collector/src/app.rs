@@ -30,6 +30,8 @@ use crate::writer::{Writer, WriterTask};
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait between failed verification runs.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long a stopping collector refuses requests before it closes its connections.
+const REFUSE_BEFORE_CLOSE: Duration = Duration::from_millis(300);
 /// How often a database marked failed (by a failed write) is probed again.
 const DATABASE_PROBE: Duration = Duration::from_secs(1);
 
@@ -228,6 +230,9 @@ impl Application {
             "shutting down: refusing new requests, finishing those in flight"
         );
         health.set_closing();
+        // Answer UNAVAILABLE (with RetryInfo) for a moment before closing connections, so
+        // clients back off and retry elsewhere instead of seeing a broken stream.
+        tokio::time::sleep(REFUSE_BEFORE_CLOSE).await;
         if stop.send(true).is_err() {
             tracing::debug!("servers already stopped");
         }
