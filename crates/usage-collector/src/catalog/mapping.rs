@@ -14,7 +14,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use usage_tracker::catalog::{self, AttrType, Attribute, SpanOverride, events, keys, tables};
 
 use super::rows::{SessionRow, Value};
-use super::tables::{self as table_defs, Column, ColumnType, Table, TableId, TableKind};
+use super::tables::{self as table_defs, Column, ColumnType, Table, TableId};
 use crate::event::{UsageEvent, describe, find};
 
 /// Why an event could not be mapped to a row.
@@ -455,13 +455,6 @@ fn cut_session(session: &mut SessionRow, truncated: &mut Vec<(&'static str, &'st
         if cut(value, width) {
             truncated.push((tables::IDE_SESSIONS, name));
         }
-    }
-}
-
-impl Catalog {
-    /// The table kind of `id`.
-    pub fn kind(&self, id: TableId) -> TableKind {
-        self.tables[id].kind
     }
 }
 

@@ -101,25 +101,6 @@ impl RowBatch {
         batch
     }
 
-    /// Moves another batch's content into this one.
-    pub fn merge(&mut self, other: RowBatch) {
-        self.events += other.events;
-        if self.rows.len() < other.rows.len() {
-            self.rows.resize(other.rows.len(), Vec::new());
-        }
-        for (mine, theirs) in self.rows.iter_mut().zip(other.rows) {
-            mine.extend(theirs);
-        }
-        for (id, session) in other.sessions {
-            match self.sessions.get_mut(&id) {
-                Some(existing) => existing.merge(session),
-                None => {
-                    self.sessions.insert(id, session);
-                }
-            }
-        }
-    }
-
     /// Number of event rows (sessions not counted).
     pub fn row_count(&self) -> usize {
         self.rows.iter().map(Vec::len).sum()

@@ -96,8 +96,6 @@ pub struct ReadBatch {
     pub ends: Vec<Position>,
     /// Position after the last one: commit it once they are in the database.
     pub end: Position,
-    /// Bytes they occupy in the spool.
-    pub bytes: u64,
 }
 
 #[derive(Debug)]
@@ -351,7 +349,6 @@ impl Spool {
             records: Vec::new(),
             ends: Vec::new(),
             end: from,
-            bytes: 0,
         };
         let mut read = 0;
         while batch.records.len() < max_records && read < READ_BYTES {
@@ -417,7 +414,6 @@ impl Spool {
                 }
             }
             read += at;
-            batch.bytes += at as u64;
             from.offset += at as u64;
             batch.end = from;
         }

@@ -400,6 +400,7 @@ impl Drain {
                     self.health.set_writer(Check::Ok);
                     tracing::debug!(
                         events = batch.events,
+                        sessions = written.sessions,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "batch written"
                     );
