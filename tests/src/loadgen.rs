@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use http::uri::PathAndQuery;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceResponse;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message;
+use prost::bytes::{BufMut, Bytes};
+use std::marker::PhantomData;
 use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
@@ -153,31 +156,39 @@ fn attributes(kind: Attributes, sender: usize, n: usize) -> Vec<KeyValue> {
     attributes
 }
 
-enum Request {
-    Logs(ExportLogsServiceRequest),
-    Traces(ExportTraceServiceRequest),
+/// One sender's request, encoded once: each send writes fresh event ids into the encoded bytes
+/// in place, so the generator spends its time sending, not building messages.
+struct Request {
+    signal: Signal,
+    bytes: Vec<u8>,
+    /// Where each record's 36-character `event.id` value sits in `bytes`.
+    ids: Vec<usize>,
 }
 
 impl Request {
     fn template(args: &Plan, sender: usize) -> Request {
-        match args.signal {
-            Signal::Logs => Request::Logs(logs_request(
+        // Distinct placeholder ids, found back in the encoding in record order.
+        let placeholders: Vec<String> = (0..args.batch)
+            .map(|_| uuid::Uuid::new_v4().hyphenated().to_string())
+            .collect();
+        let attributes = |n: usize| {
+            let mut attributes = attributes(args.attributes, sender, n);
+            set_string(&mut attributes, "event.id", placeholders[n].clone());
+            attributes
+        };
+        let bytes = match args.signal {
+            Signal::Logs => logs_request(
                 "usage-load",
                 (0..args.batch)
-                    .map(|n| {
-                        event(
-                            "page_visit",
-                            T0 + n as u64,
-                            attributes(args.attributes, sender, n),
-                        )
-                    })
+                    .map(|n| event("page_visit", T0 + n as u64, attributes(n)))
                     .collect(),
-            )),
-            Signal::Traces => Request::Traces(traces_request(
+            )
+            .encode_to_vec(),
+            Signal::Traces => traces_request(
                 "usage-load",
                 (0..args.batch)
                     .map(|n| {
-                        let mut attributes = attributes(args.attributes, sender, n);
+                        let mut attributes = attributes(n);
                         attributes.push(kv("event.name", "program_execution"));
                         span(
                             "program_execution",
@@ -189,31 +200,76 @@ impl Request {
                         )
                     })
                     .collect(),
-            )),
+            )
+            .encode_to_vec(),
+        };
+        let mut ids = Vec::with_capacity(placeholders.len());
+        let mut from = 0;
+        for placeholder in &placeholders {
+            let at = from
+                + bytes[from..]
+                    .windows(placeholder.len())
+                    .position(|w| w == placeholder.as_bytes())
+                    .expect("every placeholder id is in the encoded request");
+            ids.push(at);
+            from = at + placeholder.len();
+        }
+        Request {
+            signal: args.signal,
+            bytes,
+            ids,
         }
     }
 
     /// Fresh event ids for every record.
     fn renew_ids(&mut self) {
-        let attributes: Box<dyn Iterator<Item = &mut Vec<KeyValue>>> = match self {
-            Request::Logs(r) => Box::new(
-                r.resource_logs
-                    .iter_mut()
-                    .flat_map(|r| &mut r.scope_logs)
-                    .flat_map(|s| &mut s.log_records)
-                    .map(|l| &mut l.attributes),
-            ),
-            Request::Traces(r) => Box::new(
-                r.resource_spans
-                    .iter_mut()
-                    .flat_map(|r| &mut r.scope_spans)
-                    .flat_map(|s| &mut s.spans)
-                    .map(|s| &mut s.attributes),
-            ),
-        };
-        for attributes in attributes {
-            set_string(attributes, "event.id", uuid::Uuid::now_v7().to_string());
+        for &at in &self.ids {
+            uuid::Uuid::now_v7()
+                .hyphenated()
+                .encode_lower(&mut self.bytes[at..at + uuid::fmt::Hyphenated::LENGTH]);
         }
+    }
+}
+
+/// Sends requests that are already protobuf-encoded and decodes the OTLP response.
+struct EncodedRequests<R>(PhantomData<R>);
+
+impl<R> Codec for EncodedRequests<R>
+where
+    R: Message + Default + Send + 'static,
+{
+    type Encode = Bytes;
+    type Decode = R;
+    type Encoder = EncodedRequests<Bytes>;
+    type Decoder = EncodedRequests<R>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        EncodedRequests(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        EncodedRequests(PhantomData)
+    }
+}
+
+impl Encoder for EncodedRequests<Bytes> {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl<R: Message + Default> Decoder for EncodedRequests<R> {
+    type Item = R;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<R>, tonic::Status> {
+        R::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("undecodable response: {e}")))
     }
 }
 
@@ -231,20 +287,34 @@ pub fn retryable(code: Code) -> bool {
     )
 }
 
-async fn send(channel: Channel, request: &Request) -> Result<i64, tonic::Status> {
-    match request {
-        Request::Logs(r) => LogsServiceClient::new(channel)
-            .max_encoding_message_size(usize::MAX)
-            .export(r.clone())
+async fn send(channel: Channel, signal: Signal, body: Bytes) -> Result<i64, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
+    match signal {
+        Signal::Logs => grpc
+            .unary(
+                tonic::Request::new(body),
+                PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                ),
+                EncodedRequests::<ExportLogsServiceResponse>(PhantomData),
+            )
             .await
             .map(|a| {
                 a.into_inner()
                     .partial_success
                     .map_or(0, |p| p.rejected_log_records)
             }),
-        Request::Traces(r) => TraceServiceClient::new(channel)
-            .max_encoding_message_size(usize::MAX)
-            .export(r.clone())
+        Signal::Traces => grpc
+            .unary(
+                tonic::Request::new(body),
+                PathAndQuery::from_static(
+                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                ),
+                EncodedRequests::<ExportTraceServiceResponse>(PhantomData),
+            )
             .await
             .map(|a| {
                 a.into_inner()
@@ -291,11 +361,12 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                     if !args.duplicates || latencies.is_empty() {
                         request.renew_ids();
                     }
+                    let body = Bytes::copy_from_slice(&request.bytes);
                     tally.sent.fetch_add(args.batch as u64, Ordering::Relaxed);
                     let mut backoff = Duration::from_millis(100);
                     loop {
                         let t = Instant::now();
-                        match send(channel.clone(), &request).await {
+                        match send(channel.clone(), request.signal, body.clone()).await {
                             Ok(rejected) => {
                                 latencies.push(t.elapsed());
                                 tally.rejected.fetch_add(rejected as u64, Ordering::Relaxed);
