@@ -8,12 +8,13 @@
 //! it gets RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE for an uncompressed one, which OTLP
 //! clients would retry forever, so the status is rewritten on the way out).
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use http::HeaderValue;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
 use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
@@ -23,15 +24,15 @@ use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
+use prost::bytes::{Buf, Bytes};
 use tokio::net::TcpListener;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::{BoxFuture, StdError};
+use tonic::server::{NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -43,6 +44,19 @@ use crate::health::metrics::ReasonLabels;
 /// gRPC status codes as they appear in the `grpc-status` header.
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: &str = "8";
+
+/// One OTLP export method: the service it belongs to, and what it does with a request's
+/// protobuf bytes. The bytes are kept as received so the spool stores them without encoding
+/// the request a second time.
+pub trait Export: Send + Sync + 'static {
+    /// The gRPC service name, e.g. `opentelemetry.proto.collector.logs.v1.LogsService`.
+    const SERVICE: &'static str;
+    /// The response message.
+    type Response: Message + Default + Send + 'static;
+    /// Handles one request.
+    fn export(&self, request: Bytes)
+    -> impl Future<Output = Result<Self::Response, Status>> + Send;
+}
 
 /// Answers OTLP logs.
 #[derive(Clone, Debug)]
@@ -56,47 +70,53 @@ pub struct Traces(pub Ingest);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoMetrics;
 
-#[tonic::async_trait]
-impl LogsService for Logs {
-    async fn export(
-        &self,
-        request: Request<ExportLogsServiceRequest>,
-    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+fn undecodable(error: prost::DecodeError) -> Status {
+    Status::invalid_argument(format!(
+        "the request is not a valid OTLP export request: {error}"
+    ))
+}
+
+impl Export for Logs {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    type Response = ExportLogsServiceResponse;
+
+    async fn export(&self, bytes: Bytes) -> Result<ExportLogsServiceResponse, Status> {
         let ingest = &self.0;
         ingest.gate(Signal::Log)?;
-        let request = request.into_inner();
-        let bytes = request.encode_to_vec();
+        let request = ExportLogsServiceRequest::decode(bytes.clone()).map_err(undecodable)?;
         let now = convert::now_unix_nano();
         let converted = convert::logs(request, &ingest.catalog, now);
-        let partial = ingest.accept(Signal::Log, bytes, now, converted).await?;
-        Ok(Response::new(ExportLogsServiceResponse {
+        let partial = ingest
+            .accept(Signal::Log, bytes.to_vec(), now, converted)
+            .await?;
+        Ok(ExportLogsServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: partial.rejected,
                 error_message: partial.message,
             }),
-        }))
+        })
     }
 }
 
-#[tonic::async_trait]
-impl TraceService for Traces {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+impl Export for Traces {
+    const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    type Response = ExportTraceServiceResponse;
+
+    async fn export(&self, bytes: Bytes) -> Result<ExportTraceServiceResponse, Status> {
         let ingest = &self.0;
         ingest.gate(Signal::Span)?;
-        let request = request.into_inner();
-        let bytes = request.encode_to_vec();
+        let request = ExportTraceServiceRequest::decode(bytes.clone()).map_err(undecodable)?;
         let now = convert::now_unix_nano();
         let converted = convert::traces(request, &ingest.catalog, now);
-        let partial = ingest.accept(Signal::Span, bytes, now, converted).await?;
-        Ok(Response::new(ExportTraceServiceResponse {
+        let partial = ingest
+            .accept(Signal::Span, bytes.to_vec(), now, converted)
+            .await?;
+        Ok(ExportTraceServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: partial.rejected,
                 error_message: partial.message,
             }),
-        }))
+        })
     }
 }
 
@@ -109,6 +129,124 @@ impl MetricsService for NoMetrics {
         Err(Status::unimplemented(
             "this collector takes usage events as OTLP logs or spans; send metrics to a metrics backend",
         ))
+    }
+}
+
+/// The gRPC codec of an [`Export`] service: hands the request's bytes over undecoded (after
+/// any decompression) and encodes the response with prost.
+struct RawRequests<R>(PhantomData<R>);
+
+impl<R: Message + Default + Send + 'static> Codec for RawRequests<R> {
+    type Encode = R;
+    type Decode = Bytes;
+    type Encoder = RawRequests<R>;
+    type Decoder = RawRequests<Bytes>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawRequests(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawRequests(PhantomData)
+    }
+}
+
+impl<R: Message> Encoder for RawRequests<R> {
+    type Item = R;
+    type Error = Status;
+
+    fn encode(&mut self, item: R, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+impl Decoder for RawRequests<Bytes> {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Serves one [`Export`] method over gRPC (gzip accepted, requests up to a size limit).
+pub struct ExportServer<E> {
+    export: Arc<E>,
+    max_request_bytes: usize,
+}
+
+impl<E> Clone for ExportServer<E> {
+    fn clone(&self) -> Self {
+        Self {
+            export: self.export.clone(),
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+}
+
+impl<E: Export> ExportServer<E> {
+    /// Serves `export`, refusing requests larger than `max_request_bytes` once decompressed.
+    pub fn new(export: E, max_request_bytes: usize) -> Self {
+        Self {
+            export: Arc::new(export),
+            max_request_bytes,
+        }
+    }
+}
+
+impl<E: Export> NamedService for ExportServer<E> {
+    const NAME: &'static str = E::SERVICE;
+}
+
+/// One call of an [`Export`] method.
+struct Call<E>(Arc<E>);
+
+impl<E: Export> UnaryService<Bytes> for Call<E> {
+    type Response = E::Response;
+    type Future = BoxFuture<Response<E::Response>, Status>;
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let export = self.0.clone();
+        Box::pin(async move { export.export(request.into_inner()).await.map(Response::new) })
+    }
+}
+
+impl<E, B> tower::Service<http::Request<B>> for ExportServer<E>
+where
+    E: Export,
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let is_export = request
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(E::SERVICE))
+            == Some("/Export");
+        if !is_export {
+            let method = request.uri().path().to_owned();
+            return Box::pin(async move {
+                Ok(Status::unimplemented(format!("no method {method}")).into_http())
+            });
+        }
+        let call = Call(self.export.clone());
+        let limit = self.max_request_bytes;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(RawRequests::<E::Response>(PhantomData))
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(limit);
+            Ok(grpc.unary(call, request).await)
+        })
     }
 }
 
@@ -138,12 +276,8 @@ pub async fn serve(
     });
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = tokio::spawn(report_readiness(reporter, ingest.health.clone()));
-    let logs = LogsServiceServer::new(Logs(ingest.clone()))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
-    let traces = TraceServiceServer::new(Traces(ingest))
-        .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(max_request_bytes);
+    let logs = ExportServer::new(Logs(ingest.clone()), max_request_bytes);
+    let traces = ExportServer::new(Traces(ingest), max_request_bytes);
     // Our own listener, so TCP_NODELAY must be asked for (Server::serve(addr) would set it).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
@@ -166,11 +300,7 @@ async fn report_readiness(
     health: crate::health::Health,
 ) {
     use tonic_health::ServingStatus;
-    let names = [
-        "",
-        <LogsServiceServer<Logs> as tonic::server::NamedService>::NAME,
-        <TraceServiceServer<Traces> as tonic::server::NamedService>::NAME,
-    ];
+    let names = ["", <Logs as Export>::SERVICE, <Traces as Export>::SERVICE];
     loop {
         let status = if health.readiness().1 {
             ServingStatus::Serving
