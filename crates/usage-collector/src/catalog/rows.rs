@@ -46,28 +46,36 @@ pub struct SessionRow {
 
 impl SessionRow {
     /// Folds another event's facts into this session's.
-    pub fn merge(&mut self, other: SessionRow) {
+    pub fn merge(&mut self, other: &SessionRow) {
         self.start_time = self.start_time.min(other.start_time);
         self.last_activity = self.last_activity.max(other.last_activity);
         self.end_time = self.end_time.max(other.end_time);
-        self.user_id = self.user_id.take().or(other.user_id);
-        self.user_agent = self.user_agent.take().or(other.user_agent);
-        self.ip_address = self.ip_address.take().or(other.ip_address);
+        for (mine, theirs) in [
+            (&mut self.user_id, &other.user_id),
+            (&mut self.user_agent, &other.user_agent),
+            (&mut self.ip_address, &other.ip_address),
+        ] {
+            if mine.is_none() {
+                mine.clone_from(theirs);
+            }
+        }
     }
 }
 
-/// Everything one transaction writes: event rows per table, and session upserts.
+/// Everything one transaction writes: event rows per table, and session upserts. It borrows
+/// the rows of the mapped events it was built from (the writer keeps those to isolate a bad
+/// one), so building a batch copies no row.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RowBatch {
+pub struct RowBatch<'a> {
     /// Rows per table, indexed by [`TableId`]; each row's values follow the table's columns.
-    pub rows: Vec<Vec<Vec<Value>>>,
+    pub rows: Vec<Vec<&'a [Value]>>,
     /// Sessions touched, by id (sorted, so concurrent writers lock them in the same order).
-    pub sessions: BTreeMap<String, SessionRow>,
+    pub sessions: BTreeMap<&'a str, SessionRow>,
     /// Events in the batch.
     pub events: usize,
 }
 
-impl RowBatch {
+impl<'a> RowBatch<'a> {
     /// An empty batch for a catalogue of `tables` tables.
     pub fn new(tables: usize) -> Self {
         Self {
@@ -77,26 +85,26 @@ impl RowBatch {
     }
 
     /// Adds one mapped event.
-    pub fn push(&mut self, mapped: super::Mapped) {
+    pub fn push(&mut self, mapped: &'a super::Mapped) {
         self.events += 1;
-        if let Some((table, row)) = mapped.row {
-            self.rows[table].push(row);
+        if let Some((table, row)) = &mapped.row {
+            self.rows[*table].push(row);
         }
-        if let Some((id, session)) = mapped.session {
-            match self.sessions.get_mut(&id) {
+        if let Some((id, session)) = &mapped.session {
+            match self.sessions.get_mut(id.as_str()) {
                 Some(existing) => existing.merge(session),
                 None => {
-                    self.sessions.insert(id, session);
+                    self.sessions.insert(id, session.clone());
                 }
             }
         }
     }
 
-    /// A batch of these events (copied: the writer keeps them to isolate a bad one).
-    pub fn of(tables: usize, events: &[super::Mapped]) -> Self {
+    /// A batch of these events.
+    pub fn of(tables: usize, events: &'a [super::Mapped]) -> Self {
         let mut batch = Self::new(tables);
         for event in events {
-            batch.push(event.clone());
+            batch.push(event);
         }
         batch
     }
@@ -112,7 +120,7 @@ impl RowBatch {
     }
 
     /// Which table's rows the batch is, by table, for the rows that are.
-    pub fn tables(&self) -> impl Iterator<Item = (TableId, &[Vec<Value>])> {
+    pub fn tables(&self) -> impl Iterator<Item = (TableId, &[&'a [Value]])> {
         self.rows
             .iter()
             .enumerate()

@@ -3,13 +3,16 @@
 //!
 //! One batch is one transaction, in this order — the order is what keeps the session counters
 //! right under concurrent writers:
-//! 1. upsert every touched session, sorted by id. This takes the session rows' locks first, so
-//!    two transactions touching one session run one after the other;
-//! 2. insert the event rows, idempotently on `event_id`;
+//! 1. insert the event rows, idempotently on `event_id` (distinct events take no common locks,
+//!    so concurrent transactions overlap here);
+//! 2. upsert every touched session, sorted by id. This takes the session rows' locks, in the
+//!    same order in every transaction, and holds them to the commit: two transactions touching
+//!    one session finish one after the other, and only this short tail is serialized;
 //! 3. recount the counters of the sessions that got program runs in the batch from
-//!    `program_executions` (read-committed: the count sees every run committed before the lock
-//!    was granted), and set `duration_seconds` for the batch's ended sessions, since a late
-//!    event may have moved the start.
+//!    `program_executions` (read-committed: the count, taken after the lock was granted, sees
+//!    this batch's runs and every run committed before). `duration_seconds` follows the
+//!    merged start and end (a late event may move an ended session's start): MySQL sets it in
+//!    the upsert itself, SQLite in an UPDATE of the batch's ended sessions.
 
 use sqlx::query_builder::Separated;
 use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
@@ -49,6 +52,9 @@ pub trait Dialect: Database {
     const ON_DUPLICATE_SESSION: &'static str;
     /// `SET` expression for `duration_seconds` from `start_time` and `end_time`.
     const DURATION_SECONDS: &'static str;
+    /// True when [`Self::ON_DUPLICATE_SESSION`] also sets `duration_seconds` from the merged
+    /// start and end, so no separate UPDATE is needed.
+    const DURATION_IN_UPSERT: bool;
     /// Appended to the heartbeat INSERT: an existing row only moves forward.
     const ON_DUPLICATE_HEARTBEAT: &'static str;
 }
@@ -62,8 +68,13 @@ impl Dialect for sqlx::MySql {
         end_time = COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)), \
         user_id = COALESCE(user_id, VALUES(user_id)), \
         user_agent = COALESCE(user_agent, VALUES(user_agent)), \
-        ip_address = COALESCE(ip_address, VALUES(ip_address))";
+        ip_address = COALESCE(ip_address, VALUES(ip_address)), \
+        duration_seconds = TIMESTAMPDIFF(SECOND, LEAST(start_time, VALUES(start_time)), \
+            COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)))";
+    // The duration repeats the merge expressions, so it is right whether the assignments
+    // before it are seen updated (MySQL, MariaDB by default) or not (SIMULTANEOUS_ASSIGNMENT).
     const DURATION_SECONDS: &'static str = "TIMESTAMPDIFF(SECOND, start_time, end_time)";
+    const DURATION_IN_UPSERT: bool = true;
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON DUPLICATE KEY UPDATE last_beat = GREATEST(last_beat, VALUES(last_beat))";
 }
@@ -79,6 +90,7 @@ impl Dialect for sqlx::Sqlite {
         ip_address = COALESCE(ip_address, excluded.ip_address)";
     const DURATION_SECONDS: &'static str =
         "CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)";
+    const DURATION_IN_UPSERT: bool = false;
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON CONFLICT (instance) DO UPDATE SET last_beat = MAX(last_beat, excluded.last_beat)";
 }
@@ -133,7 +145,7 @@ fn column_list(columns: impl IntoIterator<Item = &'static str>) -> String {
 pub async fn write_in<DB>(
     conn: &mut DB::Connection,
     catalog: &Catalog,
-    batch: &RowBatch,
+    batch: &RowBatch<'_>,
 ) -> Result<Written, sqlx::Error>
 where
     DB: Dialect,
@@ -146,9 +158,6 @@ where
     PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
 {
     let mut written = Written::default();
-    if !batch.sessions.is_empty() {
-        written.sessions = upsert_sessions::<DB>(conn, &batch.sessions).await?;
-    }
     for (table_id, rows) in batch.tables() {
         let table = &catalog.tables()[table_id];
         debug_assert_eq!(table.kind, TableKind::Events);
@@ -161,7 +170,7 @@ where
                 column_list(table.columns.iter().map(|c| c.name))
             ));
             query.push_values(chunk, |mut list, row| {
-                for value in row {
+                for value in row.iter() {
                     push_value(&mut list, value);
                 }
             });
@@ -172,6 +181,7 @@ where
         written.rows.push((table.name, inserted));
     }
     if !batch.sessions.is_empty() {
+        written.sessions = upsert_sessions::<DB>(conn, &batch.sessions).await?;
         refresh_sessions::<DB>(conn, catalog, batch).await?;
     }
     Ok(written)
@@ -179,17 +189,18 @@ where
 
 async fn upsert_sessions<DB>(
     conn: &mut DB::Connection,
-    sessions: &std::collections::BTreeMap<String, SessionRow>,
+    sessions: &std::collections::BTreeMap<&str, SessionRow>,
 ) -> Result<u64, sqlx::Error>
 where
     DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    i64: for<'q> Encode<'q, DB> + Type<DB>,
     PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    // The first six session columns plus user_agent and ip_address; the rest are derived.
-    let columns = [0, 1, 2, 3, 4, 5, 7, 8].map(|i| SESSION_COLUMNS[i].name);
+    // Every session column but the counters, which are derived from `program_executions`.
+    let columns = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| SESSION_COLUMNS[i].name);
     let entries: Vec<_> = sessions.iter().collect();
     for chunk in entries.chunks(MAX_BINDS / columns.len()) {
         let mut query = QueryBuilder::<DB>::new(format!(
@@ -197,14 +208,16 @@ where
             column_list(columns)
         ));
         query.push_values(chunk, |mut list, (id, s)| {
-            list.push_bind(id.as_str());
+            list.push_bind(**id);
             list.push_bind(s.service.as_str());
             push_optional(&mut list, s.user_id.as_deref());
             list.push_bind(s.start_time);
             list.push_bind(s.last_activity);
             match s.end_time {
-                Some(end) => list.push_bind(end),
-                None => list.push("NULL"),
+                Some(end) => list
+                    .push_bind(end)
+                    .push_bind((end - s.start_time).whole_seconds()),
+                None => list.push("NULL").push("NULL"),
             };
             push_optional(&mut list, s.user_agent.as_deref());
             push_optional(&mut list, s.ip_address.as_deref());
@@ -219,7 +232,7 @@ where
 async fn refresh_sessions<DB>(
     conn: &mut DB::Connection,
     catalog: &Catalog,
-    batch: &RowBatch,
+    batch: &RowBatch<'_>,
 ) -> Result<(), sqlx::Error>
 where
     DB: Dialect,
@@ -254,9 +267,12 @@ where
              WHERE p.session_id = ide_sessions.session_id AND NOT p.success) \
          WHERE session_id IN (";
     update_in::<DB>(conn, COUNTERS, &recount, "").await?;
+    if DB::DURATION_IN_UPSERT {
+        return Ok(());
+    }
     // A duration changes when a session ends, or when a late event moves an ended session's
     // start: recompute it for every ended session the batch touched.
-    let ids: Vec<&str> = batch.sessions.keys().map(String::as_str).collect();
+    let ids: Vec<&str> = batch.sessions.keys().copied().collect();
     let durations = format!(
         "UPDATE `ide_sessions` SET duration_seconds = {} WHERE session_id IN (",
         DB::DURATION_SECONDS

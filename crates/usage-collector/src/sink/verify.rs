@@ -13,7 +13,7 @@ use time::macros::datetime;
 
 use super::handle::{PoolRef, Sink};
 use crate::catalog::tables::{ColumnType, TableKind};
-use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
+use crate::catalog::{Catalog, Mapped, RowBatch, SessionRow, Value};
 
 /// A verification step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,7 +135,8 @@ impl Sink {
                 self.catalog().tables().len()
             ),
         );
-        self.transaction(&probe_batch(self.catalog()), false)
+        let probes = probe_events(self.catalog());
+        self.transaction(&RowBatch::of(self.catalog().tables().len(), &probes), false)
             .await
             .map_err(|e| self.fail(Step::WritePermission, e))?;
         self.step_ok(Step::WritePermission, "probe rows written and rolled back");
@@ -329,19 +330,30 @@ fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), S
 /// Session id of the write check's probe (rolled back, never committed).
 pub const PROBE_SESSION: &str = "usage-collector-write-check";
 
-/// One probe row per event table and one probe session, shaped like real rows.
-fn probe_batch(catalog: &Catalog) -> RowBatch {
+/// One probe event per event table, each also touching the probe session, shaped like real
+/// rows.
+fn probe_events(catalog: &Catalog) -> Vec<Mapped> {
     let time = datetime!(2000-01-01 0:00);
-    let mut batch = RowBatch::new(catalog.tables().len());
+    let session = SessionRow {
+        service: "probe".to_owned(),
+        user_id: None,
+        start_time: time,
+        last_activity: time,
+        end_time: Some(time),
+        user_agent: None,
+        ip_address: None,
+    };
+    let mut events = Vec::new();
     for (id, table) in catalog.tables().iter().enumerate() {
         if table.kind != TableKind::Events {
             continue;
         }
+        let event_id = *uuid::Uuid::new_v4().as_bytes();
         let row = table
             .columns
             .iter()
             .map(|column| match column.ty {
-                ColumnType::EventId => Value::Id(*uuid::Uuid::new_v4().as_bytes()),
+                ColumnType::EventId => Value::Id(event_id),
                 ColumnType::Text { .. } if column.name == "session_id" => {
                     Value::Text(PROBE_SESSION.to_owned())
                 }
@@ -352,22 +364,14 @@ fn probe_batch(catalog: &Catalog) -> RowBatch {
                 ColumnType::Json => Value::Json("{}".to_owned()),
             })
             .collect();
-        batch.rows[id].push(row);
-        batch.events += 1;
+        events.push(Mapped {
+            id: event_id,
+            row: Some((id, row)),
+            session: Some((PROBE_SESSION.to_owned(), session.clone())),
+            truncated: Vec::new(),
+        });
     }
-    batch.sessions.insert(
-        PROBE_SESSION.to_owned(),
-        SessionRow {
-            service: "probe".to_owned(),
-            user_id: None,
-            start_time: time,
-            last_activity: time,
-            end_time: Some(time),
-            user_agent: None,
-            ip_address: None,
-        },
-    );
-    batch
+    events
 }
 
 #[cfg(test)]
