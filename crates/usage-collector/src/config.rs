@@ -24,8 +24,9 @@ pub mod defaults {
     pub const DATABASE_URL: &str = "sqlite://usage.db";
     /// Largest accepted request after decompression (the OTLP specification's recommendation).
     pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
-    /// Database connections in the pool.
-    pub const POOL_SIZE: u32 = 4;
+    /// Database connections in the pool: the writer runs a transaction on all but one at once
+    /// (four measured fastest on a 2-core machine; see docs/performance.md).
+    pub const POOL_SIZE: u32 = 5;
     /// How long to wait for a database connection.
     pub const CONNECT_TIMEOUT_SECS: u64 = 5;
     /// Most rows written in one transaction.
@@ -331,7 +332,7 @@ pub struct Overrides {
     /// CA certificate (PEM) for verify-ca and verify-identity.
     #[arg(long, env = "USAGE_DATABASE_TLS_CA", global = true)]
     pub database_tls_ca: Option<PathBuf>,
-    /// Database connections in the pool [default: 4]
+    /// Database connections in the pool; the writer uses all but one at once [default: 5]
     #[arg(long, env = "USAGE_DATABASE_POOL_SIZE", global = true)]
     pub database_pool_size: Option<u32>,
     /// Seconds to wait for a database connection [default: 5]

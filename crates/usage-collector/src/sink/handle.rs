@@ -106,6 +106,13 @@ macro_rules! with_pool {
 }
 
 impl Sink {
+    /// How many transactions the writer runs at once: one per pooled connection but one, which
+    /// stays free for heartbeats, dead letters and health checks (at least one).
+    pub fn write_streams(&self) -> usize {
+        let connections = with_pool!(self, |pool, _Db| pool.options().get_max_connections());
+        (connections as usize).saturating_sub(1).max(1)
+    }
+
     /// A sink for the configured database. Connects lazily: nothing is dialled until first use.
     pub fn open(settings: &DatabaseSettings, catalog: Arc<Catalog>) -> Result<Self, OpenError> {
         let raw = settings.url.expose_secret();
@@ -170,7 +177,7 @@ impl Sink {
     }
 
     /// Writes a batch in one transaction.
-    pub async fn write(&self, batch: &RowBatch) -> Result<Written, WriteError> {
+    pub async fn write(&self, batch: &RowBatch<'_>) -> Result<Written, WriteError> {
         self.transaction(batch, true)
             .await
             .map_err(|e| WriteError::classify(&e, &self.redactor))
@@ -179,7 +186,7 @@ impl Sink {
     /// Runs a batch's statements and commits them, or rolls them back (the write check).
     pub(crate) async fn transaction(
         &self,
-        batch: &RowBatch,
+        batch: &RowBatch<'_>,
         commit: bool,
     ) -> Result<Written, sqlx::Error> {
         with_pool!(self, |pool, Db| {

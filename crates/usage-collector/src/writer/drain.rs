@@ -20,11 +20,8 @@ use crate::receiver::convert;
 use crate::sink::{Sink, WriteError};
 use crate::spool::{Payload, Spool, SpoolSignal};
 
-/// Rounds written at the same time, each on its own connection (two keep MariaDB busy while
-/// one transaction commits; sessions are locked in id order, so they wait rather than deadlock).
-const WRITE_STREAMS: usize = 2;
 /// Spool records (requests) read per round: bounds the events held in memory at once.
-const RECORDS_PER_READ: usize = 8;
+const RECORDS_PER_READ: usize = 4;
 /// First wait after a transient failure; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts while the database is away.
@@ -110,10 +107,13 @@ impl Drain {
     }
 
     /// Two stages, so decoding the next requests overlaps the database writing the current
-    /// ones: a reader reads and decodes spooled requests in order; the writer writes up to
-    /// [`WRITE_STREAMS`] of them at once, each in its own transactions, and moves the
-    /// checkpoint past a round only when it and every round before it are committed.
+    /// ones: a reader reads and decodes spooled requests in order; the writer writes several
+    /// rounds at once ([`Sink::write_streams`]: one per pooled connection but one), each in its
+    /// own transactions, and moves the checkpoint past a round only when it and every round
+    /// before it are committed. Several transactions keep the database busy while one commits;
+    /// sessions are locked in id order, so writers touching one session wait, not deadlock.
     async fn run(self) {
+        let streams = self.sink.write_streams();
         let this = Arc::new(self);
         let (decoded, mut queue) = mpsc::channel::<Decoded>(1);
         let reader = tokio::spawn(this.clone().read_ahead(decoded));
@@ -124,7 +124,7 @@ impl Drain {
         let (mut closed, mut stopped) = (false, false);
         loop {
             tokio::select! {
-                round = queue.recv(), if writes.len() < WRITE_STREAMS && !closed && !stopped => {
+                round = queue.recv(), if writes.len() < streams && !closed && !stopped => {
                     match round {
                         Some(_) if this.past_deadline() => stopped = true,
                         Some(round) => {
