@@ -1,8 +1,9 @@
 //! The pipeline bench: one command, three measurements side by side, rows counted in the
 //! database (not requests sent).
 //!
-//! - (a) raw: the same page-visit rows as multi-row INSERTs (500 rows, 2 connections) from a
-//!   minimal sqlx client — what MariaDB itself can take;
+//! - (a) raw: the same rows as multi-row INSERTs from a minimal sqlx client — 500 page visits
+//!   and an upsert of the 64 sessions they belong to per transaction, 2 connections — what
+//!   MariaDB itself can take; (a0) the page visits alone, for reference;
 //! - (b) end to end: load generator → collector (spool on, fsync before OK) → MariaDB, until
 //!   every event is written;
 //! - (c) no database: the collector decoding, mapping and spooling, rows discarded.
@@ -41,6 +42,23 @@ fn machine() -> String {
     format!("{cores} cores, {cpu}; load generator, collector and MariaDB share them")
 }
 
+/// The database server's process, found by name (MariaDB or MySQL on this machine).
+fn database_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            matches!(comm.trim(), "mariadbd" | "mysqld").then_some(pid)
+        })
+}
+
+/// CPU seconds the database server has used so far (0 when it is not found).
+fn database_cpu() -> f64 {
+    database_pid().map_or(0.0, |pid| usage(pid).0)
+}
+
 /// (user + system CPU seconds, peak RSS in MB) of a process.
 fn usage(pid: u32) -> (f64, f64) {
     let ticks = 100.0; // USER_HZ on Linux
@@ -66,11 +84,21 @@ fn usage(pid: u32) -> (f64, f64) {
     (cpu, rss)
 }
 
-async fn raw_inserts(db: &TestDb, events: u64) -> f64 {
+/// Connections of the raw client (more add latency, not throughput, on this machine).
+const RAW_CONNECTIONS: u64 = 2;
+/// Sessions each raw writer's rows belong to, as each load generator sender's requests do.
+const RAW_SESSIONS: u64 = 64;
+
+/// Writes `events` page-visit rows as 500-row INSERTs from a minimal client; with `sessions`,
+/// each batch also upserts the sessions its rows belong to, in one transaction, as the
+/// collector must (the same rows it writes). Returns page-visit rows per second.
+async fn raw_inserts(db: &TestDb, events: u64, sessions: bool) -> f64 {
     let pool = MySqlPool::connect(db.url()).await.expect("connect");
-    let per_connection = events / 2;
+    let per_connection = events / RAW_CONNECTIONS;
+    // A fixed time, as the load generator's records carry.
+    let at = time::macros::datetime!(2026-01-01 0:00);
     let started = Instant::now();
-    let writers: Vec<_> = (0..2u64)
+    let writers: Vec<_> = (0..RAW_CONNECTIONS)
         .map(|w| {
             let pool = pool.clone();
             tokio::spawn(async move {
@@ -86,16 +114,37 @@ async fn raw_inserts(db: &TestDb, events: u64) -> f64 {
                         let k = w * per_connection + done + i;
                         row.push_bind(uuid::Uuid::now_v7().as_bytes().to_vec())
                             .push_bind("usage-load")
-                            .push_bind(format!("load-session-{w}-{}", k % 64))
+                            .push_bind(format!("load-session-{w}-{}", k % RAW_SESSIONS))
                             .push_bind(format!("user-{}", k % 1000))
-                            .push_bind(time::OffsetDateTime::now_utc().to_offset(time::UtcOffset::UTC))
+                            .push_bind(at)
                             .push_bind(format!("/load/{w}/{k}"))
                             .push_bind("https://example.org/ide/programs")
                             .push_bind("Mozilla/5.0 (X11; Linux x86_64; rv:130.0) Gecko/20100101 Firefox/130.0")
                             .push_bind("203.0.113.7");
                     });
                     query.push(" ON DUPLICATE KEY UPDATE event_id = event_id");
+                    if sessions {
+                        sqlx::query("BEGIN").execute(&mut *conn).await.expect("begin");
+                    }
                     query.build().execute(&mut *conn).await.expect("insert");
+                    if sessions {
+                        let mut upsert = QueryBuilder::new(
+                            "INSERT INTO ide_sessions (session_id, service, user_id, start_time, last_activity) ",
+                        );
+                        upsert.push_values(0..RAW_SESSIONS.min(n), |mut row, s| {
+                            row.push_bind(format!("load-session-{w}-{s}"))
+                                .push_bind("usage-load")
+                                .push_bind(format!("user-{s}"))
+                                .push_bind(at)
+                                .push_bind(at);
+                        });
+                        upsert.push(
+                            " ON DUPLICATE KEY UPDATE start_time = LEAST(start_time, VALUES(start_time)), \
+                             last_activity = GREATEST(last_activity, VALUES(last_activity))",
+                        );
+                        upsert.build().execute(&mut *conn).await.expect("upsert");
+                        sqlx::query("COMMIT").execute(&mut *conn).await.expect("commit");
+                    }
                     done += n;
                 }
             })
@@ -108,6 +157,18 @@ async fn raw_inserts(db: &TestDb, events: u64) -> f64 {
     let rows = db.count("page_visits").await as f64;
     pool.close().await;
     rows / elapsed
+}
+
+/// A fresh, migrated MariaDB database.
+async fn migrated_db() -> TestDb {
+    let db = TestDb::mysql().await;
+    let migrated = std::process::Command::new(BIN)
+        .args(["migrate", "--database-url", db.url()])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("migrate");
+    assert!(migrated.status.success(), "{migrated:?}");
+    db
 }
 
 fn plan(endpoint: String, records: u64, seconds: u64) -> Plan {
@@ -165,20 +226,20 @@ async fn main() {
     println!("# Pipeline bench — {}", machine());
     println!("# {events} page-visit events (~500 B rows), 512 per request, 8 requests in flight\n");
 
-    // (a) raw inserts
-    let raw_db = TestDb::mysql().await;
-    let migrated = std::process::Command::new(BIN)
-        .args(["migrate", "--database-url", raw_db.url()])
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("migrate");
-    assert!(migrated.status.success(), "{migrated:?}");
-    let raw = raw_inserts(&raw_db, events).await;
+    // (a) raw inserts: the same rows as (b) — page visits and their sessions — and, for
+    // reference, the page visits alone.
+    let cpu_before = database_cpu();
+    let raw = raw_inserts(&migrated_db().await, events, true).await;
+    let raw_db_cpu = database_cpu() - cpu_before;
+    let cpu_before = database_cpu();
+    let raw_visits = raw_inserts(&migrated_db().await, events, false).await;
+    let raw_visits_db_cpu = database_cpu() - cpu_before;
 
     // (b) end to end
     let e2e_db = TestDb::mysql().await;
     let config = ProcessConfig::new(BIN, e2e_db.url(), &dir.join("e2e"));
     let (collector, pid) = start(&config).await;
+    let (cpu_at_start, cpu_before) = (usage(pid).0, database_cpu());
     let started = Instant::now();
     let load = loadgen::run(plan(config.endpoint(), events, 3600))
         .await
@@ -192,7 +253,9 @@ async fn main() {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rows = e2e_db.count("page_visits").await as f64;
+    let e2e_db_cpu = database_cpu() - cpu_before;
     let (e2e_cpu, e2e_rss) = usage(pid);
+    let e2e_cpu = e2e_cpu - cpu_at_start;
     drop(collector);
     let e2e = rows / elapsed;
 
@@ -200,25 +263,33 @@ async fn main() {
     let mut config = ProcessConfig::new(BIN, e2e_db.url(), &dir.join("discard"));
     config.extra = vec!["--discard-rows".into()];
     let (collector, pid) = start(&config).await;
+    let cpu_at_start = usage(pid).0;
     let discard = loadgen::run(plan(config.endpoint(), 0, seconds))
         .await
         .expect("load");
     let (discard_cpu, discard_rss) = usage(pid);
+    let discard_cpu = discard_cpu - cpu_at_start;
     drop(collector);
 
     println!(
-        "| measurement | rows/s | vs (a) | p50 ms | p99 ms | collector CPU s | collector peak RSS MB |"
+        "| measurement | rows/s | vs (a) | p50 ms | p99 ms | collector CPU s | collector peak RSS MB | database CPU s |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    println!("| (a) raw multi-row INSERT, 500 rows × 2 connections | {raw:.0} | 1.00 | | | | |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!(
-        "| (b) end to end, spool on, {rows:.0} rows counted in MariaDB | {e2e:.0} | {:.2} | {:.1} | {:.1} | {e2e_cpu:.1} | {e2e_rss:.0} |",
+        "| (a) raw multi-row INSERTs of the same rows: 500 page visits + their 64 sessions upserted per transaction, 2 connections | {raw:.0} | 1.00 | | | | | {raw_db_cpu:.1} |"
+    );
+    println!(
+        "| (a0) raw multi-row INSERTs of the page visits alone, 500 rows, 2 connections (reference) | {raw_visits:.0} | {:.2} | | | | | {raw_visits_db_cpu:.1} |",
+        raw_visits / raw
+    );
+    println!(
+        "| (b) end to end, spool on, {rows:.0} rows counted in MariaDB | {e2e:.0} | {:.2} | {:.1} | {:.1} | {e2e_cpu:.1} | {e2e_rss:.0} | {e2e_db_cpu:.1} |",
         e2e / raw,
         load.p50_ms,
         load.p99_ms
     );
     println!(
-        "| (c) decode + map + spool, rows discarded, {seconds} s | {:.0} | | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} |",
+        "| (c) decode + map + spool, rows discarded, {seconds} s | {:.0} | | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} | |",
         discard.records_per_second, discard.p50_ms, discard.p99_ms
     );
     if let Err(e) = std::fs::remove_dir_all(&dir) {
