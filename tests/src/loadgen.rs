@@ -287,6 +287,21 @@ pub fn retryable(code: Code) -> bool {
     )
 }
 
+/// Sends one already-encoded export request (any bytes: tests send malformed ones too) and
+/// returns the records the collector rejected.
+pub async fn send_encoded(
+    endpoint: &str,
+    signal: Signal,
+    body: Bytes,
+) -> Result<i64, tonic::Status> {
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| tonic::Status::invalid_argument(format!("invalid endpoint {endpoint}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect to {endpoint}: {e}")))?;
+    send(channel, signal, body).await
+}
+
 async fn send(channel: Channel, signal: Signal, body: Bytes) -> Result<i64, tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()

@@ -249,3 +249,39 @@ async fn oversized_requests_get_resource_exhausted_and_metrics_are_unimplemented
     );
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_protobuf_gets_invalid_argument_and_well_formed_bytes_land() {
+    use prost::Message;
+    use prost::bytes::Bytes;
+    use usage_pipeline_tests::loadgen::{Signal, send_encoded};
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let endpoint = collector.endpoint();
+    // A length-delimited field that claims more bytes than follow.
+    let garbage = Bytes::from_static(b"\x0a\xff\x01\x00");
+    for signal in [Signal::Logs, Signal::Traces] {
+        let status = send_encoded(&endpoint, signal, garbage.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("not a valid OTLP export request"),
+            "{status:?}"
+        );
+    }
+    // The same path takes a well-formed request's bytes as they are.
+    let good = logs_request(
+        "web-ide",
+        vec![event("page_visit", T0, vec![kv("url.path", "/ok")])],
+    );
+    let rejected = send_encoded(&endpoint, Signal::Logs, Bytes::from(good.encode_to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(rejected, 0);
+    collector
+        .wait_written(std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(db.count("page_visits").await, 1);
+    collector.stop().await;
+}
