@@ -407,6 +407,9 @@ pub fn to_json(value: &any_value::Value) -> serde_json::Value {
 
 /// Cuts `text` to at most `max_chars` characters (always at a UTF-8 boundary).
 pub fn cut(text: &mut String, max_chars: u32) -> bool {
+    if text.len() <= max_chars as usize {
+        return false; // never more characters than bytes: no need to count them
+    }
     match text.char_indices().nth(max_chars as usize) {
         Some((byte, _)) => {
             text.truncate(byte);
