@@ -9,8 +9,10 @@
 //! - (c) no database: the collector decoding, mapping and spooling, rows discarded.
 //!
 //! Run: `cargo bench -p usage-pipeline-tests --bench pipeline` (needs MariaDB on 127.0.0.1:3306,
-//! as the tests do). `USAGE_BENCH_EVENTS` sets the events of (a) and (b) (default 300000),
-//! `USAGE_BENCH_SECONDS` the length of (c) (default 10). The header names the machine.
+//! as the tests do). `USAGE_BENCH_EVENTS` sets the events of (a) and (b) (default 1000000:
+//! enough that the database's deferred page flushing is paid inside each measurement, not
+//! after it), `USAGE_BENCH_SECONDS` the length of (c) (default 10). Each measurement starts
+//! once the database server is idle. The header names the machine.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -57,6 +59,23 @@ fn database_pid() -> Option<u32> {
 /// CPU seconds the database server has used so far (0 when it is not found).
 fn database_cpu() -> f64 {
     database_pid().map_or(0.0, |pid| usage(pid).0)
+}
+
+/// Waits until the database server is idle — done flushing what the previous measurement
+/// wrote — so each measurement starts from a quiet server and pays only for its own work: under
+/// 5 % of a core over half a second, for at most two minutes.
+async fn settle() {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = database_cpu();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = database_cpu();
+        if now - last < 0.025 {
+            return;
+        }
+        last = now;
+    }
+    eprintln!("the database server was still busy after two minutes; measuring anyway");
 }
 
 /// (user + system CPU seconds, peak RSS in MB) of a process.
@@ -218,27 +237,49 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo bench --list
     }
-    let events = env_u64("USAGE_BENCH_EVENTS", 300_000);
+    let events = env_u64("USAGE_BENCH_EVENTS", 1_000_000);
     let seconds = env_u64("USAGE_BENCH_SECONDS", 10);
     let dir: PathBuf =
         std::env::temp_dir().join(format!("usage_bench_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("bench folder");
     println!("# Pipeline bench — {}", machine());
-    println!("# {events} page-visit events (~500 B rows), 512 per request, 8 requests in flight\n");
+    println!(
+        "# {events} page-visit events (~500 B rows), 512 per request, 8 requests in flight; each measurement starts with the database idle\n"
+    );
+
+    // (c) no database, first: the database's deferred flushing after (a) and (b) would slow
+    // the spool's fsyncs.
+    let discard_db = TestDb::mysql().await;
+    let mut config = ProcessConfig::new(BIN, discard_db.url(), &dir.join("discard"));
+    config.extra = vec!["--discard-rows".into()];
+    let (collector, pid) = start(&config).await;
+    settle().await;
+    let cpu_at_start = usage(pid).0;
+    let discard = loadgen::run(plan(config.endpoint(), 0, seconds))
+        .await
+        .expect("load");
+    let (discard_cpu, discard_rss) = usage(pid);
+    let discard_cpu = discard_cpu - cpu_at_start;
+    drop(collector);
 
     // (a) raw inserts: the same rows as (b) — page visits and their sessions — and, for
     // reference, the page visits alone.
+    let raw_db = migrated_db().await;
+    settle().await;
     let cpu_before = database_cpu();
-    let raw = raw_inserts(&migrated_db().await, events, true).await;
+    let raw = raw_inserts(&raw_db, events, true).await;
     let raw_db_cpu = database_cpu() - cpu_before;
+    let visits_db = migrated_db().await;
+    settle().await;
     let cpu_before = database_cpu();
-    let raw_visits = raw_inserts(&migrated_db().await, events, false).await;
+    let raw_visits = raw_inserts(&visits_db, events, false).await;
     let raw_visits_db_cpu = database_cpu() - cpu_before;
 
     // (b) end to end
     let e2e_db = TestDb::mysql().await;
     let config = ProcessConfig::new(BIN, e2e_db.url(), &dir.join("e2e"));
     let (collector, pid) = start(&config).await;
+    settle().await;
     let (cpu_at_start, cpu_before) = (usage(pid).0, database_cpu());
     let started = Instant::now();
     let load = loadgen::run(plan(config.endpoint(), events, 3600))
@@ -258,18 +299,6 @@ async fn main() {
     let e2e_cpu = e2e_cpu - cpu_at_start;
     drop(collector);
     let e2e = rows / elapsed;
-
-    // (c) no database
-    let mut config = ProcessConfig::new(BIN, e2e_db.url(), &dir.join("discard"));
-    config.extra = vec!["--discard-rows".into()];
-    let (collector, pid) = start(&config).await;
-    let cpu_at_start = usage(pid).0;
-    let discard = loadgen::run(plan(config.endpoint(), 0, seconds))
-        .await
-        .expect("load");
-    let (discard_cpu, discard_rss) = usage(pid);
-    let discard_cpu = discard_cpu - cpu_at_start;
-    drop(collector);
 
     println!(
         "| measurement | rows/s | vs (a) | p50 ms | p99 ms | collector CPU s | collector peak RSS MB | database CPU s |"
