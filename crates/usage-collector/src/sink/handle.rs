@@ -277,3 +277,28 @@ impl Sink {
         with_pool!(self, |pool, _Db| pool.close().await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streams(url: &str, pool_size: u32) -> usize {
+        let mut settings = DatabaseSettings::new(url);
+        settings.pool_size = pool_size;
+        // Opening is lazy: nothing is dialled, so no server is needed.
+        Sink::open(&settings, Arc::new(Catalog::built_in()))
+            .expect("sink")
+            .write_streams()
+    }
+
+    #[tokio::test]
+    async fn the_writer_uses_every_pooled_connection_but_one() {
+        assert_eq!(streams("mysql://u@127.0.0.1:1/db", 5), 4);
+        assert_eq!(streams("mysql://u@127.0.0.1:1/db", 2), 1);
+        assert_eq!(streams("mysql://u@127.0.0.1:1/db", 1), 1);
+        // SQLite has one writer connection, and so one stream.
+        let dir = std::env::temp_dir().join(format!("usage-streams-{}", std::process::id()));
+        let url = format!("sqlite://{}", dir.join("usage.db").display());
+        assert_eq!(streams(&url, 5), 1);
+    }
+}
