@@ -446,3 +446,77 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
         failed: t.failed.load(Ordering::Relaxed),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+    use super::*;
+
+    /// The `event.id` of every record in an encoded request, in order.
+    fn event_ids(signal: Signal, bytes: &[u8]) -> Vec<String> {
+        let attributes: Vec<Vec<KeyValue>> = match signal {
+            Signal::Logs => ExportLogsServiceRequest::decode(bytes)
+                .expect("a valid logs request")
+                .resource_logs
+                .into_iter()
+                .flat_map(|r| r.scope_logs)
+                .flat_map(|s| s.log_records)
+                .map(|l| l.attributes)
+                .collect(),
+            Signal::Traces => ExportTraceServiceRequest::decode(bytes)
+                .expect("a valid traces request")
+                .resource_spans
+                .into_iter()
+                .flat_map(|r| r.scope_spans)
+                .flat_map(|s| s.spans)
+                .map(|s| s.attributes)
+                .collect(),
+        };
+        attributes
+            .iter()
+            .map(|attributes| {
+                let value = attributes
+                    .iter()
+                    .find(|kv| kv.key == "event.id")
+                    .and_then(|kv| kv.value.as_ref()?.value.as_ref());
+                match value {
+                    Some(any_value::Value::StringValue(id)) => id.clone(),
+                    other => panic!("event.id missing or not a string: {other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_send_carries_fresh_distinct_event_ids_in_a_valid_request() {
+        for signal in [Signal::Logs, Signal::Traces] {
+            let plan = Plan {
+                endpoint: String::new(),
+                signal,
+                batch: 64,
+                in_flight: 1,
+                connections: 1,
+                duration_secs: 1,
+                rate: 0,
+                records: 0,
+                duplicates: false,
+                attributes: Attributes::Full,
+            };
+            let mut request = Request::template(&plan, 3);
+            let mut seen = HashSet::new();
+            for _ in 0..3 {
+                request.renew_ids();
+                let ids = event_ids(signal, &request.bytes);
+                assert_eq!(ids.len(), 64, "{signal:?}");
+                for id in ids {
+                    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+                    assert!(seen.insert(id.clone()), "{signal:?}: {id} sent twice");
+                }
+            }
+        }
+    }
+}
