@@ -50,11 +50,9 @@ pub trait Dialect: Database {
     const ON_DUPLICATE_EVENT: &'static str;
     /// Appended to the session INSERT: how an existing row merges the new values.
     const ON_DUPLICATE_SESSION: &'static str;
-    /// `SET` expression for `duration_seconds` from `start_time` and `end_time`.
-    const DURATION_SECONDS: &'static str;
-    /// True when [`Self::ON_DUPLICATE_SESSION`] also sets `duration_seconds` from the merged
-    /// start and end, so no separate UPDATE is needed.
-    const DURATION_IN_UPSERT: bool;
+    /// `SET` expression for `duration_seconds` from `start_time` and `end_time`, run as an
+    /// UPDATE after the upsert; `None` when [`Self::ON_DUPLICATE_SESSION`] sets it itself.
+    const DURATION_UPDATE: Option<&'static str>;
     /// Appended to the heartbeat INSERT: an existing row only moves forward.
     const ON_DUPLICATE_HEARTBEAT: &'static str;
 }
@@ -71,10 +69,10 @@ impl Dialect for sqlx::MySql {
         ip_address = COALESCE(ip_address, VALUES(ip_address)), \
         duration_seconds = TIMESTAMPDIFF(SECOND, LEAST(start_time, VALUES(start_time)), \
             COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)))";
-    // The duration repeats the merge expressions, so it is right whether the assignments
-    // before it are seen updated (MySQL, MariaDB by default) or not (SIMULTANEOUS_ASSIGNMENT).
-    const DURATION_SECONDS: &'static str = "TIMESTAMPDIFF(SECOND, start_time, end_time)";
-    const DURATION_IN_UPSERT: bool = true;
+    // The upsert sets the duration itself, repeating the merge expressions, so it is right
+    // whether the assignments before it are seen updated (MySQL, MariaDB by default) or not
+    // (SIMULTANEOUS_ASSIGNMENT).
+    const DURATION_UPDATE: Option<&'static str> = None;
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON DUPLICATE KEY UPDATE last_beat = GREATEST(last_beat, VALUES(last_beat))";
 }
@@ -88,9 +86,8 @@ impl Dialect for sqlx::Sqlite {
         user_id = COALESCE(user_id, excluded.user_id), \
         user_agent = COALESCE(user_agent, excluded.user_agent), \
         ip_address = COALESCE(ip_address, excluded.ip_address)";
-    const DURATION_SECONDS: &'static str =
-        "CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)";
-    const DURATION_IN_UPSERT: bool = false;
+    const DURATION_UPDATE: Option<&'static str> =
+        Some("CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)");
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON CONFLICT (instance) DO UPDATE SET last_beat = MAX(last_beat, excluded.last_beat)";
 }
@@ -228,7 +225,8 @@ where
     Ok(sessions.len() as u64)
 }
 
-/// Recounts counters from `program_executions` and sets durations, for the batch's sessions.
+/// Recounts counters from `program_executions` for the batch's sessions with new runs, and
+/// (where the upsert cannot) sets the durations of its ended sessions.
 async fn refresh_sessions<DB>(
     conn: &mut DB::Connection,
     catalog: &Catalog,
@@ -267,16 +265,14 @@ where
              WHERE p.session_id = ide_sessions.session_id AND NOT p.success) \
          WHERE session_id IN (";
     update_in::<DB>(conn, COUNTERS, &recount, "").await?;
-    if DB::DURATION_IN_UPSERT {
+    let Some(duration) = DB::DURATION_UPDATE else {
         return Ok(());
-    }
+    };
     // A duration changes when a session ends, or when a late event moves an ended session's
     // start: recompute it for every ended session the batch touched.
     let ids: Vec<&str> = batch.sessions.keys().copied().collect();
-    let durations = format!(
-        "UPDATE `ide_sessions` SET duration_seconds = {} WHERE session_id IN (",
-        DB::DURATION_SECONDS
-    );
+    let durations =
+        format!("UPDATE `ide_sessions` SET duration_seconds = {duration} WHERE session_id IN (");
     update_in::<DB>(conn, &durations, &ids, " AND end_time IS NOT NULL").await
 }
 
