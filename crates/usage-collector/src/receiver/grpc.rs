@@ -86,9 +86,7 @@ impl Export for Logs {
         let request = ExportLogsServiceRequest::decode(bytes.clone()).map_err(undecodable)?;
         let now = convert::now_unix_nano();
         let converted = convert::logs(request, &ingest.catalog, now);
-        let partial = ingest
-            .accept(Signal::Log, bytes.to_vec(), now, converted)
-            .await?;
+        let partial = ingest.accept(Signal::Log, bytes, now, converted).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: partial.rejected,
@@ -108,9 +106,7 @@ impl Export for Traces {
         let request = ExportTraceServiceRequest::decode(bytes.clone()).map_err(undecodable)?;
         let now = convert::now_unix_nano();
         let converted = convert::traces(request, &ingest.catalog, now);
-        let partial = ingest
-            .accept(Signal::Span, bytes.to_vec(), now, converted)
-            .await?;
+        let partial = ingest.accept(Signal::Span, bytes, now, converted).await?;
         Ok(ExportTraceServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: partial.rejected,

@@ -70,7 +70,7 @@ impl Ingest {
     pub async fn accept(
         &self,
         signal: Signal,
-        request: Vec<u8>,
+        request: prost::bytes::Bytes,
         received_unix_nano: u64,
         mut converted: Converted,
     ) -> Result<Partial, Status> {

@@ -1,5 +1,7 @@
 //! Record encoding: `length:u32le crc32:u32le payload`.
 
+use prost::bytes::Bytes;
+
 /// Bytes before a record's payload.
 pub const HEADER: usize = 8;
 /// Payload format version.
@@ -28,7 +30,7 @@ pub struct Payload {
     /// When the collector received it (the time of records that carry none).
     pub received_unix_nano: u64,
     /// The OTLP request, protobuf-encoded.
-    pub request: Vec<u8>,
+    pub request: Bytes,
 }
 
 /// Why bytes are not a record.
@@ -97,7 +99,7 @@ impl Payload {
             Payload {
                 signal,
                 received_unix_nano,
-                request: body[PAYLOAD_HEADER..].to_vec(),
+                request: Bytes::copy_from_slice(&body[PAYLOAD_HEADER..]),
             },
             HEADER + length,
         ))
@@ -113,7 +115,7 @@ mod tests {
         let payload = Payload {
             signal: SpoolSignal::Traces,
             received_unix_nano: 42,
-            request: b"otlp bytes".to_vec(),
+            request: Bytes::from_static(b"otlp bytes"),
         };
         let mut data = Vec::new();
         payload.encode_into(&mut data);

@@ -288,9 +288,9 @@ impl Drain {
                 continue;
             }
             let converted = match record.signal {
-                SpoolSignal::Logs => ExportLogsServiceRequest::decode(record.request.as_slice())
+                SpoolSignal::Logs => ExportLogsServiceRequest::decode(&record.request[..])
                     .map(|r| convert::logs(r, &self.catalog, record.received_unix_nano)),
-                SpoolSignal::Traces => ExportTraceServiceRequest::decode(record.request.as_slice())
+                SpoolSignal::Traces => ExportTraceServiceRequest::decode(&record.request[..])
                     .map(|r| convert::traces(r, &self.catalog, record.received_unix_nano)),
                 SpoolSignal::Heartbeat => {
                     let instance = String::from_utf8_lossy(&record.request).into_owned();
