@@ -590,13 +590,29 @@ impl Appender {
     }
 }
 
+/// The recorded checkpoint; none on a first start. An unreadable or garbled one is logged and
+/// ignored: the writer then replays every kept segment, which the idempotent inserts make safe.
 fn read_checkpoint(dir: &Path) -> Option<Position> {
-    let text = fs::read_to_string(dir.join(CHECKPOINT)).ok()?;
+    let path = dir.join(CHECKPOINT);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "spool: cannot read the checkpoint; replaying every kept segment (already written rows are no-ops)");
+            return None;
+        }
+    };
     let mut parts = text.split_whitespace();
-    Some(Position {
-        segment: parts.next()?.parse().ok()?,
-        offset: parts.next()?.parse().ok()?,
-    })
+    let parsed = (|| {
+        Some(Position {
+            segment: parts.next()?.parse().ok()?,
+            offset: parts.next()?.parse().ok()?,
+        })
+    })();
+    if parsed.is_none() {
+        tracing::warn!(path = %path.display(), content = text.trim(), "spool: garbled checkpoint; replaying every kept segment (already written rows are no-ops)");
+    }
+    parsed
 }
 
 fn write_checkpoint(dir: &Path, at: Position) -> Result<(), SpoolError> {
@@ -745,6 +761,25 @@ mod tests {
         assert_eq!(batch.records, [payload(2)]);
         spool.commit(batch.end, 1).await.unwrap();
         assert_eq!(spool.depth(), (0, 0));
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_garbled_checkpoint_replays_every_kept_record() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        for n in 0..3 {
+            spool.append(payload(n)).await.unwrap();
+        }
+        let batch = spool.read(spool.checkpoint(), 2).await.unwrap();
+        spool.commit(batch.end, 2).await.unwrap();
+        drop(spool);
+        fs::write(dir.join(CHECKPOINT), "not a position\n").unwrap();
+
+        let (spool, recovery) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovery.records, 3, "nothing is skipped on a guess");
+        let batch = spool.read(spool.checkpoint(), 10).await.unwrap();
+        assert_eq!(batch.records, [payload(0), payload(1), payload(2)]);
         fs::remove_dir_all(dir).unwrap();
     }
 
