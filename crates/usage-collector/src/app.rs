@@ -348,7 +348,7 @@ async fn send_heartbeats(spool: Spool, instance: String, interval: Duration) {
         let payload = crate::spool::Payload {
             signal: crate::spool::SpoolSignal::Heartbeat,
             received_unix_nano: crate::receiver::convert::now_unix_nano(),
-            request: prost::bytes::Bytes::copy_from_slice(instance.as_bytes()),
+            body: prost::bytes::Bytes::copy_from_slice(instance.as_bytes()),
         };
         if let Err(e) = spool.append(payload).await {
             // Its growing age on /metrics is what raises the alarm.

@@ -105,6 +105,19 @@ impl Catalog {
         }
     }
 
+    /// A catalogue of other tables (a collector version with a different catalogue); every
+    /// list must hold `usage_events`.
+    #[cfg(test)]
+    pub(crate) fn with_tables(tables: Vec<Table>) -> Self {
+        Self {
+            usage_events: tables
+                .iter()
+                .position(|t| t.name == tables::USAGE_EVENTS)
+                .expect("usage_events"),
+            tables,
+        }
+    }
+
     /// Every table the catalogue writes.
     pub fn tables(&self) -> &[Table] {
         &self.tables

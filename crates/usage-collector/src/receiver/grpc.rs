@@ -46,8 +46,7 @@ const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: &str = "8";
 
 /// One OTLP export method: the service it belongs to, and what it does with a request's
-/// protobuf bytes. The bytes are kept as received so the spool stores them without encoding
-/// the request a second time.
+/// protobuf bytes (handed over undecoded, so each request is decoded exactly once).
 pub trait Export: Send + Sync + 'static {
     /// The gRPC service name, e.g. `opentelemetry.proto.collector.logs.v1.LogsService`.
     const SERVICE: &'static str;
@@ -83,10 +82,10 @@ impl Export for Logs {
     async fn export(&self, bytes: Bytes) -> Result<ExportLogsServiceResponse, Status> {
         let ingest = &self.0;
         ingest.gate(Signal::Log)?;
-        let request = ExportLogsServiceRequest::decode(bytes.clone()).map_err(undecodable)?;
+        let request = ExportLogsServiceRequest::decode(bytes).map_err(undecodable)?;
         let now = convert::now_unix_nano();
         let converted = convert::logs(request, &ingest.catalog, now);
-        let partial = ingest.accept(Signal::Log, bytes, now, converted).await?;
+        let partial = ingest.accept(Signal::Log, now, converted).await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: partial.rejected,
@@ -103,10 +102,10 @@ impl Export for Traces {
     async fn export(&self, bytes: Bytes) -> Result<ExportTraceServiceResponse, Status> {
         let ingest = &self.0;
         ingest.gate(Signal::Span)?;
-        let request = ExportTraceServiceRequest::decode(bytes.clone()).map_err(undecodable)?;
+        let request = ExportTraceServiceRequest::decode(bytes).map_err(undecodable)?;
         let now = convert::now_unix_nano();
         let converted = convert::traces(request, &ingest.catalog, now);
-        let partial = ingest.accept(Signal::Span, bytes, now, converted).await?;
+        let partial = ingest.accept(Signal::Span, now, converted).await?;
         Ok(ExportTraceServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: partial.rejected,

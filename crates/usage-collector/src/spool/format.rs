@@ -6,31 +6,34 @@ use prost::bytes::Bytes;
 pub const HEADER: usize = 8;
 /// Payload format version.
 const VERSION: u8 = 1;
-/// Bytes of the payload before the OTLP request.
+/// Bytes of the payload before its body.
 const PAYLOAD_HEADER: usize = 10;
 /// Largest payload accepted when reading (anything larger is corruption).
 pub const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
 
-/// Which OTLP request a record holds.
+/// What a record's body holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpoolSignal {
-    /// `ExportLogsServiceRequest`.
+    /// An OTLP `ExportLogsServiceRequest` as received (written by collectors before rows
+    /// records; still read).
     Logs,
-    /// `ExportTraceServiceRequest`.
+    /// An OTLP `ExportTraceServiceRequest` as received (as [`SpoolSignal::Logs`]).
     Traces,
-    /// A collector heartbeat; the payload is the collector's instance name.
+    /// A collector heartbeat; the body is the collector's instance name.
     Heartbeat,
+    /// An accepted request's events, mapped to rows ([`super::rows`]).
+    Rows,
 }
 
-/// One spooled request.
+/// One spooled record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payload {
     /// Its signal.
     pub signal: SpoolSignal,
     /// When the collector received it (the time of records that carry none).
     pub received_unix_nano: u64,
-    /// The OTLP request, protobuf-encoded.
-    pub request: Bytes,
+    /// What the signal says it holds.
+    pub body: Bytes,
 }
 
 /// Why bytes are not a record.
@@ -53,7 +56,7 @@ pub enum DecodeError {
 impl Payload {
     /// Appends this payload as one record to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let length = PAYLOAD_HEADER + self.request.len();
+        let length = PAYLOAD_HEADER + self.body.len();
         let start = out.len();
         out.extend_from_slice(&(length as u32).to_le_bytes());
         out.extend_from_slice(&[0; 4]);
@@ -62,16 +65,17 @@ impl Payload {
             SpoolSignal::Logs => 1,
             SpoolSignal::Traces => 2,
             SpoolSignal::Heartbeat => 3,
+            SpoolSignal::Rows => 4,
         });
         out.extend_from_slice(&self.received_unix_nano.to_le_bytes());
-        out.extend_from_slice(&self.request);
+        out.extend_from_slice(&self.body);
         let crc = crc32fast::hash(&out[start + HEADER..]);
         out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     }
 
     /// Size of this payload's record.
     pub fn record_len(&self) -> usize {
-        HEADER + PAYLOAD_HEADER + self.request.len()
+        HEADER + PAYLOAD_HEADER + self.body.len()
     }
 
     /// Decodes the record at the start of `data`; returns it and its length.
@@ -92,6 +96,7 @@ impl Payload {
             (VERSION, 1) => SpoolSignal::Logs,
             (VERSION, 2) => SpoolSignal::Traces,
             (VERSION, 3) => SpoolSignal::Heartbeat,
+            (VERSION, 4) => SpoolSignal::Rows,
             _ => return Err(DecodeError::BadPayload),
         };
         let received_unix_nano = u64::from_le_bytes(body[2..10].try_into().expect("8 bytes"));
@@ -99,7 +104,7 @@ impl Payload {
             Payload {
                 signal,
                 received_unix_nano,
-                request: Bytes::copy_from_slice(&body[PAYLOAD_HEADER..]),
+                body: Bytes::copy_from_slice(&body[PAYLOAD_HEADER..]),
             },
             HEADER + length,
         ))
@@ -115,7 +120,7 @@ mod tests {
         let payload = Payload {
             signal: SpoolSignal::Traces,
             received_unix_nano: 42,
-            request: Bytes::from_static(b"otlp bytes"),
+            body: Bytes::from_static(b"otlp bytes"),
         };
         let mut data = Vec::new();
         payload.encode_into(&mut data);

@@ -12,12 +12,16 @@
 //!
 //! ```text
 //! record  = length:u32le  crc32:u32le  payload[length]
-//! payload = version:u8(=1)  signal:u8(1 logs, 2 traces, 3 heartbeat)  received_unix_nano:u64le  body
+//! payload = version:u8(=1)  signal:u8  received_unix_nano:u64le  body
 //! ```
 //!
-//! The CRC (CRC-32, IEEE) covers the payload. The body is the OTLP export request as received
-//! (protobuf), so a spool survives collector upgrades and catalogue changes; a heartbeat's body
-//! is the collector's instance name.
+//! The CRC (CRC-32, IEEE) covers the payload. An accepted request is one record of signal 4:
+//! its valid events as mapped rows ([`rows`]), so the writer neither decodes OTLP nor maps
+//! again, however long the backlog. Tables and columns are named in each record, so a spool
+//! survives collector upgrades and catalogue changes (values are placed by column name). A
+//! heartbeat (signal 3) holds the collector's instance name. Signals 1 and 2 hold an OTLP
+//! logs or traces export request as received: spools written by earlier collectors hold them,
+//! and the writer still decodes and maps them.
 //! `checkpoint` holds `<segment> <offset>` (text, replaced atomically by rename): everything
 //! before it is in the database.
 //!
@@ -37,9 +41,11 @@
 //! - an unreadable checkpoint means "replay everything" (repeats are no-ops).
 //!
 //! - [`format`]: record encoding and decoding.
+//! - [`rows`]: the body of a rows record: mapped events, tables and columns by name.
 //! - [`wal`]: the [`Spool`]: open and recover, append with group commit, read, checkpoint.
 
 pub mod format;
+pub mod rows;
 pub mod wal;
 
 pub use format::{Payload, SpoolSignal};

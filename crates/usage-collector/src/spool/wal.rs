@@ -724,7 +724,7 @@ mod tests {
         Payload {
             signal: SpoolSignal::Logs,
             received_unix_nano: u64::from(n),
-            request: vec![n; 100].into(),
+            body: vec![n; 100].into(),
         }
     }
 
@@ -863,7 +863,7 @@ mod tests {
         let big = Payload {
             signal: SpoolSignal::Logs,
             received_unix_nano: 1,
-            request: vec![7; READ_BYTES + 1000].into(),
+            body: vec![7; READ_BYTES + 1000].into(),
         };
         spool.append(big.clone()).await.unwrap();
         spool.append(payload(1)).await.unwrap();

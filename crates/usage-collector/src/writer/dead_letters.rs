@@ -11,6 +11,10 @@ use crate::catalog::{Catalog, Mapped, Value};
 use crate::health::Metrics;
 use crate::health::metrics::TableLabels;
 use crate::sink::{Sink, WriteError};
+use crate::spool::rows::Unplaced;
+
+/// The `table` label of dead letters whose table the catalogue does not have.
+pub const UNPLACED: &str = "not_in_catalogue";
 
 /// Name of the fallback file in the spool folder.
 pub const FILE: &str = "dead-letters.jsonl";
@@ -39,28 +43,59 @@ impl DeadLetters {
             .row
             .as_ref()
             .map_or("ide_sessions", |(id, _)| catalog.tables()[*id].name);
-        let row = describe(catalog, event);
+        self.keep_row(
+            &event.id,
+            table,
+            table,
+            &error.message,
+            describe(catalog, event),
+        )
+        .await;
+    }
+
+    /// Keeps a spooled row whose table this collector's catalogue does not have.
+    pub async fn keep_unplaced(&self, row: &Unplaced, reason: &str) {
+        let columns: Map<String, Json> = row
+            .columns
+            .iter()
+            .map(|(column, value)| (column.clone(), value_json(value)))
+            .collect();
+        let described = json!({ "session_id": null, "columns": columns });
+        self.keep_row(&row.id, &row.table, UNPLACED, reason, described)
+            .await;
+    }
+
+    /// Counts (under `label`) and logs one dead letter, then writes it to the table, else to
+    /// the file.
+    async fn keep_row(
+        &self,
+        id: &[u8; 16],
+        table: &str,
+        label: &'static str,
+        reason: &str,
+        row: Json,
+    ) {
         self.metrics
             .dead_letters
-            .get_or_create(&TableLabels { table })
+            .get_or_create(&TableLabels { table: label })
             .inc();
         tracing::warn!(
             table,
-            event_id = %uuid::Uuid::from_bytes(event.id),
-            reason = %error.message,
+            event_id = %uuid::Uuid::from_bytes(*id),
+            reason,
             "row refused by the database; kept as a dead letter"
         );
         let Err(db_error) = self
             .sink
-            .write_dead_letter(&event.id, table, &error.message, &row.to_string())
+            .write_dead_letter(id, table, reason, &row.to_string())
             .await
         else {
             return;
         };
         let line = json!({
-            "event_id": uuid::Uuid::from_bytes(event.id).to_string(),
+            "event_id": uuid::Uuid::from_bytes(*id).to_string(),
             "table": table,
-            "reason": error.message,
+            "reason": reason,
             "row": row,
             "dead_letter_table_error": db_error.message,
         });

@@ -18,7 +18,8 @@ use crate::health::metrics::{ReasonLabels, TableLabels};
 use crate::health::{Check, Health, Metrics};
 use crate::receiver::convert;
 use crate::sink::{Sink, WriteError};
-use crate::spool::{Payload, Spool, SpoolSignal};
+use crate::spool::rows::{Rows, Unplaced};
+use crate::spool::{self, Payload, Spool, SpoolSignal};
 
 /// Spool records (requests) read per round: bounds the events held in memory at once.
 const RECORDS_PER_READ: usize = 4;
@@ -72,9 +73,11 @@ impl Writer {
     }
 }
 
-/// Spooled requests, decoded, waiting for the writer stage.
+/// Spooled records, decoded, waiting for the writer stage.
 struct Decoded {
     events: Vec<Mapped>,
+    /// Rows whose table the catalogue no longer has (spooled by another collector version).
+    unplaced: Vec<Unplaced>,
     heartbeats: Vec<(String, u64)>,
     /// Where the checkpoint moves once they are written.
     end: crate::spool::Position,
@@ -185,6 +188,13 @@ impl Drain {
 
     /// Writes one decoded round and its heartbeats; false if stopped before it was written.
     async fn write_round(&self, round: &Decoded) -> bool {
+        for row in &round.unplaced {
+            let reason = format!(
+                "table `{}` is not in this collector's catalogue (the row was spooled by another version)",
+                row.table
+            );
+            self.dead_letters.keep_unplaced(row, &reason).await;
+        }
         for chunk in round.events.chunks(self.settings.batch_size) {
             if self.write_isolating(chunk).await.is_err() {
                 return false;
@@ -259,9 +269,10 @@ impl Drain {
             }
             at = batch.end;
             let records = batch.records.len() as u64;
-            let (events, heartbeats) = self.decode(batch.records, &batch.ends);
+            let (events, unplaced, heartbeats) = self.decode(batch.records, &batch.ends);
             let next = Decoded {
                 events,
+                unplaced,
                 heartbeats,
                 end: batch.end,
                 records,
@@ -272,46 +283,60 @@ impl Drain {
         }
     }
 
-    /// Spooled requests back to events (from the cache when the receiver's mapping is still
-    /// there), and the heartbeats among them. Requests were validated when received, so one
-    /// refused now (only possible across a catalogue change) is logged and skipped.
+    /// Spooled records back to events (from the cache when the receiver's mapping is still
+    /// there), the rows the catalogue has no table for, and the heartbeats. A record that no
+    /// longer decodes (only possible across a collector change) is logged and counted as
+    /// dropped.
     fn decode(
         &self,
         records: Vec<Payload>,
         ends: &[crate::spool::Position],
-    ) -> (Vec<Mapped>, Vec<(String, u64)>) {
+    ) -> (Vec<Mapped>, Vec<Unplaced>, Vec<(String, u64)>) {
         let mut events = Vec::new();
+        let mut unplaced = Vec::new();
         let mut heartbeats = Vec::new();
+        let otlp = |converted: convert::Converted| Rows {
+            events: converted.events,
+            unplaced: Vec::new(),
+        };
         for (record, end) in records.into_iter().zip(ends) {
             if let Some(mapped) = self.cache.take(*end) {
                 events.extend(mapped);
                 continue;
             }
-            let converted = match record.signal {
-                SpoolSignal::Logs => ExportLogsServiceRequest::decode(&record.request[..])
-                    .map(|r| convert::logs(r, &self.catalog, record.received_unix_nano)),
-                SpoolSignal::Traces => ExportTraceServiceRequest::decode(&record.request[..])
-                    .map(|r| convert::traces(r, &self.catalog, record.received_unix_nano)),
+            let decoded = match record.signal {
+                SpoolSignal::Rows => {
+                    spool::rows::decode(&self.catalog, &record.body).map_err(|e| e.to_string())
+                }
+                SpoolSignal::Logs => ExportLogsServiceRequest::decode(&record.body[..])
+                    .map(|r| otlp(convert::logs(r, &self.catalog, record.received_unix_nano)))
+                    .map_err(|e| e.to_string()),
+                SpoolSignal::Traces => ExportTraceServiceRequest::decode(&record.body[..])
+                    .map(|r| otlp(convert::traces(r, &self.catalog, record.received_unix_nano)))
+                    .map_err(|e| e.to_string()),
                 SpoolSignal::Heartbeat => {
-                    let instance = String::from_utf8_lossy(&record.request).into_owned();
+                    let instance = String::from_utf8_lossy(&record.body).into_owned();
                     heartbeats.push((instance, record.received_unix_nano));
                     continue;
                 }
             };
-            match converted {
-                Ok(converted) => events.extend(converted.events),
-                Err(e) => {
+            match decoded {
+                Ok(rows) => {
+                    events.extend(rows.events);
+                    unplaced.extend(rows.unplaced);
+                }
+                Err(error) => {
                     self.metrics
                         .records_dropped
                         .get_or_create(&ReasonLabels {
                             reason: "undecodable",
                         })
                         .inc();
-                    tracing::error!(error = %e, "a spooled request no longer decodes; skipped and counted as dropped");
+                    tracing::error!(error, signal = ?record.signal, at = ?end, "a spooled record no longer decodes; skipped and counted as dropped");
                 }
             }
         }
-        (events, heartbeats)
+        (events, unplaced, heartbeats)
     }
 
     /// Moves the heartbeat rows forward. A failure is logged and counted but never holds up
