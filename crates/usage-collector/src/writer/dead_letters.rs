@@ -152,3 +152,62 @@ fn value_json(value: &Value) -> Json {
         Value::Time(t) => Json::String(t.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseSettings;
+
+    #[tokio::test]
+    async fn a_row_whose_table_is_gone_is_kept_with_its_columns_and_counted() {
+        let dir = std::env::temp_dir().join(format!("usage-unplaced-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}", dir.join("usage.db").display());
+        let sink = Sink::open(&DatabaseSettings::new(&url), Arc::new(Catalog::built_in())).unwrap();
+        sink.migrate().await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let dead_letters = DeadLetters::new(sink.clone(), &dir, metrics.clone());
+        let row = Unplaced {
+            id: [9; 16],
+            table: "retired_table".into(),
+            columns: vec![
+                ("event_id".into(), Value::Id([9; 16])),
+                ("page_path".into(), Value::Text("/old".into())),
+            ],
+        };
+        dead_letters
+            .keep_unplaced(
+                &row,
+                "table `retired_table` is not in this collector's catalogue",
+            )
+            .await;
+
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        let (table, reason, data): (String, String, String) =
+            sqlx::query_as("SELECT table_name, reason, row_data FROM dead_letters")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(table, "retired_table");
+        assert!(
+            reason.contains("not in this collector's catalogue"),
+            "{reason}"
+        );
+        let data: Json = serde_json::from_str(&data).unwrap();
+        assert_eq!(data["columns"]["page_path"], "/old");
+        assert_eq!(
+            data["columns"]["event_id"],
+            uuid::Uuid::from_bytes([9; 16]).to_string()
+        );
+        assert_eq!(
+            metrics
+                .dead_letters
+                .get_or_create(&TableLabels { table: UNPLACED })
+                .get(),
+            1
+        );
+        pool.close().await;
+        sink.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
