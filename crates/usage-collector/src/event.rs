@@ -140,6 +140,15 @@ pub fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::
         .and_then(|v| v.value.as_ref())
 }
 
+/// The value of the first attribute named `key`, to take its contents.
+pub fn find_mut<'a>(attributes: &'a mut [KeyValue], key: &str) -> Option<&'a mut any_value::Value> {
+    attributes
+        .iter_mut()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_mut())
+        .and_then(|v| v.value.as_mut())
+}
+
 /// The value as a string slice, if it is a string.
 pub fn as_str(value: &any_value::Value) -> Option<&str> {
     match value {

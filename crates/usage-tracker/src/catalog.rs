@@ -263,6 +263,22 @@ mod tests {
         assert!(super::event("no_such_event").is_none());
     }
 
+    /// The collector moves each attribute's value into one column, so no event may read a key
+    /// twice (its own list, plus the common attributes every event carries).
+    #[test]
+    fn each_event_reads_an_attribute_key_once() {
+        for event in BUILT_IN {
+            let keys: Vec<&str> = COMMON
+                .iter()
+                .chain(event.attributes)
+                .map(|a| a.key)
+                .collect();
+            for (i, key) in keys.iter().enumerate() {
+                assert!(!keys[..i].contains(key), "{}: `{key}` twice", event.name);
+            }
+        }
+    }
+
     #[test]
     fn text_columns_have_a_width_and_others_do_not() {
         for attribute in BUILT_IN.iter().flat_map(|e| e.attributes).chain(COMMON) {

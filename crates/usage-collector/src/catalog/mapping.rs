@@ -15,7 +15,7 @@ use usage_tracker::catalog::{self, AttrType, Attribute, SpanOverride, events, ke
 
 use super::rows::{SessionRow, Value};
 use super::tables::{self as table_defs, Column, ColumnType, Table, TableId};
-use crate::event::{UsageEvent, describe, find};
+use crate::event::{UsageEvent, describe, find_mut};
 
 /// Why an event could not be mapped to a row.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -123,8 +123,9 @@ impl Catalog {
         &self.tables
     }
 
-    /// Maps one event.
-    pub fn map(&self, event: &UsageEvent) -> Result<Mapped, MapError> {
+    /// Maps one event, moving its attribute strings into the row instead of copying them
+    /// (the event keeps its name, service, ids and span facts).
+    pub fn map(&self, event: &mut UsageEvent) -> Result<Mapped, MapError> {
         let mut truncated = Vec::new();
         let time = timestamp(event.time_unix_nano)?;
         let spec = catalog::event(&event.name);
@@ -136,7 +137,7 @@ impl Catalog {
         let table_name = table_id.map_or(tables::IDE_SESSIONS, |id| self.tables[id].name);
         // Cut once here so the event row and the session row agree on the session's id.
         let [session_id, user_id] = [&catalog::COMMON[0], &catalog::COMMON[1]].map(|attribute| {
-            let mut value = text_attr(&event.attributes, attribute)?;
+            let mut value = text_attr(&mut event.attributes, attribute)?;
             if let (Some(text), Some(width)) = (value.as_mut(), attribute.max_chars)
                 && cut(text, width)
             {
@@ -145,6 +146,11 @@ impl Catalog {
             Ok::<_, MapError>(value)
         });
         let (session_id, user_id) = (session_id?, user_id?);
+        // Before the row takes the event's attributes.
+        let (user_agent, ip_address) = (
+            session_text(event, keys::USER_AGENT),
+            session_text(event, keys::CLIENT_ADDRESS),
+        );
         let row = match table_id {
             Some(id) => {
                 let table = &self.tables[id];
@@ -176,8 +182,8 @@ impl Catalog {
                 start_time: time,
                 last_activity: time,
                 end_time: (event.name == events::SESSION_END).then_some(time),
-                user_agent: session_text(event, keys::USER_AGENT),
-                ip_address: session_text(event, keys::CLIENT_ADDRESS),
+                user_agent,
+                ip_address,
             };
             cut_session(&mut session, &mut truncated);
             (id, session)
@@ -192,7 +198,7 @@ impl Catalog {
 
     fn fill_catalogue(
         &self,
-        event: &UsageEvent,
+        event: &mut UsageEvent,
         spec: &'static catalog::Event,
         table: &Table,
         values: &mut Vec<Value>,
@@ -238,21 +244,24 @@ fn timestamp(unix_nano: u64) -> Result<PrimitiveDateTime, MapError> {
         .ok_or(MapError::TimeOutOfRange { unix_nano })
 }
 
-fn text_attr(attributes: &[KeyValue], attribute: &Attribute) -> Result<Option<String>, MapError> {
-    match find(attributes, attribute.key) {
+fn text_attr(
+    attributes: &mut [KeyValue],
+    attribute: &Attribute,
+) -> Result<Option<String>, MapError> {
+    match find_mut(attributes, attribute.key) {
         None => Ok(None),
-        Some(any_value::Value::StringValue(s)) => Ok(Some(s.clone())),
+        Some(any_value::Value::StringValue(s)) => Ok(Some(std::mem::take(s))),
         Some(other) => Err(wrong_type(attribute.key, "a string", other)),
     }
 }
 
 /// The session's user agent and address come from `session_start`, as the catalogue maps them.
-fn session_text(event: &UsageEvent, key: &str) -> Option<String> {
+fn session_text(event: &mut UsageEvent, key: &str) -> Option<String> {
     if event.name != events::SESSION_START {
         return None;
     }
-    match find(&event.attributes, key) {
-        Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+    match find_mut(&mut event.attributes, key) {
+        Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(std::mem::take(s)),
         _ => None,
     }
 }
@@ -265,8 +274,10 @@ fn wrong_type(key: &'static str, expected: &'static str, got: &any_value::Value)
     }
 }
 
+/// The attribute's value for its column; a string is moved out of the event (each attribute
+/// key is mapped to one column at most).
 fn attribute_value(
-    event: &UsageEvent,
+    event: &mut UsageEvent,
     attribute: &Attribute,
     event_name: &'static str,
 ) -> Result<Value, MapError> {
@@ -282,7 +293,7 @@ fn attribute_value(
             _ => {}
         }
     }
-    let Some(value) = find(&event.attributes, attribute.key) else {
+    let Some(value) = find_mut(&mut event.attributes, attribute.key) else {
         return if attribute.required {
             Err(MapError::MissingAttribute {
                 event: event_name,
@@ -295,11 +306,13 @@ fn attribute_value(
     use any_value::Value as V;
     let key = attribute.key;
     Ok(match (attribute.ty, value) {
-        (AttrType::Str | AttrType::StrOrFirstOfArray, V::StringValue(s)) => Value::Text(s.clone()),
+        (AttrType::Str | AttrType::StrOrFirstOfArray, V::StringValue(s)) => {
+            Value::Text(std::mem::take(s))
+        }
         (AttrType::StrOrFirstOfArray, V::ArrayValue(array)) => {
-            match array.values.first().and_then(|v| v.value.as_ref()) {
+            match array.values.first_mut().and_then(|v| v.value.as_mut()) {
                 None => Value::Null,
-                Some(V::StringValue(s)) => Value::Text(s.clone()),
+                Some(V::StringValue(s)) => Value::Text(std::mem::take(s)),
                 Some(other) => return Err(wrong_type(key, "a string or string array", other)),
             }
         }
@@ -321,10 +334,10 @@ fn attribute_value(
                 key,
                 error: e.to_string(),
             })?;
-            Value::Json(s.clone())
+            Value::Json(std::mem::take(s))
         }
-        (AttrType::Json, V::KvlistValue(_) | V::ArrayValue(_)) => {
-            Value::Json(to_json(value).to_string())
+        (AttrType::Json, nested @ (V::KvlistValue(_) | V::ArrayValue(_))) => {
+            Value::Json(to_json(nested).to_string())
         }
         (AttrType::Json, other) => {
             return Err(wrong_type(key, "a JSON string or key-value list", other));
@@ -521,7 +534,7 @@ mod tests {
                 any_value::Value::DoubleValue(12.0),
             )],
         );
-        let (_, row) = catalog.map(&ok).unwrap().row.unwrap();
+        let (_, row) = catalog.map(&mut ok.clone()).unwrap().row.unwrap();
         assert!(row.contains(&Value::Int(12)));
         assert!(
             row.contains(&Value::Bool(true)),
@@ -537,12 +550,12 @@ mod tests {
             )],
         );
         assert_eq!(
-            catalog.map(&bad).unwrap_err().to_string(),
+            catalog.map(&mut bad.clone()).unwrap_err().to_string(),
             "attribute `program.lines` must be an integer, got double 1.5"
         );
         let missing = event("feature_use", vec![string_attr(keys::SESSION_ID, "s")]);
         assert_eq!(
-            catalog.map(&missing).unwrap_err(),
+            catalog.map(&mut missing.clone()).unwrap_err(),
             MapError::MissingAttribute {
                 event: "feature_use",
                 key: keys::FEATURE_NAME
@@ -560,7 +573,7 @@ mod tests {
                 string_attr(keys::CLIENT_ADDRESS, "10.1.2.3"),
             ],
         );
-        let mapped = catalog.map(&start).unwrap();
+        let mapped = catalog.map(&mut start.clone()).unwrap();
         assert!(mapped.row.is_none());
         let (id, session) = mapped.session.unwrap();
         assert_eq!(id, "s");

@@ -76,7 +76,7 @@ impl<'a> Builder<'a> {
         position: impl Fn() -> String,
     ) {
         self.out.received += 1;
-        let event = match decoded {
+        let mut event = match decoded {
             Ok(event) => event,
             Err(e) => {
                 return self
@@ -85,7 +85,7 @@ impl<'a> Builder<'a> {
                     .add(e.reason(), || format!("{}: {e}", position()));
             }
         };
-        match self.catalog.map(&event) {
+        match self.catalog.map(&mut event) {
             Ok(mut mapped) => {
                 self.out.truncated.append(&mut mapped.truncated);
                 self.out.events.push(mapped);
