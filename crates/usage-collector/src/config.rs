@@ -25,8 +25,9 @@ pub mod defaults {
     /// Largest accepted request after decompression (the OTLP specification's recommendation).
     pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
     /// Database connections in the pool: the writer runs a transaction on all but one at once
-    /// (four measured fastest on a 2-core machine; see docs/performance.md).
-    pub const POOL_SIZE: u32 = 5;
+    /// (three measured fastest on a 2-core machine, with the least database spinning; see
+    /// docs/performance.md).
+    pub const POOL_SIZE: u32 = 4;
     /// How long to wait for a database connection.
     pub const CONNECT_TIMEOUT_SECS: u64 = 5;
     /// Most rows written in one transaction.
@@ -332,7 +333,7 @@ pub struct Overrides {
     /// CA certificate (PEM) for verify-ca and verify-identity.
     #[arg(long, env = "USAGE_DATABASE_TLS_CA", global = true)]
     pub database_tls_ca: Option<PathBuf>,
-    /// Database connections in the pool; the writer uses all but one at once [default: 5]
+    /// Database connections in the pool; the writer uses all but one at once [default: 4]
     #[arg(long, env = "USAGE_DATABASE_POOL_SIZE", global = true)]
     pub database_pool_size: Option<u32>,
     /// Seconds to wait for a database connection [default: 5]
