@@ -172,7 +172,8 @@ pub fn decode(catalog: &Catalog, mut body: &[u8]) -> Result<Rows, RowsError> {
                 let (placement, width) = placements.get(k - 1).ok_or(RowsError::Malformed(
                     "row names a table the record does not list",
                 ))?;
-                let mut values = Vec::with_capacity(*width);
+                // Every value takes at least a byte: a damaged width cannot reserve more.
+                let mut values = Vec::with_capacity((*width).min(buf.len()));
                 for _ in 0..*width {
                     values.push(get_value(buf)?);
                 }
@@ -518,6 +519,31 @@ mod tests {
             events[1].row.clone().unwrap().1
         );
         assert_eq!((&rows.events[2], &rows.events[4]), (&events[2], &events[4]));
+    }
+
+    #[test]
+    fn any_damage_is_an_error_or_a_value_never_a_panic() {
+        let catalog = Catalog::built_in();
+        let mut body = Vec::new();
+        encode(&catalog, &events(&catalog), &mut body);
+        // Every byte set to values that make lengths, counts and tags absurd.
+        for at in 0..body.len() {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut damaged = body.clone();
+                damaged[at] = byte;
+                if let Ok(rows) = decode(&catalog, &damaged) {
+                    // A changed byte can only change values, not invent events.
+                    assert!(rows.events.len() <= 5, "byte {at} = {byte}");
+                }
+            }
+        }
+        // A huge table width or event count, then nothing behind it.
+        let mut huge = vec![FORMAT, 1, 1, b't', 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert_eq!(decode(&catalog, &huge), Err(RowsError::Truncated));
+        huge = vec![
+            FORMAT, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+        ];
+        assert_eq!(decode(&catalog, &huge), Err(RowsError::Truncated));
     }
 
     #[test]
