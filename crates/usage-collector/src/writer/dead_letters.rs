@@ -60,7 +60,8 @@ impl DeadLetters {
             .iter()
             .map(|(column, value)| (column.clone(), value_json(value)))
             .collect();
-        let described = json!({ "session_id": null, "columns": columns });
+        let session_id = columns.get("session_id").cloned().unwrap_or(Json::Null);
+        let described = json!({ "session_id": session_id, "columns": columns });
         self.keep_row(&row.id, &row.table, UNPLACED, reason, described)
             .await;
     }
@@ -83,7 +84,7 @@ impl DeadLetters {
             table,
             event_id = %uuid::Uuid::from_bytes(*id),
             reason,
-            "row refused by the database; kept as a dead letter"
+            "row not written; kept as a dead letter with the reason"
         );
         let Err(db_error) = self
             .sink
@@ -172,6 +173,7 @@ mod tests {
             table: "retired_table".into(),
             columns: vec![
                 ("event_id".into(), Value::Id([9; 16])),
+                ("session_id".into(), Value::Text("s-1".into())),
                 ("page_path".into(), Value::Text("/old".into())),
             ],
         };
@@ -195,6 +197,7 @@ mod tests {
         );
         let data: Json = serde_json::from_str(&data).unwrap();
         assert_eq!(data["columns"]["page_path"], "/old");
+        assert_eq!(data["session_id"], "s-1");
         assert_eq!(
             data["columns"]["event_id"],
             uuid::Uuid::from_bytes([9; 16]).to_string()
