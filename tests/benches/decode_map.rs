@@ -1,5 +1,7 @@
 //! Cost of turning an OTLP logs request into rows: decode each record into a usage event, map
-//! it through the catalogue, and group the rows into batches. No I/O.
+//! it through the catalogue, and group the rows into batches; and of the spool's rows records:
+//! encoding a request's mapped events (the receiver) and decoding them (the writer, when its
+//! cache of mapped rows misses). No I/O.
 //!
 //! Run with `cargo bench -p usage-pipeline-tests --bench decode_map`; criterion reports the time
 //! per request and the records per second.
@@ -86,5 +88,25 @@ fn decode_and_map(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_and_map);
+fn spool_rows(c: &mut Criterion) {
+    let catalog = Catalog::built_in();
+    let events = convert::logs(request(512), &catalog, 500).events;
+    let mut body = Vec::new();
+    usage_collector::spool::rows::encode(&catalog, &events, &mut body);
+    let mut group = c.benchmark_group("spool_rows");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    group.bench_function("encode_512_records", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(body.len());
+            usage_collector::spool::rows::encode(&catalog, &events, &mut out);
+            out
+        })
+    });
+    group.bench_function("decode_512_records", |b| {
+        b.iter(|| usage_collector::spool::rows::decode(&catalog, &body).expect("rows"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_and_map, spool_rows);
 criterion_main!(benches);
