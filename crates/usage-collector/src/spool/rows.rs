@@ -27,6 +27,8 @@ use crate::catalog::{Catalog, Mapped, SessionRow, TableId, Value};
 
 /// Layout version of a rows body.
 const FORMAT: u8 = 1;
+/// Fewest bytes an event takes: its id, its place and its session flag.
+const MIN_EVENT_BYTES: usize = 16 + 1 + 1;
 
 /// Why a rows body cannot be read (the record's CRC passed, so this means a writer bug or a
 /// body from a newer collector).
@@ -160,7 +162,7 @@ pub fn decode(catalog: &Catalog, mut body: &[u8]) -> Result<Rows, RowsError> {
     }
     let count = get_len(buf)?;
     let mut rows = Rows {
-        events: Vec::with_capacity(count.min(buf.len() / 17)),
+        events: Vec::with_capacity(count.min(buf.len() / MIN_EVENT_BYTES)),
         unplaced: Vec::new(),
     };
     for _ in 0..count {
@@ -172,32 +174,13 @@ pub fn decode(catalog: &Catalog, mut body: &[u8]) -> Result<Rows, RowsError> {
                 let (placement, width) = placements.get(k - 1).ok_or(RowsError::Malformed(
                     "row names a table the record does not list",
                 ))?;
-                // Every value takes at least a byte: a damaged width cannot reserve more.
-                let mut values = Vec::with_capacity((*width).min(buf.len()));
+                // `width` is the number of column names the record listed, so it is bounded
+                // by the body's size.
+                let mut values = Vec::with_capacity(*width);
                 for _ in 0..*width {
                     values.push(get_value(buf)?);
                 }
-                match placement {
-                    Placement::Same(table) => Some((*table, values)),
-                    Placement::Projected(table, from) => Some((
-                        *table,
-                        from.iter()
-                            .map(|i| {
-                                i.map_or(Value::Null, |i| {
-                                    std::mem::replace(&mut values[i], Value::Null)
-                                })
-                            })
-                            .collect(),
-                    )),
-                    Placement::Gone(table, columns) => {
-                        rows.unplaced.push(Unplaced {
-                            id,
-                            table: table.clone(),
-                            columns: columns.iter().cloned().zip(values).collect(),
-                        });
-                        None
-                    }
-                }
+                place_row(placement, id, values, &mut rows.unplaced)
             }
         };
         let session = match get_u8(buf)? {
@@ -216,6 +199,38 @@ pub fn decode(catalog: &Catalog, mut body: &[u8]) -> Result<Rows, RowsError> {
         return Err(RowsError::Malformed("bytes after the last event"));
     }
     Ok(rows)
+}
+
+/// One row's values, as the record listed its columns, in the current catalogue's table; a
+/// row whose table is gone is set aside as [`Unplaced`].
+fn place_row(
+    placement: &Placement,
+    id: [u8; 16],
+    mut values: Vec<Value>,
+    unplaced: &mut Vec<Unplaced>,
+) -> Option<(TableId, Vec<Value>)> {
+    match placement {
+        Placement::Same(table) => Some((*table, values)),
+        Placement::Projected(table, from) => {
+            let projected = from
+                .iter()
+                .map(|i| {
+                    i.map_or(Value::Null, |i| {
+                        std::mem::replace(&mut values[i], Value::Null)
+                    })
+                })
+                .collect();
+            Some((*table, projected))
+        }
+        Placement::Gone(table, columns) => {
+            unplaced.push(Unplaced {
+                id,
+                table: table.clone(),
+                columns: columns.iter().cloned().zip(values).collect(),
+            });
+            None
+        }
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, text: &str) {

@@ -18,7 +18,7 @@ use crate::health::metrics::{ReasonLabels, TableLabels};
 use crate::health::{Check, Health, Metrics};
 use crate::receiver::convert;
 use crate::sink::{Sink, WriteError};
-use crate::spool::rows::{Rows, Unplaced};
+use crate::spool::rows::Rows;
 use crate::spool::{self, Payload, Spool, SpoolSignal};
 
 /// Spool records (requests) read per round: bounds the events held in memory at once.
@@ -75,9 +75,9 @@ impl Writer {
 
 /// Spooled records, decoded, waiting for the writer stage.
 struct Decoded {
-    events: Vec<Mapped>,
-    /// Rows whose table the catalogue no longer has (spooled by another collector version).
-    unplaced: Vec<Unplaced>,
+    /// The events, and rows whose table the catalogue no longer has (spooled by another
+    /// collector version).
+    rows: Rows,
     heartbeats: Vec<(String, u64)>,
     /// Where the checkpoint moves once they are written.
     end: crate::spool::Position,
@@ -188,14 +188,14 @@ impl Drain {
 
     /// Writes one decoded round and its heartbeats; false if stopped before it was written.
     async fn write_round(&self, round: &Decoded) -> bool {
-        for row in &round.unplaced {
+        for row in &round.rows.unplaced {
             let reason = format!(
                 "table `{}` is not in this collector's catalogue (the row was spooled by another version)",
                 row.table
             );
             self.dead_letters.keep_unplaced(row, &reason).await;
         }
-        for chunk in round.events.chunks(self.settings.batch_size) {
+        for chunk in round.rows.events.chunks(self.settings.batch_size) {
             if self.write_isolating(chunk).await.is_err() {
                 return false;
             }
@@ -269,10 +269,9 @@ impl Drain {
             }
             at = batch.end;
             let records = batch.records.len() as u64;
-            let (events, unplaced, heartbeats) = self.decode(batch.records, &batch.ends);
+            let (rows, heartbeats) = self.decode(batch.records, &batch.ends);
             let next = Decoded {
-                events,
-                unplaced,
+                rows,
                 heartbeats,
                 end: batch.end,
                 records,
@@ -291,9 +290,8 @@ impl Drain {
         &self,
         records: Vec<Payload>,
         ends: &[crate::spool::Position],
-    ) -> (Vec<Mapped>, Vec<Unplaced>, Vec<(String, u64)>) {
-        let mut events = Vec::new();
-        let mut unplaced = Vec::new();
+    ) -> (Rows, Vec<(String, u64)>) {
+        let mut rows = Rows::default();
         let mut heartbeats = Vec::new();
         let otlp = |converted: convert::Converted| Rows {
             events: converted.events,
@@ -301,7 +299,7 @@ impl Drain {
         };
         for (record, end) in records.into_iter().zip(ends) {
             if let Some(mapped) = self.cache.take(*end) {
-                events.extend(mapped);
+                rows.events.extend(mapped);
                 continue;
             }
             let decoded = match record.signal {
@@ -321,9 +319,9 @@ impl Drain {
                 }
             };
             match decoded {
-                Ok(rows) => {
-                    events.extend(rows.events);
-                    unplaced.extend(rows.unplaced);
+                Ok(decoded) => {
+                    rows.events.extend(decoded.events);
+                    rows.unplaced.extend(decoded.unplaced);
                 }
                 Err(error) => {
                     self.metrics
@@ -336,7 +334,7 @@ impl Drain {
                 }
             }
         }
-        (events, unplaced, heartbeats)
+        (rows, heartbeats)
     }
 
     /// Moves the heartbeat rows forward. A failure is logged and counted but never holds up
