@@ -9,7 +9,7 @@
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use usage_collector::catalog::Catalog;
-use usage_collector::receiver::convert;
+use usage_collector::catalog::convert;
 use usage_pipeline_tests::fixtures::*;
 
 /// 512 records: page visits, program runs, feature use and custom events, each with an id.

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::catalog::Catalog;
 use crate::config::Settings;
+use crate::health::metrics::KnownLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::receiver::{self, Ingest};
 use crate::sink::{Sink, Step, VerifyError};
@@ -90,6 +91,7 @@ impl Application {
         let catalog = Arc::new(Catalog::built_in());
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
+        start_metrics_at_zero(&metrics, &catalog);
         let health = Health::new();
         let dir = settings.spool.dir.clone();
         let max_bytes = settings.spool.max_bytes;
@@ -108,12 +110,16 @@ impl Application {
             "spool opened"
         );
         metrics
-            .spool_quarantined
+            .spool_quarantined_segments
             .inc_by(recovery.quarantined.len() as u64);
-        metrics.attach_spool(spool.clone());
-        health.attach_spool(spool.clone());
+        let depth: crate::health::metrics::SpoolGauge = {
+            let spool = spool.clone();
+            Arc::new(move || spool.depth())
+        };
+        metrics.attach_spool(spool.capacity(), depth.clone());
+        health.attach_spool(spool.capacity(), depth);
         let dead_letters = DeadLetters::new(sink.clone(), &settings.spool.dir, metrics.clone());
-        let cache = Arc::new(crate::writer::cache::RowCache::default());
+        let cache = Arc::new(crate::spool::cache::RowCache::default());
         let (writer, writer_task) = Writer::spawn(
             spool.clone(),
             sink.clone(),
@@ -129,7 +135,7 @@ impl Application {
             settings.heartbeat_interval,
         ));
         let telemetry = settings.telemetry_endpoint.clone().map(|endpoint| {
-            tokio::spawn(crate::health::otlp::push_metrics(
+            tokio::spawn(crate::telemetry::metrics::push(
                 endpoint,
                 metrics.clone(),
                 settings.instance.clone(),
@@ -262,6 +268,27 @@ impl Application {
     }
 }
 
+/// Starts every series whose labels the stages know up front at zero.
+fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
+    use crate::catalog::MapError;
+    use crate::event::{DecodeError, Signal};
+    use crate::spool::AppendError;
+    let rejected: Vec<&str> = DecodeError::REASONS
+        .into_iter()
+        .chain(MapError::REASONS)
+        .collect();
+    let tables: Vec<&str> = catalog.tables().iter().map(|t| t.name).collect();
+    metrics.start_at_zero(&KnownLabels {
+        signals: &[Signal::Log.as_str(), Signal::Span.as_str()],
+        rejected: &rejected,
+        refused: &AppendError::REASONS,
+        requests_refused: &["too_large"],
+        write_failures: &crate::sink::error::REASONS,
+        dropped: &["undecodable", "dead_letter_lost"],
+        tables: &tables,
+    });
+}
+
 /// Runs migrations (when asked) and verification until they pass, reporting each failure in
 /// the health checks and the log.
 async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics: &Metrics) {
@@ -347,7 +374,7 @@ async fn send_heartbeats(spool: Spool, instance: String, interval: Duration) {
         tick.tick().await;
         let payload = crate::spool::Payload {
             signal: crate::spool::SpoolSignal::Heartbeat,
-            received_unix_nano: crate::receiver::convert::now_unix_nano(),
+            received_unix_nano: crate::event::now_unix_nano(),
             body: prost::bytes::Bytes::copy_from_slice(instance.as_bytes()),
         };
         if let Err(e) = spool.append(payload).await {

@@ -136,25 +136,23 @@ fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::SdkTrac
             .boxed(),
     };
     let mut provider = None;
-    let spans =
-        settings.telemetry_endpoint.as_deref().and_then(
-            |endpoint| match crate::health::otlp::tracer(endpoint, &settings.instance) {
-                Ok((tracer_provider, tracer)) => {
-                    provider = Some(tracer_provider);
-                    let only_ours =
-                        Targets::new().with_target("usage_collector", tracing::Level::INFO);
-                    Some(
-                        tracing_opentelemetry::layer()
-                            .with_tracer(tracer)
-                            .with_filter(only_ours),
-                    )
-                }
-                Err(e) => {
-                    eprintln!("usage-collector: {e}; own traces are not exported");
-                    None
-                }
-            },
-        );
+    let spans = settings.telemetry_endpoint.as_deref().and_then(|endpoint| {
+        match crate::telemetry::traces::tracer(endpoint, &settings.instance) {
+            Ok((tracer_provider, tracer)) => {
+                provider = Some(tracer_provider);
+                let only_ours = Targets::new().with_target("usage_collector", tracing::Level::INFO);
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(only_ours),
+                )
+            }
+            Err(e) => {
+                eprintln!("usage-collector: {e}; own traces are not exported");
+                None
+            }
+        }
+    });
     let installed = tracing_subscriber::registry()
         .with(stdout.with_filter(filter))
         .with(spans)

@@ -18,6 +18,19 @@ use uuid::Uuid;
 /// or whose `event.id` is not a UUID. Changing it would change every derived id: never do.
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a3_1c2e_4b8e_9d0a_7e55_3c8f_2a10);
 
+/// Instrumentation scope of everything a usage collector sends about itself (its own spans and
+/// metrics); records of this scope are refused, so a collector pointed at a usage collector by
+/// mistake cannot turn its own telemetry into usage rows.
+pub const SELF_SCOPE: &str = "usage-collector.self";
+
+/// Now, in nanoseconds since the Unix epoch (the receive time of a request).
+pub fn now_unix_nano() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// The service name OpenTelemetry SDKs use when the app did not set one.
 pub const UNKNOWN_SERVICE: &str = "unknown_service";
 
@@ -218,11 +231,9 @@ impl Origin<'_> {
     /// Refuses the collector's own telemetry, so a misdirected export cannot loop.
     fn check_not_own(&self) -> Result<(), DecodeError> {
         match self.scope {
-            Some(scope) if scope.name == crate::health::otlp::SELF_SCOPE => {
-                Err(DecodeError::OwnTelemetry {
-                    scope: scope.name.clone(),
-                })
-            }
+            Some(scope) if scope.name == SELF_SCOPE => Err(DecodeError::OwnTelemetry {
+                scope: scope.name.clone(),
+            }),
             _ => Ok(()),
         }
     }

@@ -25,6 +25,7 @@ pub mod health;
 pub mod receiver;
 pub mod sink;
 pub mod spool;
+pub mod telemetry;
 pub mod writer;
 
 pub use app::Application;

@@ -25,16 +25,32 @@ pub fn router(health: Health, metrics: Arc<Metrics>) -> Router {
         .with_state(AdminState { health, metrics })
 }
 
-async fn metrics_text(State(state): State<AdminState>) -> Response {
-    match state.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
+/// OpenMetrics unless the scraper asks only for the Prometheus text format (`text/plain`), as
+/// Prometheus does when told to, and as older scrapers always do.
+fn wants_openmetrics(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .all(|accept| {
+            accept.contains("application/openmetrics-text") || !accept.contains("text/plain")
+        })
+}
+
+async fn metrics_text(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    let (encoded, content_type) = if wants_openmetrics(&headers) {
+        (
+            state.metrics.encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
-            .into_response(),
+    } else {
+        (
+            state.metrics.encode_prometheus(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    match encoded {
+        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode metrics");
             (
@@ -58,4 +74,29 @@ async fn ready(State(state): State<AdminState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(readiness)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> axum::http::HeaderMap {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(header::ACCEPT, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_text_format_is_served_to_scrapers_that_ask_only_for_it() {
+        assert!(wants_openmetrics(&axum::http::HeaderMap::new()));
+        assert!(wants_openmetrics(&accept(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!wants_openmetrics(&accept("text/plain;version=0.0.4")));
+        let metrics = Metrics::new();
+        metrics.database_up.set(1);
+        let text = metrics.encode_prometheus().unwrap();
+        assert!(text.contains("usage_collector_database_up 1"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+    }
 }

@@ -1,13 +1,14 @@
 //! The collector's own health: metrics, readiness, and the admin HTTP endpoints.
 //!
-//! - [`metrics`]: the one list of metric names and the typed handles that count.
+//! - [`metrics`]: every metric, declared once: name, help text, type and labels.
+//! - [`series`]: the metric types, readable so `/metrics` and the OTLP push share one set of
+//!   values.
 //! - [`state`]: readiness checks (database, schema, writer) with the reason for each failure.
 //! - [`http`]: `/metrics`, `/health/live`, `/health/ready` on the admin port.
-//! - [`otlp`]: the collector's own spans and metrics, sent over OTLP when an endpoint is set.
 
 pub mod http;
 pub mod metrics;
-pub mod otlp;
+pub mod series;
 pub mod state;
 
 pub use metrics::Metrics;

@@ -54,11 +54,21 @@ struct Checks {
 pub const SPOOL_HIGH_WATER: f64 = 0.9;
 
 /// Shared readiness state, updated by verification, the writer and the receiver.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Health {
     checks: Arc<RwLock<Checks>>,
-    spool: Arc<std::sync::OnceLock<crate::spool::Spool>>,
+    /// The spool's (requests, bytes) and its cap, for the spool check.
+    spool: Arc<std::sync::OnceLock<(super::metrics::SpoolGauge, u64)>>,
     closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("checks", &self.checks)
+            .field("closing", &self.closing)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Health {
@@ -82,9 +92,9 @@ impl Health {
         }
     }
 
-    /// The spool whose depth the spool check reads.
-    pub fn attach_spool(&self, spool: crate::spool::Spool) {
-        if self.spool.set(spool).is_err() {
+    /// Where the spool check reads the spool's depth, and its cap.
+    pub fn attach_spool(&self, capacity: u64, depth: super::metrics::SpoolGauge) {
+        if self.spool.set((depth, capacity)).is_err() {
             tracing::debug!("spool already attached to the health checks");
         }
     }
@@ -109,11 +119,11 @@ impl Health {
         if self.closing() {
             return Check::Failed("shutting down: new requests are refused".to_owned());
         }
-        let Some(spool) = self.spool.get() else {
+        let Some((depth, cap)) = self.spool.get() else {
             return Check::Ok;
         };
-        let (records, bytes) = spool.depth();
-        let cap = spool.capacity();
+        let (records, bytes) = depth();
+        let cap = *cap;
         if bytes as f64 >= cap as f64 * SPOOL_HIGH_WATER {
             Check::Failed(format!(
                 "{records} requests ({bytes} of {cap} bytes) wait for the database: above the high-water mark"

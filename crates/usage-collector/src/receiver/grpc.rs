@@ -36,8 +36,8 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
-use super::convert;
 use super::ingest::Ingest;
+use crate::catalog::convert;
 use crate::event::Signal;
 use crate::health::metrics::ReasonLabels;
 
@@ -83,7 +83,7 @@ impl Export for Logs {
         let ingest = &self.0;
         ingest.gate(Signal::Log)?;
         let request = ExportLogsServiceRequest::decode(bytes).map_err(undecodable)?;
-        let now = convert::now_unix_nano();
+        let now = crate::event::now_unix_nano();
         let converted = convert::logs(request, &ingest.catalog, now);
         let partial = ingest.accept(Signal::Log, now, converted).await?;
         Ok(ExportLogsServiceResponse {
@@ -103,7 +103,7 @@ impl Export for Traces {
         let ingest = &self.0;
         ingest.gate(Signal::Span)?;
         let request = ExportTraceServiceRequest::decode(bytes).map_err(undecodable)?;
-        let now = convert::now_unix_nano();
+        let now = crate::event::now_unix_nano();
         let converted = convert::traces(request, &ingest.catalog, now);
         let partial = ingest.accept(Signal::Span, now, converted).await?;
         Ok(ExportTraceServiceResponse {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::convert::Converted;
 use crate::catalog::Catalog;
+use crate::catalog::convert::Converted;
 use crate::event::Signal;
 use crate::health::metrics::{ColumnLabels, SignalLabels, SignalReasonLabels};
 use crate::health::{Health, Metrics};
@@ -41,7 +41,7 @@ pub struct Ingest {
     /// Shutdown flag and checks.
     pub health: Health,
     /// Where mapped rows wait for the writer, so it need not decode them again.
-    pub cache: Arc<crate::writer::cache::RowCache>,
+    pub cache: Arc<crate::spool::cache::RowCache>,
 }
 
 fn retryable(message: String) -> Status {

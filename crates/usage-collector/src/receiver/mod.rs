@@ -1,12 +1,9 @@
 //! OTLP/gRPC: the logs and traces services, and the limits in front of them.
 //!
-//! - [`convert`]: an export request → row batches plus a count and description of the records
-//!   refused on their own.
 //! - [`ingest`]: the path every request takes: shutdown gate, metrics, spool, and the answer
 //!   (OK once on disk, partial success, or a retryable status with RetryInfo).
 //! - [`grpc`]: the tonic services and the server (gzip, size limit, TCP_NODELAY).
 
-pub mod convert;
 pub mod grpc;
 pub mod ingest;
 

@@ -44,6 +44,7 @@
 //! - [`rows`]: the body of a rows record: mapped events, tables and columns by name.
 //! - [`wal`]: the [`Spool`]: open and recover, append with group commit, read, checkpoint.
 
+pub mod cache;
 pub mod format;
 pub mod rows;
 pub mod wal;

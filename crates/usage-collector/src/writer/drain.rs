@@ -12,11 +12,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::dead_letters::DeadLetters;
+use crate::catalog::convert;
 use crate::catalog::{Catalog, Mapped, RowBatch};
 use crate::config::WriterSettings;
 use crate::health::metrics::{ReasonLabels, TableLabels};
 use crate::health::{Check, Health, Metrics};
-use crate::receiver::convert;
 use crate::sink::{Sink, WriteError};
 use crate::spool::rows::Rows;
 use crate::spool::{self, Payload, Spool, SpoolSignal};
@@ -49,7 +49,7 @@ impl Writer {
         metrics: Arc<Metrics>,
         health: Health,
         dead_letters: DeadLetters,
-        cache: Arc<super::cache::RowCache>,
+        cache: Arc<crate::spool::cache::RowCache>,
     ) -> (Writer, WriterTask) {
         let (stop, stopping) = watch::channel(None);
         let drain = Drain {
@@ -97,7 +97,7 @@ struct Drain {
     /// The last transient failure logged, so an outage is logged once, not every retry.
     last_failure: std::sync::Mutex<String>,
     /// Rows the receiver already mapped, by spool position.
-    cache: Arc<super::cache::RowCache>,
+    cache: Arc<crate::spool::cache::RowCache>,
 }
 
 impl Drain {
@@ -405,7 +405,7 @@ impl Drain {
                         .unwrap_or_else(|e| e.into_inner())
                         .clear();
                     self.metrics
-                        .batch_write_duration
+                        .batch_write_duration_seconds
                         .observe(started.elapsed().as_secs_f64());
                     for (table, rows) in &written.rows {
                         self.metrics
@@ -418,7 +418,9 @@ impl Drain {
                     let now = SystemTime::now()
                         .duration_since(SystemTime::UNIX_EPOCH)
                         .unwrap_or_default();
-                    self.metrics.last_write.set(now.as_secs_f64());
+                    self.metrics
+                        .last_write_timestamp_seconds
+                        .set(now.as_secs_f64());
                     self.health.set_database(Check::Ok);
                     self.health.set_writer(Check::Ok);
                     tracing::debug!(

@@ -5,11 +5,9 @@
 //!   transient failures without end (with backoff), and moves the checkpoint only past rounds
 //!   that are committed together with every round before them; stops on shutdown once the
 //!   spool is empty or the deadline has passed.
-//! - [`cache`]: the receiver's mapped rows, kept (within a budget) so a request is decoded once.
 //! - [`dead_letters`]: when the database refuses rows for good, finds the offending events by
 //!   bisecting the batch, writes the rest, and keeps each refused row with its reason.
 
-pub mod cache;
 pub mod dead_letters;
 pub mod drain;
 

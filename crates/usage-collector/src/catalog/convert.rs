@@ -1,7 +1,7 @@
-//! From an OTLP export request to row batches.
+//! From an OTLP export request to mapped events: each record decoded ([`crate::event`]) and
+//! mapped ([`super::mapping`]) on its own, with a count and description of those refused.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -107,14 +107,6 @@ impl<'a> Builder<'a> {
     fn finish(self) -> Converted {
         self.out
     }
-}
-
-/// Now, in nanoseconds since the Unix epoch (the receive time of a request).
-pub fn now_unix_nano() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Converts a logs request received at `now`; each record is decoded and mapped on its own.

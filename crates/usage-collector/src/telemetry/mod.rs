@@ -1,0 +1,14 @@
+//! The collector's own telemetry over OTLP, so it lands wherever the apps' telemetry goes
+//! (Jaeger, Tempo, an OpenTelemetry Collector).
+//!
+//! - [`traces`]: its spans (one per batch write) through `tracing-opentelemetry`.
+//! - [`metrics`]: its metrics, pushed periodically: the same values as `/metrics`.
+//!
+//! Loop guard: everything is sent under the instrumentation scope
+//! [`crate::event::SELF_SCOPE`], which the receiver refuses.
+
+pub mod metrics;
+pub mod traces;
+
+/// `service.name` of the collector's own telemetry.
+pub const SERVICE: &str = "usage-collector";
