@@ -191,7 +191,7 @@ impl Sink {
     ) -> Result<Written, sqlx::Error> {
         with_pool!(self, |pool, Db| {
             let mut tx = pool.begin().await?;
-            let written = sql::write_in::<Db>(&mut tx, &self.catalog, batch).await?;
+            let written = <Db as sql::Driver>::write_in(&mut tx, &self.catalog, batch).await?;
             if commit {
                 tx.commit().await?
             } else {

@@ -14,7 +14,10 @@
 //!    merged start and end (a late event may move an ended session's start): MySQL sets it in
 //!    the upsert itself, SQLite in an UPDATE of the batch's ended sessions.
 
-use sqlx::query_builder::Separated;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
 use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
 use time::PrimitiveDateTime;
 
@@ -103,34 +106,270 @@ pub struct Written {
     pub sessions: u64,
 }
 
-fn push_value<DB>(list: &mut Separated<'_, DB, &'static str>, value: &Value)
+/// A future the shared SQL returns.
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'a>>;
+
+/// A sqlx driver the shared SQL runs on: a [`Dialect`] whose connections execute queries and
+/// whose arguments take every value type a row holds. MySQL and SQLite are both, through the
+/// one blanket impl below, which is the only place the driver's trait bounds are written.
+pub trait Driver: Dialect {
+    /// Writes a batch inside `conn`'s open transaction (the caller commits or rolls back).
+    fn write_in<'a>(
+        conn: &'a mut Self::Connection,
+        catalog: &'a Catalog,
+        batch: &'a RowBatch<'_>,
+    ) -> Boxed<'a, Written>;
+
+    /// Upserts the batch's sessions (every session column but the derived counters).
+    fn upsert_sessions<'a>(
+        conn: &'a mut Self::Connection,
+        sessions: &'a BTreeMap<&str, SessionRow>,
+    ) -> Boxed<'a, u64>;
+
+    /// Recounts counters for the batch's sessions with new runs, and (where the upsert cannot)
+    /// sets the durations of its ended sessions.
+    fn refresh_sessions<'a>(
+        conn: &'a mut Self::Connection,
+        catalog: &'a Catalog,
+        batch: &'a RowBatch<'_>,
+    ) -> Boxed<'a, ()>;
+
+    /// Runs `prefix` + a bound `IN` list of `ids` + `)` + `suffix`, in chunks.
+    fn update_in<'a>(
+        conn: &'a mut Self::Connection,
+        prefix: &'a str,
+        ids: &'a [&str],
+        suffix: &'a str,
+    ) -> Boxed<'a, ()>;
+}
+
+impl<DB> Driver for DB
 where
-    DB: Database,
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments: IntoArguments<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
     bool: for<'q> Encode<'q, DB> + Type<DB>,
     PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
 {
-    match value {
-        Value::Null => list.push("NULL"),
-        Value::Id(id) => list.push_bind(&id[..]),
-        Value::Text(text) | Value::Json(text) => list.push_bind(text.as_str()),
-        Value::Int(int) => list.push_bind(*int),
-        Value::Bool(b) => list.push_bind(*b),
-        Value::Time(time) => list.push_bind(*time),
-    };
+    fn write_in<'a>(
+        conn: &'a mut DB::Connection,
+        catalog: &'a Catalog,
+        batch: &'a RowBatch<'_>,
+    ) -> Boxed<'a, Written> {
+        Box::pin(async move {
+            let mut written = Written::default();
+            for (table_id, rows) in batch.tables() {
+                let table = &catalog.tables()[table_id];
+                debug_assert_eq!(table.kind, TableKind::Events);
+                let per_statement = (MAX_BINDS / table.columns.len()).max(1);
+                let mut inserted = 0;
+                for chunk in rows.chunks(per_statement) {
+                    let mut query = QueryBuilder::<DB>::new(format!(
+                        "INSERT INTO `{}` ({}) ",
+                        table.name,
+                        column_list(table.columns.iter().map(|c| c.name))
+                    ));
+                    query.push_values(chunk, |mut list, row| {
+                        for value in row.iter() {
+                            match value {
+                                Value::Null => list.push("NULL"),
+                                Value::Id(id) => list.push_bind(&id[..]),
+                                Value::Text(text) | Value::Json(text) => {
+                                    list.push_bind(text.as_str())
+                                }
+                                Value::Int(int) => list.push_bind(*int),
+                                Value::Bool(b) => list.push_bind(*b),
+                                Value::Time(time) => list.push_bind(*time),
+                            };
+                        }
+                    });
+                    query.push(DB::ON_DUPLICATE_EVENT);
+                    query.build().execute(&mut *conn).await?;
+                    inserted += chunk.len() as u64;
+                }
+                written.rows.push((table.name, inserted));
+            }
+            if !batch.sessions.is_empty() {
+                written.sessions = DB::upsert_sessions(conn, &batch.sessions).await?;
+                DB::refresh_sessions(conn, catalog, batch).await?;
+            }
+            Ok(written)
+        })
+    }
+
+    fn upsert_sessions<'a>(
+        conn: &'a mut DB::Connection,
+        sessions: &'a BTreeMap<&str, SessionRow>,
+    ) -> Boxed<'a, u64> {
+        Box::pin(async move {
+            let entries: Vec<_> = sessions.iter().collect();
+            for chunk in entries.chunks(MAX_BINDS / SESSION_UPSERT.len()) {
+                let mut query = QueryBuilder::<DB>::new(format!(
+                    "INSERT INTO `ide_sessions` ({}) ",
+                    column_list(SESSION_UPSERT.iter().map(|c| c.name()))
+                ));
+                query.push_values(chunk, |mut list, (id, s)| {
+                    // Each value is chosen by its column's name, so the column list and the
+                    // values cannot drift apart.
+                    for column in SESSION_UPSERT {
+                        let bound: Option<SessionValue<'_>> = match column {
+                            SessionColumn::SessionId => Some(SessionValue::Text(id)),
+                            SessionColumn::Service => Some(SessionValue::Text(s.service.as_str())),
+                            SessionColumn::UserId => s.user_id.as_deref().map(SessionValue::Text),
+                            SessionColumn::StartTime => Some(SessionValue::Time(s.start_time)),
+                            SessionColumn::LastActivity => {
+                                Some(SessionValue::Time(s.last_activity))
+                            }
+                            SessionColumn::EndTime => s.end_time.map(SessionValue::Time),
+                            SessionColumn::DurationSeconds => s
+                                .end_time
+                                .map(|end| SessionValue::Int((end - s.start_time).whole_seconds())),
+                            SessionColumn::UserAgent => {
+                                s.user_agent.as_deref().map(SessionValue::Text)
+                            }
+                            SessionColumn::IpAddress => {
+                                s.ip_address.as_deref().map(SessionValue::Text)
+                            }
+                        };
+                        match bound {
+                            None => list.push("NULL"),
+                            Some(SessionValue::Text(text)) => list.push_bind(text),
+                            Some(SessionValue::Time(time)) => list.push_bind(time),
+                            Some(SessionValue::Int(int)) => list.push_bind(int),
+                        };
+                    }
+                });
+                query.push(DB::ON_DUPLICATE_SESSION);
+                query.build().execute(&mut *conn).await?;
+            }
+            Ok(sessions.len() as u64)
+        })
+    }
+
+    fn refresh_sessions<'a>(
+        conn: &'a mut DB::Connection,
+        catalog: &'a Catalog,
+        batch: &'a RowBatch<'_>,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            // Counters change only for sessions that got program runs in this batch.
+            let runs = catalog
+                .tables()
+                .iter()
+                .position(|t| t.name == usage_tracker::catalog::tables::PROGRAM_EXECUTIONS);
+            let session_column = EVENT_COLUMNS.iter().position(|c| c.name == "session_id");
+            let mut recount: Vec<&str> = match (runs, session_column) {
+                (Some(table), Some(column)) => batch.rows[table]
+                    .iter()
+                    .filter_map(|row| match &row[column] {
+                        Value::Text(id) => Some(id.as_str()),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            recount.sort_unstable();
+            recount.dedup();
+            DB::update_in(conn, COUNTERS, &recount, "").await?;
+            let Some(duration) = DB::DURATION_UPDATE else {
+                return Ok(());
+            };
+            // A duration changes when a session ends, or when a late event moves an ended
+            // session's start: recompute it for every ended session the batch touched.
+            let ids: Vec<&str> = batch.sessions.keys().copied().collect();
+            let durations = format!(
+                "UPDATE `ide_sessions` SET duration_seconds = {duration} WHERE session_id IN ("
+            );
+            DB::update_in(conn, &durations, &ids, " AND end_time IS NOT NULL").await
+        })
+    }
+
+    fn update_in<'a>(
+        conn: &'a mut DB::Connection,
+        prefix: &'a str,
+        ids: &'a [&str],
+        suffix: &'a str,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            for chunk in ids.chunks(MAX_BINDS) {
+                let mut query = QueryBuilder::<DB>::new(prefix);
+                let mut list = query.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                query.push(")");
+                query.push(suffix);
+                query.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
-fn push_optional<DB>(list: &mut Separated<'_, DB, &'static str>, value: Option<&str>)
-where
-    DB: Database,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-{
-    match value {
-        Some(text) => list.push_bind(text),
-        None => list.push("NULL"),
-    };
+/// Recounts a session's counters from `program_executions`.
+const COUNTERS: &str = "UPDATE `ide_sessions` SET \
+     programs_run = (SELECT COUNT(*) FROM `program_executions` p \
+         WHERE p.session_id = ide_sessions.session_id), \
+     lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
+         WHERE p.session_id = ide_sessions.session_id), \
+     errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
+         WHERE p.session_id = ide_sessions.session_id AND NOT p.success) \
+     WHERE session_id IN (";
+
+/// The `ide_sessions` columns a session upsert writes: every one but the counters, which are
+/// derived from `program_executions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionColumn {
+    SessionId,
+    Service,
+    UserId,
+    StartTime,
+    LastActivity,
+    EndTime,
+    DurationSeconds,
+    UserAgent,
+    IpAddress,
+}
+
+const SESSION_UPSERT: [SessionColumn; 9] = [
+    SessionColumn::SessionId,
+    SessionColumn::Service,
+    SessionColumn::UserId,
+    SessionColumn::StartTime,
+    SessionColumn::LastActivity,
+    SessionColumn::EndTime,
+    SessionColumn::DurationSeconds,
+    SessionColumn::UserAgent,
+    SessionColumn::IpAddress,
+];
+
+impl SessionColumn {
+    /// The column's name, as declared in [`SESSION_COLUMNS`].
+    fn name(self) -> &'static str {
+        let name = match self {
+            SessionColumn::SessionId => "session_id",
+            SessionColumn::Service => "service",
+            SessionColumn::UserId => "user_id",
+            SessionColumn::StartTime => "start_time",
+            SessionColumn::LastActivity => "last_activity",
+            SessionColumn::EndTime => "end_time",
+            SessionColumn::DurationSeconds => "duration_seconds",
+            SessionColumn::UserAgent => "user_agent",
+            SessionColumn::IpAddress => "ip_address",
+        };
+        debug_assert!(SESSION_COLUMNS.iter().any(|c| c.name == name));
+        name
+    }
+}
+
+/// One bound session value.
+enum SessionValue<'a> {
+    Text(&'a str),
+    Time(PrimitiveDateTime),
+    Int(i64),
 }
 
 fn column_list(columns: impl IntoIterator<Item = &'static str>) -> String {
@@ -138,166 +377,20 @@ fn column_list(columns: impl IntoIterator<Item = &'static str>) -> String {
     names.join(", ")
 }
 
-/// Writes a batch inside `conn`'s open transaction (the caller commits or rolls back).
-pub async fn write_in<DB>(
-    conn: &mut DB::Connection,
-    catalog: &Catalog,
-    batch: &RowBatch<'_>,
-) -> Result<Written, sqlx::Error>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments: IntoArguments<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    i64: for<'q> Encode<'q, DB> + Type<DB>,
-    bool: for<'q> Encode<'q, DB> + Type<DB>,
-    PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
-{
-    let mut written = Written::default();
-    for (table_id, rows) in batch.tables() {
-        let table = &catalog.tables()[table_id];
-        debug_assert_eq!(table.kind, TableKind::Events);
-        let per_statement = (MAX_BINDS / table.columns.len()).max(1);
-        let mut inserted = 0;
-        for chunk in rows.chunks(per_statement) {
-            let mut query = QueryBuilder::<DB>::new(format!(
-                "INSERT INTO `{}` ({}) ",
-                table.name,
-                column_list(table.columns.iter().map(|c| c.name))
-            ));
-            query.push_values(chunk, |mut list, row| {
-                for value in row.iter() {
-                    push_value(&mut list, value);
-                }
-            });
-            query.push(DB::ON_DUPLICATE_EVENT);
-            query.build().execute(&mut *conn).await?;
-            inserted += chunk.len() as u64;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_upserted_session_column_is_a_session_column_and_the_counters_are_not() {
+        for column in SESSION_UPSERT {
+            assert!(
+                SESSION_COLUMNS.iter().any(|c| c.name == column.name()),
+                "{column:?}"
+            );
         }
-        written.rows.push((table.name, inserted));
-    }
-    if !batch.sessions.is_empty() {
-        written.sessions = upsert_sessions::<DB>(conn, &batch.sessions).await?;
-        refresh_sessions::<DB>(conn, catalog, batch).await?;
-    }
-    Ok(written)
-}
-
-async fn upsert_sessions<DB>(
-    conn: &mut DB::Connection,
-    sessions: &std::collections::BTreeMap<&str, SessionRow>,
-) -> Result<u64, sqlx::Error>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments: IntoArguments<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    i64: for<'q> Encode<'q, DB> + Type<DB>,
-    PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
-{
-    // Every session column but the counters, which are derived from `program_executions`.
-    let columns = [0, 1, 2, 3, 4, 5, 6, 7, 8].map(|i| SESSION_COLUMNS[i].name);
-    let entries: Vec<_> = sessions.iter().collect();
-    for chunk in entries.chunks(MAX_BINDS / columns.len()) {
-        let mut query = QueryBuilder::<DB>::new(format!(
-            "INSERT INTO `ide_sessions` ({}) ",
-            column_list(columns)
-        ));
-        query.push_values(chunk, |mut list, (id, s)| {
-            list.push_bind(**id);
-            list.push_bind(s.service.as_str());
-            push_optional(&mut list, s.user_id.as_deref());
-            list.push_bind(s.start_time);
-            list.push_bind(s.last_activity);
-            match s.end_time {
-                Some(end) => list
-                    .push_bind(end)
-                    .push_bind((end - s.start_time).whole_seconds()),
-                None => list.push("NULL").push("NULL"),
-            };
-            push_optional(&mut list, s.user_agent.as_deref());
-            push_optional(&mut list, s.ip_address.as_deref());
-        });
-        query.push(DB::ON_DUPLICATE_SESSION);
-        query.build().execute(&mut *conn).await?;
-    }
-    Ok(sessions.len() as u64)
-}
-
-/// Recounts counters from `program_executions` for the batch's sessions with new runs, and
-/// (where the upsert cannot) sets the durations of its ended sessions.
-async fn refresh_sessions<DB>(
-    conn: &mut DB::Connection,
-    catalog: &Catalog,
-    batch: &RowBatch<'_>,
-) -> Result<(), sqlx::Error>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments: IntoArguments<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-{
-    // Counters change only for sessions that got program runs in this batch.
-    let runs = catalog
-        .tables()
-        .iter()
-        .position(|t| t.name == usage_tracker::catalog::tables::PROGRAM_EXECUTIONS);
-    let session_column = EVENT_COLUMNS.iter().position(|c| c.name == "session_id");
-    let mut recount: Vec<&str> = match (runs, session_column) {
-        (Some(table), Some(column)) => batch.rows[table]
-            .iter()
-            .filter_map(|row| match &row[column] {
-                Value::Text(id) => Some(id.as_str()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    recount.sort_unstable();
-    recount.dedup();
-    const COUNTERS: &str = "UPDATE `ide_sessions` SET \
-         programs_run = (SELECT COUNT(*) FROM `program_executions` p \
-             WHERE p.session_id = ide_sessions.session_id), \
-         lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
-             WHERE p.session_id = ide_sessions.session_id), \
-         errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
-             WHERE p.session_id = ide_sessions.session_id AND NOT p.success) \
-         WHERE session_id IN (";
-    update_in::<DB>(conn, COUNTERS, &recount, "").await?;
-    let Some(duration) = DB::DURATION_UPDATE else {
-        return Ok(());
-    };
-    // A duration changes when a session ends, or when a late event moves an ended session's
-    // start: recompute it for every ended session the batch touched.
-    let ids: Vec<&str> = batch.sessions.keys().copied().collect();
-    let durations =
-        format!("UPDATE `ide_sessions` SET duration_seconds = {duration} WHERE session_id IN (");
-    update_in::<DB>(conn, &durations, &ids, " AND end_time IS NOT NULL").await
-}
-
-/// Runs `prefix` + a bound `IN` list of `ids` + `)` + `suffix`, in chunks.
-async fn update_in<DB>(
-    conn: &mut DB::Connection,
-    prefix: &str,
-    ids: &[&str],
-    suffix: &str,
-) -> Result<(), sqlx::Error>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments: IntoArguments<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-{
-    for chunk in ids.chunks(MAX_BINDS) {
-        let mut query = QueryBuilder::<DB>::new(prefix);
-        let mut list = query.separated(", ");
-        for id in chunk {
-            list.push_bind(*id);
+        for counter in ["programs_run", "lines_executed", "errors_encountered"] {
+            assert!(!SESSION_UPSERT.iter().any(|c| c.name() == counter));
         }
-        query.push(")");
-        query.push(suffix);
-        query.build().execute(&mut *conn).await?;
     }
-    Ok(())
 }
