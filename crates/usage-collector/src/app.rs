@@ -24,10 +24,12 @@ use crate::health::{Check, Health, Metrics};
 use crate::receiver::{self, Ingest};
 use crate::sink::{Sink, Step, VerifyError};
 use crate::spool::Spool;
+use crate::writer::checkpoint::Parts as WriterParts;
 use crate::writer::dead_letters::DeadLetters;
+use crate::writer::send::Sender;
 use crate::writer::{Writer, WriterTask};
 
-/// First wait between failed verification runs; doubled up to [`MAX_RETRY`].
+/// First wait between failed verification runs; doubled (with jitter) up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait between failed verification runs.
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -120,15 +122,20 @@ impl Application {
         health.attach_spool(spool.capacity(), depth);
         let dead_letters = DeadLetters::new(sink.clone(), &settings.spool.dir, metrics.clone());
         let cache = Arc::new(crate::spool::cache::RowCache::default());
-        let (writer, writer_task) = Writer::spawn(
-            spool.clone(),
-            sink.clone(),
-            settings.writer.clone(),
-            metrics.clone(),
-            health.clone(),
+        let (writer, writer_task) = Writer::spawn(WriterParts {
+            spool: spool.clone(),
+            sender: Sender::new(
+                sink.clone(),
+                metrics.clone(),
+                health.clone(),
+                settings.writer.write_timeout,
+            ),
+            settings: settings.writer.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
             dead_letters,
-            cache.clone(),
-        );
+            cache: cache.clone(),
+        });
         let heartbeat = tokio::spawn(send_heartbeats(
             spool.clone(),
             settings.instance.clone(),
@@ -143,18 +150,14 @@ impl Application {
             ))
         });
         let migrate = migrate || sink.is_embedded();
-        let discard = settings.writer.discard;
+        if sink.is_blackhole() {
+            tracing::warn!(
+                "blackhole sink: rows are discarded and nothing is stored (for measuring the receive path only)"
+            );
+        }
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
             async move {
-                if discard {
-                    tracing::warn!(
-                        "benchmark mode: rows are discarded, the database is never contacted"
-                    );
-                    health.set_database(Check::Ok);
-                    health.set_schema(Check::Ok);
-                    return;
-                }
                 verify_until_ready(&sink, migrate, &health, &metrics).await;
                 watch_database(&sink, &health, &metrics).await;
             }
@@ -292,7 +295,7 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
 /// Runs migrations (when asked) and verification until they pass, reporting each failure in
 /// the health checks and the log.
 async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics: &Metrics) {
-    let mut wait = FIRST_RETRY;
+    let mut waits = crate::backoff::exponential(FIRST_RETRY, MAX_RETRY);
     let mut last_error = String::new();
     loop {
         let result = async {
@@ -312,6 +315,7 @@ async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics
                 return;
             }
             Err(error) => {
+                let wait = waits.next().unwrap_or(MAX_RETRY);
                 report(&error, health, metrics);
                 // Logged once per distinct failure; /health/ready always has the current one.
                 let text = error.to_string();
@@ -330,10 +334,9 @@ async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics
                         "startup verification still failing"
                     );
                 }
+                tokio::time::sleep(wait).await;
             }
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(MAX_RETRY);
     }
 }
 

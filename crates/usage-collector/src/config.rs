@@ -34,6 +34,8 @@ pub mod defaults {
     pub const BATCH_SIZE: usize = 500;
     /// How long the writer waits for more rows before writing a batch that is not full.
     pub const FLUSH_INTERVAL_MS: u64 = 5;
+    /// Longest one batch's transaction may take before it counts as failed (a hung database).
+    pub const WRITE_TIMEOUT_SECS: u64 = 10;
     /// The spool folder, relative to the working folder.
     pub const SPOOL_DIR: &str = "spool";
     /// Most bytes of accepted events the spool holds before refusing new ones.
@@ -134,9 +136,8 @@ pub struct WriterSettings {
     pub batch_size: usize,
     /// How long to wait for more rows before writing a partial batch.
     pub flush_interval: Duration,
-    /// Benchmarking only: decode, map and spool, then discard instead of writing (the
-    /// database is never contacted).
-    pub discard: bool,
+    /// Longest one batch's transaction may take before it counts as failed.
+    pub write_timeout: Duration,
 }
 
 impl Default for WriterSettings {
@@ -144,7 +145,7 @@ impl Default for WriterSettings {
         Self {
             batch_size: defaults::BATCH_SIZE,
             flush_interval: Duration::from_millis(defaults::FLUSH_INTERVAL_MS),
-            discard: false,
+            write_timeout: Duration::from_secs(defaults::WRITE_TIMEOUT_SECS),
         }
     }
 }
@@ -376,9 +377,6 @@ pub struct Overrides {
     /// Seconds between pushes of the own metrics [default: 15]
     #[arg(long, env = "USAGE_TELEMETRY_INTERVAL_SECS", global = true)]
     pub telemetry_interval_secs: Option<u64>,
-    /// Benchmarking only: decode, map and spool, then discard the rows instead of writing them
-    #[arg(long, hide = true, global = true)]
-    pub discard_rows: bool,
     /// Log format [default: text]
     #[arg(long, env = "USAGE_LOG_FORMAT", value_enum, global = true)]
     pub log_format: Option<LogFormat>,
@@ -452,7 +450,7 @@ impl Settings {
                     .or(fw.flush_interval_ms)
                     .unwrap_or(defaults::FLUSH_INTERVAL_MS),
             ),
-            discard: o.discard_rows,
+            write_timeout: Duration::from_secs(defaults::WRITE_TIMEOUT_SECS),
         };
         Ok(Settings {
             database,

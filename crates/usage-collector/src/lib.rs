@@ -17,6 +17,7 @@
 //! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`).
 
 pub mod app;
+pub mod backoff;
 pub mod catalog;
 pub mod cli;
 pub mod config;

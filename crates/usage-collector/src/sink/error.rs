@@ -1,80 +1,151 @@
-//! Database errors: transient (retry) or permanent, and never carrying a secret.
+//! Database errors, described by what happened ([`ErrorKind`]) — never by what to do about it,
+//! which is the writer's retry policy (`writer::retry`) — and never carrying a secret.
+//!
+//! Only the sink knows its drivers' error codes, so it is the sink that reads them: MySQL server
+//! error numbers and SQLSTATEs, SQLite result codes, and the driver's own transport errors.
 
 use sqlx::error::DatabaseError;
 
-/// A batch could not be written.
-#[derive(Debug, Clone, thiserror::Error)]
+/// What kind of failure a database operation met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The connection could not be made, was lost, or the server refused more of them.
+    Connection,
+    /// The operation took too long: the collector's own timeout, the server's statement
+    /// timeout, a lock wait timeout, or the query was killed.
+    Timeout,
+    /// Two transactions collided (a deadlock); the same batch normally passes at once.
+    Conflict,
+    /// The server cannot take writes for now: read-only, table or disk full, a failed commit,
+    /// a busy or locked SQLite file, an I/O error.
+    ServerState,
+    /// The schema or the permissions are not what the catalogue needs (a missing table or
+    /// column, no INSERT grant): an operator must act; the rows are fine.
+    Schema,
+    /// The database refused a value of the row itself: too long, out of range, not valid JSON,
+    /// a constraint (SQLSTATE classes 22 and 23; SQLite CONSTRAINT, MISMATCH, TOOBIG).
+    RowValue,
+    /// Anything else.
+    Unknown,
+}
+
+/// A database operation failed.
+#[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct WriteError {
-    /// Retrying the same batch later may succeed (connection lost, deadlock, timeout, …).
-    pub transient: bool,
+pub struct SinkError {
+    /// What happened.
+    pub kind: ErrorKind,
     /// Low-cardinality reason label for metrics.
     pub reason: &'static str,
     /// The database's own error text, secrets removed.
     pub message: String,
 }
 
-/// Every reason label [`WriteError::classify`] gives (so metrics can start each at zero).
-pub const REASONS: [&str; 15] = [
+/// Every reason label a [`SinkError`] carries (so metrics can start each at zero).
+pub const REASONS: [&str; 22] = [
     "connection",
     "tls",
     "pool_timeout",
     "shutdown",
     "protocol",
-    "other",
-    "deadlock",
-    "lock_wait_timeout",
     "too_many_connections",
+    "timeout",
+    "statement_timeout",
+    "lock_wait_timeout",
+    "query_killed",
+    "deadlock",
     "read_only",
+    "table_full",
+    "disk_full",
+    "commit_failed",
+    "locked",
+    "io",
     "missing_table",
     "missing_column",
     "permission",
-    "rejected",
-    "locked",
+    "row_value",
+    "unknown",
 ];
 
-impl WriteError {
-    /// Classifies a driver error.
+impl SinkError {
+    /// Describes a driver error, with `redactor` removing secrets from its text.
     pub fn classify(error: &sqlx::Error, redactor: &Redactor) -> Self {
-        let (transient, reason) = match error {
-            sqlx::Error::Io(_) => (true, "connection"),
-            sqlx::Error::Tls(_) => (true, "tls"),
-            sqlx::Error::PoolTimedOut => (true, "pool_timeout"),
-            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => (true, "shutdown"),
-            sqlx::Error::Protocol(_) => (true, "protocol"),
+        let (kind, reason) = match error {
+            sqlx::Error::Io(_) => (ErrorKind::Connection, "connection"),
+            sqlx::Error::Tls(_) => (ErrorKind::Connection, "tls"),
+            sqlx::Error::PoolTimedOut => (ErrorKind::Connection, "pool_timeout"),
+            sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                (ErrorKind::Connection, "shutdown")
+            }
+            sqlx::Error::Protocol(_) => (ErrorKind::Connection, "protocol"),
             sqlx::Error::Database(db) => classify_database(db.as_ref()),
-            _ => (false, "other"),
+            _ => (ErrorKind::Unknown, "unknown"),
         };
-        WriteError {
-            transient,
+        SinkError {
+            kind,
             reason,
             message: redactor.redact(&error.to_string()),
         }
     }
+
+    /// The collector's own deadline for an operation passed.
+    pub fn timed_out(what: &str, after: std::time::Duration) -> Self {
+        SinkError {
+            kind: ErrorKind::Timeout,
+            reason: "timeout",
+            message: format!("{what} did not finish within {after:?}"),
+        }
+    }
 }
 
-/// MySQL server error numbers and SQLite result codes that a retry can get past.
-fn classify_database(error: &dyn DatabaseError) -> (bool, &'static str) {
+/// MySQL server error numbers and SQLSTATEs; SQLite primary result codes.
+fn classify_database(error: &dyn DatabaseError) -> (ErrorKind, &'static str) {
+    use ErrorKind::*;
     if let Some(mysql) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        return match mysql.number() {
-            1213 => (true, "deadlock"),
-            1205 => (true, "lock_wait_timeout"),
-            1040 | 1203 => (true, "too_many_connections"),
-            1290 | 1836 | 1792 => (true, "read_only"),
+        let by_number = match mysql.number() {
+            1040 | 1203 => Some((Connection, "too_many_connections")),
             1053 | 1077 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157 | 1158 | 1159 | 1160 | 1161
-            | 1927 | 2006 | 2013 => (true, "connection"),
-            1146 => (false, "missing_table"),
-            1054 => (false, "missing_column"),
-            1142 | 1143 | 1044 | 1045 => (false, "permission"),
-            _ => (false, "rejected"),
+            | 1927 | 2006 | 2013 => Some((Connection, "connection")),
+            1969 | 3024 => Some((Timeout, "statement_timeout")),
+            1205 => Some((Timeout, "lock_wait_timeout")),
+            1317 => Some((Timeout, "query_killed")),
+            1213 => Some((Conflict, "deadlock")),
+            1290 | 1836 | 1792 => Some((ServerState, "read_only")),
+            1114 => Some((ServerState, "table_full")),
+            1021 => Some((ServerState, "disk_full")),
+            1180 | 1181 => Some((ServerState, "commit_failed")),
+            1146 => Some((Schema, "missing_table")),
+            1054 => Some((Schema, "missing_column")),
+            1142 | 1143 | 1044 | 1045 => Some((Schema, "permission")),
+            _ => None,
+        };
+        if let Some(class) = by_number {
+            return class;
+        }
+        // SQLSTATE class 22 (data exception) and 23 (integrity constraint violation) are about
+        // the values of the row being written.
+        return match mysql.code() {
+            Some(state) if state.starts_with("22") || state.starts_with("23") => {
+                (RowValue, "row_value")
+            }
+            _ => (Unknown, "unknown"),
         };
     }
-    match error.code().as_deref() {
-        // SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
-        Some(code) if matches!(code.parse::<i32>().map(|c| c & 0xff), Ok(5 | 6)) => {
-            (true, "locked")
-        }
-        _ => (false, "rejected"),
+    // SQLite: the primary result code is the low byte of the extended one.
+    match error
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(|c| c & 0xff)
+    {
+        Some(5 | 6) => (ServerState, "locked"),
+        Some(13) => (ServerState, "disk_full"),
+        Some(10 | 11 | 14 | 15) => (ServerState, "io"),
+        Some(8) => (ServerState, "read_only"),
+        // TOOBIG, CONSTRAINT, MISMATCH.
+        Some(18..=20) => (RowValue, "row_value"),
+        Some(1) if error.message().contains("no such table") => (Schema, "missing_table"),
+        Some(1) if error.message().contains("no such column") => (Schema, "missing_column"),
+        _ => (Unknown, "unknown"),
     }
 }
 
@@ -122,10 +193,17 @@ mod tests {
     }
 
     #[test]
-    fn io_errors_are_transient() {
+    fn io_errors_are_connection_failures() {
         let e = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        let w = WriteError::classify(&e, &Redactor::default());
-        assert!(w.transient);
+        let w = SinkError::classify(&e, &Redactor::default());
+        assert_eq!(w.kind, ErrorKind::Connection);
         assert_eq!(w.reason, "connection");
+    }
+
+    #[test]
+    fn every_reason_is_listed() {
+        let e = sqlx::Error::RowNotFound;
+        assert!(REASONS.contains(&SinkError::classify(&e, &Redactor::default()).reason));
+        assert!(REASONS.contains(&SinkError::timed_out("x", std::time::Duration::ZERO).reason));
     }
 }

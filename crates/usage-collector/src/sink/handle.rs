@@ -6,9 +6,9 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use sqlx::{MySqlPool, SqlitePool};
 
-use super::error::{Redactor, WriteError};
+use super::error::{Redactor, SinkError};
 use super::sql::{self, Written};
-use super::{mysql, sqlite};
+use super::{blackhole, mysql, sqlite};
 use crate::catalog::{Catalog, RowBatch};
 use crate::config::{DatabaseSettings, TlsMode};
 
@@ -63,12 +63,15 @@ pub enum OpenError {
 pub(crate) enum PoolRef<'a> {
     MySql(&'a MySqlPool),
     Sqlite(&'a SqlitePool),
+    Blackhole,
 }
 
 #[derive(Clone)]
 enum Pool {
     MySql(MySqlPool),
     Sqlite(SqlitePool),
+    /// [`blackhole`]: no database at all.
+    Blackhole,
 }
 
 /// The database the collector writes, behind a connection pool.
@@ -89,9 +92,9 @@ impl fmt::Debug for Sink {
 }
 
 /// Runs `$body` with `$pool` bound to the sink's pool and `$db` to its sqlx database type, so
-/// SQL that is the same on both databases is written once.
+/// SQL that is the same on both databases is written once; the blackhole gives `$none`.
 macro_rules! with_pool {
-    ($self:expr, |$pool:ident, $db:ident| $body:expr) => {
+    ($self:expr, |$pool:ident, $db:ident| $body:expr, blackhole => $none:expr) => {
         match &$self.pool {
             Pool::MySql($pool) => {
                 type $db = sqlx::MySql;
@@ -101,6 +104,7 @@ macro_rules! with_pool {
                 type $db = sqlx::Sqlite;
                 $body
             }
+            Pool::Blackhole => $none,
         }
     };
 }
@@ -109,8 +113,12 @@ impl Sink {
     /// How many transactions the writer runs at once: one per pooled connection but one, which
     /// stays free for heartbeats, dead letters and health checks (at least one).
     pub fn write_streams(&self) -> usize {
-        let connections = with_pool!(self, |pool, _Db| pool.options().get_max_connections());
-        (connections as usize).saturating_sub(1).max(1)
+        let connections = with_pool!(
+            self,
+            |pool, _Db| pool.options().get_max_connections() as usize,
+            blackhole => blackhole::STREAMS + 1
+        );
+        connections.saturating_sub(1).max(1)
     }
 
     /// A sink for the configured database. Connects lazily: nothing is dialled until first use.
@@ -142,6 +150,17 @@ impl Sink {
                 let (pool, target) = sqlite::config::pool(settings, raw)?;
                 (Pool::Sqlite(pool), target)
             }
+            blackhole::SCHEME => (
+                Pool::Blackhole,
+                Target {
+                    backend: blackhole::SCHEME,
+                    host: String::new(),
+                    port: None,
+                    database: "nothing is stored".to_owned(),
+                    user: None,
+                    tls: None,
+                },
+            ),
             other => {
                 return Err(OpenError::Scheme {
                     scheme: other.to_owned(),
@@ -161,6 +180,11 @@ impl Sink {
         matches!(self.pool, Pool::Sqlite(_))
     }
 
+    /// True for the [`blackhole`], which stores nothing.
+    pub fn is_blackhole(&self) -> bool {
+        matches!(self.pool, Pool::Blackhole)
+    }
+
     /// What the sink connects to.
     pub fn target(&self) -> &Target {
         &self.target
@@ -177,10 +201,10 @@ impl Sink {
     }
 
     /// Writes a batch in one transaction.
-    pub async fn write(&self, batch: &RowBatch<'_>) -> Result<Written, WriteError> {
+    pub async fn write(&self, batch: &RowBatch<'_>) -> Result<Written, SinkError> {
         self.transaction(batch, true)
             .await
-            .map_err(|e| WriteError::classify(&e, &self.redactor))
+            .map_err(|e| SinkError::classify(&e, &self.redactor))
     }
 
     /// Runs a batch's statements and commits them, or rolls them back (the write check).
@@ -198,7 +222,7 @@ impl Sink {
                 tx.rollback().await?
             }
             Ok(written)
-        })
+        }, blackhole => Ok(blackhole::write(&self.catalog, batch)))
     }
 
     /// Inserts one dead letter (a repeat of the same event is a no-op).
@@ -208,7 +232,7 @@ impl Sink {
         table: &str,
         reason: &str,
         row_json: &str,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), SinkError> {
         const INSERT: &str =
             "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?)";
         let mut reason = reason.to_owned();
@@ -223,8 +247,8 @@ impl Sink {
                 .execute(pool)
                 .await
                 .map(drop)
-        });
-        result.map_err(|e| WriteError::classify(&e, &self.redactor))
+        }, blackhole => Ok(()));
+        result.map_err(|e| SinkError::classify(&e, &self.redactor))
     }
 
     /// Moves this collector's heartbeat row forward to `beat`.
@@ -232,7 +256,7 @@ impl Sink {
         &self,
         instance: &str,
         beat: time::PrimitiveDateTime,
-    ) -> Result<(), WriteError> {
+    ) -> Result<(), SinkError> {
         const INSERT: &str = "INSERT INTO collector_heartbeats (instance, last_beat) VALUES (?, ?)";
         let result = with_pool!(self, |pool, Db| {
             let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_HEARTBEAT;
@@ -242,17 +266,18 @@ impl Sink {
                 .execute(pool)
                 .await
                 .map(drop)
-        });
-        result.map_err(|e| WriteError::classify(&e, &self.redactor))
+        }, blackhole => Ok(()));
+        result.map_err(|e| SinkError::classify(&e, &self.redactor))
     }
 
     /// Runs `SELECT 1` on a pooled connection.
-    pub async fn ping(&self) -> Result<(), WriteError> {
-        let result = with_pool!(self, |pool, _Db| sqlx::query("SELECT 1")
-            .execute(pool)
-            .await
-            .map(drop));
-        result.map_err(|e| WriteError::classify(&e, &self.redactor))
+    pub async fn ping(&self) -> Result<(), SinkError> {
+        let result = with_pool!(
+            self,
+            |pool, _Db| sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            blackhole => Ok(())
+        );
+        result.map_err(|e| SinkError::classify(&e, &self.redactor))
     }
 
     /// Applies the embedded migrations (under the migrator's lock, so several collectors
@@ -261,6 +286,7 @@ impl Sink {
         let result = match &self.pool {
             Pool::MySql(pool) => mysql::migrations::migrator().run(pool).await,
             Pool::Sqlite(pool) => sqlite::migrations::migrator().run(pool).await,
+            Pool::Blackhole => Ok(()),
         };
         result.map_err(|e| self.redactor.redact(&e.to_string()))
     }
@@ -269,12 +295,13 @@ impl Sink {
         match &self.pool {
             Pool::MySql(pool) => PoolRef::MySql(pool),
             Pool::Sqlite(pool) => PoolRef::Sqlite(pool),
+            Pool::Blackhole => PoolRef::Blackhole,
         }
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
-        with_pool!(self, |pool, _Db| pool.close().await)
+        with_pool!(self, |pool, _Db| pool.close().await, blackhole => ())
     }
 }
 

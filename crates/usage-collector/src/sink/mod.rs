@@ -6,9 +6,12 @@
 //!   written in.
 //! - [`verify`]: startup verification — connect, test query, server facts, schema, write
 //!   permission — each step named in its error.
-//! - [`error`]: database errors, classified as transient or permanent, with secrets redacted.
+//! - [`error`]: database errors described by what happened (connection, timeout, a row's
+//!   value, …), with secrets redacted; what to do about each is the writer's retry policy.
+//! - [`blackhole`]: a sink that stores nothing, for measuring the receive path alone.
 //! - [`mysql`], [`sqlite`]: each backend's connection options and migrations.
 
+pub mod blackhole;
 pub mod error;
 pub mod handle;
 pub mod mysql;
@@ -16,7 +19,7 @@ pub mod sql;
 pub mod sqlite;
 pub mod verify;
 
-pub use error::{Redactor, WriteError};
+pub use error::{ErrorKind, Redactor, SinkError};
 pub use handle::{Sink, Target};
 pub use sql::Written;
 pub use verify::{Step, VerifyError};

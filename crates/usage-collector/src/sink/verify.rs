@@ -113,6 +113,13 @@ impl Sink {
         let facts = match self.pool() {
             PoolRef::MySql(pool) => self.mysql_facts(pool).await?,
             PoolRef::Sqlite(pool) => self.sqlite_facts(pool).await?,
+            PoolRef::Blackhole => {
+                self.step_ok(Step::Connect, "the blackhole stores nothing");
+                return Ok(ServerFacts {
+                    version: "blackhole".to_owned(),
+                    ..ServerFacts::default()
+                });
+            }
         };
         self.step_ok(
             Step::Server,
@@ -207,6 +214,7 @@ impl Sink {
                     ));
                 }
             }
+            PoolRef::Blackhole => return Ok(Vec::new()),
             PoolRef::Sqlite(pool) => {
                 let names = self.catalog().tables().iter().map(|t| t.name);
                 for table in names.chain(SYSTEM_TABLES) {

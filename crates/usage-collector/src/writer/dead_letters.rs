@@ -1,5 +1,6 @@
-//! Rows the database refuses for good: kept with the reason, in the `dead_letters` table, or —
-//! when the database cannot take even that — in `dead-letters.jsonl` in the spool folder.
+//! Rows the database refuses for good: found by bisecting their batch (the rest is written),
+//! then kept with the reason, in the `dead_letters` table, or — when the database cannot take
+//! even that — in `dead-letters.jsonl` in the spool folder.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,10 +8,12 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json, json};
 
+use super::retry::{Decision, Patience, Policy, Stopped, decide};
+use super::send::Sender;
 use crate::catalog::{Catalog, Mapped, Value};
 use crate::health::Metrics;
 use crate::health::metrics::TableLabels;
-use crate::sink::{Sink, WriteError};
+use crate::sink::{Sink, SinkError};
 use crate::spool::rows::Unplaced;
 
 /// The `table` label of dead letters whose table the catalogue does not have.
@@ -37,8 +40,48 @@ impl DeadLetters {
         }
     }
 
+    /// Writes `events`; when the database refuses the batch for good, bisects it to find the
+    /// refused events, writes the others, and keeps each refused one as a dead letter. A row
+    /// failing for an unknown reason is kept only once the rest of its batch was written
+    /// while it failed; until then it is retried like a database outage.
+    pub async fn isolate(
+        &self,
+        policy: &Policy,
+        sender: &Sender,
+        events: &[Mapped],
+    ) -> Result<(), Stopped> {
+        let mut pending: Vec<&[Mapped]> = vec![events];
+        let mut written_any = false;
+        while let Some(slice) = pending.pop() {
+            let error = match policy.deliver(sender, slice, Patience::Bounded).await? {
+                Ok(()) => {
+                    written_any = true;
+                    continue;
+                }
+                Err(error) => error,
+            };
+            if slice.len() > 1 {
+                let (left, right) = slice.split_at(slice.len() / 2);
+                // Right pushed first so the left half is written first.
+                pending.push(right);
+                pending.push(left);
+                continue;
+            }
+            if decide(error.kind) == Decision::Refused || written_any {
+                self.keep(sender.catalog(), &slice[0], &error).await;
+                continue;
+            }
+            // Nothing of the batch was written: the row is not known to be the cause.
+            match policy.deliver(sender, slice, Patience::Unbounded).await? {
+                Ok(()) => written_any = true,
+                Err(error) => self.keep(sender.catalog(), &slice[0], &error).await,
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps one refused event with the database's reason.
-    pub async fn keep(&self, catalog: &Catalog, event: &Mapped, error: &WriteError) {
+    pub async fn keep(&self, catalog: &Catalog, event: &Mapped, error: &SinkError) {
         let table = event
             .row
             .as_ref()
@@ -100,14 +143,20 @@ impl DeadLetters {
             "row": row,
             "dead_letter_table_error": db_error.message,
         });
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.file)
-            .and_then(|mut f| {
-                writeln!(f, "{line}")?;
-                f.sync_data()
-            });
+        // File I/O with an fsync: off the runtime's workers.
+        let (file, text) = (self.file.clone(), line.to_string());
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .and_then(|mut f| {
+                    writeln!(f, "{text}")?;
+                    f.sync_data()
+                })
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         if let Err(e) = written {
             self.metrics.dead_letters_lost.inc();
             self.metrics

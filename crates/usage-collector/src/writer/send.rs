@@ -1,0 +1,124 @@
+//! One attempt at writing one batch: the database call under the write timeout, and what a
+//! success or a failure changes in the metrics and the readiness checks.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::catalog::{Catalog, Mapped, RowBatch};
+use crate::health::metrics::TableLabels;
+use crate::health::{Check, Health, Metrics};
+use crate::sink::{Sink, SinkError};
+
+/// Sends batches to the sink.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    sink: Sink,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    health: Health,
+    /// Longest a batch's transaction may take before it counts as failed (a hung database).
+    timeout: Duration,
+}
+
+impl Sender {
+    /// A sender writing to `sink`, giving each batch at most `timeout`.
+    pub fn new(sink: Sink, metrics: Arc<Metrics>, health: Health, timeout: Duration) -> Self {
+        Self {
+            catalog: sink.catalog().clone(),
+            sink,
+            metrics,
+            health,
+            timeout,
+        }
+    }
+
+    /// The catalogue whose tables the sink writes.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The sink.
+    pub fn sink(&self) -> &Sink {
+        &self.sink
+    }
+
+    /// Writes `events` in one transaction, once. A failure is counted by reason; what to do
+    /// about it is the retry policy's business.
+    pub async fn send(&self, events: &[Mapped]) -> Result<(), SinkError> {
+        let batch = RowBatch::of(self.catalog.tables().len(), events);
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!(
+            "write_batch",
+            events = batch.events,
+            rows = batch.row_count()
+        );
+        let write = tracing::Instrument::instrument(self.sink.write(&batch), span);
+        let result = match tokio::time::timeout(self.timeout, write).await {
+            Ok(result) => result,
+            Err(_) => Err(SinkError::timed_out(
+                "the batch's transaction",
+                self.timeout,
+            )),
+        };
+        match result {
+            Ok(written) => {
+                self.metrics
+                    .batch_write_duration_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                for (table, rows) in &written.rows {
+                    self.metrics
+                        .rows_written
+                        .get_or_create(&TableLabels { table })
+                        .inc_by(*rows);
+                }
+                self.metrics.events_written.inc_by(events.len() as u64);
+                self.metrics.database_up.set(1);
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.metrics
+                    .last_write_timestamp_seconds
+                    .set(now.as_secs_f64());
+                self.health.set_database(Check::Ok);
+                self.health.set_writer(Check::Ok);
+                tracing::debug!(
+                    events = batch.events,
+                    sessions = written.sessions,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "batch written"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.write_failed(error.reason);
+                Err(error)
+            }
+        }
+    }
+
+    /// Moves the heartbeat rows forward. A failure is logged and counted but never holds up
+    /// the events: the heartbeat's age on `/metrics` is what shows it.
+    pub async fn send_heartbeats(&self, heartbeats: &[(String, u64)]) {
+        for (instance, at) in heartbeats {
+            let Some(time) =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(*at / 1000 * 1000))
+                    .ok()
+                    .map(|t| time::PrimitiveDateTime::new(t.date(), t.time()))
+            else {
+                continue;
+            };
+            let write = self.sink.write_heartbeat(instance, time);
+            let result = match tokio::time::timeout(self.timeout, write).await {
+                Ok(result) => result,
+                Err(_) => Err(SinkError::timed_out("the heartbeat write", self.timeout)),
+            };
+            match result {
+                Ok(()) => self.metrics.heartbeat_written(*at as f64 / 1e9),
+                Err(error) => {
+                    self.metrics.write_failed(error.reason);
+                    tracing::warn!(instance, error = %error.message, "heartbeat write failed");
+                }
+            }
+        }
+    }
+}
