@@ -111,8 +111,9 @@ pub struct ColumnLabels {
 /// Labels: service and event name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
-    /// `service.name` of the sender.
-    pub service: String,
+    /// `service.name` of the sender (not `service`, which Prometheus Operator scrapes set as a
+    /// target label and would rename to `exported_service`).
+    pub service_name: String,
     /// Event name.
     pub event: String,
 }
@@ -120,8 +121,8 @@ pub struct EventLabels {
 /// Labels: service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
-    /// `service.name` of the sender.
-    pub service: String,
+    /// `service.name` of the sender (see [`EventLabels`]).
+    pub service_name: String,
 }
 
 /// Most (service, event) pairs with their own series; the rest count as `other`.
@@ -456,11 +457,14 @@ impl Metrics {
         };
         self.service_last_seen
             .get_or_create(&ServiceLabels {
-                service: service.clone(),
+                service_name: service.clone(),
             })
             .set(now_unix_seconds);
         self.events
-            .get_or_create(&EventLabels { service, event })
+            .get_or_create(&EventLabels {
+                service_name: service,
+                event,
+            })
             .inc_by(n);
     }
 
@@ -525,12 +529,14 @@ mod tests {
         }
         let text = m.encode().unwrap();
         assert!(
-            text.contains("usage_collector_events_total{service=\"other\",event=\"page_visit\"} 5"),
+            text.contains(
+                "usage_collector_events_total{service_name=\"other\",event=\"page_visit\"} 5"
+            ),
             "{text}"
         );
         assert!(
             text.contains(
-                "usage_collector_service_last_seen_timestamp_seconds{service=\"svc-0\"} 1"
+                "usage_collector_service_last_seen_timestamp_seconds{service_name=\"svc-0\"} 1"
             ),
             "{text}"
         );
