@@ -128,8 +128,8 @@ async fn the_same_request_twice_leaves_one_row_per_event() {
     // Reconciliation: every accepted event was written (a repeat is a no-op write).
     for line in [
         "usage_collector_events_written_total 100",
-        "usage_collector_events_total{service=\"web-ide\",event=\"page_visit\"} 100",
-        "usage_collector_service_last_seen_timestamp_seconds{service=\"web-ide\"}",
+        "usage_collector_events_total{service_name=\"web-ide\",event=\"page_visit\"} 100",
+        "usage_collector_service_last_seen_timestamp_seconds{service_name=\"web-ide\"}",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");
     }

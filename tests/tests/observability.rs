@@ -148,17 +148,40 @@ async fn the_usage_dashboard_queries_run_on_the_schema() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(deploy("grafana/usage.json")).unwrap())
             .unwrap();
+    // Grafana's macros, as Grafana would expand them for "all time, service web-ide".
+    let expand = |sql: &str| {
+        let mut sql = sql.replace("${service:sqlstring}", "'web-ide'");
+        while let Some(at) = sql.find("$__timeFilter(") {
+            let end = at + sql[at..].find(')').unwrap();
+            let column = sql[at + "$__timeFilter(".len()..end].to_owned();
+            sql.replace_range(at..=end, &format!("{column} IS NOT NULL"));
+        }
+        sql
+    };
+    // The service list holds every service that sent anything, whatever the table.
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if variable["type"] == "query" {
+            let sql = expand(variable["query"].as_str().unwrap());
+            let values = db.texts(&sql).await;
+            assert!(
+                values
+                    .iter()
+                    .any(|row| row[0].as_deref() == Some("web-ide")),
+                "variable {} lacks web-ide: {values:?}\n{sql}",
+                variable["name"]
+            );
+        }
+    }
     let mut ran = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let sql = target["rawSql"].as_str().unwrap();
-            // Grafana's macros, as Grafana would expand them for "all time, service web-ide".
-            let mut sql = sql.replace("${service:sqlstring}", "'web-ide'");
-            while let Some(at) = sql.find("$__timeFilter(") {
-                let end = at + sql[at..].find(')').unwrap();
-                let column = sql[at + "$__timeFilter(".len()..end].to_owned();
-                sql.replace_range(at..=end, &format!("{column} IS NOT NULL"));
-            }
+            assert!(
+                sql.contains("${service:sqlstring}") && sql.contains("$__timeFilter("),
+                "{} ignores the service or the time range: {sql}",
+                panel["title"]
+            );
+            let sql = expand(sql);
             let count = db
                 .texts(&format!(
                     "SELECT CAST(COUNT(*) AS CHAR) FROM ({sql}) AS panel"
@@ -175,6 +198,42 @@ async fn the_usage_dashboard_queries_run_on_the_schema() {
     }
     assert_eq!(ran, dashboard["panels"].as_array().unwrap().len());
     collector.stop().await;
+}
+
+#[test]
+fn every_pipeline_panel_follows_the_dashboard_variables() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy("grafana/pipeline-health.json")).unwrap(),
+    )
+    .unwrap();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for name in ["job", "namespace", "instance", "service_name"] {
+        assert!(variables.contains(&name), "no ${name} variable");
+    }
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            // Every selector of the expression, not just one of them, is narrowed.
+            let selectors = expr.matches('{').count();
+            for matcher in [
+                "job=~\"$job\"",
+                "namespace=~\"$namespace\"",
+                "instance=~\"$instance\"",
+            ] {
+                assert_eq!(
+                    expr.matches(matcher).count(),
+                    selectors,
+                    "{}: {expr} does not narrow every selector by {matcher}",
+                    panel["title"]
+                );
+            }
+        }
+    }
 }
 
 /// A Prometheus server on loopback that scrapes `targets` every second; killed when dropped.
@@ -195,7 +254,8 @@ impl Prometheus {
         let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: ['{}']\n\
-             scrape_configs:\n  - job_name: usage-collector\n    static_configs:\n      - targets: [{}]\n",
+             scrape_configs:\n  - job_name: usage-collector\n    static_configs:\n      - targets: [{}]\n\
+             \x20       labels: {{ service: usage-collector }}\n",
             deploy("prometheus/alerts.yml").display(),
             list.join(", ")
         );
@@ -306,6 +366,17 @@ async fn prometheus_scrapes_the_expected_series_and_sees_a_database_down() {
         )
         .await;
     assert_eq!(value(&written), Some(7.0));
+    // The target label `service` (as a Prometheus Operator ServiceMonitor sets it) and the
+    // collector's own `service_name` sit side by side: nothing is renamed `exported_service`.
+    let events = prometheus
+        .query_until(
+            &format!(
+                "usage_collector_events_total{{instance=\"{healthy_instance}\",service=\"usage-collector\",service_name=\"web-ide\",event=\"page_visit\"}}"
+            ),
+            |r| value(r) == Some(7.0),
+        )
+        .await;
+    assert_eq!(value(&events), Some(7.0));
 
     // Wrong credentials: not ready with the reason, database_up 0, and the alert's expression holds.
     let (code, body) = broken.get("/health/ready").await;

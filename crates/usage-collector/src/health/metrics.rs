@@ -50,15 +50,16 @@ label_sets! {
     }
     /// Labels: service and event name, as the client sent them (cut and bounded).
     EventLabels {
-        /// `service.name` of the sender.
-        service: String,
+        /// `service.name` of the sender (not `service`, which the Prometheus Operator sets on
+        /// every target).
+        service_name: String,
         /// Event name.
         event: String,
     }
     /// Labels: service, as the client sent it (cut and bounded).
     ServiceLabels {
         /// `service.name` of the sender.
-        service: String,
+        service_name: String,
     }
     /// Labels: version.
     BuildLabels {
@@ -300,11 +301,14 @@ impl Metrics {
         };
         self.service_last_seen_timestamp_seconds
             .get_or_create(&ServiceLabels {
-                service: service.clone(),
+                service_name: service.clone(),
             })
             .set(now_unix_seconds);
         self.events
-            .get_or_create(&EventLabels { service, event })
+            .get_or_create(&EventLabels {
+                service_name: service,
+                event,
+            })
             .inc_by(n);
     }
 
@@ -383,7 +387,7 @@ mod tests {
         let cut = "é".repeat(MAX_LABEL_BYTES / 2);
         assert!(
             text.contains(&format!(
-                "usage_collector_events_total{{service=\"{cut}\",event=\"{cut}\"}} 1"
+                "usage_collector_events_total{{service_name=\"{cut}\",event=\"{cut}\"}} 1"
             )),
             "{text}"
         );
@@ -398,12 +402,14 @@ mod tests {
         }
         let text = m.encode().unwrap();
         assert!(
-            text.contains("usage_collector_events_total{service=\"other\",event=\"page_visit\"} 5"),
+            text.contains(
+                "usage_collector_events_total{service_name=\"other\",event=\"page_visit\"} 5"
+            ),
             "{text}"
         );
         assert!(
             text.contains(
-                "usage_collector_service_last_seen_timestamp_seconds{service=\"svc-0\"} 1"
+                "usage_collector_service_last_seen_timestamp_seconds{service_name=\"svc-0\"} 1"
             ),
             "{text}"
         );
