@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use usage_collector::config::{DatabaseSettings, LogSettings, SpoolSettings, WriterSettings};
+use usage_collector::config::DatabaseSettings;
 use usage_collector::health::Metrics;
 use usage_collector::spool::Spool;
 use usage_collector::{Application, Settings};
@@ -12,28 +12,17 @@ use usage_collector::{Application, Settings};
 /// Settings for a test collector: loopback, port 0, this database, a fresh spool folder
 /// (removed when the collector is stopped, unless kept for a restart).
 pub fn settings(database_url: &str) -> Settings {
-    Settings {
-        database: DatabaseSettings::new(database_url),
-        grpc_listen: "127.0.0.1:0".parse().expect("address"),
-        admin_listen: "127.0.0.1:0".parse().expect("address"),
-        max_request_bytes: usage_collector::config::defaults::MAX_REQUEST_BYTES,
-        writer: WriterSettings::default(),
-        spool: SpoolSettings {
-            dir: std::env::temp_dir().join(format!(
-                "usage_test_spool_{}",
-                uuid::Uuid::new_v4().simple()
-            )),
-            ..SpoolSettings::default()
-        },
-        shutdown_timeout: Duration::from_secs(5),
-        heartbeat_interval: Duration::from_secs(
-            usage_collector::config::defaults::HEARTBEAT_INTERVAL_SECS,
-        ),
-        instance: "test-collector".to_owned(),
-        telemetry_endpoint: None,
-        telemetry_interval: Duration::from_secs(15),
-        log: LogSettings::default(),
-    }
+    let mut settings = Settings::defaults();
+    settings.database = DatabaseSettings::new(database_url);
+    settings.grpc_listen = "127.0.0.1:0".parse().expect("address");
+    settings.admin_listen = "127.0.0.1:0".parse().expect("address");
+    settings.spool.dir = std::env::temp_dir().join(format!(
+        "usage_test_spool_{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    settings.shutdown_timeout = Duration::from_secs(5);
+    settings.instance = "test-collector".to_owned();
+    settings
 }
 
 /// A running collector; stopped when dropped.

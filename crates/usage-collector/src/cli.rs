@@ -1,5 +1,6 @@
 //! The command line: `serve` (default), `check`, `migrate`.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::Application;
 use crate::catalog::Catalog;
-use crate::config::{LogFormat, Overrides, Settings};
+use crate::config::{ConfigError, LogFormat, Settings};
 use crate::sink::Sink;
 
 /// Receives usage events over OTLP/gRPC and writes them as database rows, exactly once.
@@ -16,8 +17,11 @@ use crate::sink::Sink;
 pub struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// TOML settings file; `${VAR}` inside it is replaced by the variable's value
+    #[arg(long, env = "USAGE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     #[command(flatten)]
-    overrides: Overrides,
+    settings: Settings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,9 +40,15 @@ enum Command {
 
 /// Runs the command line; the whole of `main`.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let settings = match Settings::load(&cli.overrides) {
-        Ok(settings) => settings,
+    let parsed = crate::config::parse::<Cli, _>(std::env::args_os(), |var| std::env::var(var).ok())
+        .and_then(|(cli, layers)| {
+            let settings = cli.settings.finish(&layers)?;
+            Ok((cli.command, settings))
+        });
+    let (command, settings) = match parsed {
+        Ok(parsed) => parsed,
+        // --help, --version, and clap's own usage errors.
+        Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("usage-collector: {e}");
             return ExitCode::from(2);
@@ -54,7 +64,7 @@ pub fn main() -> ExitCode {
     runtime.block_on(async {
         let traces = init_logging(&settings);
         let code = run(
-            cli.command.unwrap_or(Command::Serve { migrate: false }),
+            command.unwrap_or(Command::Serve { migrate: false }),
             settings,
         )
         .await;

@@ -1,167 +1,190 @@
-//! Settings: a typed tree layered from a TOML file, environment variables and flags.
+//! Settings: each one declared once, as one field below, whose attribute holds everything about
+//! it — its flag, its `USAGE_*` environment variable, its settings-file key and its default.
 //!
-//! Precedence is flag > environment > file > default. Every default is a `const` in
-//! [`defaults`] and nowhere else. `${VAR}` inside the file is replaced by the variable's value
-//! before parsing (an unset variable is an error naming it). Secrets (the database URL, which
-//! may hold a password, and the password itself) are [`SecretString`]s: `Debug` shows them
-//! redacted and only the sink reads them.
+//! The file key is the argument's id: `writer.batch_size` is `batch_size` under `[writer]`.
+//! Layering is clap's own precedence, flag > environment > default, with the settings file
+//! slotted in as the defaults: [`parse`] reads the file named by `--config` (or
+//! `USAGE_CONFIG`), replaces each `${VAR}` with the variable's value, checks every key and value
+//! with the argument's own parser, and hands the values to clap as the arguments' defaults
+//! before parsing. So a flag wins over the environment, which wins over the file, which wins
+//! over the built-in default; an unknown key or a bad value is refused with its name.
+//!
+//! Secrets (the database URL, which may hold a password, and the password itself) are
+//! [`SecretString`]s: `Debug` shows them redacted and only the sink reads them.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use secrecy::SecretString;
-use serde::Deserialize;
-
-/// Every default, defined once.
-pub mod defaults {
-    /// Where OTLP/gRPC is served (the OTLP standard port).
-    pub const GRPC_LISTEN: &str = "0.0.0.0:4317";
-    /// Where `/metrics` and `/health/*` are served.
-    pub const ADMIN_LISTEN: &str = "0.0.0.0:9464";
-    /// The embedded database used when none is configured: a SQLite file in the working folder.
-    pub const DATABASE_URL: &str = "sqlite://usage.db";
-    /// Largest accepted request after decompression (the OTLP specification's recommendation).
-    pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
-    /// Database connections in the pool: the writer runs a transaction on all but one at once
-    /// (three measured fastest on a 2-core machine, with the least database spinning; see
-    /// docs/performance.md).
-    pub const POOL_SIZE: u32 = 4;
-    /// How long to wait for a database connection.
-    pub const CONNECT_TIMEOUT_SECS: u64 = 5;
-    /// Most rows written in one transaction.
-    pub const BATCH_SIZE: usize = 500;
-    /// How long the writer waits for more rows before writing a batch that is not full.
-    pub const FLUSH_INTERVAL_MS: u64 = 5;
-    /// Longest one batch's transaction may take before it counts as failed (a hung database).
-    pub const WRITE_TIMEOUT_SECS: u64 = 10;
-    /// The spool folder, relative to the working folder.
-    pub const SPOOL_DIR: &str = "spool";
-    /// Most bytes of accepted events the spool holds before refusing new ones.
-    pub const SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-    /// How long a shutdown keeps writing spooled events to the database before exiting.
-    pub const SHUTDOWN_TIMEOUT_SECS: u64 = 20;
-    /// How often a heartbeat travels the write path.
-    pub const HEARTBEAT_INTERVAL_SECS: u64 = 30;
-    /// How often the collector's own metrics are pushed over OTLP (when an endpoint is set).
-    pub const TELEMETRY_INTERVAL_SECS: u64 = 15;
-    /// This collector's name in `collector_heartbeats` when `HOSTNAME` is not set.
-    pub const INSTANCE: &str = "usage-collector";
-}
 
 /// Everything the collector needs to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// The database the events are written to.
+    #[command(flatten)]
     pub database: DatabaseSettings,
-    /// Address of the OTLP/gRPC receiver.
+    /// OTLP/gRPC listen address
+    #[arg(
+        id = "grpc_listen",
+        long = "grpc-listen",
+        env = "USAGE_GRPC_LISTEN",
+        default_value = "0.0.0.0:4317",
+        global = true
+    )]
     pub grpc_listen: SocketAddr,
-    /// Address of the admin HTTP server.
+    /// Admin HTTP listen address (/metrics, /health/live, /health/ready)
+    #[arg(
+        id = "admin_listen",
+        long = "admin-listen",
+        env = "USAGE_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9464",
+        global = true
+    )]
     pub admin_listen: SocketAddr,
-    /// Largest accepted request, after decompression.
+    /// Largest accepted request in bytes, after decompression
+    #[arg(id = "max_request_bytes", long = "max-request-bytes", env = "USAGE_MAX_REQUEST_BYTES", default_value = "67108864", value_parser = positive::<usize>, global = true)]
     pub max_request_bytes: usize,
     /// How rows are grouped into transactions.
+    #[command(flatten)]
     pub writer: WriterSettings,
     /// The durable log accepted events wait in.
+    #[command(flatten)]
     pub spool: SpoolSettings,
-    /// How long a shutdown keeps writing to the database.
+    /// Seconds a shutdown keeps writing spooled events before exiting
+    #[arg(id = "shutdown_timeout_secs", long = "shutdown-timeout-secs", env = "USAGE_SHUTDOWN_TIMEOUT_SECS", default_value = "20", value_parser = seconds, global = true)]
     pub shutdown_timeout: Duration,
-    /// How often a heartbeat travels the write path.
+    /// Seconds between heartbeats through the write path
+    #[arg(id = "heartbeat_interval_secs", long = "heartbeat-interval-secs", env = "USAGE_HEARTBEAT_INTERVAL_SECS", default_value = "30", value_parser = positive_seconds, global = true)]
     pub heartbeat_interval: Duration,
-    /// This collector's name (its heartbeat row).
+    /// This collector's name in `collector_heartbeats` ($HOSTNAME, else usage-collector)
+    #[arg(id = "instance", long = "instance", env = "USAGE_INSTANCE", default_value_t = default_instance(), global = true)]
     pub instance: String,
-    /// Where the collector's own metrics and traces go over OTLP/gRPC (Jaeger, Tempo, an
-    /// OpenTelemetry Collector); none: only `/metrics` and logs.
+    /// Send the collector's own metrics and traces over OTLP/gRPC to this endpoint
+    /// (`http://jaeger:4317`); never point it at a usage collector
+    #[arg(
+        id = "telemetry_endpoint",
+        long = "telemetry-endpoint",
+        env = "USAGE_TELEMETRY_ENDPOINT",
+        global = true
+    )]
     pub telemetry_endpoint: Option<String>,
-    /// How often the own metrics are pushed.
+    /// Seconds between pushes of the own metrics
+    #[arg(id = "telemetry_interval_secs", long = "telemetry-interval-secs", env = "USAGE_TELEMETRY_INTERVAL_SECS", default_value = "15", value_parser = positive_seconds, global = true)]
     pub telemetry_interval: Duration,
     /// The collector's own log output.
+    #[command(flatten)]
     pub log: LogSettings,
 }
 
-/// The spool's place and size.
-#[derive(Debug, Clone)]
-pub struct SpoolSettings {
-    /// Its folder (created if missing); one per collector.
-    pub dir: PathBuf,
-    /// Cap on bytes of events not yet in the database; past it, requests are refused.
-    pub max_bytes: u64,
-}
-
-impl Default for SpoolSettings {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from(defaults::SPOOL_DIR),
-            max_bytes: defaults::SPOOL_MAX_BYTES,
-        }
-    }
-}
-
 /// Database connection settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseSettings {
-    /// `mysql://user:pass@host:port/db` or `sqlite://path`; secret because it may hold a password.
+    /// `mysql://user:pass@host:port/db` or `sqlite://path` (`blackhole://` stores nothing: for
+    /// measuring the receive path only)
+    #[arg(id = "database.url", long = "database-url", env = "USAGE_DATABASE_URL", default_value = "sqlite://usage.db", value_parser = secret, hide_env_values = true, global = true)]
     pub url: SecretString,
-    /// A password that replaces the one in the URL (from a file or the environment).
+    /// Database password; replaces the URL's. Prefer the file or the environment to a flag.
+    #[arg(id = "database.password", long = "database-password", env = "USAGE_DATABASE_PASSWORD", value_parser = secret, hide_env_values = true, global = true)]
     pub password: Option<SecretString>,
-    /// Transport security towards MySQL.
+    /// File holding the database password (a mounted Kubernetes secret); replaces the URL's.
+    #[arg(
+        id = "database.password_file",
+        long = "database-password-file",
+        env = "USAGE_DATABASE_PASSWORD_FILE",
+        global = true
+    )]
+    pub password_file: Option<PathBuf>,
+    /// MySQL transport security
+    #[arg(
+        id = "database.tls",
+        long = "database-tls",
+        env = "USAGE_DATABASE_TLS",
+        value_enum,
+        default_value = "preferred",
+        global = true
+    )]
     pub tls: TlsMode,
-    /// CA certificate for `verify-ca` and `verify-identity`.
+    /// CA certificate (PEM) for verify-ca and verify-identity [default: built-in roots]
+    #[arg(
+        id = "database.tls_ca",
+        long = "database-tls-ca",
+        env = "USAGE_DATABASE_TLS_CA",
+        global = true
+    )]
     pub tls_ca: Option<PathBuf>,
-    /// Connections in the pool.
+    /// The old configuration's switch: `true` means `tls = "disabled"`.
+    #[arg(id = "database.disable_ssl", long = "database-disable-ssl", action = clap::ArgAction::Set, default_value = "false", hide = true, global = true)]
+    pub disable_ssl: bool,
+    /// Database connections in the pool; the writer uses all but one at once (SQLite uses one)
+    #[arg(id = "database.pool_size", long = "database-pool-size", env = "USAGE_DATABASE_POOL_SIZE", default_value = "4", value_parser = positive::<u32>, global = true)]
     pub pool_size: u32,
-    /// How long to wait for a connection.
+    /// Seconds to wait for a database connection
+    #[arg(id = "database.connect_timeout_secs", long = "database-connect-timeout-secs", env = "USAGE_DATABASE_CONNECT_TIMEOUT_SECS", default_value = "5", value_parser = positive_seconds, global = true)]
     pub connect_timeout: Duration,
 }
 
-impl DatabaseSettings {
-    /// Settings for `url` with every other field at its default.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: SecretString::from(url.into()),
-            password: None,
-            tls: TlsMode::Preferred,
-            tls_ca: None,
-            pool_size: defaults::POOL_SIZE,
-            connect_timeout: Duration::from_secs(defaults::CONNECT_TIMEOUT_SECS),
-        }
-    }
-}
-
 /// How rows are grouped into transactions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct WriterSettings {
-    /// Most rows per transaction.
+    /// Most rows written in one transaction
+    #[arg(id = "writer.batch_size", long = "batch-size", env = "USAGE_BATCH_SIZE", default_value = "500", value_parser = positive::<usize>, global = true)]
     pub batch_size: usize,
-    /// How long to wait for more rows before writing a partial batch.
+    /// Milliseconds to wait for more rows before writing a partial batch
+    #[arg(id = "writer.flush_interval_ms", long = "flush-interval-ms", env = "USAGE_FLUSH_INTERVAL_MS", default_value = "5", value_parser = millis, global = true)]
     pub flush_interval: Duration,
-    /// Longest one batch's transaction may take before it counts as failed.
+    /// Seconds one batch's transaction may take before it counts as failed and is retried
+    /// (a hung database or a black-holed network)
+    #[arg(id = "writer.write_timeout_secs", long = "write-timeout-secs", env = "USAGE_WRITE_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds, global = true)]
     pub write_timeout: Duration,
 }
 
-impl Default for WriterSettings {
-    fn default() -> Self {
-        Self {
-            batch_size: defaults::BATCH_SIZE,
-            flush_interval: Duration::from_millis(defaults::FLUSH_INTERVAL_MS),
-            write_timeout: Duration::from_secs(defaults::WRITE_TIMEOUT_SECS),
-        }
-    }
+/// The spool's place and size.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpoolSettings {
+    /// Spool folder: accepted events wait here until written (one per collector)
+    #[arg(
+        id = "spool.dir",
+        long = "spool-dir",
+        env = "USAGE_SPOOL_DIR",
+        default_value = "spool",
+        global = true
+    )]
+    pub dir: PathBuf,
+    /// Cap on spooled bytes not yet written; past it requests are refused
+    #[arg(id = "spool.max_bytes", long = "spool-max-bytes", env = "USAGE_SPOOL_MAX_BYTES", default_value = "1073741824", value_parser = positive::<u64>, global = true)]
+    pub max_bytes: u64,
 }
 
 /// The collector's own log output.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LogSettings {
-    /// Plain text for people or JSON lines for log pipelines.
+    /// Log format
+    #[arg(
+        id = "log.format",
+        long = "log-format",
+        env = "USAGE_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
     pub format: LogFormat,
-    /// A `tracing` filter such as `info` or `usage_collector=debug`; `RUST_LOG` when unset.
+    /// Log filter, for example `info` or `usage_collector=debug` [default: RUST_LOG, else info]
+    #[arg(
+        id = "log.level",
+        long = "log-level",
+        env = "USAGE_LOG_LEVEL",
+        global = true
+    )]
     pub filter: Option<String>,
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
     #[default]
@@ -171,8 +194,7 @@ pub enum LogFormat {
 }
 
 /// MySQL transport security, with the names MySQL's own clients use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum TlsMode {
     /// Never encrypt (the old configuration's `disable_ssl: true`).
     Disabled,
@@ -220,19 +242,19 @@ pub enum ConfigError {
         /// The variable.
         var: String,
     },
-    /// The file is not valid TOML or has an unknown or mistyped key.
+    /// The file is not valid TOML, or names a setting that does not exist.
     #[error("config file {path}: {message}")]
     Parse {
         /// The file.
         path: PathBuf,
-        /// The parser's description, with the key and line.
+        /// What is wrong, with the key.
         message: String,
     },
-    /// A value is out of range or contradicts another.
+    /// A value is out of range, malformed, or contradicts another.
     #[error("invalid setting {key}: {message}")]
     Invalid {
         /// The setting, as named in the file.
-        key: &'static str,
+        key: String,
         /// What is wrong with it.
         message: String,
     },
@@ -244,301 +266,252 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
+    /// The command line itself (including `--help` and `--version`, which clap answers).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
 }
 
-/// The config file's shape: every key optional, unknown keys rejected.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSettings {
-    grpc_listen: Option<String>,
-    admin_listen: Option<String>,
-    max_request_bytes: Option<usize>,
-    shutdown_timeout_secs: Option<u64>,
-    heartbeat_interval_secs: Option<u64>,
-    instance: Option<String>,
-    telemetry_endpoint: Option<String>,
-    telemetry_interval_secs: Option<u64>,
-    #[serde(default)]
-    database: FileDatabase,
-    #[serde(default)]
-    spool: FileSpool,
-    #[serde(default)]
-    writer: FileWriter,
-    #[serde(default)]
-    log: FileLog,
+/// Where each setting's value came from, for the rules that weigh two settings against each
+/// other (a password against a password file).
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    /// Layer of each argument id: 0 the built-in default, 1 the file, 2 the environment or a
+    /// flag.
+    rank: HashMap<String, u8>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDatabase {
-    url: Option<String>,
-    password: Option<String>,
-    password_file: Option<PathBuf>,
-    tls: Option<TlsMode>,
-    tls_ca: Option<PathBuf>,
-    /// The old configuration's switch; `true` means `tls = "disabled"`.
-    disable_ssl: Option<bool>,
-    pool_size: Option<u32>,
-    connect_timeout_secs: Option<u64>,
+impl Layers {
+    fn of(&self, id: &str) -> u8 {
+        self.rank.get(id).copied().unwrap_or(0)
+    }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSpool {
-    dir: Option<PathBuf>,
-    max_bytes: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileWriter {
-    batch_size: Option<usize>,
-    flush_interval_ms: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileLog {
-    format: Option<LogFormat>,
-    level: Option<String>,
-}
-
-/// Settings given as flags or environment variables (clap merges those two; flag wins).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
-    /// TOML settings file; `${VAR}` inside it is replaced by the variable's value.
-    #[arg(long, env = "USAGE_CONFIG", global = true)]
-    pub config: Option<PathBuf>,
-    /// `mysql://user:pass@host:port/db` or `sqlite://path` [default: sqlite://usage.db]
-    #[arg(
-        long,
-        env = "USAGE_DATABASE_URL",
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_url: Option<String>,
-    /// File holding the database password (a mounted Kubernetes secret); replaces the URL's.
-    #[arg(long, env = "USAGE_DATABASE_PASSWORD_FILE", global = true)]
-    pub database_password_file: Option<PathBuf>,
-    /// Database password; replaces the URL's. Prefer the file or the environment to a flag.
-    #[arg(
-        long,
-        env = "USAGE_DATABASE_PASSWORD",
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_password: Option<String>,
-    /// MySQL transport security [default: preferred]
-    #[arg(long, env = "USAGE_DATABASE_TLS", value_enum, global = true)]
-    pub database_tls: Option<TlsMode>,
-    /// CA certificate (PEM) for verify-ca and verify-identity.
-    #[arg(long, env = "USAGE_DATABASE_TLS_CA", global = true)]
-    pub database_tls_ca: Option<PathBuf>,
-    /// Database connections in the pool; the writer uses all but one at once [default: 4]
-    #[arg(long, env = "USAGE_DATABASE_POOL_SIZE", global = true)]
-    pub database_pool_size: Option<u32>,
-    /// Seconds to wait for a database connection [default: 5]
-    #[arg(long, env = "USAGE_DATABASE_CONNECT_TIMEOUT_SECS", global = true)]
-    pub database_connect_timeout_secs: Option<u64>,
-    /// OTLP/gRPC listen address [default: 0.0.0.0:4317]
-    #[arg(long, env = "USAGE_GRPC_LISTEN", global = true)]
-    pub grpc_listen: Option<String>,
-    /// Admin HTTP listen address (/metrics, /health/live, /health/ready) [default: 0.0.0.0:9464]
-    #[arg(long, env = "USAGE_ADMIN_LISTEN", global = true)]
-    pub admin_listen: Option<String>,
-    /// Largest accepted request in bytes, after decompression [default: 67108864]
-    #[arg(long, env = "USAGE_MAX_REQUEST_BYTES", global = true)]
-    pub max_request_bytes: Option<usize>,
-    /// Most rows written in one transaction [default: 500]
-    #[arg(long, env = "USAGE_BATCH_SIZE", global = true)]
-    pub batch_size: Option<usize>,
-    /// Milliseconds to wait for more rows before writing a partial batch [default: 5]
-    #[arg(long, env = "USAGE_FLUSH_INTERVAL_MS", global = true)]
-    pub flush_interval_ms: Option<u64>,
-    /// Spool folder: accepted events wait here until written [default: spool]
-    #[arg(long, env = "USAGE_SPOOL_DIR", global = true)]
-    pub spool_dir: Option<PathBuf>,
-    /// Cap on spooled bytes not yet written; past it requests are refused [default: 1073741824]
-    #[arg(long, env = "USAGE_SPOOL_MAX_BYTES", global = true)]
-    pub spool_max_bytes: Option<u64>,
-    /// Seconds a shutdown keeps writing spooled events before exiting [default: 20]
-    #[arg(long, env = "USAGE_SHUTDOWN_TIMEOUT_SECS", global = true)]
-    pub shutdown_timeout_secs: Option<u64>,
-    /// Seconds between heartbeats through the write path [default: 30]
-    #[arg(long, env = "USAGE_HEARTBEAT_INTERVAL_SECS", global = true)]
-    pub heartbeat_interval_secs: Option<u64>,
-    /// This collector's name in `collector_heartbeats` [default: $HOSTNAME, else usage-collector]
-    #[arg(long, env = "USAGE_INSTANCE", global = true)]
-    pub instance: Option<String>,
-    /// Send the collector's own metrics and traces over OTLP/gRPC to this endpoint
-    /// (`http://jaeger:4317`); never point it at a usage collector [default: none]
-    #[arg(long, env = "USAGE_TELEMETRY_ENDPOINT", global = true)]
-    pub telemetry_endpoint: Option<String>,
-    /// Seconds between pushes of the own metrics [default: 15]
-    #[arg(long, env = "USAGE_TELEMETRY_INTERVAL_SECS", global = true)]
-    pub telemetry_interval_secs: Option<u64>,
-    /// Log format [default: text]
-    #[arg(long, env = "USAGE_LOG_FORMAT", value_enum, global = true)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, for example `info` or `usage_collector=debug` [default: RUST_LOG, else info]
-    #[arg(long, env = "USAGE_LOG_LEVEL", global = true)]
-    pub log_level: Option<String>,
+/// Parses the command line `T` from `args`, with the settings file named by `--config` (or
+/// `USAGE_CONFIG`) layered under the flags and the environment, `${VAR}` in the file resolved
+/// by `lookup`; then finishes the [`Settings`] inside it.
+pub fn parse<T, I>(
+    args: I,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(T, Layers), ConfigError>
+where
+    T: CommandFactory + FromArgMatches,
+    I: IntoIterator,
+    I::Item: Into<OsString> + Clone,
+{
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    let mut command = T::command();
+    let config = T::command()
+        .ignore_errors(true)
+        .try_get_matches_from(&args)
+        .ok()
+        .and_then(|m| m.try_get_one::<PathBuf>("config").ok().flatten().cloned());
+    let mut from_file = Vec::new();
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        for (id, value) in file_values(&command, &text, &path, &lookup)? {
+            command = command.mut_arg(id.clone(), |arg| arg.default_value(value));
+            from_file.push(id);
+        }
+    }
+    let matches = command
+        .clone()
+        .try_get_matches_from(&args)
+        .map_err(|e| name_the_setting(&command, e))?;
+    let layers = layers(&command, &matches, &from_file);
+    let parsed = T::from_arg_matches(&matches)?;
+    Ok((parsed, layers))
 }
 
 impl Settings {
-    /// Builds settings from the file named in `overrides` (if any), then the overrides.
-    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
-        let file = match &overrides.config {
-            Some(path) => FileSettings::read(path, |var| std::env::var(var).ok())?,
-            None => FileSettings::default(),
-        };
-        Self::layer(file, overrides)
+    /// Every setting at its built-in default (the environment ignored).
+    pub fn defaults() -> Settings {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let mut command = Only::command();
+        let ids: Vec<_> = command
+            .get_arguments()
+            .map(|a| a.get_id().clone())
+            .collect();
+        for id in ids {
+            command = command.mut_arg(id, |arg| arg.env(None));
+        }
+        let matches = command.get_matches_from(["usage-collector"]);
+        let only = Only::from_arg_matches(&matches).expect("every default parses (tested)");
+        only.settings
     }
 
-    /// Applies `overrides` over `file` over the defaults.
-    pub fn layer(file: FileSettings, o: &Overrides) -> Result<Self, ConfigError> {
-        let fd = file.database;
-        let file_tls = match (fd.tls, fd.disable_ssl) {
-            (Some(TlsMode::Disabled) | None, Some(true)) => Some(TlsMode::Disabled),
-            (Some(mode), Some(true)) => {
-                return Err(ConfigError::Invalid {
-                    key: "database.disable_ssl",
-                    message: format!("`disable_ssl = true` contradicts `tls = \"{mode}\"`"),
-                });
+    /// Applies the rules between settings: the password (or its file) of the highest layer
+    /// wins, a password given directly winning within one layer; the old `disable_ssl` switch
+    /// must agree with `tls`.
+    pub fn finish(mut self, layers: &Layers) -> Result<Self, ConfigError> {
+        let db = &mut self.database;
+        if db.disable_ssl {
+            match db.tls {
+                TlsMode::Disabled => {}
+                _ if layers.of("database.tls") == 0 => db.tls = TlsMode::Disabled,
+                mode => {
+                    return Err(ConfigError::Invalid {
+                        key: "database.disable_ssl".to_owned(),
+                        message: format!("`disable_ssl = true` contradicts `tls = \"{mode}\"`"),
+                    });
+                }
             }
-            (tls, _) => tls,
-        };
-        let password = match (&o.database_password, &o.database_password_file) {
-            (Some(password), _) => Some(SecretString::from(password.clone())),
-            (None, Some(path)) => Some(read_password(path)?),
-            (None, None) => match (fd.password, fd.password_file) {
-                (Some(password), _) => Some(SecretString::from(password)),
-                (None, Some(path)) => Some(read_password(&path)?),
-                (None, None) => None,
-            },
-        };
-        let database = DatabaseSettings {
-            url: SecretString::from(
-                o.database_url
-                    .clone()
-                    .or(fd.url)
-                    .unwrap_or_else(|| defaults::DATABASE_URL.to_owned()),
-            ),
-            password,
-            tls: o.database_tls.or(file_tls).unwrap_or_default(),
-            tls_ca: o.database_tls_ca.clone().or(fd.tls_ca),
-            pool_size: positive(
-                "database.pool_size",
-                o.database_pool_size.or(fd.pool_size),
-                defaults::POOL_SIZE,
-            )?,
-            connect_timeout: Duration::from_secs(positive(
-                "database.connect_timeout_secs",
-                o.database_connect_timeout_secs.or(fd.connect_timeout_secs),
-                defaults::CONNECT_TIMEOUT_SECS,
-            )?),
-        };
-        let fw = file.writer;
-        let writer = WriterSettings {
-            batch_size: positive(
-                "writer.batch_size",
-                o.batch_size.or(fw.batch_size),
-                defaults::BATCH_SIZE,
-            )?,
-            flush_interval: Duration::from_millis(
-                o.flush_interval_ms
-                    .or(fw.flush_interval_ms)
-                    .unwrap_or(defaults::FLUSH_INTERVAL_MS),
-            ),
-            write_timeout: Duration::from_secs(defaults::WRITE_TIMEOUT_SECS),
-        };
-        Ok(Settings {
-            database,
-            grpc_listen: address(
-                "grpc_listen",
-                o.grpc_listen.as_deref().or(file.grpc_listen.as_deref()),
-                defaults::GRPC_LISTEN,
-            )?,
-            admin_listen: address(
-                "admin_listen",
-                o.admin_listen.as_deref().or(file.admin_listen.as_deref()),
-                defaults::ADMIN_LISTEN,
-            )?,
-            max_request_bytes: positive(
-                "max_request_bytes",
-                o.max_request_bytes.or(file.max_request_bytes),
-                defaults::MAX_REQUEST_BYTES,
-            )?,
-            writer,
-            spool: SpoolSettings {
-                dir: o
-                    .spool_dir
-                    .clone()
-                    .or(file.spool.dir)
-                    .unwrap_or_else(|| PathBuf::from(defaults::SPOOL_DIR)),
-                max_bytes: positive(
-                    "spool.max_bytes",
-                    o.spool_max_bytes.or(file.spool.max_bytes),
-                    defaults::SPOOL_MAX_BYTES,
-                )?,
-            },
-            shutdown_timeout: Duration::from_secs(
-                o.shutdown_timeout_secs
-                    .or(file.shutdown_timeout_secs)
-                    .unwrap_or(defaults::SHUTDOWN_TIMEOUT_SECS),
-            ),
-            heartbeat_interval: Duration::from_secs(positive(
-                "heartbeat_interval_secs",
-                o.heartbeat_interval_secs.or(file.heartbeat_interval_secs),
-                defaults::HEARTBEAT_INTERVAL_SECS,
-            )?),
-            instance: o
-                .instance
-                .clone()
-                .or(file.instance)
-                .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-                .unwrap_or_else(|| defaults::INSTANCE.to_owned()),
-            telemetry_endpoint: o.telemetry_endpoint.clone().or(file.telemetry_endpoint),
-            telemetry_interval: Duration::from_secs(positive(
-                "telemetry_interval_secs",
-                o.telemetry_interval_secs.or(file.telemetry_interval_secs),
-                defaults::TELEMETRY_INTERVAL_SECS,
-            )?),
-            log: LogSettings {
-                format: o.log_format.or(file.log.format).unwrap_or_default(),
-                filter: o.log_level.clone().or(file.log.level),
-            },
-        })
+        }
+        if let Some(path) = &db.password_file {
+            let file_wins = db.password.is_none()
+                || layers.of("database.password_file") > layers.of("database.password");
+            if file_wins {
+                db.password = Some(read_password(path)?);
+            }
+        }
+        Ok(self)
     }
 }
 
-impl FileSettings {
-    /// Reads and parses a settings file, expanding `${VAR}` with `lookup`.
-    pub fn read(path: &Path, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path, lookup)
+impl DatabaseSettings {
+    /// Settings for `url` with every other field at its default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: SecretString::from(url.into()),
+            ..Settings::defaults().database
+        }
     }
+}
 
-    /// Parses settings text; `path` only names the source in errors.
-    pub fn parse(
-        text: &str,
-        path: &Path,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        let expanded =
-            expand_vars(text, &lookup).map_err(|(line, var)| ConfigError::UnsetVariable {
+/// This collector's default name: `$HOSTNAME` (a pod's name), else `usage-collector`.
+fn default_instance() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "usage-collector".to_owned())
+}
+
+/// Each setting of the file as (argument id, value as a flag would give it). Refuses unknown
+/// keys, naming them.
+fn file_values(
+    command: &clap::Command,
+    text: &str,
+    path: &Path,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let expanded = expand_vars(text, lookup).map_err(|(line, var)| ConfigError::UnsetVariable {
+        path: path.to_owned(),
+        line,
+        var,
+    })?;
+    let table: toml::Table = toml::from_str(&expanded).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut values = Vec::new();
+    flatten("", &table, &mut values);
+    let mut out = Vec::new();
+    for (key, value) in values {
+        if !command.get_arguments().any(|a| a.get_id() == key.as_str()) {
+            return Err(ConfigError::Parse {
                 path: path.to_owned(),
-                line,
-                var,
-            })?;
-        toml::from_str(&expanded).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+                message: format!("unknown setting `{key}`"),
+            });
+        }
+        // The value itself is checked by the argument's own parser when clap takes it as the
+        // default; a bad one is reported by [`name_the_setting`].
+        out.push((key, value));
     }
+    Ok(out)
+}
+
+/// `[writer] batch_size = 50` → ("writer.batch_size", "50").
+fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+    for (key, value) in table {
+        let key = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&key, inner, out),
+            toml::Value::String(s) => out.push((key, s.clone())),
+            toml::Value::Array(items) => {
+                let items: Vec<String> = items.iter().map(scalar).collect();
+                out.push((key, items.join(",")));
+            }
+            other => out.push((key, scalar(other))),
+        }
+    }
+}
+
+/// A TOML value as a flag would give it.
+fn scalar(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) | toml::Value::Table(_) => String::new(),
+    }
+}
+
+/// The reason inside a clap error (its value parser's message), without clap's decoration.
+fn clap_reason(error: &clap::Error) -> String {
+    use std::error::Error;
+    match error.source() {
+        Some(source) => source.to_string(),
+        None => error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned(),
+    }
+}
+
+/// A bad flag or environment value becomes [`ConfigError::Invalid`] naming the setting as the
+/// file does; every other clap outcome (help, version, unknown flag) stays clap's.
+fn name_the_setting(command: &clap::Command, error: clap::Error) -> ConfigError {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if error.kind() != ErrorKind::ValueValidation {
+        return ConfigError::Cli(error);
+    }
+    let flag = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(text)) => text.split_whitespace().next().map(str::to_owned),
+        _ => None,
+    };
+    let id = flag.and_then(|flag| {
+        let long = flag.trim_start_matches('-');
+        command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .map(|a| a.get_id().to_string())
+    });
+    match id {
+        Some(key) => ConfigError::Invalid {
+            key,
+            message: clap_reason(&error),
+        },
+        None => ConfigError::Cli(error),
+    }
+}
+
+fn layers(command: &clap::Command, matches: &ArgMatches, from_file: &[String]) -> Layers {
+    let mut rank = HashMap::new();
+    for arg in command.get_arguments() {
+        let id = arg.get_id().as_str();
+        let layer = match matches.value_source(id) {
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable) => 2,
+            Some(ValueSource::DefaultValue) if from_file.iter().any(|f| f == id) => 1,
+            _ => 0,
+        };
+        rank.insert(id.to_owned(), layer);
+    }
+    Layers { rank }
 }
 
 /// Replaces each `${NAME}` with `lookup(NAME)`, except on comment lines; a `$` not followed by
@@ -585,32 +558,36 @@ fn read_password(path: &Path) -> Result<SecretString, ConfigError> {
     ))
 }
 
-fn positive<T: PartialOrd + Default + std::fmt::Display + Copy>(
-    key: &'static str,
-    value: Option<T>,
-    default: T,
-) -> Result<T, ConfigError> {
-    let value = value.unwrap_or(default);
-    if value > T::default() {
-        Ok(value)
+fn secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value.to_owned()))
+}
+
+/// A whole number greater than zero.
+fn positive<T>(value: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + Default + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    let parsed: T = value.trim().parse().map_err(|e| format!("{e}"))?;
+    if parsed > T::default() {
+        Ok(parsed)
     } else {
-        Err(ConfigError::Invalid {
-            key,
-            message: format!("must be greater than zero, got {value}"),
-        })
+        Err(format!("must be greater than zero, got {parsed}"))
     }
 }
 
-fn address(
-    key: &'static str,
-    value: Option<&str>,
-    default: &str,
-) -> Result<SocketAddr, ConfigError> {
-    let value = value.unwrap_or(default);
-    SocketAddr::from_str(value).map_err(|e| ConfigError::Invalid {
-        key,
-        message: format!("{value:?} is not a host:port address: {e}"),
-    })
+fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: u64 = value.trim().parse().map_err(|e| format!("{e}"))?;
+    Ok(Duration::from_secs(secs))
+}
+
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    positive::<u64>(value).map(Duration::from_secs)
+}
+
+fn millis(value: &str) -> Result<Duration, String> {
+    let ms: u64 = value.trim().parse().map_err(|e| format!("{e}"))?;
+    Ok(Duration::from_millis(ms))
 }
 
 #[cfg(test)]
@@ -626,6 +603,35 @@ mod tests {
         }
     }
 
+    /// The command line with a config file: `--config` pointing at `text` written to a
+    /// temporary file.
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    fn with_file(text: &str, args: &[&str]) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("usage-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut argv = vec!["usage-collector".to_owned(), "--config".to_owned()];
+        argv.push(path.display().to_string());
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let result =
+            parse::<Cli, _>(argv, lookup).and_then(|(cli, layers)| cli.settings.finish(&layers));
+        std::fs::remove_dir_all(dir).unwrap();
+        result
+    }
+
+    fn args(args: &[&str]) -> Result<Settings, ConfigError> {
+        let argv = std::iter::once("usage-collector").chain(args.iter().copied());
+        parse::<Cli, _>(argv, lookup).and_then(|(cli, layers)| cli.settings.finish(&layers))
+    }
+
     #[test]
     fn expands_braced_variables_and_keeps_lone_dollars() {
         let text = "url = \"mysql://u:${DB_PASS}@${HOST}:3306/x\"\n# ${UNSET} in a comment\ncost = \"$5\"\n";
@@ -638,88 +644,153 @@ mod tests {
 
     #[test]
     fn unset_variable_is_named_with_its_line() {
-        let err = FileSettings::parse(
-            "\n[database]\nurl = \"${NOPE}\"\n",
-            Path::new("c.toml"),
-            lookup,
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "config file c.toml: line 3: environment variable NOPE is not set"
+        let err = with_file("\n[database]\nurl = \"${NOPE}\"\n", &[]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.ends_with("c.toml: line 3: environment variable NOPE is not set"),
+            "{text}"
         );
     }
 
     #[test]
     fn flag_wins_over_file_and_file_over_default() {
-        let file = FileSettings::parse(
+        let settings = with_file(
             "grpc_listen = \"127.0.0.1:5000\"\n[writer]\nbatch_size = 50\n[database]\ndisable_ssl = true\n",
-            Path::new("c.toml"),
-            lookup,
+            &["--grpc-listen", "127.0.0.1:6000"],
         )
         .unwrap();
-        let overrides = Overrides {
-            grpc_listen: Some("127.0.0.1:6000".into()),
-            ..Overrides::default()
-        };
-        let settings = Settings::layer(file, &overrides).unwrap();
         assert_eq!(settings.grpc_listen.port(), 6000);
         assert_eq!(settings.writer.batch_size, 50);
         assert_eq!(settings.database.tls, TlsMode::Disabled);
         assert_eq!(settings.admin_listen.port(), 9464);
-        assert_eq!(
-            settings.database.url.expose_secret(),
-            defaults::DATABASE_URL
-        );
+        assert_eq!(settings.database.url.expose_secret(), "sqlite://usage.db");
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_by_name() {
-        let err = FileSettings::parse("[writer]\nbatchsize = 5\n", Path::new("c.toml"), lookup)
-            .unwrap_err();
+        let err = with_file("[writer]\nbatchsize = 5\n", &[]).unwrap_err();
         assert!(err.to_string().contains("batchsize"), "{err}");
-        let overrides = Overrides {
-            batch_size: Some(0),
-            ..Overrides::default()
-        };
-        let err = Settings::layer(FileSettings::default(), &overrides).unwrap_err();
+        let err = args(&["--batch-size", "0"]).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid setting writer.batch_size: must be greater than zero, got 0"
         );
-        let file = FileSettings::parse(
-            "[database]\ndisable_ssl = true\ntls = \"required\"\n",
-            Path::new("c.toml"),
-            lookup,
-        )
-        .unwrap();
-        assert!(Settings::layer(file, &Overrides::default()).is_err());
+        let err = with_file("[writer]\nbatch_size = 0\n", &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting writer.batch_size: must be greater than zero, got 0"
+        );
+        assert!(with_file("[database]\ndisable_ssl = true\ntls = \"required\"\n", &[]).is_err());
     }
 
     #[test]
-    fn the_example_file_in_deploy_parses() {
-        let text = include_str!("../../../deploy/collector.example.toml");
-        let file = FileSettings::parse(text, Path::new("collector.example.toml"), lookup).unwrap();
-        let settings = Settings::layer(file, &Overrides::default());
-        // The example names a password file that only exists in a pod.
-        assert!(
-            matches!(settings, Err(ConfigError::PasswordFile { .. })),
-            "{settings:?}"
+    fn the_example_file_in_deploy_parses_with_its_values() {
+        let dir = std::env::temp_dir().join(format!("usage-example-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let password = dir.join("password");
+        std::fs::write(&password, "from-the-file\n").unwrap();
+        let text = include_str!("../../../deploy/collector.example.toml").replace(
+            "/run/secrets/usage-db/password",
+            &password.display().to_string(),
+        );
+        let settings = with_file(&text, &[]).unwrap();
+        assert_eq!(
+            settings.database.url.expose_secret(),
+            "mysql://usage@db.internal:3306/usage"
+        );
+        assert_eq!(
+            settings
+                .database
+                .password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned()),
+            Some("from-the-file".to_owned())
+        );
+        assert_eq!(settings.database.tls, TlsMode::Preferred);
+        assert_eq!(settings.database.pool_size, 4);
+        assert_eq!(
+            settings.spool.dir,
+            PathBuf::from("/var/lib/usage-collector/spool")
+        );
+        assert_eq!(settings.writer.batch_size, 500);
+        assert_eq!(settings.log.format, LogFormat::Text);
+        assert_eq!(settings.log.filter.as_deref(), Some("info"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_password_flag_beats_a_password_file_from_the_file() {
+        let settings = with_file(
+            "[database]\npassword_file = \"/nonexistent/password\"\n",
+            &["--database-password", "from-flag"],
+        )
+        .unwrap();
+        assert_eq!(
+            settings.database.password.unwrap().expose_secret(),
+            "from-flag"
         );
     }
 
     #[test]
     fn debug_output_hides_the_url_and_password() {
-        let overrides = Overrides {
-            database_url: Some("mysql://u:hunter2@h/db".into()),
-            database_password: Some("hunter3".into()),
-            ..Overrides::default()
-        };
-        let settings = Settings::layer(FileSettings::default(), &overrides).unwrap();
+        let settings = args(&[
+            "--database-url",
+            "mysql://u:hunter2@h/db",
+            "--database-password",
+            "hunter3",
+        ])
+        .unwrap();
         let debug = format!("{settings:?}");
         assert!(
             !debug.contains("hunter2") && !debug.contains("hunter3"),
             "{debug}"
         );
+    }
+
+    /// The README's settings table names every setting with its flag, variable, file key and
+    /// default, so the documentation cannot drift from the declarations.
+    #[test]
+    fn the_readme_table_matches_the_declarations() {
+        let readme = include_str!("../../../README.md");
+        let command = crate::cli::Cli::command();
+        let rows: Vec<Vec<&str>> = readme
+            .lines()
+            .filter(|l| l.starts_with("| `--"))
+            .map(|l| l.split('|').map(str::trim).collect())
+            .collect();
+        let unquote = |cell: &str| cell.split('`').nth(1).unwrap_or("").to_owned();
+        for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let row = rows
+                .iter()
+                .find(|r| unquote(r[1]) == format!("--{long}"))
+                .unwrap_or_else(|| panic!("--{long} is not in the README's settings table"));
+            let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+            assert_eq!(Some(unquote(row[2])), env, "--{long}: variable");
+            if long != "config" {
+                assert_eq!(unquote(row[3]), arg.get_id().as_str(), "--{long}: file key");
+            }
+            if let Some(default) = arg.get_default_values().first() {
+                let default = default.to_string_lossy();
+                if long != "instance" {
+                    assert!(
+                        row[4].contains(default.as_ref()),
+                        "--{long}: default {default} not in {:?}",
+                        row[4]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let defaults = Settings::defaults();
+        assert_eq!(defaults.max_request_bytes, 64 * 1024 * 1024);
+        assert_eq!(defaults.writer.write_timeout, Duration::from_secs(10));
+        assert_eq!(DatabaseSettings::new("sqlite://x.db").pool_size, 4);
     }
 }
