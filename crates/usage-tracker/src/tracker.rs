@@ -371,3 +371,21 @@ pub fn init() -> Result<Tracker, InitError> {
         .map_err(|_| InitError::SubscriberAlreadySet)?;
     Ok(tracker)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resource_has_the_settings_on_top_of_what_the_sdk_detects() {
+        let mut config = Config::default();
+        config.service_name = Some("web-ide".into());
+        config.resource_attributes = vec![("team".into(), "ide,tools".into())];
+        let resource = resource(&config);
+        let get = |key: &'static str| resource.get(&opentelemetry::Key::new(key));
+        assert_eq!(get("service.name"), Some("web-ide".into()));
+        assert_eq!(get("team"), Some("ide,tools".into()));
+        // The SDK's own attributes are kept.
+        assert!(get("telemetry.sdk.name").is_some());
+    }
+}

@@ -107,3 +107,35 @@ impl Warnings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn warning() -> Warning {
+        Warning {
+            kind: WarningKind::Degraded,
+            message: "cannot export usage events to http://x:4317: refused".to_owned(),
+            stats: Stats {
+                recorded: 3,
+                failed: 3,
+                ..Stats::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_stderr_line_has_the_message_and_the_counts() {
+        assert_eq!(
+            warning().to_string(),
+            "usage-tracker WARN: cannot export usage events to http://x:4317: refused; events \
+             recorded 3, exported 0, failed 3, dropped 0"
+        );
+    }
+
+    #[test]
+    fn a_panicking_handler_does_not_take_the_caller_down() {
+        let warnings = Warnings::to(Arc::new(|_: &Warning| panic!("handler bug")));
+        warnings.emit(warning());
+    }
+}
