@@ -378,9 +378,11 @@ mod tests {
 
     #[test]
     fn the_resource_has_the_settings_on_top_of_what_the_sdk_detects() {
-        let mut config = Config::default();
-        config.service_name = Some("web-ide".into());
-        config.resource_attributes = vec![("team".into(), "ide,tools".into())];
+        let config = Config {
+            service_name: Some("web-ide".into()),
+            resource_attributes: vec![("team".into(), "ide,tools".into())],
+            ..Config::default()
+        };
         let resource = resource(&config);
         let get = |key: &'static str| resource.get(&opentelemetry::Key::new(key));
         assert_eq!(get("service.name"), Some("web-ide".into()));
