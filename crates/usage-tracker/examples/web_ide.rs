@@ -48,8 +48,8 @@ fn main() -> std::process::ExitCode {
     let stats = tracker.shutdown();
     println!("sent: {sent}");
     println!(
-        "stats: recorded {} exported {} failed {} dropped {}",
-        stats.recorded, stats.exported, stats.failed, stats.dropped
+        "stats: recorded {} exported {} failed {} dropped {} invalid {}",
+        stats.recorded, stats.exported, stats.failed, stats.dropped, stats.invalid
     );
     println!("health: {:?}", tracker.health());
     std::process::ExitCode::SUCCESS
@@ -71,10 +71,9 @@ fn play(sessions: u32) -> String {
         for page in 0..(i % 3 + 1) {
             let path = format!("/ide/page/{page}");
             usage_tracker::page_visit(PageVisit {
-                path: &path,
                 session_id: session,
                 referrer: Some("https://example.org/"),
-                ..Default::default()
+                ..PageVisit::new(&path)
             });
             visits += 1;
         }
@@ -96,10 +95,9 @@ fn play(sessions: u32) -> String {
         runs += 2;
         spans += 1;
         usage_tracker::feature_use(FeatureUse {
-            name: "autosave",
             session_id: session,
             data_json: Some(r#"{"interval":30}"#),
-            ..Default::default()
+            ..FeatureUse::new("autosave")
         });
         features += 1;
         if i % 2 == 0 {

@@ -1,7 +1,10 @@
 //! Where and how the tracker exports: settings from the standard OpenTelemetry environment
 //! variables or from code.
 
+use std::fmt;
 use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
 
 /// The OTLP/gRPC port on this machine: where the specification says an SDK sends by default.
 pub const DEFAULT_ENDPOINT: &str = "http://localhost:4317";
@@ -17,7 +20,13 @@ pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_millis(200);
 pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The tracker's settings.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Build them with [`Config::from_env`], [`Config::from_lookup`] or [`Config::default`] and
+/// adjust fields, or use [`TrackerBuilder`](crate::TrackerBuilder). The struct is
+/// `#[non_exhaustive]`, so new settings can be added without breaking applications. Its `Debug`
+/// output shows header keys only: their values are usually credentials.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Where log events go (`OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`).
     pub logs_endpoint: String,
@@ -64,17 +73,54 @@ impl Default for Config {
     }
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let header_keys: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(key, _)| format!("{key}: ***"))
+            .collect();
+        f.debug_struct("Config")
+            .field("logs_endpoint", &self.logs_endpoint)
+            .field("traces_endpoint", &self.traces_endpoint)
+            .field("headers", &header_keys)
+            .field("timeout", &self.timeout)
+            .field("service_name", &self.service_name)
+            .field("resource_attributes", &self.resource_attributes)
+            .field("queue_size", &self.queue_size)
+            .field("batch_size", &self.batch_size)
+            .field("export_interval", &self.export_interval)
+            .field("shutdown_deadline", &self.shutdown_deadline)
+            .field("verify_timeout", &self.verify_timeout)
+            .field("export_app_logs", &self.export_app_logs)
+            .finish()
+    }
+}
+
 /// A standard variable holds a value the tracker cannot use.
+///
+/// The message names the variable and, for a list, the position and key of the bad entry. It
+/// shows the value only for variables that hold no credentials: never for
+/// `OTEL_EXPORTER_OTLP_HEADERS`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{variable}={value:?}: {problem}")]
+#[error("{variable}{}: {problem}", shown(value.as_deref()))]
 pub struct EnvError {
     /// The variable.
     pub variable: &'static str,
-    /// Its value.
-    pub value: String,
-    /// What is wrong.
-    pub problem: &'static str,
+    /// Its value, when it is safe to show (`None` for headers).
+    pub value: Option<String>,
+    /// What is wrong, and where in the value.
+    pub problem: String,
 }
+
+fn shown(value: Option<&str>) -> String {
+    value.map(|v| format!("={v:?}")).unwrap_or_default()
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: its values are credentials and are never shown.
+const HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+const TIMEOUT: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
 
 impl Config {
     /// Settings from the process environment.
@@ -83,6 +129,12 @@ impl Config {
     }
 
     /// Settings from any variable source (tests pass a map instead of the environment).
+    ///
+    /// The OTLP exporter and the SDK's `Resource::builder()` read the process environment too;
+    /// the tracker passes them these settings explicitly, so that what it names in its warnings
+    /// and what `verify` checks are what is used, and so that a bad value is an error here
+    /// rather than ignored. Where they agree with what the SDK already detected (service name
+    /// and resource attributes), the SDK's values are used as they are.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
         let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let mut config = Config::default();
@@ -93,19 +145,19 @@ impl Config {
         if let Some(endpoint) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(base) {
             config.traces_endpoint = endpoint;
         }
-        if let Some(headers) = var("OTEL_EXPORTER_OTLP_HEADERS") {
-            config.headers = pairs(&headers, "OTEL_EXPORTER_OTLP_HEADERS")?;
+        if let Some(headers) = var(HEADERS) {
+            config.headers = pairs(&headers, HEADERS)?;
         }
-        if let Some(timeout) = var("OTEL_EXPORTER_OTLP_TIMEOUT") {
+        if let Some(timeout) = var(TIMEOUT) {
             let millis = timeout.trim().parse::<u64>().map_err(|_| EnvError {
-                variable: "OTEL_EXPORTER_OTLP_TIMEOUT",
-                value: timeout.clone(),
-                problem: "must be a whole number of milliseconds",
+                variable: TIMEOUT,
+                value: Some(timeout.clone()),
+                problem: "must be a whole number of milliseconds".to_owned(),
             })?;
             config.timeout = Duration::from_millis(millis);
         }
-        if let Some(attributes) = var("OTEL_RESOURCE_ATTRIBUTES") {
-            config.resource_attributes = pairs(&attributes, "OTEL_RESOURCE_ATTRIBUTES")?;
+        if let Some(attributes) = var(RESOURCE_ATTRIBUTES) {
+            config.resource_attributes = pairs(&attributes, RESOURCE_ATTRIBUTES)?;
         }
         config.service_name = var("OTEL_SERVICE_NAME").or_else(|| {
             config
@@ -119,38 +171,34 @@ impl Config {
 }
 
 /// `k=v,k2=v2` with percent-encoded values, as the OpenTelemetry environment specifies.
+///
+/// An error names the entry by its position (and its key when it has one), never by its text:
+/// a header entry without `=` may well be a bare token.
 fn pairs(text: &str, variable: &'static str) -> Result<Vec<(String, String)>, EnvError> {
+    let value = (variable != HEADERS).then(|| text.to_owned());
+    let error = |problem: String| EnvError {
+        variable,
+        value: value.clone(),
+        problem,
+    };
     text.split(',')
-        .filter(|item| !item.trim().is_empty())
-        .map(|item| {
-            let (key, value) = item.split_once('=').ok_or_else(|| EnvError {
-                variable,
-                value: text.to_owned(),
-                problem: "each entry must be key=value, separated by commas",
+        .enumerate()
+        .filter(|(_, item)| !item.trim().is_empty())
+        .map(|(i, item)| {
+            let position = i + 1;
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                error(format!(
+                    "entry {position} has no '='; each entry must be key=value, separated by commas"
+                ))
             })?;
-            Ok((key.trim().to_owned(), percent_decode(value.trim())))
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(error(format!("entry {position} has an empty key")));
+            }
+            let value = percent_decode_str(value.trim()).decode_utf8_lossy();
+            Ok((key.to_owned(), value.into_owned()))
         })
         .collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: Option<&u8>| b.and_then(|b| char::from(*b).to_digit(16));
-        match (bytes[i], hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push((hi * 16 + lo) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -200,6 +248,57 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "OTEL_EXPORTER_OTLP_TIMEOUT=\"5s\": must be a whole number of milliseconds"
+        );
+    }
+
+    #[test]
+    fn a_bad_header_entry_is_named_by_position_and_key_never_by_value() {
+        for headers in [
+            "authorization=Bearer%20s3cr3t-t0ken,Bearer other-s3cr3t",
+            "x-tenant=ide,=Bearer%20s3cr3t-t0ken",
+        ] {
+            let err =
+                Config::from_lookup(env(&[("OTEL_EXPORTER_OTLP_HEADERS", headers)])).unwrap_err();
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(shown.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{shown}");
+                assert!(shown.contains("entry 2"), "{shown}");
+                assert!(!shown.contains("s3cr3t"), "{shown}");
+            }
+        }
+        let attrs = Config::from_lookup(env(&[("OTEL_RESOURCE_ATTRIBUTES", "a=1,oops")]));
+        assert_eq!(
+            attrs.unwrap_err().to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES=\"a=1,oops\": entry 2 has no '='; each entry must be \
+             key=value, separated by commas"
+        );
+    }
+
+    #[test]
+    fn header_values_are_not_in_debug_output() {
+        let config = Config::from_lookup(env(&[(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "authorization=Bearer%20s3cr3t",
+        )]))
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("authorization: ***"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+    }
+
+    #[test]
+    fn values_are_percent_decoded_and_bad_escapes_kept() {
+        let config = Config::from_lookup(env(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "team=ide%2Ctools,odd=100%zz,utf8=caf%C3%A9",
+        )]))
+        .unwrap();
+        assert_eq!(
+            config.resource_attributes,
+            [
+                ("team".into(), "ide,tools".into()),
+                ("odd".into(), "100%zz".into()),
+                ("utf8".into(), "café".into()),
+            ]
         );
     }
 }

@@ -5,9 +5,8 @@
 //! ```no_run
 //! let tracker = usage_tracker::init()?; // OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME, …
 //! usage_tracker::page_visit(usage_tracker::PageVisit {
-//!     path: "/ide",
 //!     session_id: Some("s-1"),
-//!     ..Default::default()
+//!     ..usage_tracker::PageVisit::new("/ide")
 //! });
 //! println!("{:?} {:?}", tracker.stats(), tracker.health());
 //! # Ok::<(), usage_tracker::InitError>(())
@@ -23,8 +22,11 @@
 //! - [`config`]: settings from the standard OpenTelemetry environment variables or from code.
 //! - [`tracker`]: [`Tracker`] — the `tracing` layer, `stats()`, `health()`, flush and shutdown;
 //!   [`init`] for the one-call setup.
-//! - `pipeline`: the bounded queue and the background export thread.
-//! - [`health`]: the counters and health states, and the warnings written to stderr.
+//! - `pipeline`: the bounded queue and the background export thread; events missing a value
+//!   the collector requires are refused there.
+//! - [`health`]: the counters and health states, and when to warn.
+//! - [`warning`]: the tracker's warnings and where they go (stderr, or the application's
+//!   handler).
 //!
 //! Everything but [`catalog`] is behind the default `exporter` feature.
 
@@ -39,13 +41,15 @@ mod pipeline;
 pub mod record;
 #[cfg(feature = "exporter")]
 pub mod tracker;
+#[cfg(feature = "exporter")]
+pub mod warning;
 
 #[cfg(feature = "exporter")]
 pub use config::Config;
 #[cfg(feature = "exporter")]
 pub use health::{Health, Stats};
 #[cfg(feature = "exporter")]
-pub use pipeline::StartError;
+pub use pipeline::{StartError, VerifyError};
 #[cfg(feature = "exporter")]
 pub use record::{
     EventId, FeatureUse, PageVisit, ProgramExecution, ProgramRun, SessionStart, TARGET,
@@ -53,6 +57,8 @@ pub use record::{
 };
 #[cfg(feature = "exporter")]
 pub use tracker::{InitError, Tracker, TrackerBuilder, init};
+#[cfg(feature = "exporter")]
+pub use warning::{Warning, WarningKind};
 
 /// Re-exported for the [`event!`] macro.
 #[cfg(feature = "exporter")]

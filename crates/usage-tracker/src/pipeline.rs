@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use opentelemetry::InstrumentationScope;
+use opentelemetry::logs::AnyValue;
+use opentelemetry::{InstrumentationScope, Value};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -22,8 +23,10 @@ use opentelemetry_sdk::logs::{LogBatch, LogExporter, LogProcessor, SdkLogRecord}
 use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::mpsc;
 
+use crate::catalog::{self, keys};
 use crate::config::Config;
 use crate::health::Shared;
+use crate::warning::WarningKind;
 
 pub(crate) enum Item {
     Log(Box<(SdkLogRecord, InstrumentationScope)>),
@@ -85,6 +88,16 @@ impl Queue {
 
 impl LogProcessor for Queue {
     fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        let name = record.event_name().unwrap_or_default();
+        let has_value = |key: &str| {
+            record.attributes_iter().any(|(k, v)| {
+                k.as_str() == key
+                    && !matches!(v, AnyValue::String(s) if s.as_str().trim().is_empty())
+            })
+        };
+        if let Some((event, key)) = missing_required(name, has_value) {
+            return self.shared.refused(event, key);
+        }
         self.push(Item::Log(Box::new((record.clone(), scope.clone()))));
     }
 
@@ -107,6 +120,18 @@ impl SpanProcessor for Queue {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
+        // The collector names a span by its `event.name` attribute, else by the span's name.
+        let attribute = |key: &str| span.attributes.iter().find(|kv| kv.key.as_str() == key);
+        let name = attribute(keys::EVENT_NAME).map(|kv| kv.value.as_str());
+        let name = name.as_deref().unwrap_or(&span.name);
+        let has_value = |key: &str| {
+            attribute(key).is_some_and(
+                |kv| !matches!(&kv.value, Value::String(s) if s.as_str().trim().is_empty()),
+            )
+        };
+        if let Some((event, key)) = missing_required(name, has_value) {
+            return self.shared.refused(event, key);
+        }
         self.push(Item::Span(Box::new(span)));
     }
 
@@ -119,28 +144,63 @@ impl SpanProcessor for Queue {
     }
 }
 
+/// The catalogue event called `name` and the first attribute it requires that `has_value` does
+/// not find (absent, or an empty or blank string). The collector would reject such an event, or
+/// store an empty value, without the application ever hearing of it.
+fn missing_required(
+    name: &str,
+    has_value: impl Fn(&str) -> bool,
+) -> Option<(&'static str, &'static str)> {
+    let event = catalog::event(name)?;
+    event
+        .attributes
+        .iter()
+        .find(|attribute| attribute.required && !has_value(attribute.key))
+        .map(|attribute| (event.name, attribute.key))
+}
+
 /// Why the pipeline could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The export thread or its runtime could not be created.
     #[error("cannot start the export thread: {0}")]
-    Thread(std::io::Error),
+    Thread(#[source] std::io::Error),
     /// An exporter could not be built (for example, an invalid endpoint).
-    #[error("cannot set up export to {endpoint}: {error}")]
+    #[error("cannot set up export to {endpoint}: {source}")]
     Exporter {
         /// The endpoint.
         endpoint: String,
         /// The exporter's error.
-        error: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
     },
     /// `verify` was asked for and the collector did not answer.
-    #[error("the collector at {endpoint} did not accept an empty export request: {error}")]
+    #[error("the collector at {endpoint} did not accept an empty export request: {source}")]
     Unreachable {
         /// The endpoint.
         endpoint: String,
-        /// What went wrong (connection refused, timeout, status from the server).
-        error: String,
+        /// What went wrong.
+        #[source]
+        source: VerifyError,
     },
+}
+
+/// Why the collector did not accept `verify`'s empty export request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The endpoint is not a valid URI.
+    #[error("invalid endpoint: {}", chain(.0))]
+    InvalidEndpoint(#[source] tonic::transport::Error),
+    /// No connection (refused, unknown host, TLS failure).
+    #[error("{}", chain(.0))]
+    Connect(#[source] tonic::transport::Error),
+    /// The collector answered with an error status.
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Status(#[source] tonic::Status),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 struct Worker {
@@ -202,7 +262,9 @@ pub(crate) fn start(
     }
 }
 
-fn metadata(config: &Config) -> tonic::metadata::MetadataMap {
+/// The configured headers as gRPC metadata; an invalid one is left out with a warning that
+/// names its key (never its value).
+fn metadata(config: &Config, shared: &Shared) -> tonic::metadata::MetadataMap {
     let mut map = tonic::metadata::MetadataMap::new();
     for (key, value) in &config.headers {
         if let (Ok(key), Ok(value)) = (
@@ -211,8 +273,9 @@ fn metadata(config: &Config) -> tonic::metadata::MetadataMap {
         ) {
             map.insert(key, value);
         } else {
-            eprintln!(
-                "usage-tracker WARN: header {key:?} is not a valid gRPC metadata entry; not sent"
+            shared.warn(
+                WarningKind::InvalidHeader,
+                format!("header {key:?} is not a valid gRPC metadata entry; not sent"),
             );
         }
     }
@@ -227,29 +290,27 @@ impl Worker {
     ) -> Result<Self, StartError> {
         let exporter_error = |endpoint: &str| {
             let endpoint = endpoint.to_owned();
-            move |e: opentelemetry_otlp::ExporterBuildError| StartError::Exporter {
-                endpoint,
-                error: e.to_string(),
-            }
+            move |source| StartError::Exporter { endpoint, source }
         };
+        let metadata = metadata(&config, &shared);
         let mut logs = opentelemetry_otlp::LogExporter::builder()
             .with_tonic()
             .with_endpoint(config.logs_endpoint.clone())
             .with_timeout(config.timeout)
-            .with_metadata(metadata(&config))
+            .with_metadata(metadata.clone())
             .build()
             .map_err(exporter_error(&config.logs_endpoint))?;
         let mut spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(config.traces_endpoint.clone())
             .with_timeout(config.timeout)
-            .with_metadata(metadata(&config))
+            .with_metadata(metadata.clone())
             .build()
             .map_err(exporter_error(&config.traces_endpoint))?;
         logs.set_resource(&resource);
         spans.set_resource(&resource);
         if let Some(timeout) = config.verify_timeout {
-            verify(&config, timeout).await?;
+            verify(&config.logs_endpoint, metadata, timeout).await?;
         }
         Ok(Worker {
             logs,
@@ -283,6 +344,7 @@ impl Worker {
                         }
                     }
                     self.export(std::mem::take(&mut batch)).await;
+                    self.shared.check_refusals();
                     if let Some(ack) = ack {
                         ack.send(()).ok(); // the asker may have stopped waiting
                     }
@@ -301,6 +363,7 @@ impl Worker {
                 }
                 _ = tick.tick() => {
                     self.shared.check_drops(&self.config.logs_endpoint);
+                    self.shared.check_refusals();
                     if !batch.is_empty() {
                         self.export(std::mem::take(&mut batch)).await;
                     }
@@ -344,39 +407,45 @@ impl Worker {
 }
 
 /// Sends an empty logs export request and waits for the answer.
-async fn verify(config: &Config, timeout: Duration) -> Result<(), StartError> {
+async fn verify(
+    endpoint: &str,
+    metadata: tonic::metadata::MetadataMap,
+    timeout: Duration,
+) -> Result<(), StartError> {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
-    let endpoint = config.logs_endpoint.clone();
-    let unreachable = |error: String| StartError::Unreachable {
-        endpoint: endpoint.clone(),
-        error,
-    };
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| unreachable(e.to_string()))?
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(VerifyError::InvalidEndpoint)?
             .connect()
             .await
-            .map_err(|e| unreachable(format!("{e}: {}", source_chain(&e))))?;
+            .map_err(VerifyError::Connect)?;
         let mut request = tonic::Request::new(ExportLogsServiceRequest::default());
-        *request.metadata_mut() = metadata(config);
+        *request.metadata_mut() = metadata;
         LogsServiceClient::new(channel)
             .export(request)
             .await
-            .map_err(|status| unreachable(format!("{:?}: {}", status.code(), status.message())))?;
+            .map_err(VerifyError::Status)?;
         Ok(())
     };
     tokio::time::timeout(timeout, call)
         .await
-        .unwrap_or_else(|_| Err(unreachable(format!("no answer within {timeout:?}"))))
+        .unwrap_or(Err(VerifyError::Timeout(timeout)))
+        .map_err(|source| StartError::Unreachable {
+            endpoint: endpoint.to_owned(),
+            source,
+        })
 }
 
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
+/// An error and its causes in one line: tonic's transport error says only "transport error",
+/// the reason (connection refused, bad URI) is in its sources.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
-        parts.push(e.to_string());
+        text.push_str(": ");
+        text.push_str(&e.to_string());
         source = e.source();
     }
-    parts.join(": ")
+    text
 }

@@ -1,10 +1,16 @@
 //! Recording usage events: typed helpers for the built-in catalogue, [`event!`](crate::event!)
 //! for anything else, and [`ProgramRun`] for a program run recorded as a span.
 //!
-//! Every helper is one `tracing` event with target [`TARGET`], the catalogue's event name as
-//! its name and the catalogue's keys as its fields, plus a fresh UUIDv7 `event.id` so that the
-//! collector writes a retried event once. Field values, the id included, are only computed when
-//! a subscriber wants the event: with tracking off, a helper costs one disabled-callsite check.
+//! Every helper is one [`event!`](crate::event!): a `tracing` event with target [`TARGET`], the
+//! catalogue's event name as its name and the catalogue's keys as its fields, plus a fresh UUIDv7
+//! `event.id` so that the collector writes a retried event once. Field values, the id included,
+//! are only computed when a subscriber wants the event: with tracking off, a helper costs one
+//! disabled-callsite check.
+//!
+//! A value the collector requires (a page visit's `path`, a feature use's `name`) must not be
+//! empty. The tracker refuses such an event rather than let the collector drop or store it
+//! without anyone noticing: it is not sent, it counts in [`Stats::invalid`](crate::Stats), and
+//! the tracker warns (see [`TrackerBuilder::on_warning`](crate::TrackerBuilder::on_warning)).
 
 use tracing::field::Empty;
 
@@ -44,10 +50,10 @@ impl std::fmt::Debug for EventId {
     }
 }
 
-/// A page was shown.
+/// A page was shown. Start from [`PageVisit::new`] with the path.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PageVisit<'a> {
-    /// The page's path (required by the collector).
+    /// The page's path. Required: a visit with an empty path is refused (see [`page_visit`]).
     pub path: &'a str,
     /// The session it belongs to.
     pub session_id: Option<&'a str>,
@@ -61,21 +67,30 @@ pub struct PageVisit<'a> {
     pub client_address: Option<&'a str>,
 }
 
-/// Records a page visit.
-pub fn page_visit(visit: PageVisit<'_>) {
-    tracing::event!(
-        name: events::PAGE_VISIT,
-        target: TARGET,
-        tracing::Level::INFO,
-        {
-            { keys::EVENT_ID } = EventId::new().as_str(),
-            { keys::SESSION_ID } = visit.session_id,
-            { keys::USER_ID } = visit.user_id,
-            { keys::URL_PATH } = visit.path,
-            { keys::HTTP_REFERER } = visit.referrer,
-            { keys::USER_AGENT } = visit.user_agent,
-            { keys::CLIENT_ADDRESS } = visit.client_address,
+impl<'a> PageVisit<'a> {
+    /// A visit of `path`, with the other fields unset; set them with struct update syntax:
+    /// `PageVisit { session_id: Some(id), ..PageVisit::new("/ide") }`.
+    pub fn new(path: &'a str) -> Self {
+        Self {
+            path,
+            ..Self::default()
         }
+    }
+}
+
+/// Records a page visit.
+///
+/// A visit whose `path` is empty (or blank) is not sent: the tracker counts it in
+/// [`Stats::invalid`](crate::Stats) and warns, naming the event and the missing key.
+pub fn page_visit(visit: PageVisit<'_>) {
+    crate::event!(
+        events::PAGE_VISIT,
+        { keys::SESSION_ID } = visit.session_id,
+        { keys::USER_ID } = visit.user_id,
+        { keys::URL_PATH } = visit.path,
+        { keys::HTTP_REFERER } = visit.referrer,
+        { keys::USER_AGENT } = visit.user_agent,
+        { keys::CLIENT_ADDRESS } = visit.client_address,
     );
 }
 
@@ -94,31 +109,18 @@ pub struct SessionStart<'a> {
 
 /// Records the start of a session.
 pub fn session_start(start: SessionStart<'_>) {
-    tracing::event!(
-        name: events::SESSION_START,
-        target: TARGET,
-        tracing::Level::INFO,
-        {
-            { keys::EVENT_ID } = EventId::new().as_str(),
-            { keys::SESSION_ID } = start.session_id,
-            { keys::USER_ID } = start.user_id,
-            { keys::USER_AGENT } = start.user_agent,
-            { keys::CLIENT_ADDRESS } = start.client_address,
-        }
+    crate::event!(
+        events::SESSION_START,
+        { keys::SESSION_ID } = start.session_id,
+        { keys::USER_ID } = start.user_id,
+        { keys::USER_AGENT } = start.user_agent,
+        { keys::CLIENT_ADDRESS } = start.client_address,
     );
 }
 
 /// Records the end of a session.
 pub fn session_end(session_id: &str) {
-    tracing::event!(
-        name: events::SESSION_END,
-        target: TARGET,
-        tracing::Level::INFO,
-        {
-            { keys::EVENT_ID } = EventId::new().as_str(),
-            { keys::SESSION_ID } = session_id,
-        }
-    );
+    crate::event!(events::SESSION_END, { keys::SESSION_ID } = session_id);
 }
 
 /// A program was run (recorded after the fact; see [`ProgramRun`] for a span).
@@ -140,27 +142,22 @@ pub struct ProgramExecution<'a> {
 
 /// Records a program run.
 pub fn program_execution(run: ProgramExecution<'_>) {
-    tracing::event!(
-        name: events::PROGRAM_EXECUTION,
-        target: TARGET,
-        tracing::Level::INFO,
-        {
-            { keys::EVENT_ID } = EventId::new().as_str(),
-            { keys::SESSION_ID } = run.session_id,
-            { keys::USER_ID } = run.user_id,
-            { keys::PROGRAM_LINES } = run.lines,
-            { keys::PROGRAM_LINES_EXECUTED } = run.lines_executed,
-            { keys::PROGRAM_DURATION_MS } = run.duration_ms,
-            { keys::PROGRAM_SUCCESS } = run.error_message.is_none(),
-            { keys::ERROR_MESSAGE } = run.error_message,
-        }
+    crate::event!(
+        events::PROGRAM_EXECUTION,
+        { keys::SESSION_ID } = run.session_id,
+        { keys::USER_ID } = run.user_id,
+        { keys::PROGRAM_LINES } = run.lines,
+        { keys::PROGRAM_LINES_EXECUTED } = run.lines_executed,
+        { keys::PROGRAM_DURATION_MS } = run.duration_ms,
+        { keys::PROGRAM_SUCCESS } = run.error_message.is_none(),
+        { keys::ERROR_MESSAGE } = run.error_message,
     );
 }
 
-/// A feature was used.
+/// A feature was used. Start from [`FeatureUse::new`] with the feature's name.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FeatureUse<'a> {
-    /// The feature's name (required by the collector).
+    /// The feature's name. Required: a use with an empty name is refused (see [`feature_use`]).
     pub name: &'a str,
     /// The session.
     pub session_id: Option<&'a str>,
@@ -170,28 +167,46 @@ pub struct FeatureUse<'a> {
     pub data_json: Option<&'a str>,
 }
 
-/// Records a feature use.
-pub fn feature_use(feature: FeatureUse<'_>) {
-    tracing::event!(
-        name: events::FEATURE_USE,
-        target: TARGET,
-        tracing::Level::INFO,
-        {
-            { keys::EVENT_ID } = EventId::new().as_str(),
-            { keys::SESSION_ID } = feature.session_id,
-            { keys::USER_ID } = feature.user_id,
-            { keys::FEATURE_NAME } = feature.name,
-            { keys::FEATURE_DATA } = feature.data_json,
+impl<'a> FeatureUse<'a> {
+    /// A use of the feature `name`, with the other fields unset; set them with struct update
+    /// syntax: `FeatureUse { session_id: Some(id), ..FeatureUse::new("autosave") }`.
+    pub fn new(name: &'a str) -> Self {
+        Self {
+            name,
+            ..Self::default()
         }
+    }
+}
+
+/// Records a feature use.
+///
+/// A use whose `name` is empty (or blank) is not sent: the tracker counts it in
+/// [`Stats::invalid`](crate::Stats) and warns, naming the event and the missing key.
+pub fn feature_use(feature: FeatureUse<'_>) {
+    crate::event!(
+        events::FEATURE_USE,
+        { keys::SESSION_ID } = feature.session_id,
+        { keys::USER_ID } = feature.user_id,
+        { keys::FEATURE_NAME } = feature.name,
+        { keys::FEATURE_DATA } = feature.data_json,
     );
 }
 
-/// Records a custom usage event; the collector writes it to `usage_events` with its fields as
-/// JSON. The name must be a literal or a `const`; fields use `tracing` syntax:
+/// Records a usage event: a `tracing` event with target [`TARGET`](crate::TARGET), level INFO,
+/// `name` as its name and a fresh UUIDv7 `event.id` besides the given fields. An event the
+/// catalogue does not name is written to `usage_events` with its fields as JSON.
+///
+/// The name must be a literal or a `const`; fields use `tracing` syntax, including
+/// `{ KEY } = value` for a key held in a `const` such as those of [`catalog::keys`](crate::catalog::keys):
 ///
 /// ```
+/// use usage_tracker::catalog::keys;
 /// usage_tracker::event!("share_link", "session.id" = "s-1", "link.kind" = "public", pages = 3);
+/// usage_tracker::event!("share_link", { keys::SESSION_ID } = "s-1", { keys::USER_ID } = Some("u-7"));
 /// ```
+///
+/// As with any `tracing` event, the fields (and the id) are only computed when a subscriber
+/// wants the event.
 #[macro_export]
 macro_rules! event {
     ($name:expr $(, $($fields:tt)*)?) => {

@@ -19,6 +19,7 @@ use crate::config::{Config, EnvError};
 use crate::health::{Health, Shared, Stats};
 use crate::pipeline::{self, Control, Queue, StartError};
 use crate::record::TARGET;
+use crate::warning::{Warning, WarningKind, Warnings};
 
 /// The tracker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,7 @@ pub enum InitError {
 #[derive(Debug, Clone, Default)]
 pub struct TrackerBuilder {
     config: Config,
+    warnings: Warnings,
 }
 
 impl TrackerBuilder {
@@ -51,14 +53,15 @@ impl TrackerBuilder {
 
     /// The standard OpenTelemetry environment variables (see [`Config::from_env`]).
     pub fn from_env() -> Result<Self, EnvError> {
-        Ok(Self {
-            config: Config::from_env()?,
-        })
+        Ok(Self::from_config(Config::from_env()?))
     }
 
     /// These settings.
     pub fn from_config(config: Config) -> Self {
-        Self { config }
+        Self {
+            config,
+            warnings: Warnings::default(),
+        }
     }
 
     /// Sends logs and spans to this collector endpoint (`http://host:4317`).
@@ -130,14 +133,52 @@ impl TrackerBuilder {
         self
     }
 
+    /// Sends the tracker's warnings (export failing, still failing, working again, events
+    /// refused, events left unsent at shutdown, a header not sent) to `handler` instead of
+    /// stderr. Each carries its message and the counts; its `Display` is the line the tracker
+    /// would have written to stderr.
+    ///
+    /// The handler runs on the tracker's export thread (or on the thread that shuts the tracker
+    /// down), so it should be quick. Warnings never go through the tracker's export; a handler
+    /// that logs them with `tracing` under the target `usage_tracker` keeps it that way even with
+    /// [`export_app_logs`](Self::export_app_logs) on. A handler that panics is caught and the
+    /// warning is written to stderr.
+    ///
+    /// ```no_run
+    /// let tracker = usage_tracker::Tracker::builder()
+    ///     .on_warning(|w| tracing::warn!(target: "usage_tracker", failed = w.stats.failed, "{}", w.message))
+    ///     .start()?;
+    /// # Ok::<(), usage_tracker::InitError>(())
+    /// ```
+    pub fn on_warning(mut self, handler: impl Fn(&Warning) + Send + Sync + 'static) -> Self {
+        self.warnings = Warnings::to(Arc::new(handler));
+        self
+    }
+
     /// Starts the export thread. Add [`Tracker::layer`] to the application's subscriber.
+    ///
+    /// Keep the returned [`Tracker`] for as long as the application records events: dropping
+    /// it sends what is queued and stops tracking.
+    #[must_use = "dropping the Tracker stops usage tracking at once; keep it alive (e.g. `let _tracker = …`) until the application exits"]
     pub fn start(self) -> Result<Tracker, InitError> {
-        Tracker::start(self.config)
+        Tracker::start(self.config, self.warnings)
     }
 }
 
-/// The running tracker. Dropping it flushes queued events, waiting at most the shutdown deadline.
+/// The running tracker. Dropping it flushes queued events, waiting at most the shutdown deadline,
+/// and stops tracking: keep it for as long as the application runs.
+///
+/// Dropping it by mistake is a warning (an error under `deny(unused_must_use)`):
+///
+/// ```compile_fail
+/// #![deny(unused_must_use)]
+/// fn main() -> Result<(), usage_tracker::InitError> {
+///     usage_tracker::init()?; // the tracker would stop here
+///     Ok(())
+/// }
+/// ```
 #[derive(Debug)]
+#[must_use = "dropping the Tracker stops usage tracking at once; keep it alive (e.g. `let _tracker = …`) until the application exits"]
 pub struct Tracker {
     shared: Arc<Shared>,
     queue: Queue,
@@ -154,20 +195,9 @@ impl Tracker {
         TrackerBuilder::new()
     }
 
-    fn start(config: Config) -> Result<Self, InitError> {
-        let mut resource = Resource::builder();
-        if let Some(name) = &config.service_name {
-            resource = resource.with_service_name(name.clone());
-        }
-        let resource = resource
-            .with_attributes(
-                config
-                    .resource_attributes
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .build();
-        let shared = Arc::new(Shared::default());
+    fn start(config: Config, warnings: Warnings) -> Result<Self, InitError> {
+        let resource = resource(&config);
+        let shared = Arc::new(Shared::new(warnings));
         let queue = pipeline::start(config.clone(), resource.clone(), shared.clone())?;
         let logs = SdkLoggerProvider::builder()
             .with_resource(resource.clone())
@@ -228,18 +258,20 @@ impl Tracker {
     }
 
     /// Sends everything queued and stops, waiting at most the shutdown deadline. Returns the
-    /// counts at the end; events still queued at the deadline are reported on stderr.
+    /// counts at the end; events still queued at the deadline are reported as a warning.
     pub fn shutdown(&self) -> Stats {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return self.stats();
         }
         let deadline = self.config.shutdown_deadline;
         if !self.queue.stop(deadline) {
-            let stats = self.stats();
-            eprintln!(
-                "usage-tracker WARN: shutdown deadline of {deadline:?} passed with {} events not yet sent to {}",
-                stats.pending(),
-                self.config.logs_endpoint
+            self.shared.warn(
+                WarningKind::ShutdownDeadline,
+                format!(
+                    "shutdown deadline of {deadline:?} passed with {} events not yet sent to {}",
+                    self.stats().pending(),
+                    self.config.logs_endpoint
+                ),
             );
         }
         self.stats()
@@ -252,22 +284,63 @@ impl Drop for Tracker {
     }
 }
 
-/// The OpenTelemetry crates' own diagnostics must never become usage events.
-fn is_telemetry_internal(target: &str) -> bool {
-    ["opentelemetry", "tonic", "h2", "hyper", "tower"]
+/// The resource: what `Resource::builder()` detects (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES` and the SDK's own attributes), plus those of the settings that it
+/// does not already hold with the same value: values set in code or read from another source,
+/// percent-encoded values (the SDK keeps them encoded), and `OTEL_SERVICE_NAME` when
+/// `OTEL_RESOURCE_ATTRIBUTES` also names a service (the specification gives `OTEL_SERVICE_NAME`
+/// precedence; the SDK's detectors let the attribute win).
+fn resource(config: &Config) -> Resource {
+    let detected = Resource::builder().build();
+    let wanted = config
+        .resource_attributes
         .iter()
-        .any(|prefix| target.starts_with(prefix))
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()))
+        .chain(
+            config
+                .service_name
+                .iter()
+                .map(|name| KeyValue::new(crate::catalog::keys::SERVICE_NAME, name.clone())),
+        );
+    let missing: Vec<KeyValue> = wanted
+        .filter(|kv| detected.get(&kv.key).as_ref() != Some(&kv.value))
+        .collect();
+    if missing.is_empty() {
+        return detected;
+    }
+    let kept = detected
+        .iter()
+        .map(|(k, v)| KeyValue::new(k.clone(), v.clone()));
+    Resource::builder_empty()
+        .with_attributes(kept.chain(missing))
+        .build()
+}
+
+/// The OpenTelemetry crates' own diagnostics, and the tracker's warnings when a warning handler
+/// logs them under the target `usage_tracker`, must never become usage events.
+fn is_telemetry_internal(target: &str) -> bool {
+    [
+        "opentelemetry",
+        "tonic",
+        "h2",
+        "hyper",
+        "tower",
+        "usage_tracker",
+    ]
+    .iter()
+    .any(|prefix| target.starts_with(prefix))
 }
 
 /// Reports the counts through the application's global meter provider, if it has one.
 fn register_metrics(shared: &Arc<Shared>) -> Vec<opentelemetry::metrics::ObservableCounter<u64>> {
     let meter = opentelemetry::global::meter("usage-tracker");
     type Read = fn(&Stats) -> u64;
-    let outcomes: [(&str, Read); 4] = [
+    let outcomes: [(&str, Read); 5] = [
         ("recorded", |s| s.recorded),
         ("exported", |s| s.exported),
         ("failed", |s| s.failed),
         ("dropped", |s| s.dropped),
+        ("invalid", |s| s.invalid),
     ];
     outcomes
         .into_iter()
@@ -286,6 +359,10 @@ fn register_metrics(shared: &Arc<Shared>) -> Vec<opentelemetry::metrics::Observa
 /// Starts a tracker from the standard environment variables and installs it as the global
 /// `tracing` subscriber. An application with its own subscriber uses
 /// `Tracker::builder()…start()` and adds `tracker.layer()` instead.
+///
+/// Keep the returned [`Tracker`] (`let _tracker = usage_tracker::init()?;`, not `init()?;`):
+/// dropping it sends what is queued and stops tracking.
+#[must_use = "dropping the Tracker stops usage tracking at once; keep it alive (e.g. `let _tracker = usage_tracker::init()?;`) until the application exits"]
 pub fn init() -> Result<Tracker, InitError> {
     use tracing_subscriber::layer::SubscriberExt;
     let tracker = TrackerBuilder::from_env()?.start()?;
@@ -293,4 +370,24 @@ pub fn init() -> Result<Tracker, InitError> {
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|_| InitError::SubscriberAlreadySet)?;
     Ok(tracker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resource_has_the_settings_on_top_of_what_the_sdk_detects() {
+        let config = Config {
+            service_name: Some("web-ide".into()),
+            resource_attributes: vec![("team".into(), "ide,tools".into())],
+            ..Config::default()
+        };
+        let resource = resource(&config);
+        let get = |key: &'static str| resource.get(&opentelemetry::Key::new(key));
+        assert_eq!(get("service.name"), Some("web-ide".into()));
+        assert_eq!(get("team"), Some("ide,tools".into()));
+        // The SDK's own attributes are kept.
+        assert!(get("telemetry.sdk.name").is_some());
+    }
 }
