@@ -80,7 +80,7 @@ fn decode_and_map(c: &mut Criterion) {
         group.bench_function(format!("{records}_records"), |b| {
             b.iter_batched(
                 || input.clone(),
-                |request| convert::logs(request, &catalog, 500),
+                |request| convert::logs(request, &catalog, 500, ()),
                 BatchSize::SmallInput,
             )
         });
@@ -90,7 +90,7 @@ fn decode_and_map(c: &mut Criterion) {
 
 fn spool_rows(c: &mut Criterion) {
     let catalog = Catalog::built_in();
-    let events = convert::logs(request(512), &catalog, 500).events;
+    let events = convert::logs(request(512), &catalog, 500, ()).events;
     let mut body = Vec::new();
     usage_collector::spool::rows::encode(&catalog, &events, &mut body);
     let mut group = c.benchmark_group("spool_rows");

@@ -201,7 +201,7 @@ async fn invalid_records_are_refused_alone_and_valid_ones_written() {
 async fn oversized_requests_get_resource_exhausted_and_metrics_are_unimplemented() {
     let db = TestDb::mysql().await;
     let mut config = settings(db.url());
-    config.max_request_bytes = 64 * 1024;
+    config.limits.max_request_bytes = 64 * 1024;
     let collector = TestCollector::start(config).await;
     let big = logs_request(
         "web-ide",

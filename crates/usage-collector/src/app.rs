@@ -18,9 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::catalog::Catalog;
-use crate::config::Settings;
+use crate::config::{ConnectionSettings, LimitSettings, Settings};
 use crate::health::metrics::KnownLabels;
 use crate::health::{Check, Health, Metrics};
+use crate::net::Incoming;
+use crate::receiver::admission::Admission;
+use crate::receiver::shape::{Limits, Shape};
 use crate::receiver::{self, Ingest};
 use crate::sink::{Sink, Step, VerifyError};
 use crate::spool::Spool;
@@ -55,9 +58,9 @@ pub enum AppError {
     /// The gRPC server failed.
     #[error("OTLP/gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    /// The admin server failed.
-    #[error("admin HTTP server failed: {0}")]
-    Admin(std::io::Error),
+    /// The limits contradict each other.
+    #[error(transparent)]
+    Limits(#[from] crate::config::ConfigError),
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
@@ -75,6 +78,7 @@ pub struct Application {
     telemetry: Option<tokio::task::JoinHandle<()>>,
     sink: Sink,
     max_request_bytes: usize,
+    connections: ConnectionSettings,
     shutdown_timeout: Duration,
 }
 
@@ -83,6 +87,7 @@ impl Application {
     /// With `migrate`, migrations are applied before verification; the embedded SQLite
     /// database is always migrated, so the collector runs with nothing set up.
     pub async fn build(settings: Settings, migrate: bool) -> Result<Self, AppError> {
+        check_limits(&settings.limits)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -121,7 +126,9 @@ impl Application {
         metrics.attach_spool(spool.capacity(), depth.clone());
         health.attach_spool(spool.capacity(), depth);
         let dead_letters = DeadLetters::new(sink.clone(), &settings.spool.dir, metrics.clone());
-        let cache = Arc::new(crate::spool::cache::RowCache::default());
+        let cache = Arc::new(crate::spool::cache::RowCache::new(
+            settings.limits.row_cache_bytes,
+        ));
         let (writer, writer_task) = Writer::spawn(WriterParts {
             spool: spool.clone(),
             sender: Sender::new(
@@ -162,6 +169,17 @@ impl Application {
                 watch_database(&sink, &health, &metrics).await;
             }
         });
+        let limits = &settings.limits;
+        let admission = Admission::new(
+            Limits {
+                max_records: limits.max_records_per_request,
+                max_attributes: limits.max_attributes_per_record,
+                max_value_bytes: limits.max_attribute_value_bytes,
+            },
+            limits.max_inflight_bytes,
+            spool.clone(),
+            metrics.clone(),
+        );
         Ok(Self {
             grpc,
             admin,
@@ -171,6 +189,7 @@ impl Application {
                 metrics,
                 health,
                 cache,
+                admission,
             },
             writer,
             writer_task,
@@ -178,7 +197,8 @@ impl Application {
             heartbeat,
             telemetry,
             sink,
-            max_request_bytes: settings.max_request_bytes,
+            max_request_bytes: settings.limits.max_request_bytes,
+            connections: settings.connections.clone(),
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -222,15 +242,19 @@ impl Application {
         tracing::info!(grpc = %self.grpc_addr(), admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
         let health = self.ingest.health.clone();
         let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
-        let admin = tokio::spawn(
-            axum::serve(self.admin, admin_router)
-                .with_graceful_shutdown(wait(stopped.clone()))
-                .into_future(),
-        );
+        let admin = tokio::spawn(crate::health::http::serve(
+            Incoming::new(self.admin, self.connections.handshake_timeout),
+            admin_router,
+            self.connections.admin_timeout,
+            wait(stopped.clone()),
+        ));
         let grpc = tokio::spawn(receiver::serve(
-            self.grpc,
+            Incoming::new(self.grpc, self.connections.handshake_timeout),
             self.ingest,
-            self.max_request_bytes,
+            receiver::grpc::Serving {
+                max_request_bytes: self.max_request_bytes,
+                connections: self.connections.clone(),
+            },
             wait(stopped),
         ));
         shutdown.await;
@@ -263,29 +287,76 @@ impl Application {
             Ok(result) => result?,
             Err(e) => tracing::error!(error = %e, "gRPC server task ended abnormally"),
         }
-        match admin_result {
-            Ok(result) => result.map_err(AppError::Admin)?,
-            Err(e) => tracing::error!(error = %e, "admin server task ended abnormally"),
+        if let Err(e) = admin_result {
+            tracing::error!(error = %e, "admin server task ended abnormally");
         }
         Ok(())
     }
+}
+
+/// Refuses limits that cannot all hold: a request within the limits must fit in the spool as one
+/// record and in the in-flight budget.
+fn check_limits(limits: &LimitSettings) -> Result<(), crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    let largest_record =
+        crate::spool::rows::largest_body(limits.max_request_bytes, limits.max_records_per_request);
+    if largest_record > crate::spool::format::MAX_BODY {
+        return Err(ConfigError::Invalid {
+            key: "max_request_bytes".to_owned(),
+            message: format!(
+                "a request of {} bytes with {} records can take {largest_record} bytes in the spool, \
+                 more than one spool record holds ({} bytes); lower max_request_bytes or \
+                 limits.max_records_per_request",
+                limits.max_request_bytes,
+                limits.max_records_per_request,
+                crate::spool::format::MAX_BODY
+            ),
+        });
+    }
+    let typical = Shape::worst_case_bytes(
+        limits.max_request_bytes,
+        &Limits {
+            max_records: limits.max_records_per_request,
+            max_attributes: limits.max_attributes_per_record,
+            max_value_bytes: limits.max_attribute_value_bytes,
+        },
+    )
+    .min(limits.max_request_bytes * 4 + limits.max_records_per_request * 1024);
+    if limits.max_inflight_bytes < typical {
+        return Err(ConfigError::Invalid {
+            key: "limits.max_inflight_bytes".to_owned(),
+            message: format!(
+                "{} bytes cannot hold even one request of max_request_bytes ({}) with \
+                 limits.max_records_per_request ({}) records, which needs about {typical} bytes",
+                limits.max_inflight_bytes, limits.max_request_bytes, limits.max_records_per_request
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Starts every series whose labels the stages know up front at zero.
 fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
     use crate::catalog::MapError;
     use crate::event::{DecodeError, Signal};
+    use crate::receiver::admission::{RECORD_REASONS, REQUEST_REASONS};
+    use crate::receiver::shape::Violation;
     use crate::spool::AppendError;
     let rejected: Vec<&str> = DecodeError::REASONS
         .into_iter()
         .chain(MapError::REASONS)
+        .chain(Violation::REASONS)
+        .collect();
+    let refused: Vec<&str> = AppendError::REASONS
+        .into_iter()
+        .chain(RECORD_REASONS)
         .collect();
     let tables: Vec<&str> = catalog.tables().iter().map(|t| t.name).collect();
     metrics.start_at_zero(&KnownLabels {
         signals: &[Signal::Log.as_str(), Signal::Span.as_str()],
         rejected: &rejected,
-        refused: &AppendError::REASONS,
-        requests_refused: &["too_large"],
+        refused: &refused,
+        requests_refused: &REQUEST_REASONS,
         write_failures: &crate::sink::error::REASONS,
         dropped: &["undecodable", "dead_letter_lost"],
         tables: &tables,

@@ -46,9 +46,12 @@ pub struct Settings {
         global = true
     )]
     pub admin_listen: SocketAddr,
-    /// Largest accepted request in bytes, after decompression
-    #[arg(id = "max_request_bytes", long = "max-request-bytes", env = "USAGE_MAX_REQUEST_BYTES", default_value = "67108864", value_parser = positive::<usize>, global = true)]
-    pub max_request_bytes: usize,
+    /// What one request, and all requests in flight together, may hold.
+    #[command(flatten)]
+    pub limits: LimitSettings,
+    /// How long connections may stay silent, idle or open.
+    #[command(flatten)]
+    pub connections: ConnectionSettings,
     /// How rows are grouped into transactions.
     #[command(flatten)]
     pub writer: WriterSettings,
@@ -126,6 +129,61 @@ pub struct DatabaseSettings {
     /// Seconds to wait for a database connection
     #[arg(id = "database.connect_timeout_secs", long = "database-connect-timeout-secs", env = "USAGE_DATABASE_CONNECT_TIMEOUT_SECS", default_value = "5", value_parser = positive_seconds, global = true)]
     pub connect_timeout: Duration,
+}
+
+/// What one request, and all requests in flight together, may hold: the bounds that keep the
+/// collector's memory and CPU independent of what clients send.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitSettings {
+    /// Largest accepted request in bytes, after decompression
+    #[arg(id = "max_request_bytes", long = "max-request-bytes", env = "USAGE_MAX_REQUEST_BYTES", default_value = "4194304", value_parser = positive::<usize>, global = true)]
+    pub max_request_bytes: usize,
+    /// Most records (log records or spans) in one request; a request with more is refused
+    #[arg(id = "limits.max_records_per_request", long = "max-records-per-request", env = "USAGE_MAX_RECORDS_PER_REQUEST", default_value = "20000", value_parser = positive::<usize>, global = true)]
+    pub max_records_per_request: usize,
+    /// Most attributes on one record; a record with more is rejected on its own
+    #[arg(id = "limits.max_attributes_per_record", long = "max-attributes-per-record", env = "USAGE_MAX_ATTRIBUTES_PER_RECORD", default_value = "128", value_parser = positive::<usize>, global = true)]
+    pub max_attributes_per_record: usize,
+    /// Largest attribute value or event name in bytes; a record with a larger one is rejected
+    #[arg(id = "limits.max_attribute_value_bytes", long = "max-attribute-value-bytes", env = "USAGE_MAX_ATTRIBUTE_VALUE_BYTES", default_value = "65536", value_parser = positive::<usize>, global = true)]
+    pub max_attribute_value_bytes: usize,
+    /// Memory budget for requests in flight (received, decoded, not yet spooled), in bytes;
+    /// past it requests wait briefly, then are refused with a retryable status
+    #[arg(id = "limits.max_inflight_bytes", long = "max-inflight-bytes", env = "USAGE_MAX_INFLIGHT_BYTES", default_value = "67108864", value_parser = positive::<usize>, global = true)]
+    pub max_inflight_bytes: usize,
+    /// Memory for the receiver's mapped rows kept for the writer, in bytes (a miss only costs
+    /// decoding the spooled record again)
+    #[arg(
+        id = "limits.row_cache_bytes",
+        long = "row-cache-bytes",
+        env = "USAGE_ROW_CACHE_BYTES",
+        default_value = "16777216",
+        global = true
+    )]
+    pub row_cache_bytes: usize,
+}
+
+/// How long connections may stay silent, idle or open, on both listeners.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnectionSettings {
+    /// Seconds a new connection may stay silent before it is closed
+    #[arg(id = "connections.handshake_timeout_secs", long = "handshake-timeout-secs", env = "USAGE_HANDSHAKE_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds, global = true)]
+    pub handshake_timeout: Duration,
+    /// Seconds between HTTP/2 keepalive pings on the OTLP listener; a peer that does not answer
+    /// within the same time is disconnected
+    #[arg(id = "connections.keepalive_secs", long = "keepalive-secs", env = "USAGE_KEEPALIVE_SECS", default_value = "20", value_parser = positive_seconds, global = true)]
+    pub keepalive: Duration,
+    /// Most requests at once on one OTLP connection
+    #[arg(id = "connections.max_concurrent_streams", long = "max-concurrent-streams", env = "USAGE_MAX_CONCURRENT_STREAMS", default_value = "32", value_parser = positive::<u32>, global = true)]
+    pub max_concurrent_streams: u32,
+    /// Seconds an OTLP connection lives before it is asked to close (clients reconnect, which
+    /// also spreads them over the replicas)
+    #[arg(id = "connections.max_age_secs", long = "max-connection-age-secs", env = "USAGE_MAX_CONNECTION_AGE_SECS", default_value = "600", value_parser = positive_seconds, global = true)]
+    pub max_age: Duration,
+    /// Seconds the admin listener waits for a request's headers, and the longest an admin
+    /// connection stays open
+    #[arg(id = "connections.admin_timeout_secs", long = "admin-timeout-secs", env = "USAGE_ADMIN_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds, global = true)]
+    pub admin_timeout: Duration,
 }
 
 /// How rows are grouped into transactions.
@@ -789,7 +847,7 @@ mod tests {
     #[test]
     fn defaults_parse() {
         let defaults = Settings::defaults();
-        assert_eq!(defaults.max_request_bytes, 64 * 1024 * 1024);
+        assert_eq!(defaults.limits.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(defaults.writer.write_timeout, Duration::from_secs(10));
         assert_eq!(DatabaseSettings::new("sqlite://x.db").pool_size, 4);
     }

@@ -217,17 +217,43 @@ fn span_id(bytes: &[u8]) -> Option<[u8; 8]> {
 
 /// Where a record came from, for the deterministic id of records without `event.id`.
 pub struct Origin<'a> {
-    /// The resource's attributes.
-    pub resource: &'a [KeyValue],
     /// The instrumentation scope.
     pub scope: Option<&'a InstrumentationScope>,
     /// The service, from the resource.
     pub service: &'a Arc<str>,
     /// Receive time, used when the record carries no time at all.
     pub now_unix_nano: u64,
+    /// A digest of the resource and the scope, computed once for all their records, so that
+    /// deriving an id costs the record's bytes, not the resource's again for every record.
+    digest: [u8; 16],
 }
 
-impl Origin<'_> {
+impl<'a> Origin<'a> {
+    /// The origin of the records of one resource and scope.
+    pub fn new(
+        resource: &[KeyValue],
+        scope: Option<&'a InstrumentationScope>,
+        service: &'a Arc<str>,
+        now_unix_nano: u64,
+    ) -> Self {
+        let mut bytes = Vec::with_capacity(256);
+        for kv in resource {
+            kv.encode(&mut bytes).expect("a Vec grows as needed");
+        }
+        if let Some(scope) = scope {
+            bytes.extend_from_slice(scope.name.as_bytes());
+            bytes.push(0);
+            bytes.extend_from_slice(scope.version.as_bytes());
+            bytes.push(0);
+        }
+        Origin {
+            scope,
+            service,
+            now_unix_nano,
+            digest: *Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes).as_bytes(),
+        }
+    }
+
     /// Refuses the collector's own telemetry, so a misdirected export cannot loop.
     fn check_not_own(&self) -> Result<(), DecodeError> {
         match self.scope {
@@ -238,17 +264,11 @@ impl Origin<'_> {
         }
     }
 
+    /// The record's bytes after the origin's digest, hashed: the same record from the same
+    /// origin always gets the same id.
     fn hashed_id(&self, record: &impl Message) -> Uuid {
-        let mut bytes = Vec::with_capacity(256);
-        for kv in self.resource {
-            kv.encode(&mut bytes).expect("a Vec grows as needed");
-        }
-        if let Some(scope) = self.scope {
-            bytes.extend_from_slice(scope.name.as_bytes());
-            bytes.push(0);
-            bytes.extend_from_slice(scope.version.as_bytes());
-            bytes.push(0);
-        }
+        let mut bytes = Vec::with_capacity(self.digest.len() + record.encoded_len());
+        bytes.extend_from_slice(&self.digest);
         record.encode(&mut bytes).expect("a Vec grows as needed");
         Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes)
     }
@@ -339,7 +359,8 @@ impl UsageEvent {
             trace_id: trace,
             span_id: own_span,
             span: Some(SpanFacts {
-                duration_ms: i64::try_from((duration_ns + 500_000) / 1_000_000).unwrap_or(i64::MAX),
+                duration_ms: i64::try_from(duration_ns.saturating_add(500_000) / 1_000_000)
+                    .unwrap_or(i64::MAX),
                 error,
                 status_set,
             }),
@@ -365,12 +386,7 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Status;
 
     fn origin(service: &Arc<str>) -> Origin<'_> {
-        Origin {
-            resource: &[],
-            scope: None,
-            service,
-            now_unix_nano: 7,
-        }
+        Origin::new(&[], None, service, 7)
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod health;
+pub mod net;
 pub mod receiver;
 pub mod sink;
 pub mod spool;

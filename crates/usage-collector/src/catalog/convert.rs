@@ -1,6 +1,7 @@
 //! From an OTLP export request to mapped events: each record decoded ([`crate::event`]) and
 //! mapped ([`super::mapping`]) on its own, with a count and description of those refused.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -54,29 +55,52 @@ pub struct Converted {
     /// (table, column) of each text value cut to fit.
     pub truncated: Vec<(&'static str, &'static str)>,
     /// Valid events by (service, event name).
-    pub tally: Vec<((Arc<str>, String), u64)>,
+    pub tally: HashMap<(Arc<str>, String), u64>,
 }
 
-struct Builder<'a> {
+/// A record refused before it was decoded (it broke a per-record limit), with its reason.
+pub trait Skip {
+    /// Why the `index`-th record of the request is refused, if it is.
+    fn refused(&mut self, index: usize) -> Option<(&'static str, String)>;
+}
+
+/// Nothing is refused before decoding.
+impl Skip for () {
+    fn refused(&mut self, _index: usize) -> Option<(&'static str, String)> {
+        None
+    }
+}
+
+struct Builder<'a, S> {
     catalog: &'a Catalog,
+    skip: S,
     out: Converted,
 }
 
-impl<'a> Builder<'a> {
-    fn new(catalog: &'a Catalog) -> Self {
+impl<'a, S: Skip> Builder<'a, S> {
+    fn new(catalog: &'a Catalog, skip: S) -> Self {
         Self {
             catalog,
+            skip,
             out: Converted::default(),
         }
     }
 
+    /// Adds the next record: refused before decoding, or decoded by `decode` and mapped.
     fn add(
         &mut self,
-        decoded: Result<UsageEvent, crate::event::DecodeError>,
+        decode: impl FnOnce() -> Result<UsageEvent, crate::event::DecodeError>,
         position: impl Fn() -> String,
     ) {
+        let index = self.out.received as usize;
         self.out.received += 1;
-        let mut event = match decoded {
+        if let Some((reason, why)) = self.skip.refused(index) {
+            return self
+                .out
+                .rejected
+                .add(reason, || format!("{}: {why}", position()));
+        }
+        let mut event = match decode() {
             Ok(event) => event,
             Err(e) => {
                 return self
@@ -89,14 +113,11 @@ impl<'a> Builder<'a> {
             Ok(mut mapped) => {
                 self.out.truncated.append(&mut mapped.truncated);
                 self.out.events.push(mapped);
-                let tally = &mut self.out.tally;
-                match tally
-                    .iter_mut()
-                    .find(|((s, n), _)| Arc::ptr_eq(s, &event.service) && *n == event.name)
-                {
-                    Some((_, count)) => *count += 1,
-                    None => tally.push(((event.service.clone(), event.name.clone()), 1)),
-                }
+                *self
+                    .out
+                    .tally
+                    .entry((event.service, event.name))
+                    .or_default() += 1;
             }
             Err(e) => self.out.rejected.add(e.reason(), || {
                 format!("{} (event `{}`): {e}", position(), event.name)
@@ -109,46 +130,60 @@ impl<'a> Builder<'a> {
     }
 }
 
-/// Converts a logs request received at `now`; each record is decoded and mapped on its own.
-pub fn logs(request: ExportLogsServiceRequest, catalog: &Catalog, now: u64) -> Converted {
-    let mut builder = Builder::new(catalog);
+/// Converts a logs request received at `now`; each record is decoded and mapped on its own,
+/// except those `skip` refuses.
+pub fn logs<S: Skip>(
+    request: ExportLogsServiceRequest,
+    catalog: &Catalog,
+    now: u64,
+    skip: S,
+) -> Converted {
+    let mut builder = Builder::new(catalog, skip);
     for (r, resource_logs) in request.resource_logs.into_iter().enumerate() {
         let resource = resource_logs.resource.unwrap_or_default();
         let service: Arc<str> = service_name(&resource.attributes);
         for (s, scope_logs) in resource_logs.scope_logs.into_iter().enumerate() {
-            let origin = Origin {
-                resource: &resource.attributes,
-                scope: scope_logs.scope.as_ref(),
-                service: &service,
-                now_unix_nano: now,
-            };
+            let origin = Origin::new(
+                &resource.attributes,
+                scope_logs.scope.as_ref(),
+                &service,
+                now,
+            );
             for (i, record) in scope_logs.log_records.into_iter().enumerate() {
-                builder.add(UsageEvent::from_log(record, &origin), || {
-                    format!("log record {i} of resource {r}, scope {s}")
-                });
+                builder.add(
+                    || UsageEvent::from_log(record, &origin),
+                    || format!("log record {i} of resource {r}, scope {s}"),
+                );
             }
         }
     }
     builder.finish()
 }
 
-/// Converts a traces request received at `now`; each span is decoded and mapped on its own.
-pub fn traces(request: ExportTraceServiceRequest, catalog: &Catalog, now: u64) -> Converted {
-    let mut builder = Builder::new(catalog);
+/// Converts a traces request received at `now`; each span is decoded and mapped on its own,
+/// except those `skip` refuses.
+pub fn traces<S: Skip>(
+    request: ExportTraceServiceRequest,
+    catalog: &Catalog,
+    now: u64,
+    skip: S,
+) -> Converted {
+    let mut builder = Builder::new(catalog, skip);
     for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
         let resource = resource_spans.resource.unwrap_or_default();
         let service: Arc<str> = service_name(&resource.attributes);
         for (s, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
-            let origin = Origin {
-                resource: &resource.attributes,
-                scope: scope_spans.scope.as_ref(),
-                service: &service,
-                now_unix_nano: now,
-            };
+            let origin = Origin::new(
+                &resource.attributes,
+                scope_spans.scope.as_ref(),
+                &service,
+                now,
+            );
             for (i, span) in scope_spans.spans.into_iter().enumerate() {
-                builder.add(UsageEvent::from_span(span, &origin), || {
-                    format!("span {i} of resource {r}, scope {s}")
-                });
+                builder.add(
+                    || UsageEvent::from_span(span, &origin),
+                    || format!("span {i} of resource {r}, scope {s}"),
+                );
             }
         }
     }

@@ -16,6 +16,44 @@ struct AdminState {
     metrics: Arc<Metrics>,
 }
 
+/// Serves the admin routes on `incoming` until `shutdown` completes. Each connection gets
+/// `timeout` for a request's headers (a slowloris client is cut off) and lives at most
+/// `timeout` more than that, so connections cannot pile up.
+pub async fn serve(
+    incoming: crate::net::Incoming,
+    router: Router,
+    timeout: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = incoming.accept() => match accepted {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin listener: cannot accept a connection");
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(timeout * 2, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "admin connection ended with an error"),
+                Err(_) => tracing::debug!("admin connection closed: open too long"),
+            }
+        });
+    }
+}
+
 /// The admin routes.
 pub fn router(health: Health, metrics: Arc<Metrics>) -> Router {
     Router::new()

@@ -29,17 +29,17 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use prost::bytes::{Buf, Bytes};
-use tokio::net::TcpListener;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, StdError};
 use tonic::server::{NamedService, UnaryService};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::ingest::Ingest;
 use crate::catalog::convert;
+use crate::config::ConnectionSettings;
 use crate::event::Signal;
 use crate::health::metrics::ReasonLabels;
+use crate::net::Incoming;
 
 /// gRPC status codes as they appear in the `grpc-status` header.
 const OUT_OF_RANGE: &str = "11";
@@ -69,23 +69,21 @@ pub struct Traces(pub Ingest);
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoMetrics;
 
-fn undecodable(error: prost::DecodeError) -> Status {
-    Status::invalid_argument(format!(
-        "the request is not a valid OTLP export request: {error}"
-    ))
-}
-
 impl Export for Logs {
     const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     type Response = ExportLogsServiceResponse;
 
     async fn export(&self, bytes: Bytes) -> Result<ExportLogsServiceResponse, Status> {
-        let ingest = &self.0;
-        ingest.gate(Signal::Log)?;
-        let request = ExportLogsServiceRequest::decode(bytes).map_err(undecodable)?;
-        let now = crate::event::now_unix_nano();
-        let converted = convert::logs(request, &ingest.catalog, now);
-        let partial = ingest.accept(Signal::Log, now, converted).await?;
+        let partial = self
+            .0
+            .export(
+                bytes,
+                Signal::Log,
+                |request: ExportLogsServiceRequest, catalog, now, skip| {
+                    convert::logs(request, catalog, now, skip)
+                },
+            )
+            .await?;
         Ok(ExportLogsServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportLogsPartialSuccess {
                 rejected_log_records: partial.rejected,
@@ -100,12 +98,16 @@ impl Export for Traces {
     type Response = ExportTraceServiceResponse;
 
     async fn export(&self, bytes: Bytes) -> Result<ExportTraceServiceResponse, Status> {
-        let ingest = &self.0;
-        ingest.gate(Signal::Span)?;
-        let request = ExportTraceServiceRequest::decode(bytes).map_err(undecodable)?;
-        let now = crate::event::now_unix_nano();
-        let converted = convert::traces(request, &ingest.catalog, now);
-        let partial = ingest.accept(Signal::Span, now, converted).await?;
+        let partial = self
+            .0
+            .export(
+                bytes,
+                Signal::Span,
+                |request: ExportTraceServiceRequest, catalog, now, skip| {
+                    convert::traces(request, catalog, now, skip)
+                },
+            )
+            .await?;
         Ok(ExportTraceServiceResponse {
             partial_success: (partial.rejected > 0).then_some(ExportTracePartialSuccess {
                 rejected_spans: partial.rejected,
@@ -234,6 +236,19 @@ where
                 Ok(Status::unimplemented(format!("no method {method}")).into_http())
             });
         }
+        if !is_grpc(request.headers()) {
+            // The gRPC specification: a request that is not gRPC gets HTTP 415, not a decode
+            // attempt.
+            return Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::empty());
+                *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                response.headers_mut().insert(
+                    http::header::ACCEPT,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                Ok(response)
+            });
+        }
         let call = Call(self.export.clone());
         let limit = self.max_request_bytes;
         Box::pin(async move {
@@ -245,13 +260,38 @@ where
     }
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` completes.
+/// True when the request's content type is gRPC's (`application/grpc`, `application/grpc+proto`).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v == "application/grpc"
+                || v.starts_with("application/grpc+")
+                || v.starts_with("application/grpc;")
+        })
+}
+
+/// How the OTLP/gRPC server treats requests and connections.
+#[derive(Debug, Clone)]
+pub struct Serving {
+    /// Largest request after decompression.
+    pub max_request_bytes: usize,
+    /// Timeouts and limits per connection.
+    pub connections: ConnectionSettings,
+}
+
+/// Serves OTLP/gRPC on `incoming` until `shutdown` completes.
 pub async fn serve(
-    listener: TcpListener,
+    incoming: Incoming,
     ingest: Ingest,
-    max_request_bytes: usize,
+    serving: Serving,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let Serving {
+        max_request_bytes,
+        connections,
+    } = serving;
     let metrics = ingest.metrics.clone();
     let too_large = tower::util::MapResponseLayer::new(move |mut response: http::Response<_>| {
         let headers = response.headers_mut();
@@ -273,9 +313,15 @@ pub async fn serve(
     let readiness = tokio::spawn(report_readiness(reporter, ingest.health.clone()));
     let logs = ExportServer::new(Logs(ingest.clone()), max_request_bytes);
     let traces = ExportServer::new(Traces(ingest), max_request_bytes);
-    // Our own listener, so TCP_NODELAY must be asked for (Server::serve(addr) would set it).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
+        // A peer that stops answering pings is gone (a half-open or black-holed connection).
+        .http2_keepalive_interval(Some(connections.keepalive))
+        .http2_keepalive_timeout(Some(connections.keepalive))
+        .max_concurrent_streams(connections.max_concurrent_streams)
+        // Connections are asked to close after a while (clients reconnect, spreading over the
+        // replicas), and closed for good if they have not within the handshake timeout more.
+        .max_connection_age(connections.max_age)
+        .max_connection_age_grace(connections.handshake_timeout)
         .layer(too_large)
         .add_service(health_service)
         .add_service(logs)

@@ -1,24 +1,26 @@
-//! The path every export request takes after decoding: count, validate, spool, answer.
+//! The path every export request takes, whatever its transport: the shutdown gate, admission,
+//! decoding and mapping on the blocking pool (so a large request never stalls the runtime's
+//! workers, `/health/live` or other clients), the spool append, the counts, and the answer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use prost::Message;
+use prost::bytes::Bytes;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
 
+use super::admission::{Admission, retryable};
+use super::shape::Violation;
 use crate::catalog::Catalog;
-use crate::catalog::convert::Converted;
+use crate::catalog::convert::{Converted, Skip};
 use crate::event::Signal;
 use crate::health::metrics::{ColumnLabels, SignalLabels, SignalReasonLabels};
 use crate::health::{Health, Metrics};
+use crate::spool::cache::RowCache;
 use crate::spool::{self, AppendError, Payload, Spool, SpoolSignal};
 
 /// Bytes a mapped event usually takes in a rows record (a page visit: ~300), so encoding a
 /// request rarely grows its buffer.
 const ROW_BYTES_GUESS: usize = 320;
-
-/// What a client is told to wait before retrying a refused request.
-pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 
 /// What the client hears when not everything was taken: rejected count and message.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -41,15 +43,43 @@ pub struct Ingest {
     /// Shutdown flag and checks.
     pub health: Health,
     /// Where mapped rows wait for the writer, so it need not decode them again.
-    pub cache: Arc<crate::spool::cache::RowCache>,
+    pub cache: Arc<RowCache>,
+    /// The checks before decoding.
+    pub admission: Admission,
 }
 
-fn retryable(message: String) -> Status {
-    Status::with_error_details(
-        Code::Unavailable,
-        message,
-        ErrorDetails::with_retry_info(Some(RETRY_DELAY)),
-    )
+/// The records refused before decoding, by their position in the request.
+#[derive(Debug)]
+pub struct Violations<'a> {
+    list: &'a [(usize, Violation)],
+    next: usize,
+}
+
+impl<'a> Violations<'a> {
+    /// Records refused per `list` (sorted by position).
+    pub fn new(list: &'a [(usize, Violation)]) -> Self {
+        Self { list, next: 0 }
+    }
+}
+
+impl Skip for Violations<'_> {
+    fn refused(&mut self, index: usize) -> Option<(&'static str, String)> {
+        while self.list.get(self.next).is_some_and(|(i, _)| *i < index) {
+            self.next += 1;
+        }
+        match self.list.get(self.next) {
+            Some((i, violation)) if *i == index => {
+                Some((violation.reason(), format!("refused: {violation}")))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A decoded request: its mapped events and the spool body that holds them.
+struct Prepared {
+    converted: Converted,
+    body: Vec<u8>,
 }
 
 impl Ingest {
@@ -66,18 +96,61 @@ impl Ingest {
             })
             .inc();
         Err(retryable(
+            Code::Unavailable,
             "the collector is shutting down; retry against another".to_owned(),
         ))
     }
 
-    /// Spools a validated request's valid events as mapped rows; answers once they are on
-    /// disk.
-    pub async fn accept(
+    /// Handles one export request's bytes (already decompressed and within
+    /// `max_request_bytes`): gate, admission, decode and map off the runtime, spool, answer.
+    pub async fn export<R, F>(
+        &self,
+        bytes: Bytes,
+        signal: Signal,
+        convert: F,
+    ) -> Result<Partial, Status>
+    where
+        R: Message + Default + Send + 'static,
+        F: for<'a> FnOnce(R, &Catalog, u64, Violations<'a>) -> Converted + Send + 'static,
+    {
+        self.gate(signal)?;
+        let admitted = self.admission.admit(&bytes, signal).await?;
+        let now = crate::event::now_unix_nano();
+        let catalog = self.catalog.clone();
+        let violations = admitted.shape.violations.clone();
+        let prepared = tokio::task::spawn_blocking(move || {
+            let request = R::decode(bytes).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "the request is not a valid OTLP export request: {e}"
+                ))
+            })?;
+            let converted = convert(request, &catalog, now, Violations::new(&violations));
+            let mut body = Vec::new();
+            if !converted.events.is_empty() {
+                body.reserve(converted.events.len() * ROW_BYTES_GUESS);
+                spool::rows::encode(&catalog, &converted.events, &mut body);
+            }
+            Ok::<_, Status>(Prepared { converted, body })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("decoding the request failed: {e}")))??;
+        // The budget is given back only once the request's memory is gone.
+        let answer = self.accept(signal, now, prepared).await;
+        drop(admitted);
+        answer
+    }
+
+    /// Spools a decoded request's valid events; answers once they are on disk.
+    async fn accept(
         &self,
         signal: Signal,
         received_unix_nano: u64,
-        mut converted: Converted,
+        prepared: Prepared,
     ) -> Result<Partial, Status> {
+        let Prepared {
+            mut converted,
+            body,
+        } = prepared;
         let labels = SignalLabels {
             signal: signal.as_str(),
         };
@@ -103,8 +176,7 @@ impl Ingest {
         }
         let valid = converted.events.len() as u64;
         if valid > 0 {
-            let mut body = Vec::with_capacity(converted.events.len() * ROW_BYTES_GUESS);
-            spool::rows::encode(&self.catalog, &converted.events, &mut body);
+            let cost = body.len();
             let payload = Payload {
                 signal: SpoolSignal::Rows,
                 received_unix_nano,
@@ -119,10 +191,19 @@ impl Ingest {
                             reason: error.reason(),
                         })
                         .inc_by(valid);
-                    if !matches!(error, AppendError::Full { .. }) {
-                        tracing::error!(error = %error, "cannot spool a request; refused with a retryable status");
-                    }
-                    return Err(retryable(format!("{error}; retry later")));
+                    return Err(match error {
+                        AppendError::TooLarge { .. } => {
+                            tracing::debug!(error = %error, "request refused");
+                            Status::resource_exhausted(format!("{error}; send smaller batches"))
+                        }
+                        AppendError::Full { .. } => {
+                            retryable(Code::Unavailable, format!("{error}; retry later"))
+                        }
+                        AppendError::Io(_) | AppendError::Closed => {
+                            tracing::error!(error = %error, "cannot spool a request; refused with a retryable status");
+                            retryable(Code::Unavailable, format!("{error}; retry later"))
+                        }
+                    });
                 }
             };
             for (table, column) in &converted.truncated {
@@ -135,7 +216,7 @@ impl Ingest {
                 m.count_events(service, event, *n, now);
             }
             self.cache
-                .offer(position, std::mem::take(&mut converted.events));
+                .offer(position, std::mem::take(&mut converted.events), cost);
         }
         m.records_accepted.get_or_create(&labels).inc_by(valid);
         Ok(Partial {

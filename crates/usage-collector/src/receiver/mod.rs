@@ -1,11 +1,17 @@
 //! OTLP/gRPC: the logs and traces services, and the limits in front of them.
 //!
+//! - [`shape`]: a request's records and values counted from its bytes before decoding, and the
+//!   records that break a per-record limit.
+//! - [`admission`]: the checks before decoding: size, record count, spool headroom, the
+//!   memory budget for requests in flight.
 //! - [`ingest`]: the path every request takes: shutdown gate, metrics, spool, and the answer
 //!   (OK once on disk, partial success, or a retryable status with RetryInfo).
 //! - [`grpc`]: the tonic services and the server (gzip, size limit, TCP_NODELAY).
 
+pub mod admission;
 pub mod grpc;
 pub mod ingest;
+pub mod shape;
 
 pub use grpc::serve;
 pub use ingest::Ingest;

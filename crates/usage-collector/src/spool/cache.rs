@@ -3,8 +3,9 @@
 //! The receiver validates every request by mapping it; after the spool append it offers the
 //! mapped events here, keyed by the record's spool position. The writer takes them instead of
 //! decoding the record again. The cache is only a shortcut: it holds at most a budget of
-//! events (the spool can hold far more, for example during an outage), a miss simply means the
-//! writer decodes the record from the spool, and nothing in it survives a restart.
+//! bytes (the spool can hold far more, for example during an outage, and memory must not grow
+//! with it), a miss simply means the writer decodes the record from the spool, and nothing in
+//! it survives a restart.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -12,29 +13,42 @@ use std::sync::Mutex;
 use crate::catalog::Mapped;
 use crate::spool::Position;
 
-/// Events the cache holds at most (two of the writer's rounds of eight 512-event requests;
-/// more costs memory without speed).
-pub const BUDGET_EVENTS: usize = 8_192;
+/// Mapped events take about this many times the bytes of their spool record in memory.
+pub const MAPPED_FACTOR: usize = 3;
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_end: BTreeMap<Position, Vec<Mapped>>,
+    /// (events, their cost) by the position after their record.
+    by_end: BTreeMap<Position, (Vec<Mapped>, usize)>,
     events: usize,
+    bytes: usize,
 }
 
-/// Mapped events by spool position.
-#[derive(Debug, Default)]
+/// Mapped events by spool position, within a budget of bytes.
+#[derive(Debug)]
 pub struct RowCache {
     entries: Mutex<Entries>,
+    max_bytes: usize,
 }
 
 impl RowCache {
-    /// Keeps `events` for the record that ends at `end`, if they fit the budget.
-    pub fn offer(&self, end: Position, events: Vec<Mapped>) {
+    /// A cache holding at most about `max_bytes` of mapped events.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            entries: Mutex::default(),
+            max_bytes,
+        }
+    }
+
+    /// Keeps `events` for the record of `record_bytes` that ends at `end`, if they fit the
+    /// budget.
+    pub fn offer(&self, end: Position, events: Vec<Mapped>, record_bytes: usize) {
+        let cost = record_bytes.saturating_mul(MAPPED_FACTOR);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.events + events.len() <= BUDGET_EVENTS {
+        if entries.bytes + cost <= self.max_bytes {
             entries.events += events.len();
-            entries.by_end.insert(end, events);
+            entries.bytes += cost;
+            entries.by_end.insert(end, (events, cost));
         }
     }
 
@@ -44,12 +58,19 @@ impl RowCache {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let newer = entries.by_end.split_off(&end);
         let older = std::mem::replace(&mut entries.by_end, newer);
-        entries.events -= older.values().map(Vec::len).sum::<usize>();
-        let found = entries.by_end.remove(&end);
-        if let Some(events) = &found {
+        for (events, cost) in older.values() {
             entries.events -= events.len();
+            entries.bytes -= cost;
         }
-        found
+        let (events, cost) = entries.by_end.remove(&end)?;
+        entries.events -= events.len();
+        entries.bytes -= cost;
+        Some(events)
+    }
+
+    /// Bytes held (estimated).
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// Events held.
@@ -87,11 +108,12 @@ mod tests {
 
     #[test]
     fn takes_once_forgets_older_and_keeps_the_budget() {
-        let cache = RowCache::default();
-        cache.offer(at(10), mapped(2));
-        cache.offer(at(20), mapped(3));
-        cache.offer(at(30), mapped(BUDGET_EVENTS)); // over budget: not kept
+        let cache = RowCache::new(1000 * MAPPED_FACTOR);
+        cache.offer(at(10), mapped(2), 100);
+        cache.offer(at(20), mapped(3), 100);
+        cache.offer(at(30), mapped(1), 900); // over budget: not kept
         assert_eq!(cache.len(), 5);
+        assert_eq!(cache.bytes(), 200 * MAPPED_FACTOR);
         assert_eq!(cache.take(at(20)).map(|e| e.len()), Some(3));
         assert!(
             cache.is_empty(),

@@ -8,8 +8,11 @@ pub const HEADER: usize = 8;
 const VERSION: u8 = 1;
 /// Bytes of the payload before its body.
 const PAYLOAD_HEADER: usize = 10;
-/// Largest payload accepted when reading (anything larger is corruption).
+/// Largest payload a record holds; an append of a larger one is refused, and a length field
+/// claiming more is corruption.
 pub const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
+/// Largest body a record holds.
+pub const MAX_BODY: usize = MAX_PAYLOAD - PAYLOAD_HEADER;
 
 /// What a record's body holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

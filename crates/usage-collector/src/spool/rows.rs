@@ -65,6 +65,17 @@ pub struct Rows {
     pub unplaced: Vec<Unplaced>,
 }
 
+/// Most bytes one event adds to a rows body beyond the bytes of the record it came from: its
+/// id, place and value tags, and the values mapping copies rather than moves (the service, the
+/// session and user ids, into both the row and the session, at their columns' widths, four
+/// bytes a character), with room to spare.
+pub const MAX_EVENT_OVERHEAD: usize = 4096;
+
+/// The largest rows body a request of `request_bytes` with `records` records can give.
+pub fn largest_body(request_bytes: usize, records: usize) -> usize {
+    request_bytes.saturating_add(records.saturating_mul(MAX_EVENT_OVERHEAD))
+}
+
 /// Appends the rows body of `events`, mapped with `catalog`, to `out`.
 pub fn encode(catalog: &Catalog, events: &[Mapped], out: &mut Vec<u8>) {
     let tables = catalog.tables();

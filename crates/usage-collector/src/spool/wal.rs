@@ -58,11 +58,19 @@ pub enum AppendError {
     /// The spool is shutting down.
     #[error("spool closed")]
     Closed,
+    /// The record is larger than a spool record can be (and could not be read back).
+    #[error("a request of {bytes} bytes in the spool is more than a spool record holds ({max})")]
+    TooLarge {
+        /// Its body's bytes.
+        bytes: usize,
+        /// The most a record holds.
+        max: usize,
+    },
 }
 
 impl AppendError {
     /// Every reason label.
-    pub const REASONS: [&'static str; 3] = ["spool_full", "spool_io", "shutdown"];
+    pub const REASONS: [&'static str; 4] = ["spool_full", "spool_io", "shutdown", "too_large"];
 
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
@@ -70,6 +78,7 @@ impl AppendError {
             AppendError::Full { .. } => "spool_full",
             AppendError::Io(_) => "spool_io",
             AppendError::Closed => "shutdown",
+            AppendError::TooLarge { .. } => "too_large",
         }
     }
 }
@@ -276,8 +285,15 @@ impl Spool {
         Ok((Spool { inner, appends }, recovery))
     }
 
-    /// Appends a request; resolves once it is on disk (`fsync`ed).
+    /// Appends a request; resolves once it is on disk (`fsync`ed). A body larger than a record
+    /// holds is refused: it could not be read back.
     pub async fn append(&self, payload: Payload) -> Result<Position, AppendError> {
+        if payload.body.len() > super::format::MAX_BODY {
+            return Err(AppendError::TooLarge {
+                bytes: payload.body.len(),
+                max: super::format::MAX_BODY,
+            });
+        }
         let (done, result) = oneshot::channel();
         self.appends
             .send(Append { payload, done })

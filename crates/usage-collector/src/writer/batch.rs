@@ -154,10 +154,24 @@ impl Reader {
                     spool::rows::decode(&self.catalog, &record.body).map_err(|e| e.to_string())
                 }
                 SpoolSignal::Logs => ExportLogsServiceRequest::decode(&record.body[..])
-                    .map(|r| otlp(convert::logs(r, &self.catalog, record.received_unix_nano)))
+                    .map(|r| {
+                        otlp(convert::logs(
+                            r,
+                            &self.catalog,
+                            record.received_unix_nano,
+                            (),
+                        ))
+                    })
                     .map_err(|e| e.to_string()),
                 SpoolSignal::Traces => ExportTraceServiceRequest::decode(&record.body[..])
-                    .map(|r| otlp(convert::traces(r, &self.catalog, record.received_unix_nano)))
+                    .map(|r| {
+                        otlp(convert::traces(
+                            r,
+                            &self.catalog,
+                            record.received_unix_nano,
+                            (),
+                        ))
+                    })
                     .map_err(|e| e.to_string()),
                 SpoolSignal::Heartbeat => {
                     let instance = String::from_utf8_lossy(&record.body).into_owned();
