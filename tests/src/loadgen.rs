@@ -294,16 +294,34 @@ pub async fn send_encoded(
     signal: Signal,
     body: Bytes,
 ) -> Result<i64, tonic::Status> {
+    send_encoded_with(endpoint, signal, body, false).await
+}
+
+/// As [`send_encoded`], gzip-compressed on the wire when `gzip`.
+pub async fn send_encoded_with(
+    endpoint: &str,
+    signal: Signal,
+    body: Bytes,
+    gzip: bool,
+) -> Result<i64, tonic::Status> {
     let channel = Endpoint::from_shared(endpoint.to_owned())
         .map_err(|e| tonic::Status::invalid_argument(format!("invalid endpoint {endpoint}: {e}")))?
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("cannot connect to {endpoint}: {e}")))?;
-    send(channel, signal, body).await
+    send(channel, signal, body, gzip).await
 }
 
-async fn send(channel: Channel, signal: Signal, body: Bytes) -> Result<i64, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
+async fn send(
+    channel: Channel,
+    signal: Signal,
+    body: Bytes,
+    gzip: bool,
+) -> Result<i64, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel).max_encoding_message_size(usize::MAX);
+    if gzip {
+        grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    }
     grpc.ready()
         .await
         .map_err(|e| tonic::Status::unavailable(format!("connection not ready: {e}")))?;
@@ -381,7 +399,7 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                     let mut backoff = Duration::from_millis(100);
                     loop {
                         let t = Instant::now();
-                        match send(channel.clone(), request.signal, body.clone()).await {
+                        match send(channel.clone(), request.signal, body.clone(), false).await {
                             Ok(rejected) => {
                                 latencies.push(t.elapsed());
                                 tally.rejected.fetch_add(rejected as u64, Ordering::Relaxed);

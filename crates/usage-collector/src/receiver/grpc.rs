@@ -295,10 +295,16 @@ pub async fn serve(
     let metrics = ingest.metrics.clone();
     let too_large = tower::util::MapResponseLayer::new(move |mut response: http::Response<_>| {
         let headers = response.headers_mut();
-        if headers
-            .get("grpc-status")
-            .is_some_and(|v| v == OUT_OF_RANGE)
-        {
+        let status = headers.get("grpc-status").cloned();
+        // tonic's own answers to a request over the size limit: OUT_OF_RANGE for a plain one
+        // (rewritten: OTLP clients would retry it forever), RESOURCE_EXHAUSTED while inflating
+        // a compressed one.
+        let inflated_too_far = status.as_ref().is_some_and(|v| v == RESOURCE_EXHAUSTED)
+            && headers.get("grpc-message").is_some_and(|m| {
+                m.as_bytes()
+                    .starts_with(b"Error%20decompressing:%20size%20limit")
+            });
+        if status.as_ref().is_some_and(|v| v == OUT_OF_RANGE) || inflated_too_far {
             headers.insert("grpc-status", HeaderValue::from_static(RESOURCE_EXHAUSTED));
             metrics
                 .requests_refused
