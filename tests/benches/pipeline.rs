@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use sqlx::{MySqlPool, QueryBuilder};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::loadgen::{self, Attributes, Plan, Signal};
+use usage_pipeline_tests::measure::{machine, usage};
 use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
@@ -29,19 +30,6 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {cpu}; load generator, collector and MariaDB share them")
 }
 
 /// The database server's process, found by name (MariaDB or MySQL on this machine).
@@ -76,31 +64,6 @@ async fn settle() {
         last = now;
     }
     eprintln!("the database server was still busy after two minutes; measuring anyway");
-}
-
-/// (user + system CPU seconds, peak RSS in MB) of a process.
-fn usage(pid: u32) -> (f64, f64) {
-    let ticks = 100.0; // USER_HZ on Linux
-    let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(
-                (fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?)
-                    / ticks,
-            )
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0;
-    (cpu, rss)
 }
 
 /// Connections of the raw client (more add latency, not throughput, on this machine).

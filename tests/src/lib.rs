@@ -10,6 +10,7 @@
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
+//! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
 //! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
@@ -19,5 +20,6 @@ pub mod db;
 pub mod fixtures;
 pub mod load;
 pub mod loadgen;
+pub mod measure;
 pub mod process;
 pub mod proxy;

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::loadgen::{Signal, send_encoded_with};
+use usage_pipeline_tests::measure::peak_rss_mib;
 use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
@@ -20,17 +21,6 @@ fn temp_dir() -> std::path::PathBuf {
         std::env::temp_dir().join(format!("usage_admission_{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// The collector's peak resident memory so far, in MiB (Linux `VmHWM`).
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib / 1024.0
 }
 
 fn metric(text: &str, series: &str) -> f64 {
