@@ -10,13 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::SEGMENT_BYTES;
-use super::format::{DecodeError, Payload};
+use super::format::{DecodeError, MIN_RECORD, Payload, SpoolSignal};
 
 /// Most bytes one append group writes before its `fsync`.
 const GROUP_BYTES: usize = 16 * 1024 * 1024;
 /// Most bytes read from a segment at once.
 const READ_BYTES: usize = 2 * 1024 * 1024;
 const CHECKPOINT: &str = "checkpoint";
+const LOCK: &str = "lock";
 const QUARANTINE: &str = "quarantine";
 
 /// A place in the spool: a segment and a byte offset in it.
@@ -31,6 +32,17 @@ pub struct Position {
 /// The spool cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
+    /// Another collector holds the folder (each collector needs its own).
+    #[error(
+        "spool folder {dir} is in use by another collector{}: each collector needs its own spool folder",
+        .holder.as_ref().map(|pid| format!(" (process {pid})")).unwrap_or_default()
+    )]
+    InUse {
+        /// The folder.
+        dir: PathBuf,
+        /// The process id written in its lock file, if readable.
+        holder: Option<String>,
+    },
     /// A file operation failed.
     #[error("spool {path}: {source}")]
     Io {
@@ -92,7 +104,7 @@ pub struct Recovery {
     pub bytes: u64,
     /// Bytes cut from torn tails.
     pub torn_bytes: u64,
-    /// Segments copied to `quarantine/` because of corruption.
+    /// Damaged byte ranges copied to `quarantine/` (one file each).
     pub quarantined: Vec<PathBuf>,
 }
 
@@ -149,6 +161,8 @@ struct Inner {
 pub struct Spool {
     inner: Arc<Inner>,
     appends: mpsc::Sender<Append>,
+    /// The folder's exclusive lock, released when the last handle is dropped.
+    _lock: Arc<File>,
 }
 
 impl std::fmt::Debug for Spool {
@@ -164,6 +178,37 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
         path: path.to_owned(),
         source,
     }
+}
+
+/// Takes the folder's exclusive lock (released when the file is closed, also by a crash) and
+/// writes this process's id in it, so a second collector can name the first.
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join(LOCK);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .map(|pid| pid.trim().to_owned())
+                .filter(|pid| !pid.is_empty());
+            return Err(SpoolError::InUse {
+                dir: dir.to_owned(),
+                holder,
+            });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(io(&path))?;
+    Ok(file)
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -187,6 +232,7 @@ impl Spool {
         segment_bytes: u64,
     ) -> Result<(Spool, Recovery), SpoolError> {
         fs::create_dir_all(dir.join(QUARANTINE)).map_err(io(dir))?;
+        let lock = lock(dir)?;
         let mut ids: Vec<u64> = Vec::new();
         for entry in fs::read_dir(dir).map_err(io(dir))? {
             let name = entry.map_err(io(dir))?.file_name();
@@ -282,7 +328,14 @@ impl Spool {
             .name("spool-append".into())
             .spawn(move || appender.run(queue))
             .map_err(io(dir))?;
-        Ok((Spool { inner, appends }, recovery))
+        Ok((
+            Spool {
+                inner,
+                appends,
+                _lock: Arc::new(lock),
+            },
+            recovery,
+        ))
     }
 
     /// Appends a request; resolves once it is on disk (`fsync`ed). A body larger than a record
@@ -397,21 +450,24 @@ impl Spool {
             let mut file = File::open(&path).map_err(io(&path))?;
             file.seek(SeekFrom::Start(from.offset)).map_err(io(&path))?;
             // Read a window, but never less than the first record (a request may exceed it).
-            let mut header = [0u8; super::format::HEADER];
+            let left = (len - from.offset) as usize;
+            let mut header = vec![0u8; super::format::HEADER.min(left)];
             file.read_exact(&mut header).map_err(io(&path))?;
-            let first = super::format::HEADER
-                + u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let want = ((len - from.offset) as usize).min(READ_BYTES.max(first));
+            let first = super::format::claimed_len(&header).unwrap_or(header.len());
+            let want = left.min(READ_BYTES.max(first));
             let mut buf = vec![0; want];
             buf[..header.len()].copy_from_slice(&header);
             file.read_exact(&mut buf[header.len()..])
                 .map_err(io(&path))?;
             let mut at = 0;
-            while batch.records.len() < max_records {
+            while batch.records.len() < max_records && at < buf.len() {
                 match Payload::decode(&buf[at..]) {
                     Ok((payload, used)) => {
-                        batch.records.push(payload);
                         at += used;
+                        if payload.signal == SpoolSignal::Padding {
+                            continue; // damaged bytes, quarantined at recovery
+                        }
+                        batch.records.push(payload);
                         batch.ends.push(Position {
                             segment: from.segment,
                             offset: from.offset + at as u64,
@@ -640,8 +696,11 @@ fn write_checkpoint(dir: &Path, at: Position) -> Result<(), SpoolError> {
     fs::rename(&tmp, &path).map_err(io(&path))
 }
 
-/// Checks every record of a segment; truncates a torn tail, quarantines corruption.
-/// Returns the segment's valid length.
+/// Checks every record of a segment. Damaged bytes followed by a valid record are copied to
+/// quarantine and replaced by a padding record of the same length (positions do not move, the
+/// records after them are replayed); damage at the end is a torn tail when the last record's
+/// write was incomplete (never acknowledged: cut), else corruption (copied to quarantine, then
+/// cut). Returns the segment's valid length.
 fn recover_segment(
     dir: &Path,
     path: &Path,
@@ -650,59 +709,86 @@ fn recover_segment(
 ) -> Result<u64, SpoolError> {
     let data = fs::read(path).map_err(io(path))?;
     let mut at = 0;
-    let failure = loop {
-        if at == data.len() {
-            break None;
+    while at < data.len() {
+        let error = match Payload::decode(&data[at..]) {
+            Ok((_, used)) => {
+                at += used;
+                continue;
+            }
+            Err(error) => error,
+        };
+        match Payload::next_valid(&data, at + 1) {
+            Some(next) if next - at >= MIN_RECORD => {
+                quarantine(dir, path, at, &data[at..next], &error, recovery)?;
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io(path))?;
+                file.seek(SeekFrom::Start(at as u64)).map_err(io(path))?;
+                file.write_all(&Payload::padding(next - at))
+                    .and_then(|()| file.sync_data())
+                    .map_err(io(path))?;
+                at = next;
+            }
+            _ => {
+                let incomplete = matches!(error, DecodeError::Truncated)
+                    || super::format::claimed_len(&data[at..])
+                        .is_none_or(|len| at + len > data.len());
+                if is_last && incomplete {
+                    recovery.torn_bytes += (data.len() - at) as u64;
+                    tracing::info!(
+                        segment = %path.display(),
+                        offset = at,
+                        bytes = data.len() - at,
+                        "spool: cut a torn tail left by a crash (never acknowledged)"
+                    );
+                } else {
+                    quarantine(dir, path, at, &data[at..], &error, recovery)?;
+                }
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(io(path))?;
+                file.set_len(at as u64).map_err(io(path))?;
+                file.sync_all().map_err(io(path))?;
+                return Ok(at as u64);
+            }
         }
-        match Payload::decode(&data[at..]) {
-            Ok((_, used)) => at += used,
-            Err(e) => break Some(e),
-        }
-    };
-    let Some(error) = failure else {
-        return Ok(at as u64);
-    };
-    let claimed_end = data.get(at..at + 4).map(|b| {
-        at + super::format::HEADER + u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
-    });
-    let torn = is_last
-        && (matches!(error, DecodeError::Truncated)
-            || claimed_end.is_some_and(|end| end >= data.len()));
-    if torn {
-        recovery.torn_bytes += (data.len() - at) as u64;
-        tracing::info!(
-            segment = %path.display(),
-            offset = at,
-            bytes = data.len() - at,
-            "spool: cut a torn tail left by a crash (never acknowledged)"
-        );
-    } else {
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let target = dir.join(QUARANTINE).join(format!("{name}.{stamp}"));
-        fs::copy(path, &target).map_err(io(&target))?;
-        tracing::warn!(
-            segment = %path.display(),
-            offset = at,
-            error = %error,
-            quarantined = %target.display(),
-            "spool: corrupt record; segment copied to quarantine, records before it kept, the rest skipped"
-        );
-        recovery.quarantined.push(target);
     }
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io(path))?;
-    file.set_len(at as u64).map_err(io(path))?;
-    file.sync_all().map_err(io(path))?;
     Ok(at as u64)
+}
+
+/// Copies damaged bytes to `quarantine/<segment>.<offset>.<time>`, counts and logs them.
+fn quarantine(
+    dir: &Path,
+    path: &Path,
+    offset: usize,
+    bytes: &[u8],
+    error: &DecodeError,
+    recovery: &mut Recovery,
+) -> Result<(), SpoolError> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = dir
+        .join(QUARANTINE)
+        .join(format!("{name}.{offset}.{stamp}"));
+    fs::write(&target, bytes).map_err(io(&target))?;
+    tracing::warn!(
+        segment = %path.display(),
+        offset,
+        bytes = bytes.len(),
+        error = %error,
+        quarantined = %target.display(),
+        "spool: damaged bytes copied to quarantine; the records after them are kept"
+    );
+    recovery.quarantined.push(target);
+    Ok(())
 }
 
 fn count_records(path: &Path, from: u64, len: u64) -> Result<u64, SpoolError> {
@@ -714,9 +800,11 @@ fn count_records(path: &Path, from: u64, len: u64) -> Result<u64, SpoolError> {
     let mut count = 0;
     while at < len as usize {
         match Payload::decode(&data[at..len as usize]) {
-            Ok((_, used)) => {
+            Ok((payload, used)) => {
                 at += used;
-                count += 1;
+                if payload.signal != SpoolSignal::Padding {
+                    count += 1;
+                }
             }
             Err(_) => break,
         }
@@ -844,12 +932,83 @@ mod tests {
         let (spool, recovery) = Spool::open(&dir, 1 << 20).unwrap();
         assert_eq!(recovery.quarantined.len(), 1);
         assert!(recovery.quarantined[0].starts_with(dir.join(QUARANTINE)));
+        assert_eq!(
+            fs::read(&recovery.quarantined[0]).unwrap(),
+            data[record..2 * record],
+            "the damaged record's bytes are kept"
+        );
         let batch = spool.read(spool.checkpoint(), 10).await.unwrap();
         assert_eq!(
             batch.records,
-            [payload(0), payload(3)],
-            "the records after the bad one are skipped"
+            [payload(0), payload(2), payload(3)],
+            "the records after the damaged one are replayed"
         );
+        drop(spool);
+        let (_, again) = Spool::open(&dir, 1 << 20).unwrap();
+        assert!(again.quarantined.is_empty(), "repaired once, for good");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_length_in_the_last_segment_keeps_the_records_after_it() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        for n in 0..5 {
+            spool.append(payload(n)).await.unwrap();
+        }
+        drop(spool);
+        let last = wal_files(&dir).pop().unwrap();
+        let mut data = fs::read(&last).unwrap();
+        let record = payload(0).record_len();
+        data[record + 5] ^= 0x40; // the second record's length field
+        fs::write(&last, &data).unwrap();
+
+        let (spool, recovery) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovery.records, 4);
+        assert_eq!(recovery.torn_bytes, 0, "not mistaken for a torn tail");
+        assert_eq!(recovery.quarantined.len(), 1);
+        let batch = spool.read(spool.checkpoint(), 10).await.unwrap();
+        assert_eq!(
+            batch.records,
+            [payload(0), payload(2), payload(3), payload(4)]
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_second_spool_on_the_same_folder_is_refused_and_names_the_first() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, 1 << 20).unwrap();
+        spool.append(payload(1)).await.unwrap();
+        let error = Spool::open(&dir, 1 << 20).unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("in use by another collector")
+                && text.contains(&std::process::id().to_string()),
+            "{text}"
+        );
+        assert_eq!(spool.depth().0, 1, "the first spool keeps its records");
+        drop(spool);
+        let (_, recovery) = Spool::open(&dir, 1 << 20).unwrap();
+        assert_eq!(recovery.records, 1);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_a_record_holds_is_refused_before_writing() {
+        let dir = temp_dir();
+        let (spool, _) = Spool::open(&dir, u64::MAX).unwrap();
+        let huge = Payload {
+            signal: SpoolSignal::Rows,
+            received_unix_nano: 1,
+            body: vec![0; super::super::format::MAX_BODY + 1].into(),
+        };
+        let refused = spool.append(huge).await.unwrap_err();
+        assert!(
+            matches!(refused, AppendError::TooLarge { .. }),
+            "{refused:?}"
+        );
+        assert_eq!(spool.depth(), (0, 0));
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -178,6 +178,8 @@ impl Reader {
                     heartbeats.push((instance, record.received_unix_nano));
                     continue;
                 }
+                // The spool's reader skips these; nothing to write.
+                SpoolSignal::Padding => continue,
             };
             match decoded {
                 Ok(decoded) => {
