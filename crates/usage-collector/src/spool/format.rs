@@ -165,7 +165,7 @@ impl Payload {
         if hasher.finalize() != crc {
             return Err(DecodeError::Checksum);
         }
-        Ok((Self::payload(payload)?, HEADER + length))
+        Ok((Self::parse_payload(payload)?, HEADER + length))
     }
 
     fn decode_legacy(data: &[u8]) -> Result<(Payload, usize), DecodeError> {
@@ -181,10 +181,10 @@ impl Payload {
         if crc32fast::hash(payload) != crc {
             return Err(DecodeError::Checksum);
         }
-        Ok((Self::payload(payload)?, LEGACY_HEADER + length))
+        Ok((Self::parse_payload(payload)?, LEGACY_HEADER + length))
     }
 
-    fn payload(payload: &[u8]) -> Result<Payload, DecodeError> {
+    fn parse_payload(payload: &[u8]) -> Result<Payload, DecodeError> {
         let signal = match (payload[0], payload[1]) {
             (VERSION, 1) => SpoolSignal::Logs,
             (VERSION, 2) => SpoolSignal::Traces,

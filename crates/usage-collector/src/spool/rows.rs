@@ -415,7 +415,7 @@ mod tests {
             Value::Text(format!("text ñ {n}")),
             Value::Null,
             Value::Int(-7 * i64::from(n)),
-            Value::Bool(n % 2 == 0),
+            Value::Bool(n.is_multiple_of(2)),
             Value::Time(datetime!(2026-11-28 09:30:01.123_456_789)),
             Value::Json(format!("{{\"n\":{n}}}")),
         ];
