@@ -38,8 +38,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(500);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 /// How long a stopping collector refuses requests before it closes its connections.
 const REFUSE_BEFORE_CLOSE: Duration = Duration::from_millis(300);
-/// How often a database marked failed (by a failed write) is probed again.
-const DATABASE_PROBE: Duration = Duration::from_secs(1);
+/// How often the database is checked after startup (a lost one shows within a few seconds,
+/// even with no traffic).
+const DATABASE_PROBE: Duration = Duration::from_secs(5);
 
 /// The collector could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +137,8 @@ impl Application {
                 metrics.clone(),
                 health.clone(),
                 settings.writer.write_timeout,
-            ),
+            )
+            .with_test_panics(settings.writer.test_panics),
             settings: settings.writer.clone(),
             metrics: metrics.clone(),
             health: health.clone(),
@@ -162,11 +164,13 @@ impl Application {
                 "blackhole sink: rows are discarded and nothing is stored (for measuring the receive path only)"
             );
         }
+        // A verification run or a ping may wait for a connection, then for its statements.
+        let probe_timeout = settings.database.connect_timeout + settings.writer.write_timeout;
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
             async move {
-                verify_until_ready(&sink, migrate, &health, &metrics).await;
-                watch_database(&sink, &health, &metrics).await;
+                verify_until_ready(&sink, migrate, &health, &metrics, probe_timeout).await;
+                watch_database(&sink, &health, &metrics, probe_timeout).await;
             }
         });
         let limits = &settings.limits;
@@ -365,21 +369,38 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
 
 /// Runs migrations (when asked) and verification until they pass, reporting each failure in
 /// the health checks and the log.
-async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics: &Metrics) {
+async fn verify_until_ready(
+    sink: &Sink,
+    migrate: bool,
+    health: &Health,
+    metrics: &Metrics,
+    timeout: Duration,
+) {
     let mut waits = crate::backoff::exponential(FIRST_RETRY, MAX_RETRY);
     let mut last_error = String::new();
     loop {
-        let result = async {
-            if migrate {
-                sink.migrate_step().await?;
-            }
-            sink.verify().await
-        }
-        .await;
+        // Migrations may take long on a large database; verification must not.
+        let migrated = if migrate {
+            sink.migrate_step().await
+        } else {
+            Ok(())
+        };
+        let result = match migrated {
+            Err(error) => Err(error),
+            Ok(()) => match tokio::time::timeout(timeout, sink.verify()).await {
+                Ok(result) => result,
+                Err(_) => Err(crate::sink::VerifyError {
+                    step: Step::Query,
+                    target: sink.target().to_string(),
+                    message: format!("the database did not answer within {timeout:?}"),
+                }),
+            },
+        };
         match result {
             Ok(_) => {
                 health.set_database(Check::Ok);
                 health.set_schema(Check::Ok);
+                health.set_verified();
                 metrics.database_up.set(1);
                 metrics.schema_ok.set(1);
                 tracing::info!(database = %sink.target(), "startup verification passed: ready");
@@ -411,27 +432,33 @@ async fn verify_until_ready(sink: &Sink, migrate: bool, health: &Health, metrics
     }
 }
 
-/// After startup: a write that lost the database marks it failed, and requests are refused
-/// fast (UNAVAILABLE) instead of each waiting out the connect timeout. This probes the database
-/// until it answers again and then lets requests through.
-async fn watch_database(sink: &Sink, health: &Health, metrics: &Metrics) {
+/// After startup: checks the database every [`DATABASE_PROBE`] whatever the traffic, so a
+/// quiet collector notices a lost (or hung) database on its own, and notices when it answers
+/// again. A failure shows on readiness (`degraded`) and `usage_collector_database_up`.
+async fn watch_database(sink: &Sink, health: &Health, metrics: &Metrics, timeout: Duration) {
     let mut last_error = String::new();
     loop {
         tokio::time::sleep(DATABASE_PROBE).await;
-        if health.database_ok() {
-            continue;
-        }
-        match sink.ping().await {
+        let pinged = match tokio::time::timeout(timeout, sink.ping()).await {
+            Ok(result) => result,
+            Err(_) => Err(crate::sink::SinkError::timed_out(
+                "a database ping",
+                timeout,
+            )),
+        };
+        match pinged {
             Ok(()) => {
-                health.set_database(Check::Ok);
-                health.set_writer(Check::Ok);
+                if !health.database_ok() {
+                    health.set_database(Check::Ok);
+                    health.set_writer(Check::Ok);
+                    tracing::info!(database = %sink.target(), "database reachable again");
+                }
                 metrics.database_up.set(1);
-                tracing::info!(database = %sink.target(), "database reachable again");
                 last_error.clear();
             }
             Err(error) => {
                 if error.message != last_error {
-                    tracing::warn!(database = %sink.target(), error = %error.message, "database still unreachable");
+                    tracing::warn!(database = %sink.target(), error = %error.message, "database unreachable; events wait in the spool");
                     last_error = error.message.clone();
                 }
                 health.set_database(Check::Failed(error.message));

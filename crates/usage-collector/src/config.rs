@@ -199,6 +199,15 @@ pub struct WriterSettings {
     /// (a hung database or a black-holed network)
     #[arg(id = "writer.write_timeout_secs", long = "write-timeout-secs", env = "USAGE_WRITE_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds, global = true)]
     pub write_timeout: Duration,
+    /// Testing only: the first N batch writes panic, to prove the writer is started again
+    #[arg(
+        id = "writer.test_panics",
+        long = "test-writer-panics",
+        default_value = "0",
+        hide = true,
+        global = true
+    )]
+    pub test_panics: u32,
 }
 
 /// The spool's place and size.

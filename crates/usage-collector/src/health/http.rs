@@ -100,12 +100,33 @@ async fn metrics_text(State(state): State<AdminState>, headers: axum::http::Head
     }
 }
 
-async fn live() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+async fn live(State(state): State<AdminState>) -> Response {
+    if state.health.live() {
+        axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    } else {
+        let (readiness, _) = state.health.readiness(true);
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({
+                "status": "failing",
+                "writer": readiness.checks.get("writer"),
+            })),
+        )
+            .into_response()
+    }
 }
 
-async fn ready(State(state): State<AdminState>) -> Response {
-    let (readiness, ready) = state.health.readiness();
+/// `?strict=1` (or `?strict`): a degraded data path is not ready either.
+fn strict(uri: &axum::http::Uri) -> bool {
+    uri.query().is_some_and(|query| {
+        query
+            .split('&')
+            .any(|pair| matches!(pair, "strict" | "strict=1" | "strict=true"))
+    })
+}
+
+async fn ready(State(state): State<AdminState>, uri: axum::http::Uri) -> Response {
+    let (readiness, ready) = state.health.readiness(strict(&uri));
     let code = if ready {
         StatusCode::OK
     } else {

@@ -164,6 +164,8 @@ metrics! {
     dead_letters: Family<TableLabels, Counter> = Family::default();
     /// Dead letters kept neither in the table nor in the file (only logged).
     dead_letters_lost: Counter = Counter::default();
+    /// Times the writer was started again after a failure (a panic).
+    writer_restarts: Counter = Counter::default();
     /// Events committed to the database (repeats count again).
     events_written: Counter = Counter::default();
     /// Accepted records lost after acknowledgement, by reason (must stay 0).

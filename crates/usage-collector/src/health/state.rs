@@ -1,14 +1,23 @@
-//! Readiness: is the data path working, and if not, why.
+//! Readiness: can this replica take events safely, is the data path working, and if not, why.
 //!
 //! Each check holds `ok`, `pending: …` or `failed: …` with the reason (the database's own error
 //! text, secrets already removed).
 //!
+//! The policy keeps replicas in the Service during a database outage, because the spool is
+//! what absorbs it — taking every replica out would only move the loss into the apps' small
+//! queues:
 //! - `ok` (200): every check passes.
-//! - `degraded`: events are still accepted into the spool, but the data path is impaired. Not
-//!   ready (503) when the database or the schema check fails, so traffic moves to a healthy
-//!   collector; ready (200) when only the last batch write failed.
-//! - `failing` (503): the spool cannot take events (near its cap, or shutting down).
+//! - `degraded` (200): startup verification has passed once, and since then the database, the
+//!   schema or the writer is failing; events are still accepted into the spool, and
+//!   `usage_collector_database_up` and the alert rules page someone. With `strict` (the
+//!   `/health/ready?strict=1` form), 503.
+//! - `degraded` (503): startup verification has not passed yet (a wrong password in a new
+//!   rollout stalls the rollout).
+//! - `failing` (503): this replica cannot take events safely: the spool is above
+//!   [`SPOOL_HIGH_WATER`] of its cap, spool writes are failing (a full disk), the writer stopped
+//!   for good, or the collector is shutting down.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
@@ -48,6 +57,8 @@ struct Checks {
     database: Check,
     schema: Check,
     writer: Check,
+    /// The last spool append's failure, until an append succeeds again.
+    spool_writes: Check,
 }
 
 /// Share of the spool's cap above which the collector reports failing.
@@ -59,7 +70,11 @@ pub struct Health {
     checks: Arc<RwLock<Checks>>,
     /// The spool's (requests, bytes) and its cap, for the spool check.
     spool: Arc<std::sync::OnceLock<(super::metrics::SpoolGauge, u64)>>,
-    closing: Arc<std::sync::atomic::AtomicBool>,
+    closing: Arc<AtomicBool>,
+    /// Set once startup verification has passed.
+    verified: Arc<AtomicBool>,
+    /// Set when the writer stopped for good (it could not be restarted).
+    writer_dead: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Health {
@@ -67,6 +82,7 @@ impl std::fmt::Debug for Health {
         f.debug_struct("Health")
             .field("checks", &self.checks)
             .field("closing", &self.closing)
+            .field("verified", &self.verified)
             .finish_non_exhaustive()
     }
 }
@@ -86,9 +102,12 @@ impl Health {
                 database: pending(),
                 schema: pending(),
                 writer: Check::Ok,
+                spool_writes: Check::Ok,
             })),
             spool: Arc::default(),
             closing: Arc::default(),
+            verified: Arc::default(),
+            writer_dead: Arc::default(),
         }
     }
 
@@ -101,23 +120,43 @@ impl Health {
 
     /// Marks the collector as shutting down: new requests are refused.
     pub fn set_closing(&self) {
-        self.closing
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.closing.store(true, Ordering::SeqCst);
     }
 
     /// True once shutdown has begun.
     pub fn closing(&self) -> bool {
-        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+        self.closing.load(Ordering::SeqCst)
     }
 
-    /// True once startup verification has passed.
+    /// Startup verification passed: from now on a database outage is `degraded`, not unready.
+    pub fn set_verified(&self) {
+        self.verified.store(true, Ordering::SeqCst);
+    }
+
+    /// True once startup verification has passed (nothing is written before).
     pub fn schema_verified(&self) -> bool {
-        self.checks.read().unwrap_or_else(|e| e.into_inner()).schema == Check::Ok
+        self.verified.load(Ordering::SeqCst)
+            && self.checks.read().unwrap_or_else(|e| e.into_inner()).schema == Check::Ok
     }
 
-    fn spool_check(&self) -> Check {
+    /// The writer stopped for good: readiness and liveness fail.
+    pub fn set_writer_dead(&self, why: String) {
+        self.writer_dead.store(true, Ordering::SeqCst);
+        self.set_writer(Check::Failed(why));
+    }
+
+    /// False once the writer stopped for good (`/health/live` then fails, so the replica is
+    /// restarted).
+    pub fn live(&self) -> bool {
+        !self.writer_dead.load(Ordering::SeqCst)
+    }
+
+    fn spool_check(&self, spool_writes: &Check) -> Check {
         if self.closing() {
             return Check::Failed("shutting down: new requests are refused".to_owned());
+        }
+        if let Check::Failed(why) = spool_writes {
+            return Check::Failed(format!("spool writes are failing: {why}"));
         }
         let Some((depth, cap)) = self.spool.get() else {
             return Check::Ok;
@@ -154,6 +193,19 @@ impl Health {
         self.update(|c| c.writer = check);
     }
 
+    /// Records the outcome of a spool append (a failure fails readiness until one succeeds).
+    pub fn set_spool_writes(&self, check: Check) {
+        let changed = self
+            .checks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .spool_writes
+            != check;
+        if changed {
+            self.update(|c| c.spool_writes = check);
+        }
+    }
+
     /// True while the database check passes.
     pub fn database_ok(&self) -> bool {
         self.checks
@@ -163,23 +215,27 @@ impl Health {
             == Check::Ok
     }
 
-    /// The readiness report and whether it means ready.
-    pub fn readiness(&self) -> (Readiness, bool) {
-        let spool = self.spool_check();
+    /// The readiness report and whether it means ready; `strict` counts a degraded data path
+    /// as not ready.
+    pub fn readiness(&self, strict: bool) -> (Readiness, bool) {
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
+        let spool = self.spool_check(&checks.spool_writes);
         let all = [
             ("database", &checks.database),
             ("schema", &checks.schema),
             ("spool", &spool),
             ("writer", &checks.writer),
         ];
-        let data_path = checks.database == Check::Ok && checks.schema == Check::Ok;
-        let (status, ready) = if spool != Check::Ok {
+        let data_path = checks.database == Check::Ok
+            && checks.schema == Check::Ok
+            && checks.writer == Check::Ok;
+        let verified = self.verified.load(Ordering::SeqCst);
+        let (status, ready) = if spool != Check::Ok || !self.live() {
             ("failing", false)
-        } else if !data_path {
+        } else if !verified {
             ("degraded", false)
-        } else if checks.writer != Check::Ok {
-            ("degraded", true)
+        } else if !data_path {
+            ("degraded", !strict)
         } else {
             ("ok", true)
         };
@@ -188,5 +244,42 @@ impl Health {
             checks: all.iter().map(|(n, c)| (*n, c.render())).collect(),
         };
         (report, ready)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_keeps_a_verified_replica_in_service_through_an_outage() {
+        let health = Health::new();
+        assert_eq!(health.readiness(false).0.status, "degraded");
+        assert!(!health.readiness(false).1, "not ready before verification");
+        health.set_database(Check::Ok);
+        health.set_schema(Check::Ok);
+        health.set_verified();
+        assert_eq!(health.readiness(false), (health.readiness(true).0, true));
+        assert_eq!(health.readiness(false).0.status, "ok");
+
+        health.set_database(Check::Failed("connection refused".into()));
+        let (report, ready) = health.readiness(false);
+        assert_eq!((report.status, ready), ("degraded", true));
+        assert!(!health.readiness(true).1, "strict: not ready");
+
+        health.set_database(Check::Ok);
+        health.set_spool_writes(Check::Failed("No space left on device".into()));
+        let (report, ready) = health.readiness(false);
+        assert_eq!((report.status, ready), ("failing", false));
+        assert!(
+            report.checks["spool"].contains("No space left"),
+            "{report:?}"
+        );
+        health.set_spool_writes(Check::Ok);
+        assert!(health.readiness(false).1);
+
+        health.set_writer_dead("stopped after repeated panics".into());
+        assert!(!health.live());
+        assert_eq!(health.readiness(false).0.status, "failing");
     }
 }

@@ -349,7 +349,7 @@ async fn report_readiness(
     use tonic_health::ServingStatus;
     let names = ["", <Logs as Export>::SERVICE, <Traces as Export>::SERVICE];
     loop {
-        let status = if health.readiness().1 {
+        let status = if health.readiness(false).1 {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing

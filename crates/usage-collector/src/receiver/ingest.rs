@@ -14,7 +14,7 @@ use crate::catalog::Catalog;
 use crate::catalog::convert::{Converted, Skip};
 use crate::event::Signal;
 use crate::health::metrics::{ColumnLabels, SignalLabels, SignalReasonLabels};
-use crate::health::{Health, Metrics};
+use crate::health::{Check, Health, Metrics};
 use crate::spool::cache::RowCache;
 use crate::spool::{self, AppendError, Payload, Spool, SpoolSignal};
 
@@ -183,8 +183,14 @@ impl Ingest {
                 body: body.into(),
             };
             let position = match self.spool.append(payload).await {
-                Ok(position) => position,
+                Ok(position) => {
+                    self.health.set_spool_writes(Check::Ok);
+                    position
+                }
                 Err(error) => {
+                    if let AppendError::Io(why) = &error {
+                        self.health.set_spool_writes(Check::Failed(why.clone()));
+                    }
                     m.records_refused
                         .get_or_create(&SignalReasonLabels {
                             signal: signal.as_str(),

@@ -431,7 +431,9 @@ mod tests {
                 user_id: Some(format!("user-{n}")),
                 start_time: datetime!(2026-11-28 09:00:00),
                 last_activity: datetime!(2026-11-28 09:10:00.5),
-                end_time: n.is_multiple_of(2).then_some(datetime!(2026-11-28 09:20:00)),
+                end_time: n
+                    .is_multiple_of(2)
+                    .then_some(datetime!(2026-11-28 09:20:00)),
                 user_agent: Some("Mozilla/5.0".into()),
                 ip_address: None,
             },

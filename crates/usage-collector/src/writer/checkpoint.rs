@@ -53,8 +53,8 @@ impl Stop {
     }
 }
 
-/// Everything one writer needs.
-#[derive(Debug)]
+/// Everything one writer needs (kept to start it again after a panic).
+#[derive(Debug, Clone)]
 pub struct Parts {
     /// The spool it drains.
     pub spool: Spool,
@@ -81,11 +81,77 @@ struct Driver {
     stop: Stop,
 }
 
+/// Restarts after a panic this close to the previous one count towards giving up.
+const RESTART_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// Restarts within [`RESTART_WINDOW`] after which the writer stops for good.
+const MAX_RESTARTS: usize = 5;
+
 impl Writer {
-    /// Starts the writer on the spool.
+    /// Starts the writer on the spool, supervised: a panic in it is counted and logged, and it
+    /// starts again from the spool's checkpoint (the rows it held are still in the spool, and a
+    /// row written twice is a no-op); after [`MAX_RESTARTS`] panics within [`RESTART_WINDOW`] it
+    /// stops for good and readiness and liveness fail.
     pub fn spawn(parts: Parts) -> (Writer, WriterTask) {
         let (stop, stopping) = watch::channel(None);
         let stop_view = Stop(stopping);
+        (Writer { stop }, tokio::spawn(supervise(parts, stop_view)))
+    }
+
+    /// Stops once the spool is empty or at `deadline`, whichever comes first.
+    pub fn stop(&self, deadline: Instant) {
+        self.stop.send_replace(Some(deadline));
+    }
+}
+
+async fn supervise(parts: Parts, stop: Stop) {
+    let mut restarts: Vec<Instant> = Vec::new();
+    let mut waits = crate::backoff::exponential(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
+    loop {
+        let run = tokio::spawn(start(parts.clone(), stop.clone()));
+        let outcome = match run.await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome::Panicked(e.to_string()),
+        };
+        let Outcome::Panicked(why) = outcome else {
+            return;
+        };
+        parts.metrics.writer_restarts.inc();
+        let now = Instant::now();
+        restarts.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
+        restarts.push(now);
+        if restarts.len() > MAX_RESTARTS || stop.deadline().is_some() {
+            tracing::error!(error = %why, restarts = restarts.len(), "writer failed again; stopped for good: events stay in the spool until the collector restarts");
+            parts.health.set_writer_dead(format!(
+                "stopped after {} failures in a minute: {why}",
+                restarts.len()
+            ));
+            return;
+        }
+        let wait = waits.next().unwrap_or(std::time::Duration::from_secs(5));
+        tracing::error!(error = %why, retry_in_ms = wait.as_millis() as u64, "writer failed; starting it again from the spool's checkpoint");
+        parts
+            .health
+            .set_writer(crate::health::Check::Failed(format!(
+                "restarted after: {why}"
+            )));
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// How a writer run ended.
+enum Outcome {
+    /// Stopped as asked (or with nothing left to do).
+    Stopped,
+    /// A panic in the writer; it may be started again.
+    Panicked(String),
+}
+
+/// One run of the writer, from the spool's checkpoint.
+async fn start(parts: Parts, stop_view: Stop) -> Outcome {
+    {
         let reader = Reader {
             spool: parts.spool.clone(),
             cache: parts.cache,
@@ -103,17 +169,12 @@ impl Writer {
             batch_size: parts.settings.batch_size,
             stop: stop_view,
         };
-        (Writer { stop }, tokio::spawn(driver.run(reader)))
-    }
-
-    /// Stops once the spool is empty or at `deadline`, whichever comes first.
-    pub fn stop(&self, deadline: Instant) {
-        self.stop.send_replace(Some(deadline));
+        driver.run(reader).await
     }
 }
 
 impl Driver {
-    async fn run(self, reader: Reader) {
+    async fn run(self, reader: Reader) -> Outcome {
         let streams = self.sender.sink().write_streams();
         let this = Arc::new(self);
         let (rounds, mut queue) = mpsc::channel::<Round>(1);
@@ -123,6 +184,7 @@ impl Driver {
         let mut finished: BTreeMap<u64, Option<(Position, u64)>> = BTreeMap::new();
         let (mut next, mut to_commit) = (0u64, 0u64);
         let (mut closed, mut stopped) = (false, false);
+        let mut panicked = None;
         loop {
             tokio::select! {
                 round = queue.recv(), if writes.len() < streams && !closed && !stopped => {
@@ -145,8 +207,10 @@ impl Driver {
                             finished.insert(seq, outcome);
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "a write task failed; its rows stay in the spool");
-                            stopped = true;
+                            // Its rows stay in the spool; the rounds after it are not committed.
+                            panicked = Some(e.to_string());
+                            writes.abort_all();
+                            break;
                         }
                     }
                     stopped |= this.commit_in_order(&mut finished, &mut to_commit).await;
@@ -159,12 +223,20 @@ impl Driver {
         }
         drop(queue);
         reader.abort();
+        if let Some(why) = panicked {
+            return Outcome::Panicked(why);
+        }
+        if closed && this.stop.deadline().is_none() {
+            // The reader ends on its own only when stopping: it failed.
+            return Outcome::Panicked("the spool reader stopped".to_owned());
+        }
         let (records, bytes) = this.spool.depth();
         tracing::info!(
             records,
             bytes,
             "writer stopped; what is left stays in the spool for the next start"
         );
+        Outcome::Stopped
     }
 
     /// Moves the checkpoint past every finished round that follows the last committed one

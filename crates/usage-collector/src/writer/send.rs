@@ -18,6 +18,8 @@ pub struct Sender {
     health: Health,
     /// Longest a batch's transaction may take before it counts as failed (a hung database).
     timeout: Duration,
+    /// Testing only: writes left that panic.
+    panics: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Sender {
@@ -29,7 +31,14 @@ impl Sender {
             metrics,
             health,
             timeout,
+            panics: Arc::default(),
         }
+    }
+
+    /// Testing only: the next `n` writes panic.
+    pub fn with_test_panics(self, n: u32) -> Self {
+        self.panics.store(n, std::sync::atomic::Ordering::SeqCst);
+        self
     }
 
     /// The catalogue whose tables the sink writes.
@@ -45,6 +54,15 @@ impl Sender {
     /// Writes `events` in one transaction, once. A failure is counted by reason; what to do
     /// about it is the retry policy's business.
     pub async fn send(&self, events: &[Mapped]) -> Result<(), SinkError> {
+        use std::sync::atomic::Ordering;
+        if self.panics.load(Ordering::SeqCst) > 0
+            && self
+                .panics
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            panic!("test fault: a batch write panics (--test-writer-panics)");
+        }
         let batch = RowBatch::of(self.catalog.tables().len(), events);
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
