@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use usage_collector::config::DatabaseSettings;
 use usage_collector::health::Metrics;
@@ -92,31 +92,24 @@ impl TestCollector {
 
     /// Polls `/health/ready` until 200.
     pub async fn wait_ready(&self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            let (status, body) = self.get("/health/ready").await;
-            if status == 200 {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "collector not ready after {limit:?}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::poll::until(
+            "collector ready",
+            limit,
+            || self.get("/health/ready"),
+            |(status, _)| *status == 200,
+        )
+        .await;
     }
 
     /// Waits until every accepted request is in the database (the spool is empty).
     pub async fn wait_written(&self, limit: Duration) {
-        let started = Instant::now();
-        while self.spool.depth().0 > 0 {
-            assert!(
-                started.elapsed() < limit,
-                "spool not drained after {limit:?}: {:?}",
-                self.spool.depth()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::poll::until(
+            "spool drained (requests, bytes)",
+            limit,
+            || async { self.spool.depth() },
+            |(requests, _)| *requests == 0,
+        )
+        .await;
     }
 
     /// Stops the collector, waits until it has stopped, and removes its spool folder.

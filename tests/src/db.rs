@@ -1,5 +1,6 @@
 //! A fresh database per test.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use sqlx::{Connection, Executor, MySqlConnection, Row};
@@ -8,6 +9,49 @@ use sqlx::{Connection, Executor, MySqlConnection, Row};
 pub fn server_url() -> String {
     std::env::var("USAGE_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+fn parsed_server_url() -> url::Url {
+    let text = server_url();
+    url::Url::parse(&text).unwrap_or_else(|e| panic!("USAGE_TEST_MYSQL_URL {text:?}: {e}"))
+}
+
+/// The MariaDB server's host and port as `server_url()` names them (port 3306 when it names
+/// none): what the collector's messages say it connected to.
+pub fn server_host_port() -> (String, u16) {
+    let url = parsed_server_url();
+    let host = url
+        .host_str()
+        .expect("a host in the MariaDB URL")
+        .to_owned();
+    (host, url.port().unwrap_or(3306))
+}
+
+/// The MariaDB server's socket address, for a proxy in front of it.
+pub fn server_addr() -> SocketAddr {
+    let (host, port) = server_host_port();
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve the MariaDB host {host}:{port}"))
+}
+
+/// `server_url()` with its host and port replaced by `addr` (a proxy in front of the server).
+pub fn server_url_via(addr: SocketAddr) -> String {
+    let mut url = parsed_server_url();
+    url.set_ip_host(addr.ip()).expect("a URL that has a host");
+    url.set_port(Some(addr.port()))
+        .expect("a URL that has a host");
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+/// `server_url()` with other credentials: `user`, and `password` when given.
+pub fn server_url_as(user: &str, password: Option<&str>) -> String {
+    let mut url = parsed_server_url();
+    url.set_username(user).expect("a URL that has a host");
+    url.set_password(password).expect("a URL that has a host");
+    url.as_str().trim_end_matches('/').to_owned()
 }
 
 /// A database that exists for one test.
@@ -88,6 +132,11 @@ impl TestDb {
             TestDb::MySql { name, .. } => name,
             TestDb::Sqlite { .. } => panic!("a SQLite test database has no name"),
         }
+    }
+
+    /// The MariaDB database's URL through `proxy` instead of straight to the server.
+    pub fn url_via(&self, proxy: SocketAddr) -> String {
+        format!("{}/{}", server_url_via(proxy), self.name())
     }
 
     /// The database's URL, for the collector.
