@@ -98,15 +98,11 @@ impl TestDb {
     /// Creates an empty MariaDB database with a unique name.
     pub async fn mysql() -> Self {
         let name = unique("usage_test");
-        let mut admin = MySqlConnection::connect(&server_url())
+        admin(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
             .await
-            .unwrap_or_else(|e| panic!("MariaDB at {} is not reachable: {e}", server_url()));
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-            )))
-            .await
-            .expect("create test database");
+            .unwrap_or_else(|e| {
+                panic!("create a test database on MariaDB at {}: {e}", server_url())
+            });
         let url = format!("{}/{name}", server_url());
         let pool = sqlx::MySqlPool::connect(&url)
             .await
@@ -197,31 +193,8 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         match self {
             TestDb::MySql { name, .. } => {
-                let name = name.clone();
-                // Drop runs outside any runtime guarantee: use a thread with its own runtime.
-                let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    runtime
-                        .block_on(async {
-                            let mut admin = MySqlConnection::connect(&server_url()).await?;
-                            admin
-                                .execute(sqlx::AssertSqlSafe(format!(
-                                    "DROP DATABASE IF EXISTS `{name}`"
-                                )))
-                                .await?;
-                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                        })
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                })
-                .join();
-                match dropped {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => eprintln!("could not drop a test database: {e}"),
-                    Err(_) => {
-                        eprintln!("could not drop a test database: the dropping thread panicked")
-                    }
+                if let Err(e) = admin_blocking(format!("DROP DATABASE IF EXISTS `{name}`")) {
+                    eprintln!("could not drop a test database: {e}");
                 }
             }
             TestDb::Sqlite { dir, .. } => {
@@ -229,6 +202,56 @@ impl Drop for TestDb {
                     eprintln!("could not remove {}: {e}", dir.display());
                 }
             }
+        }
+    }
+}
+
+/// Runs one statement as the server's administrator.
+async fn admin(sql: String) -> Result<(), sqlx::Error> {
+    let mut admin = MySqlConnection::connect(&server_url()).await?;
+    admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+    Ok(())
+}
+
+/// [`admin`] from anywhere, a `Drop` included: on a thread with its own runtime.
+fn admin_blocking(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(admin(sql))
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the thread running the statement panicked".to_owned())?
+}
+
+/// A MariaDB account (`name`@`%`) with a password and no privileges, dropped when this value
+/// is dropped: an account that exists, so the server's refusals name the password it was
+/// given (for an unknown user it answers unpredictably).
+pub struct TestAccount {
+    /// Its user name.
+    pub name: String,
+}
+
+impl TestAccount {
+    /// Creates the account with `password`.
+    pub async fn create(password: &str) -> Self {
+        let name = unique("usage_user")[..24].to_owned();
+        admin(format!(
+            "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("create the account {name}: {e}"));
+        Self { name }
+    }
+}
+
+impl Drop for TestAccount {
+    fn drop(&mut self) {
+        if let Err(e) = admin_blocking(format!("DROP USER IF EXISTS '{}'@'%'", self.name)) {
+            eprintln!("could not drop the test account {}: {e}", self.name);
         }
     }
 }
