@@ -25,6 +25,18 @@ pub fn settings(database_url: &str) -> Settings {
     settings
 }
 
+/// Polls `/health/ready` on the admin address `admin` until 200, for a collector in this
+/// process or in a child process alike.
+pub(crate) async fn wait_ready(admin: SocketAddr, limit: Duration) {
+    crate::poll::until(
+        "collector ready: /health/ready (status, body)",
+        limit,
+        || crate::fixtures::http_get(admin, "/health/ready"),
+        |(status, _)| *status == 200,
+    )
+    .await;
+}
+
 /// A running collector; stopped when dropped.
 pub struct TestCollector {
     /// OTLP/gRPC address.
@@ -92,13 +104,7 @@ impl TestCollector {
 
     /// Polls `/health/ready` until 200.
     pub async fn wait_ready(&self, limit: Duration) {
-        crate::poll::until(
-            "collector ready",
-            limit,
-            || self.get("/health/ready"),
-            |(status, _)| *status == 200,
-        )
-        .await;
+        wait_ready(self.admin, limit).await;
     }
 
     /// Waits until every accepted request is in the database (the spool is empty).

@@ -138,13 +138,7 @@ impl CollectorProcess {
 
     /// Polls `/health/ready` until 200.
     pub async fn wait_ready(&self, limit: Duration) {
-        crate::poll::until(
-            "collector ready",
-            limit,
-            || self.get("/health/ready"),
-            |(status, _)| *status == 200,
-        )
-        .await;
+        crate::collector::wait_ready(self.admin, limit).await;
     }
 
     /// Waits until the spool holds no request (`usage_collector_spool_records` is 0).

@@ -6,13 +6,13 @@ use std::time::Duration;
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::poll;
 use usage_pipeline_tests::proxy::Proxy;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
     let db = TestDb::mysql().await;
-    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
-    let url = format!("mysql://root@{}/{}", proxy.addr, db.name());
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let mut config = settings(&url);
     config.database.connect_timeout = Duration::from_secs(1);
     let collector = TestCollector::start(config).await;
@@ -33,18 +33,13 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
             .await
             .unwrap();
     }
-    let started = std::time::Instant::now();
-    let body = loop {
-        let (code, body) = collector.get("/health/ready").await;
-        if code == 503 {
-            break body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "still ready with the database cut: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, body) = poll::until(
+        "not ready with the database cut",
+        Duration::from_secs(10),
+        || collector.get("/health/ready"),
+        |(code, _)| *code == 503,
+    )
+    .await;
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(readiness["status"], "degraded", "{body}");
     assert!(
