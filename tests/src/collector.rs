@@ -9,6 +9,8 @@ use usage_collector::health::Metrics;
 use usage_collector::spool::Spool;
 use usage_collector::{Application, Settings};
 
+use crate::db::TestDb;
+
 /// Settings for a test collector: loopback, port 0, this database, a fresh spool folder
 /// (removed when the collector is stopped, unless kept for a restart).
 pub fn settings(database_url: &str) -> Settings {
@@ -35,6 +37,13 @@ pub(crate) async fn wait_ready(admin: SocketAddr, limit: Duration) {
         |(status, _)| *status == 200,
     )
     .await;
+}
+
+/// A fresh MariaDB database and a collector with migrations applied, ready, writing to it.
+pub async fn start_with_mysql() -> (TestDb, TestCollector) {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    (db, collector)
 }
 
 /// A running collector; stopped when dropped.

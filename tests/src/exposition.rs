@@ -23,6 +23,20 @@ pub fn sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Asserts that `text` has a sample line for each of `expected`. Written `series value`, it
+/// must be that whole line (`x 7` is not `x 70`); written `series` alone, any value will do.
+#[track_caller]
+pub fn assert_exposes(text: &str, expected: &[&str]) {
+    for line in expected {
+        let with_value = format!("{line} ");
+        assert!(
+            text.lines()
+                .any(|l| l == *line || l.starts_with(&with_value)),
+            "{line} missing from\n{text}"
+        );
+    }
+}
+
 /// The counters that account for every record a collector accepted, read from `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Accounting {
@@ -69,5 +83,25 @@ mod tests {
         assert_eq!(sum(TEXT, "usage_collector_absent_total"), 0.0);
         assert_eq!(value(TEXT, "usage_collector_spool_records"), Some(0.0));
         assert_eq!(value(TEXT, "usage_collector_dead_letters_total"), None);
+    }
+
+    #[test]
+    fn an_expected_line_is_a_whole_sample() {
+        assert_exposes(
+            TEXT,
+            &[
+                "usage_collector_dead_letters_total{table=\"a\"} 2",
+                "usage_collector_dead_letters_lost_total",
+            ],
+        );
+        let partial = std::panic::catch_unwind(|| {
+            assert_exposes(TEXT, &["usage_collector_dead_letters_lost_total 7"]);
+            assert_exposes(TEXT, &["usage_collector_dead_letters_lost_total 70"]);
+        });
+        assert!(partial.is_err(), "7 taken for 70");
+        let prefix = std::panic::catch_unwind(|| {
+            assert_exposes(TEXT, &["usage_collector_dead_letters"]);
+        });
+        assert!(prefix.is_err(), "a name prefix taken for a series");
     }
 }

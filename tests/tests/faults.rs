@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::collector::start_with_mysql;
 use usage_pipeline_tests::db::TestDb;
-use usage_pipeline_tests::exposition::{Accounting, value};
+use usage_pipeline_tests::exposition::{Accounting, assert_exposes, value};
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::load::{Load, Report, check_present, check_session_counters};
 use usage_pipeline_tests::poll;
@@ -107,6 +107,24 @@ async fn assert_accounted(name: &str, collector: &CollectorProcess, restarted: b
     }
 }
 
+/// Stops the load (its clients' retries get `patience`), waits until the collector's spool is
+/// drained, then asserts [`assert_exactly_once`] and [`assert_accounted`]. `restarted`: the
+/// collector was killed or stopped under the load and this process started on its spool.
+async fn stop_and_assert_nothing_lost(
+    name: &str,
+    db: &TestDb,
+    collector: &CollectorProcess,
+    load: Load,
+    patience: Duration,
+    restarted: bool,
+) -> Report {
+    let (report, acked) = load.stop(patience).await;
+    collector.wait_drained(Duration::from_secs(60)).await;
+    assert_exactly_once(name, db, &report, &acked, restarted).await;
+    assert_accounted(name, collector, restarted).await;
+    report
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn database_cut_for_20_seconds_under_load() {
     let db = TestDb::mysql().await;
@@ -126,14 +144,12 @@ async fn database_cut_for_20_seconds_under_load() {
     assert!(body.contains("\"database\":\"failed: "), "{body}");
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (report, acked) = load.stop(Duration::from_secs(30)).await;
-    collector.wait_drained(Duration::from_secs(60)).await;
+    let patience = Duration::from_secs(30);
+    stop_and_assert_nothing_lost("database cut 20 s", &db, &collector, load, patience, false).await;
     assert!(
         during > 0,
         "acknowledgements stopped during the outage: the spool should take them"
     );
-    assert_exactly_once("database cut 20 s", &db, &report, &acked, false).await;
-    assert_accounted("database cut 20 s", &collector, false).await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -151,10 +167,9 @@ async fn sigkill_under_load_then_restart_on_the_same_spool() {
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (report, acked) = load.stop(Duration::from_secs(30)).await;
-    collector.wait_drained(Duration::from_secs(60)).await;
-    assert_exactly_once("SIGKILL and restart", &db, &report, &acked, true).await;
-    assert_accounted("SIGKILL and restart", &collector, true).await;
+    let patience = Duration::from_secs(30);
+    stop_and_assert_nothing_lost("SIGKILL and restart", &db, &collector, load, patience, true)
+        .await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -177,11 +192,9 @@ async fn a_full_spool_refuses_with_retry_info_and_the_retries_land() {
     )
     .await;
     let metrics = collector.metrics().await;
-    assert!(
-        metrics.contains(
-            "usage_collector_records_refused_total{signal=\"logs\",reason=\"spool_full\"}"
-        ),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &["usage_collector_records_refused_total{signal=\"logs\",reason=\"spool_full\"}"],
     );
     let (code, body) = collector.get("/health/ready").await;
     assert_eq!(code, 503, "{body}");
@@ -189,15 +202,14 @@ async fn a_full_spool_refuses_with_retry_info_and_the_retries_land() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (report, acked) = load.stop(Duration::from_secs(60)).await;
-    collector.wait_drained(Duration::from_secs(60)).await;
+    let name = "spool cap during an outage";
+    let patience = Duration::from_secs(60);
+    let report = stop_and_assert_nothing_lost(name, &db, &collector, load, patience, false).await;
     assert!(report.with_retry_info > 0, "{report:?}");
     assert_eq!(
         report.abandoned, 0,
         "every refused request was retried until it landed: {report:?}"
     );
-    assert_exactly_once("spool cap during an outage", &db, &report, &acked, false).await;
-    assert_accounted("spool cap during an outage", &collector, false).await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -295,8 +307,7 @@ async fn a_damaged_spool_is_repaired_at_start_and_the_rest_replayed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_the_database_refuses_become_dead_letters_and_the_rest_is_written() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     // program_lines is an INT column: five billion is out of its range.
     let runs: Vec<_> = (0..10i64)
         .map(|i| {
@@ -333,9 +344,9 @@ async fn rows_the_database_refuses_become_dead_letters_and_the_rest_is_written()
         assert!(row[2].as_deref().unwrap().contains("5000000000"), "{row:?}");
     }
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_dead_letters_total{table=\"program_executions\"} 3"),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &["usage_collector_dead_letters_total{table=\"program_executions\"} 3"],
     );
     // Bisecting writes the seven good events once each and counts only those as written.
     let counted = Accounting::read(&metrics);
@@ -373,11 +384,10 @@ async fn sigterm_under_load_exits_cleanly_and_nothing_is_lost() {
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (report, acked) = load.stop(Duration::from_secs(30)).await;
-    collector.wait_drained(Duration::from_secs(60)).await;
     println!("SIGTERM: exited 0 after {took:?}");
-    assert_exactly_once("SIGTERM and restart", &db, &report, &acked, true).await;
-    assert_accounted("SIGTERM and restart", &collector, true).await;
+    let patience = Duration::from_secs(30);
+    stop_and_assert_nothing_lost("SIGTERM and restart", &db, &collector, load, patience, true)
+        .await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::collector::{TestCollector, settings, start_with_mysql};
 use usage_pipeline_tests::db::{TestDb, server_url_as};
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::poll;
@@ -70,8 +70,7 @@ fn promtool_checks_and_tests_the_alert_rules() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_metric_in_the_dashboards_and_rules_is_exported() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (_db, collector) = start_with_mysql().await;
     // One event makes the per-service and per-column series appear (the rest start at zero).
     let visit = event(
         "page_visit",
@@ -114,8 +113,7 @@ async fn every_metric_in_the_dashboards_and_rules_is_exported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_usage_dashboard_queries_run_on_the_schema() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let request = logs_request(
         "web-ide",
         vec![
@@ -365,12 +363,13 @@ async fn prometheus_scrapes_the_expected_series_and_sees_a_database_down() {
     let broken = TestCollector::start_unready(settings(&bad_url), false).await;
     let prometheus = Prometheus::start(&[healthy.admin, broken.admin]);
 
-    let events = (0..7)
-        .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/p")]))
-        .collect();
-    send_logs(&healthy.endpoint(), logs_request("web-ide", events), false)
-        .await
-        .unwrap();
+    send_logs(
+        &healthy.endpoint(),
+        page_visits("web-ide", "/p", 0..7),
+        false,
+    )
+    .await
+    .unwrap();
     healthy.wait_written(Duration::from_secs(10)).await;
 
     let healthy_instance = healthy.admin.to_string();

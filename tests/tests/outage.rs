@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::poll;
 use usage_pipeline_tests::proxy::Proxy;
@@ -16,12 +17,7 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
     let mut config = settings(&url);
     config.database.connect_timeout = Duration::from_secs(1);
     let collector = TestCollector::start(config).await;
-    let visit = |i: u64| {
-        logs_request(
-            "web-ide",
-            vec![event("page_visit", T0 + i, vec![kv("url.path", "/up")])],
-        )
-    };
+    let visit = |i: u64| page_visits("web-ide", "/up", i..i + 1);
     send_logs(&collector.endpoint(), visit(1), false)
         .await
         .unwrap();
@@ -62,13 +58,12 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
         "acknowledged and waiting in the spool"
     );
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_database_up 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("usage_collector_spool_records 3"),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &[
+            "usage_collector_database_up 0",
+            "usage_collector_spool_records 3",
+        ],
     );
     assert_eq!(db.count("page_visits").await, 1);
 
@@ -77,9 +72,6 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
     collector.wait_ready(Duration::from_secs(10)).await;
     assert_eq!(db.count("page_visits").await, 4);
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_database_up 1"),
-        "{metrics}"
-    );
+    assert_exposes(&metrics, &["usage_collector_database_up 1"]);
     collector.stop().await;
 }

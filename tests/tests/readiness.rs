@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::poll;
 
@@ -86,7 +87,7 @@ async fn not_ready_without_the_schema_then_ready_after_migration() {
         .unwrap();
     assert_eq!(collector.spool.depth().0, 1);
     let metrics = collector.get("/metrics").await.1;
-    assert!(metrics.contains("usage_collector_schema_ok 0"), "{metrics}");
+    assert_exposes(&metrics, &["usage_collector_schema_ok 0"]);
 
     // Another collector migrates; this one notices on its next verification run and writes.
     let migrator = TestCollector::start(settings(db.url())).await;

@@ -100,12 +100,13 @@ async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop
     ];
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
-    let events = (0..3)
-        .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/t")]))
-        .collect();
-    send_logs(&config.endpoint(), logs_request("web-ide", events), false)
-        .await
-        .unwrap();
+    send_logs(
+        &config.endpoint(),
+        page_visits("web-ide", "/t", 0..3),
+        false,
+    )
+    .await
+    .unwrap();
 
     let started = Instant::now();
     loop {
@@ -166,12 +167,13 @@ async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop
     ];
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
-    let events = (0..2)
-        .map(|i| event("page_visit", T0 + 10 + i, vec![kv("url.path", "/u")]))
-        .collect();
-    send_logs(&config.endpoint(), logs_request("web-ide", events), false)
-        .await
-        .unwrap();
+    send_logs(
+        &config.endpoint(),
+        page_visits("web-ide", "/u", 10..12),
+        false,
+    )
+    .await
+    .unwrap();
     let own_refused = || async {
         let metrics = target.get("/metrics").await.1;
         ["logs", "traces"].map(|signal| {

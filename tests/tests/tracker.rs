@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use tracing_subscriber::layer::SubscriberExt;
-use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::collector::{TestCollector, settings, start_with_mysql};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::process::free_addr;
 use usage_tracker::{Health, PageVisit, TrackerBuilder};
@@ -49,8 +49,7 @@ fn s(text: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_examples_events_arrive_as_exactly_the_expected_rows() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let endpoint = collector.endpoint();
     let (stdout, stderr) = tokio::task::spawn_blocking(move || run_example(&endpoint, 4))
         .await
@@ -232,8 +231,7 @@ fn a_full_queue_drops_and_counts_without_blocking() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_sends_what_is_queued_and_nothing_else_is_exported() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let tracker = TrackerBuilder::new()
         .endpoint(collector.endpoint())
         .export_interval(Duration::from_secs(3600))
@@ -290,8 +288,7 @@ fn run_program(session: &str, lines: i64, fail: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instrumented_functions_are_program_runs() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let tracker = TrackerBuilder::new()
         .endpoint(collector.endpoint())
         .start()
