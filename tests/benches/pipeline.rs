@@ -8,8 +8,8 @@
 //!   every event is written;
 //! - (c) no database: the collector decoding, mapping and spooling, rows discarded.
 //!
-//! Run: `cargo bench -p usage-pipeline-tests --bench pipeline` (needs MariaDB on 127.0.0.1:3306,
-//! as the tests do). `USAGE_BENCH_EVENTS` sets the events of (a) and (b) (default 1000000:
+//! Run: `cargo bench -p usage-pipeline-tests --bench pipeline` (needs MariaDB at
+//! `USAGE_TEST_MYSQL_URL`, default `mysql://root@127.0.0.1:3306`, as the tests do). `USAGE_BENCH_EVENTS` sets the events of (a) and (b) (default 1000000:
 //! enough that the database's deferred page flushing is paid inside each measurement, not
 //! after it), `USAGE_BENCH_SECONDS` the length of (c) (default 10). Each measurement starts
 //! once the database server is idle. The header names the machine.

@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use usage_collector::config::DatabaseSettings;
 use usage_collector::health::Metrics;
 use usage_collector::spool::Spool;
 use usage_collector::{Application, Settings};
+
+use crate::db::TestDb;
 
 /// Settings for a test collector: loopback, port 0, this database, a fresh spool folder
 /// (removed when the collector is stopped, unless kept for a restart).
@@ -23,6 +25,25 @@ pub fn settings(database_url: &str) -> Settings {
     settings.shutdown_timeout = Duration::from_secs(5);
     settings.instance = "test-collector".to_owned();
     settings
+}
+
+/// Polls `/health/ready` on the admin address `admin` until 200, for a collector in this
+/// process or in a child process alike.
+pub(crate) async fn wait_ready(admin: SocketAddr, limit: Duration) {
+    crate::poll::until(
+        "collector ready: /health/ready (status, body)",
+        limit,
+        || crate::fixtures::http_get(admin, "/health/ready"),
+        |(status, _)| *status == 200,
+    )
+    .await;
+}
+
+/// A fresh MariaDB database and a collector with migrations applied, ready, writing to it.
+pub async fn start_with_mysql() -> (TestDb, TestCollector) {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    (db, collector)
 }
 
 /// A running collector; stopped when dropped.
@@ -92,31 +113,18 @@ impl TestCollector {
 
     /// Polls `/health/ready` until 200.
     pub async fn wait_ready(&self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            let (status, body) = self.get("/health/ready").await;
-            if status == 200 {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "collector not ready after {limit:?}: {body}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(self.admin, limit).await;
     }
 
     /// Waits until every accepted request is in the database (the spool is empty).
     pub async fn wait_written(&self, limit: Duration) {
-        let started = Instant::now();
-        while self.spool.depth().0 > 0 {
-            assert!(
-                started.elapsed() < limit,
-                "spool not drained after {limit:?}: {:?}",
-                self.spool.depth()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        crate::poll::until(
+            "spool drained (requests, bytes)",
+            limit,
+            || async { self.spool.depth() },
+            |(requests, _)| *requests == 0,
+        )
+        .await;
     }
 
     /// Stops the collector, waits until it has stopped, and removes its spool folder.

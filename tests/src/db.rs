@@ -1,5 +1,6 @@
 //! A fresh database per test.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use sqlx::{Connection, Executor, MySqlConnection, Row};
@@ -8,6 +9,49 @@ use sqlx::{Connection, Executor, MySqlConnection, Row};
 pub fn server_url() -> String {
     std::env::var("USAGE_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".to_owned())
+}
+
+fn parsed_server_url() -> url::Url {
+    let text = server_url();
+    url::Url::parse(&text).unwrap_or_else(|e| panic!("USAGE_TEST_MYSQL_URL {text:?}: {e}"))
+}
+
+/// The MariaDB server's host and port as `server_url()` names them (port 3306 when it names
+/// none): what the collector's messages say it connected to.
+pub fn server_host_port() -> (String, u16) {
+    let url = parsed_server_url();
+    let host = url
+        .host_str()
+        .expect("a host in the MariaDB URL")
+        .to_owned();
+    (host, url.port().unwrap_or(3306))
+}
+
+/// The MariaDB server's socket address, for a proxy in front of it.
+pub fn server_addr() -> SocketAddr {
+    let (host, port) = server_host_port();
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .unwrap_or_else(|| panic!("cannot resolve the MariaDB host {host}:{port}"))
+}
+
+/// `server_url()` with its host and port replaced by `addr` (a proxy in front of the server).
+pub fn server_url_via(addr: SocketAddr) -> String {
+    let mut url = parsed_server_url();
+    url.set_ip_host(addr.ip()).expect("a URL that has a host");
+    url.set_port(Some(addr.port()))
+        .expect("a URL that has a host");
+    url.as_str().trim_end_matches('/').to_owned()
+}
+
+/// `server_url()` with other credentials: `user`, and `password` when given.
+pub fn server_url_as(user: &str, password: Option<&str>) -> String {
+    let mut url = parsed_server_url();
+    url.set_username(user).expect("a URL that has a host");
+    url.set_password(password).expect("a URL that has a host");
+    url.as_str().trim_end_matches('/').to_owned()
 }
 
 /// A database that exists for one test.
@@ -54,15 +98,11 @@ impl TestDb {
     /// Creates an empty MariaDB database with a unique name.
     pub async fn mysql() -> Self {
         let name = unique("usage_test");
-        let mut admin = MySqlConnection::connect(&server_url())
+        admin(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
             .await
-            .unwrap_or_else(|e| panic!("MariaDB at {} is not reachable: {e}", server_url()));
-        admin
-            .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-            )))
-            .await
-            .expect("create test database");
+            .unwrap_or_else(|e| {
+                panic!("create a test database on MariaDB at {}: {e}", server_url())
+            });
         let url = format!("{}/{name}", server_url());
         let pool = sqlx::MySqlPool::connect(&url)
             .await
@@ -88,6 +128,11 @@ impl TestDb {
             TestDb::MySql { name, .. } => name,
             TestDb::Sqlite { .. } => panic!("a SQLite test database has no name"),
         }
+    }
+
+    /// The MariaDB database's URL through `proxy` instead of straight to the server.
+    pub fn url_via(&self, proxy: SocketAddr) -> String {
+        format!("{}/{}", server_url_via(proxy), self.name())
     }
 
     /// The database's URL, for the collector.
@@ -148,31 +193,8 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         match self {
             TestDb::MySql { name, .. } => {
-                let name = name.clone();
-                // Drop runs outside any runtime guarantee: use a thread with its own runtime.
-                let dropped = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()?;
-                    runtime
-                        .block_on(async {
-                            let mut admin = MySqlConnection::connect(&server_url()).await?;
-                            admin
-                                .execute(sqlx::AssertSqlSafe(format!(
-                                    "DROP DATABASE IF EXISTS `{name}`"
-                                )))
-                                .await?;
-                            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-                        })
-                        .map_err(|e| std::io::Error::other(e.to_string()))
-                })
-                .join();
-                match dropped {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => eprintln!("could not drop a test database: {e}"),
-                    Err(_) => {
-                        eprintln!("could not drop a test database: the dropping thread panicked")
-                    }
+                if let Err(e) = admin_blocking(format!("DROP DATABASE IF EXISTS `{name}`")) {
+                    eprintln!("could not drop a test database: {e}");
                 }
             }
             TestDb::Sqlite { dir, .. } => {
@@ -180,6 +202,56 @@ impl Drop for TestDb {
                     eprintln!("could not remove {}: {e}", dir.display());
                 }
             }
+        }
+    }
+}
+
+/// Runs one statement as the server's administrator.
+async fn admin(sql: String) -> Result<(), sqlx::Error> {
+    let mut admin = MySqlConnection::connect(&server_url()).await?;
+    admin.execute(sqlx::AssertSqlSafe(sql)).await?;
+    Ok(())
+}
+
+/// [`admin`] from anywhere, a `Drop` included: on a thread with its own runtime.
+fn admin_blocking(sql: String) -> Result<(), String> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(admin(sql))
+            .map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the thread running the statement panicked".to_owned())?
+}
+
+/// A MariaDB account (`name`@`%`) with a password and no privileges, dropped when this value
+/// is dropped: an account that exists, so the server's refusals name the password it was
+/// given (for an unknown user it answers unpredictably).
+pub struct TestAccount {
+    /// Its user name.
+    pub name: String,
+}
+
+impl TestAccount {
+    /// Creates the account with `password`.
+    pub async fn create(password: &str) -> Self {
+        let name = unique("usage_user")[..24].to_owned();
+        admin(format!(
+            "CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("create the account {name}: {e}"));
+        Self { name }
+    }
+}
+
+impl Drop for TestAccount {
+    fn drop(&mut self) {
+        if let Err(e) = admin_blocking(format!("DROP USER IF EXISTS '{}'@'%'", self.name)) {
+            eprintln!("could not drop the test account {}: {e}", self.name);
         }
     }
 }

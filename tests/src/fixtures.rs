@@ -100,6 +100,19 @@ pub fn event(name: &str, time: u64, attributes: Vec<KeyValue>) -> LogRecord {
     }
 }
 
+/// A logs request from `service` of one page visit to `path` at `T0 + t` for each `t` in
+/// `times` (ns after [`T0`]).
+pub fn page_visits(
+    service: &str,
+    path: &str,
+    times: std::ops::Range<u64>,
+) -> ExportLogsServiceRequest {
+    let visits = times
+        .map(|t| event("page_visit", T0 + t, vec![kv("url.path", path)]))
+        .collect();
+    logs_request(service, visits)
+}
+
 /// A span; `error` sets an error status with that message.
 pub fn span(
     name: &str,

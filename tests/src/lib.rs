@@ -9,6 +9,9 @@
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
+//! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
+//! - [`exposition`]: numbers read back from a collector's `/metrics`, and the accounting of
+//!   accepted records.
 //! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
 //! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
 //! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
@@ -17,9 +20,11 @@
 
 pub mod collector;
 pub mod db;
+pub mod exposition;
 pub mod fixtures;
 pub mod load;
 pub mod loadgen;
 pub mod measure;
+pub mod poll;
 pub mod process;
 pub mod proxy;

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
@@ -50,8 +51,10 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `clients` clients, each sending requests of `events` page visits in a loop,
-    /// pausing `pause` between requests.
+    /// Starts `clients` clients, each sending requests of `events` events in a loop, pausing
+    /// `pause` between requests. Every fourth event is a program run (every other run failed),
+    /// the rest page visits; all carry the client's current session, a new one every ten
+    /// requests, so session counters are kept up to date under the load.
     pub fn start(endpoint: &str, clients: usize, events: usize, pause: Duration) -> Load {
         let shared = Arc::new(Shared::default());
         let channel: Channel = Endpoint::from_shared(endpoint.to_owned())
@@ -69,18 +72,11 @@ impl Load {
                         let ids: Vec<String> = (0..events)
                             .map(|_| uuid::Uuid::now_v7().to_string())
                             .collect();
+                        let session = format!("load-{c}-{}", n / 10);
                         let records = ids
                             .iter()
-                            .map(|id| {
-                                event(
-                                    "page_visit",
-                                    1_772_600_767_000_000_000 + n,
-                                    vec![
-                                        kv("event.id", id.as_str()),
-                                        kv("url.path", format!("/load/{c}/{n}")),
-                                    ],
-                                )
-                            })
+                            .enumerate()
+                            .map(|(i, id)| record(id, &session, n, i, c))
                             .collect();
                         n += 1;
                         let request = logs_request("load", records);
@@ -163,10 +159,31 @@ impl Load {
     }
 }
 
-/// How many acknowledged events are in `page_visits`, and how many of them more than once.
+/// Event `i` of client `c`'s request `n`: a program run for every fourth, else a page visit.
+fn record(id: &str, session: &str, n: u64, i: usize, c: usize) -> LogRecord {
+    let time = 1_772_600_767_000_000_000 + n;
+    let mut attributes = vec![kv("event.id", id), kv("session.id", session)];
+    if i % 4 != 3 {
+        attributes.push(kv("url.path", format!("/load/{c}/{n}")));
+        return event("page_visit", time, attributes);
+    }
+    attributes.push(kv("program.lines", 10i64));
+    attributes.push(kv("program.lines_executed", (n % 50) as i64 + i as i64));
+    if i % 8 == 7 {
+        attributes.push(kv("error.message", "?SYNTAX ERROR"));
+    }
+    event("program_execution", time, attributes)
+}
+
+/// How many acknowledged events are in `page_visits` or `program_executions`, and how many
+/// of them more than once.
 pub async fn check_present(db: &TestDb, acked: &[String]) -> (u64, u64) {
     let rows = db
-        .texts("SELECT LOWER(HEX(event_id)), CAST(COUNT(*) AS CHAR) FROM page_visits GROUP BY event_id")
+        .texts(
+            "SELECT LOWER(HEX(event_id)), CAST(COUNT(*) AS CHAR) FROM \
+             (SELECT event_id FROM page_visits UNION ALL SELECT event_id FROM program_executions) AS e \
+             GROUP BY event_id",
+        )
         .await;
     let counts: HashMap<String, u64> = rows
         .into_iter()
@@ -189,4 +206,50 @@ pub async fn check_present(db: &TestDb, acked: &[String]) -> (u64, u64) {
         }
     }
     (present, duplicated)
+}
+
+/// The sessions' counters against their program runs, after a load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionCounters {
+    /// Sessions in `ide_sessions`.
+    pub sessions: u64,
+    /// Rows in `program_executions`.
+    pub runs: u64,
+    /// Sessions whose stored counters differ from their runs: session id, stored
+    /// (programs run, lines executed, errors), then the same counted from `program_executions`.
+    pub wrong: Vec<(String, [i64; 3], [i64; 3])>,
+}
+
+/// Compares every session's `programs_run`, `lines_executed` and `errors_encountered` with
+/// what its rows in `program_executions` add up to.
+pub async fn check_session_counters(db: &TestDb) -> SessionCounters {
+    let rows = db
+        .texts(
+            "SELECT s.session_id, CAST(s.programs_run AS CHAR), CAST(s.lines_executed AS CHAR), \
+             CAST(s.errors_encountered AS CHAR), CAST(COUNT(p.event_id) AS CHAR), \
+             CAST(COALESCE(SUM(p.lines_executed), 0) AS CHAR), \
+             CAST(COALESCE(SUM(CASE WHEN p.success THEN 0 ELSE 1 END), 0) AS CHAR) \
+             FROM ide_sessions s LEFT JOIN program_executions p \
+             ON p.session_id = s.session_id AND p.service = s.service \
+             GROUP BY s.session_id, s.service, s.programs_run, s.lines_executed, s.errors_encountered",
+        )
+        .await;
+    let number = |text: &Option<String>| -> i64 {
+        text.as_deref()
+            .unwrap_or("0")
+            .parse()
+            .expect("a counter or a count")
+    };
+    let mut counters = SessionCounters::default();
+    for row in &rows {
+        let stored = [number(&row[1]), number(&row[2]), number(&row[3])];
+        let counted = [number(&row[4]), number(&row[5]), number(&row[6])];
+        counters.sessions += 1;
+        counters.runs += counted[0] as u64;
+        if stored != counted {
+            let session = row[0].clone().expect("session id");
+            counters.wrong.push((session, stored, counted));
+        }
+    }
+    counters
 }

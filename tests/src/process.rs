@@ -12,6 +12,13 @@ pub fn free_addr() -> SocketAddr {
         .expect("a free loopback port")
 }
 
+/// A new, uniquely named folder under the system's temporary folder.
+pub fn temp_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}_{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("a temporary folder");
+    dir
+}
+
 /// How to start a collector process; `start` may be called again for a restart.
 #[derive(Debug, Clone)]
 pub struct ProcessConfig {
@@ -57,6 +64,14 @@ impl ProcessConfig {
         format!("http://{}", self.grpc)
     }
 
+    /// Starts the process and waits until it is live and ready (20 s at most each).
+    pub async fn start_ready(&self) -> CollectorProcess {
+        let mut collector = self.start();
+        collector.wait_live(Duration::from_secs(20)).await;
+        collector.wait_ready(Duration::from_secs(20)).await;
+        collector
+    }
+
     /// Starts the process (with `--migrate`), appending its output to the log file.
     pub fn start(&self) -> CollectorProcess {
         let log = std::fs::OpenOptions::new()
@@ -99,27 +114,51 @@ pub struct CollectorProcess {
 }
 
 impl CollectorProcess {
-    /// Waits until `/health/live` answers.
+    /// Waits until `/health/live` answers; panics at once if the process exits.
     pub async fn wait_live(&mut self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("the collector exited while starting: {status}");
-            }
-            if tokio::net::TcpStream::connect(self.admin).await.is_ok()
-                && crate::fixtures::http_get(self.admin, "/health/live")
-                    .await
-                    .0
-                    == 200
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "collector not live after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let admin = self.admin;
+        crate::poll::until(
+            "collector live (admin port status)",
+            limit,
+            || {
+                if let Some(status) = self.child.try_wait().expect("child status") {
+                    panic!("the collector exited while starting: {status}");
+                }
+                async move {
+                    if tokio::net::TcpStream::connect(admin).await.is_err() {
+                        return None;
+                    }
+                    Some(crate::fixtures::http_get(admin, "/health/live").await.0)
+                }
+            },
+            |status| *status == Some(200),
+        )
+        .await;
+    }
+
+    /// Polls `/health/ready` until 200.
+    pub async fn wait_ready(&self, limit: Duration) {
+        crate::collector::wait_ready(self.admin, limit).await;
+    }
+
+    /// Waits until the spool holds no request (`usage_collector_spool_records` is 0).
+    pub async fn wait_drained(&self, limit: Duration) {
+        crate::poll::until(
+            "spool drained (usage_collector_spool_records)",
+            limit,
+            || async {
+                crate::exposition::value(&self.metrics().await, "usage_collector_spool_records")
+            },
+            |records| *records == Some(0.0),
+        )
+        .await;
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// The process id.

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+use crate::db::{TestDb, server_addr};
+
 /// A running proxy; stops when dropped.
 pub struct Proxy {
     /// Where clients connect.
@@ -49,6 +51,13 @@ impl Proxy {
             links,
             accept,
         }
+    }
+
+    /// A proxy in front of the test server, and `db`'s URL through it.
+    pub async fn in_front_of(db: &TestDb) -> (Self, String) {
+        let proxy = Self::start(server_addr()).await;
+        let url = db.url_via(proxy.addr);
+        (proxy, url)
     }
 
     /// Drops every open connection and refuses new ones.

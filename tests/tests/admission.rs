@@ -9,31 +9,13 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::value;
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::loadgen::{Signal, send_encoded_with};
 use usage_pipeline_tests::measure::peak_rss_mib;
-use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
-
-fn temp_dir() -> std::path::PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("usage_admission_{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
-}
 
 async fn start(
     db: &TestDb,
@@ -64,7 +46,7 @@ fn empty_records(n: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn gzip_amplification_is_refused_with_memory_bounded() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
+    let dir = temp_dir("usage_admission");
     let (config, collector) = start(&db, &dir, &[]).await;
     // 32 MB of empty records in about 32 KiB of gzip: past max_request_bytes once inflated.
     let millions = Bytes::from(empty_records(16_000_000));
@@ -94,7 +76,7 @@ async fn gzip_amplification_is_refused_with_memory_bounded() {
     let metrics = collector.get("/metrics").await.1;
     for reason in ["too_large", "too_many_records"] {
         let series = format!("usage_collector_requests_refused_total{{reason=\"{reason}\"}}");
-        assert_eq!(metric(&metrics, &series), 1.0, "{reason}");
+        assert_eq!(value(&metrics, &series), Some(1.0), "{reason}");
     }
     println!(
         "gzip amplification: 16 and 2 million empty records refused; collector peak RSS {rss:.0} MiB"
@@ -107,8 +89,8 @@ async fn gzip_amplification_is_refused_with_memory_bounded() {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_limit_gets_its_answer_and_the_valid_records_are_kept() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
-    let (config, mut collector) = start(
+    let dir = temp_dir("usage_admission");
+    let (config, collector) = start(
         &db,
         &dir,
         &[
@@ -121,7 +103,7 @@ async fn each_limit_gets_its_answer_and_the_valid_records_are_kept() {
         ],
     )
     .await;
-    wait_ready(&mut collector).await;
+    collector.wait_ready(Duration::from_secs(20)).await;
     let visit = |path: &str, extra: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>| {
         let mut attributes = vec![
             kv("event.id", uuid::Uuid::now_v7().to_string()),
@@ -194,42 +176,21 @@ async fn each_limit_gets_its_answer_and_the_valid_records_are_kept() {
     }
     let metrics = collector.get("/metrics").await.1;
     for reason in ["too_many_attributes", "value_too_large", "value_too_deep"] {
-        assert_eq!(
-            metric(
-                &metrics,
-                &format!(
-                    "usage_collector_records_rejected_total{{signal=\"logs\",reason=\"{reason}\"}}"
-                )
-            ),
-            1.0,
-            "{reason}"
+        let series = format!(
+            "usage_collector_records_rejected_total{{signal=\"logs\",reason=\"{reason}\"}}"
         );
+        assert_eq!(value(&metrics, &series), Some(1.0), "{reason}");
     }
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-async fn wait_ready(collector: &mut CollectorProcess) {
-    let started = Instant::now();
-    loop {
-        let (code, body) = collector.get("/health/ready").await;
-        if code == 200 {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "not ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn large_requests_do_not_stall_liveness_or_other_clients() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
-    let (config, mut collector) = start(&db, &dir, &[]).await;
-    wait_ready(&mut collector).await;
+    let dir = temp_dir("usage_admission");
+    let (config, collector) = start(&db, &dir, &[]).await;
+    collector.wait_ready(Duration::from_secs(20)).await;
     // A 1 MiB resource attribute and 2 000 records without event.id, eight times at once.
     let heavy = {
         let records: Vec<_> = (0..2_000u64)
@@ -302,9 +263,9 @@ async fn large_requests_do_not_stall_liveness_or_other_clients() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_stay_small_after_huge_names() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
-    let (config, mut collector) = start(&db, &dir, &[]).await;
-    wait_ready(&mut collector).await;
+    let dir = temp_dir("usage_admission");
+    let (config, collector) = start(&db, &dir, &[]).await;
+    collector.wait_ready(Duration::from_secs(20)).await;
     for i in 0..4 {
         let name = format!("{i}{}", "n".repeat(60_000));
         let service = format!("{i}{}", "s".repeat(60_000));
@@ -351,8 +312,8 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> b
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_and_idle_connections_are_closed_and_non_grpc_gets_415() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
-    let (config, mut collector) = start(
+    let dir = temp_dir("usage_admission");
+    let (config, collector) = start(
         &db,
         &dir,
         &[
@@ -365,7 +326,7 @@ async fn silent_and_idle_connections_are_closed_and_non_grpc_gets_415() {
         ],
     )
     .await;
-    wait_ready(&mut collector).await;
+    collector.wait_ready(Duration::from_secs(20)).await;
     // A TCP connection that sends nothing.
     let mut silent = tokio::net::TcpStream::connect(config.grpc).await.unwrap();
     assert!(
@@ -418,14 +379,12 @@ async fn silent_and_idle_connections_are_closed_and_non_grpc_gets_415() {
 async fn a_backlog_during_an_outage_does_not_grow_memory() {
     use usage_pipeline_tests::proxy::Proxy;
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
-    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
-    let url = format!("mysql://root@{}/{}", proxy.addr, db.name());
+    let dir = temp_dir("usage_admission");
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let mut config = ProcessConfig::new(BIN, &url, &dir);
     config.spool_max_bytes = 1 << 30;
-    let mut collector = config.start();
-    collector.wait_live(Duration::from_secs(20)).await;
-    wait_ready(&mut collector).await;
+    let collector = config.start_ready().await;
+    collector.wait_ready(Duration::from_secs(20)).await;
     proxy.cut();
     let rss_before = peak_rss_mib(collector.pid());
     // 40 requests of nearly 4 MiB each: 160 MB waiting in the spool for the database.
@@ -453,7 +412,7 @@ async fn a_backlog_during_an_outage_does_not_grow_memory() {
     }
     let rss = peak_rss_mib(collector.pid());
     let metrics = collector.get("/metrics").await.1;
-    assert_eq!(metric(&metrics, "usage_collector_spool_records"), 40.0);
+    assert_eq!(value(&metrics, "usage_collector_spool_records"), Some(40.0));
     println!(
         "40 requests of {} bytes spooled during an outage: peak RSS {rss_before:.0} → {rss:.0} MiB",
         body.len()

@@ -4,6 +4,7 @@
 use serde_json::json;
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
 
 const PAGE_ID: &str = "0190f3a8-8c2e-7d41-9a5b-3c2d1e0f4a5b";
@@ -233,19 +234,13 @@ async fn catalogue_roundtrip(db: TestDb, migrate: bool) {
     assert_eq!(attributes, json!({"pages": 3, "format": "a4"}));
 
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_records_accepted_total{signal=\"logs\"} 7"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("usage_collector_records_accepted_total{signal=\"traces\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(
-            "usage_collector_text_truncated_total{table=\"page_visits\",column=\"user_agent\"} 1"
-        ),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &[
+            "usage_collector_records_accepted_total{signal=\"logs\"} 7",
+            "usage_collector_records_accepted_total{signal=\"traces\"} 1",
+            "usage_collector_text_truncated_total{table=\"page_visits\",column=\"user_agent\"} 1",
+        ],
     );
     collector.stop().await;
 }

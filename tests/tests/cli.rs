@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use usage_pipeline_tests::db::{TestDb, server_url};
+use usage_pipeline_tests::db::{TestAccount, TestDb, server_host_port, server_url_as};
 
 fn collector(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_usage-collector-e2e"))
@@ -80,41 +80,70 @@ async fn check_passes_after_migrate_and_names_a_missing_table() {
     );
 }
 
-#[test]
-fn a_wrong_password_is_reported_with_host_port_and_user_but_never_the_password() {
-    let password = "Tr1cky-S3cret-p4ss";
-    let user = format!("nobody_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let url = server_url().replace("://root@", &format!("://{user}:{password}@")) + "/test";
-    let (ok, out) = collector(&[
+/// `check` as `user` against the test server's `test` database, with `password` in the URL
+/// when given, and `extra` arguments: (success, output).
+fn check_as(user: &str, password: Option<&str>, extra: &[&str]) -> (bool, String) {
+    let url = server_url_as(user, password) + "/test";
+    let mut args = vec![
         "check",
         "--database-url",
         &url,
         "--database-connect-timeout-secs",
         "3",
-    ]);
+    ];
+    args.extend(extra);
+    collector(&args)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_is_reported_with_host_port_and_user_but_never_the_password() {
+    let password = "Tr1cky-S3cret-p4ss";
+    let account = TestAccount::create("the-right-one").await;
+    let user = account.name.as_str();
+    let (host, port) = server_host_port();
+    let (ok, out) = check_as(user, Some(password), &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("connect failed"), "{out}");
-    assert!(out.contains(&format!("{user}@127.0.0.1:3306")), "{out}");
+    assert!(out.contains(&format!("{user}@{host}:{port}")), "{out}");
     assert!(out.contains("Access denied"), "{out}");
+    // The server's own words say whether it was given a password.
+    assert!(out.contains("(using password: YES)"), "{out}");
     assert!(!out.contains(password), "the password leaked:\n{out}");
 
-    // The same through a password file, with the URL carrying none.
+    // The same through a password file, with the URL carrying none: were the file ignored,
+    // the server would say `using password: NO`.
     let dir = std::env::temp_dir().join(format!("usage_pw_{user}"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("password");
     std::fs::write(&file, format!("{password}\n")).unwrap();
-    let bare = server_url().replace("://root@", &format!("://{user}@")) + "/test";
-    let (ok, out) = collector(&[
-        "check",
-        "--database-url",
-        &bare,
-        "--database-password-file",
-        file.to_str().unwrap(),
-    ]);
-    std::fs::remove_dir_all(&dir).unwrap();
+    let with_file = ["--database-password-file", file.to_str().unwrap()];
+    let (ok, out) = check_as(user, None, &with_file);
     assert!(
-        !ok && out.contains("Access denied") && out.contains(&user),
+        !ok && out.contains("Access denied") && out.contains(user),
         "{out}"
     );
+    assert!(out.contains("(using password: YES)"), "{out}");
     assert!(!out.contains(password), "the password leaked:\n{out}");
+
+    // The right password from the file (its newline no part of it) logs in: what is refused
+    // then is the database this account has no grant on, not the login.
+    std::fs::write(&file, "the-right-one\n").unwrap();
+    let (ok, out) = check_as(user, None, &with_file);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Access denied for user '{user}'@'%' to database 'test'"
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("the-right-one"),
+        "the password leaked:\n{out}"
+    );
+
+    // Neither in the URL nor in a file: the server is told no password.
+    let (ok, out) = check_as(user, None, &[]);
+    assert!(!ok && out.contains("Access denied"), "{out}");
+    assert!(out.contains("(using password: NO)"), "{out}");
 }

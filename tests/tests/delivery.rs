@@ -1,8 +1,9 @@
 //! Retries, ordering, partial success, limits and compression, against MariaDB.
 
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::collector::{TestCollector, settings, start_with_mysql};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
 
 fn run(session: &str, i: u8, ok: bool) -> LogRecord {
@@ -19,8 +20,7 @@ fn run(session: &str, i: u8, ok: bool) -> LogRecord {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn session_counters_are_right_after_retries_and_out_of_order_arrival() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let endpoint = collector.endpoint();
     // Runs arrive before the session start, and everything is sent twice.
     let runs = logs_request(
@@ -92,8 +92,7 @@ async fn session_counters_are_right_after_retries_and_out_of_order_arrival() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_request_twice_leaves_one_row_per_event() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     // No event.id: the collector derives a stable id from the record itself.
     let request = logs_request(
         "web-ide",
@@ -117,29 +116,28 @@ async fn the_same_request_twice_leaves_one_row_per_event() {
         .await;
     assert_eq!(db.count("page_visits").await, 50);
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_rows_written_total{table=\"page_visits\"} 100"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("usage_collector_records_accepted_total{signal=\"logs\"} 100"),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &[
+            "usage_collector_rows_written_total{table=\"page_visits\"} 100",
+            "usage_collector_records_accepted_total{signal=\"logs\"} 100",
+        ],
     );
     // Reconciliation: every accepted event was written (a repeat is a no-op write).
-    for line in [
-        "usage_collector_events_written_total 100",
-        "usage_collector_events_total{service_name=\"web-ide\",event=\"page_visit\"} 100",
-        "usage_collector_service_last_seen_timestamp_seconds{service_name=\"web-ide\"}",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
-    }
+    assert_exposes(
+        &metrics,
+        &[
+            "usage_collector_events_written_total 100",
+            "usage_collector_events_total{service_name=\"web-ide\",event=\"page_visit\"} 100",
+            "usage_collector_service_last_seen_timestamp_seconds{service_name=\"web-ide\"}",
+        ],
+    );
     collector.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_records_are_refused_alone_and_valid_ones_written() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let request = logs_request(
         "web-ide",
         vec![
@@ -186,14 +184,15 @@ async fn invalid_records_are_refused_alone_and_valid_ones_written() {
         0
     );
     let metrics = collector.get("/metrics").await.1;
-    for line in [
-        "usage_collector_records_rejected_total{signal=\"logs\",reason=\"missing_attribute\"} 1",
-        "usage_collector_records_rejected_total{signal=\"logs\",reason=\"wrong_type\"} 2",
-        "usage_collector_records_rejected_total{signal=\"logs\",reason=\"no_event_name\"} 1",
-        "usage_collector_records_accepted_total{signal=\"logs\"} 2",
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
-    }
+    assert_exposes(
+        &metrics,
+        &[
+            "usage_collector_records_rejected_total{signal=\"logs\",reason=\"missing_attribute\"} 1",
+            "usage_collector_records_rejected_total{signal=\"logs\",reason=\"wrong_type\"} 2",
+            "usage_collector_records_rejected_total{signal=\"logs\",reason=\"no_event_name\"} 1",
+            "usage_collector_records_accepted_total{signal=\"logs\"} 2",
+        ],
+    );
     collector.stop().await;
 }
 
@@ -203,12 +202,7 @@ async fn oversized_requests_get_resource_exhausted_and_metrics_are_unimplemented
     let mut config = settings(db.url());
     config.limits.max_request_bytes = 64 * 1024;
     let collector = TestCollector::start(config).await;
-    let big = logs_request(
-        "web-ide",
-        (0..200)
-            .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/x".repeat(300))]))
-            .collect(),
-    );
+    let big = page_visits("web-ide", &"/x".repeat(300), 0..200);
     for gzip in [false, true] {
         let status = send_logs(&collector.endpoint(), big.clone(), gzip)
             .await
@@ -255,8 +249,7 @@ async fn malformed_protobuf_gets_invalid_argument_and_well_formed_bytes_land() {
     use prost::Message;
     use prost::bytes::Bytes;
     use usage_pipeline_tests::loadgen::{Signal, send_encoded};
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let endpoint = collector.endpoint();
     // A length-delimited field that claims more bytes than follow.
     let garbage = Bytes::from_static(b"\x0a\xff\x01\x00");

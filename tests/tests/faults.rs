@@ -4,73 +4,23 @@
 //! `events sent / acknowledged / present / duplicated`.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::collector::start_with_mysql;
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::{Accounting, assert_exposes, value};
 use usage_pipeline_tests::fixtures::*;
-use usage_pipeline_tests::load::{Load, Report, check_present};
-use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
+use usage_pipeline_tests::load::{Load, Report, check_present, check_session_counters};
+use usage_pipeline_tests::poll;
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, temp_dir};
 use usage_pipeline_tests::proxy::Proxy;
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
 
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("usage_fault_{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-async fn proxied(db: &TestDb) -> (Proxy, String) {
-    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
-    let url = format!("mysql://root@{}/{}", proxy.addr, db.name());
-    (proxy, url)
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(name)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-async fn wait_ready(collector: &CollectorProcess, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let (code, body) = collector.get("/health/ready").await;
-        if code == 200 {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "not ready after {limit:?}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn wait_drained(collector: &CollectorProcess, limit: Duration) {
-    let started = Instant::now();
-    loop {
-        let metrics = collector.get("/metrics").await.1;
-        if metric(&metrics, "usage_collector_spool_records") == Some(0.0) {
-            return;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "spool not drained after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Asserts every acknowledged event is present exactly once; prints the tally. Requests that
-/// failed for good (a connection closed by a dying or stopping collector: the OTLP SDKs do
-/// not retry a broken stream) were never acknowledged, so they are allowed only when `killed`
-/// (SIGKILL or SIGTERM).
+/// Asserts every acknowledged event is present exactly once and every session's counters
+/// agree with its program runs; prints the tally. Requests that failed for good (a connection
+/// closed by a dying or stopping collector: the OTLP SDKs do not retry a broken stream) were
+/// never acknowledged, so they are allowed only when `killed` (SIGKILL or SIGTERM).
 async fn assert_exactly_once(
     name: &str,
     db: &TestDb,
@@ -79,36 +29,109 @@ async fn assert_exactly_once(
     killed: bool,
 ) {
     let (present, duplicated) = check_present(db, acked).await;
+    let sessions = check_session_counters(db).await;
     println!(
-        "{name}: events sent {} / acknowledged {} / present {} / duplicated {} (refusals retried {}, with RetryInfo {}, abandoned {})",
+        "{name}: events sent {} / acknowledged {} / present {} / duplicated {} (refusals retried {}, with RetryInfo {}, abandoned {}); \
+         {} sessions, {} program runs, {} with wrong counters",
         report.sent,
         report.acknowledged,
         present,
         duplicated,
         report.refusals,
         report.with_retry_info,
-        report.abandoned
+        report.abandoned,
+        sessions.sessions,
+        sessions.runs,
+        sessions.wrong.len()
     );
     assert!(report.acknowledged > 0, "{name}: nothing was acknowledged");
     assert_eq!(
         present, report.acknowledged,
         "{name}: acknowledged events missing"
     );
+    // The tables' unique keys make this hold whatever the collector does; kept as a tally.
     assert_eq!(duplicated, 0, "{name}: duplicated rows");
+    // The counters are the collector's own work: recounted from program_executions in the
+    // batch's transaction, so a replayed or retried batch must not move them.
+    assert!(
+        sessions.sessions > 0 && sessions.runs > 0,
+        "{name}: the load wrote no session or no program run: {sessions:?}"
+    );
+    assert_eq!(
+        sessions.wrong,
+        [],
+        "{name}: sessions whose counters (programs run, lines executed, errors) disagree with their runs: stored, counted"
+    );
     if !killed {
         assert_eq!(report.failed, 0, "{name}: requests refused for good");
     }
 }
 
+/// Where a process started on a spool stands once the load is over and its spool is drained,
+/// from its own `/metrics`.
+///
+/// `records_accepted_total` counts records acknowledged (each acceptance is one spool entry,
+/// a client's retry of a request another acceptance and another entry);
+/// `events_written_total` counts the events of each committed batch, a repeat included;
+/// dead letters count events refused for good. With the spool empty every entry this process
+/// read was written or dead-lettered, so `written + dead letters >= accepted`, and nothing
+/// this load sends is refused by the database, so there are no dead letters. When the process
+/// started on an empty spool it wrote only entries it accepted, each once: `written ==
+/// accepted`. A process restarted on the spool of one that was killed or stopped also writes
+/// what that one accepted and had not checkpointed, which its counters never saw accepted: there
+/// only `written >= accepted` holds. Dropped records must be 0 in every case.
+async fn assert_accounted(name: &str, collector: &CollectorProcess, restarted: bool) {
+    let metrics = collector.metrics().await;
+    let counted = Accounting::read(&metrics);
+    println!("{name}: {counted:?}");
+    assert_eq!(counted.dropped, 0.0, "{name}: records dropped\n{metrics}");
+    assert_eq!(counted.spooled_requests, 0.0, "{name}: still spooled");
+    assert_eq!(
+        counted.dead_letters, 0.0,
+        "{name}: healthy events became dead letters\n{metrics}"
+    );
+    assert!(
+        counted.accepted > 0.0,
+        "{name}: this process accepted nothing"
+    );
+    if restarted {
+        assert!(
+            counted.written >= counted.accepted,
+            "{name}: accepted records not written: {counted:?}"
+        );
+    } else {
+        assert_eq!(
+            counted.written, counted.accepted,
+            "{name}: events written differ from records accepted: {counted:?}"
+        );
+    }
+}
+
+/// Stops the load (its clients' retries get `patience`), waits until the collector's spool is
+/// drained, then asserts [`assert_exactly_once`] and [`assert_accounted`]. `restarted`: the
+/// collector was killed or stopped under the load and this process started on its spool.
+async fn stop_and_assert_nothing_lost(
+    name: &str,
+    db: &TestDb,
+    collector: &CollectorProcess,
+    load: Load,
+    patience: Duration,
+    restarted: bool,
+) -> Report {
+    let (report, acked) = load.stop(patience).await;
+    collector.wait_drained(Duration::from_secs(60)).await;
+    assert_exactly_once(name, db, &report, &acked, restarted).await;
+    assert_accounted(name, collector, restarted).await;
+    report
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn database_cut_for_20_seconds_under_load() {
     let db = TestDb::mysql().await;
-    let (proxy, url) = proxied(&db).await;
-    let dir = temp_dir();
+    let (proxy, url) = Proxy::in_front_of(&db).await;
+    let dir = temp_dir("usage_fault");
     let config = ProcessConfig::new(BIN, &url, &dir);
-    let mut collector = config.start();
-    collector.wait_live(Duration::from_secs(20)).await;
-    wait_ready(&collector, Duration::from_secs(20)).await;
+    let collector = config.start_ready().await;
 
     let load = Load::start(&config.endpoint(), 4, 20, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -117,19 +140,21 @@ async fn database_cut_for_20_seconds_under_load() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     let during = load.acknowledged() - before;
     let (code, body) = collector.get("/health/ready").await;
-    assert_eq!(code, 200, "the replica stays in service during the outage: {body}");
+    assert_eq!(
+        code, 200,
+        "the replica stays in service during the outage: {body}"
+    );
     assert!(body.contains("\"status\":\"degraded\""), "{body}");
     assert!(body.contains("\"database\":\"failed: "), "{body}");
     assert_eq!(collector.get("/health/ready?strict=1").await.0, 503);
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (report, acked) = load.stop(Duration::from_secs(30)).await;
-    wait_drained(&collector, Duration::from_secs(60)).await;
+    let patience = Duration::from_secs(30);
+    stop_and_assert_nothing_lost("database cut 20 s", &db, &collector, load, patience, false).await;
     assert!(
         during > 0,
         "acknowledgements stopped during the outage: the spool should take them"
     );
-    assert_exactly_once("database cut 20 s", &db, &report, &acked, false).await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -137,11 +162,9 @@ async fn database_cut_for_20_seconds_under_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_under_load_then_restart_on_the_same_spool() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
+    let dir = temp_dir("usage_fault");
     let config = ProcessConfig::new(BIN, db.url(), &dir);
-    let mut collector = config.start();
-    collector.wait_live(Duration::from_secs(20)).await;
-    wait_ready(&collector, Duration::from_secs(20)).await;
+    let collector = config.start_ready().await;
     let load = Load::start(&config.endpoint(), 4, 20, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(3)).await;
     collector.kill();
@@ -149,9 +172,9 @@ async fn sigkill_under_load_then_restart_on_the_same_spool() {
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (report, acked) = load.stop(Duration::from_secs(30)).await;
-    wait_drained(&collector, Duration::from_secs(60)).await;
-    assert_exactly_once("SIGKILL and restart", &db, &report, &acked, true).await;
+    let patience = Duration::from_secs(30);
+    stop_and_assert_nothing_lost("SIGKILL and restart", &db, &collector, load, patience, true)
+        .await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -159,29 +182,24 @@ async fn sigkill_under_load_then_restart_on_the_same_spool() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_spool_refuses_with_retry_info_and_the_retries_land() {
     let db = TestDb::mysql().await;
-    let (proxy, url) = proxied(&db).await;
-    let dir = temp_dir();
+    let (proxy, url) = Proxy::in_front_of(&db).await;
+    let dir = temp_dir("usage_fault");
     let mut config = ProcessConfig::new(BIN, &url, &dir);
     config.spool_max_bytes = 64 * 1024;
-    let mut collector = config.start();
-    collector.wait_live(Duration::from_secs(20)).await;
-    wait_ready(&collector, Duration::from_secs(20)).await;
+    let collector = config.start_ready().await;
     proxy.cut();
     let load = Load::start(&config.endpoint(), 3, 20, Duration::from_millis(10));
-    let started = Instant::now();
-    while load.refusals() == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the spool never filled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains(
-            "usage_collector_records_refused_total{signal=\"logs\",reason=\"spool_full\"}"
-        ),
-        "{metrics}"
+    poll::until(
+        "the spool filled (refusals seen by the clients)",
+        Duration::from_secs(30),
+        || async { load.refusals() },
+        |refusals| *refusals > 0,
+    )
+    .await;
+    let metrics = collector.metrics().await;
+    assert_exposes(
+        &metrics,
+        &["usage_collector_records_refused_total{signal=\"logs\",reason=\"spool_full\"}"],
     );
     let (code, body) = collector.get("/health/ready").await;
     assert_eq!(code, 503, "{body}");
@@ -189,14 +207,14 @@ async fn a_full_spool_refuses_with_retry_info_and_the_retries_land() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (report, acked) = load.stop(Duration::from_secs(60)).await;
-    wait_drained(&collector, Duration::from_secs(60)).await;
+    let name = "spool cap during an outage";
+    let patience = Duration::from_secs(60);
+    let report = stop_and_assert_nothing_lost(name, &db, &collector, load, patience, false).await;
     assert!(report.with_retry_info > 0, "{report:?}");
     assert_eq!(
         report.abandoned, 0,
         "every refused request was retried until it landed: {report:?}"
     );
-    assert_exactly_once("spool cap during an outage", &db, &report, &acked, false).await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -216,9 +234,9 @@ fn segments(spool: &std::path::Path) -> Vec<PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_spool_is_repaired_at_start_and_the_rest_replayed() {
     let db = TestDb::mysql().await;
-    let (proxy, url) = proxied(&db).await;
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     proxy.cut(); // nothing is written: everything stays in the spool
-    let dir = temp_dir();
+    let dir = temp_dir("usage_fault");
     let config = ProcessConfig::new(BIN, &url, &dir);
     let send = |endpoint: String, first: u64| async move {
         for i in first..first + 5 {
@@ -257,10 +275,8 @@ async fn a_damaged_spool_is_repaired_at_start_and_the_rest_replayed() {
     drop(second);
 
     proxy.restore();
-    let mut collector = config.start();
-    collector.wait_live(Duration::from_secs(20)).await;
-    wait_ready(&collector, Duration::from_secs(20)).await;
-    wait_drained(&collector, Duration::from_secs(30)).await;
+    let collector = config.start_ready().await;
+    collector.wait_drained(Duration::from_secs(30)).await;
     let paths = db
         .texts("SELECT page_path FROM page_visits ORDER BY page_path")
         .await;
@@ -276,11 +292,19 @@ async fn a_damaged_spool_is_repaired_at_start_and_the_rest_replayed() {
         .unwrap()
         .count();
     assert_eq!(quarantined, 1);
-    let metrics = collector.get("/metrics").await.1;
+    let metrics = collector.metrics().await;
     assert_eq!(
-        metric(&metrics, "usage_collector_spool_quarantined_segments_total"),
+        value(&metrics, "usage_collector_spool_quarantined_segments_total"),
         Some(1.0),
         "{metrics}"
+    );
+    // This process accepted nothing: it wrote the 9 events it replayed, each once, and lost
+    // none it read (the damaged one's bytes are kept in quarantine, not dropped).
+    let counted = Accounting::read(&metrics);
+    assert_eq!(
+        (counted.accepted, counted.written, counted.dropped),
+        (0.0, 9.0, 0.0),
+        "{counted:?}"
     );
     println!(
         "damaged spool: 10 acknowledged, 9 replayed, the damaged record's bytes kept in quarantine, torn tail cut"
@@ -291,8 +315,7 @@ async fn a_damaged_spool_is_repaired_at_start_and_the_rest_replayed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_the_database_refuses_become_dead_letters_and_the_rest_is_written() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     // program_lines is an INT column: five billion is out of its range.
     let runs: Vec<_> = (0..10i64)
         .map(|i| {
@@ -329,9 +352,21 @@ async fn rows_the_database_refuses_become_dead_letters_and_the_rest_is_written()
         assert!(row[2].as_deref().unwrap().contains("5000000000"), "{row:?}");
     }
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_dead_letters_total{table=\"program_executions\"} 3"),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &["usage_collector_dead_letters_total{table=\"program_executions\"} 3"],
+    );
+    // Bisecting writes the seven good events once each and counts only those as written.
+    let counted = Accounting::read(&metrics);
+    assert_eq!(
+        (
+            counted.accepted,
+            counted.written,
+            counted.dead_letters,
+            counted.dropped
+        ),
+        (10.0, 7.0, 3.0, 0.0),
+        "{counted:?}"
     );
     println!(
         "permanent refusals: 10 acknowledged, 7 written, 3 dead letters with reasons, 0 duplicated"
@@ -342,12 +377,10 @@ async fn rows_the_database_refuses_become_dead_letters_and_the_rest_is_written()
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_under_load_exits_cleanly_and_nothing_is_lost() {
     let db = TestDb::mysql().await;
-    let dir = temp_dir();
+    let dir = temp_dir("usage_fault");
     let mut config = ProcessConfig::new(BIN, db.url(), &dir);
     config.shutdown_timeout_secs = 5;
-    let mut collector = config.start();
-    collector.wait_live(Duration::from_secs(20)).await;
-    wait_ready(&collector, Duration::from_secs(20)).await;
+    let collector = config.start_ready().await;
     let load = Load::start(&config.endpoint(), 4, 20, Duration::from_millis(5));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, took) = collector.terminate(Duration::from_secs(15)).await;
@@ -359,10 +392,10 @@ async fn sigterm_under_load_exits_cleanly_and_nothing_is_lost() {
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (report, acked) = load.stop(Duration::from_secs(30)).await;
-    wait_drained(&collector, Duration::from_secs(60)).await;
     println!("SIGTERM: exited 0 after {took:?}");
-    assert_exactly_once("SIGTERM and restart", &db, &report, &acked, true).await;
+    let patience = Duration::from_secs(30);
+    stop_and_assert_nothing_lost("SIGTERM and restart", &db, &collector, load, patience, true)
+        .await;
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }

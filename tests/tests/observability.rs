@@ -1,13 +1,15 @@
 //! The dashboards and alert rules in `deploy/` against the real thing: promtool, a live
 //! collector's `/metrics`, the usage schema, and a real Prometheus server scraping collectors.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use usage_pipeline_tests::collector::{TestCollector, settings};
-use usage_pipeline_tests::db::{TestDb, server_url};
+use usage_pipeline_tests::collector::{TestCollector, settings, start_with_mysql};
+use usage_pipeline_tests::db::{TestDb, server_url_as};
 use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::poll;
 use usage_pipeline_tests::process::free_addr;
 
 fn deploy(file: &str) -> PathBuf {
@@ -68,8 +70,7 @@ fn promtool_checks_and_tests_the_alert_rules() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_metric_in_the_dashboards_and_rules_is_exported() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (_db, collector) = start_with_mysql().await;
     // One event makes the per-service and per-column series appear (the rest start at zero).
     let visit = event(
         "page_visit",
@@ -112,8 +113,7 @@ async fn every_metric_in_the_dashboards_and_rules_is_exported() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_usage_dashboard_queries_run_on_the_schema() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let request = logs_request(
         "web-ide",
         vec![
@@ -291,27 +291,26 @@ impl Prometheus {
                 _ => format!("%{b:02X}"),
             })
             .collect();
-        let started = Instant::now();
-        loop {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                let (code, body) = usage_pipeline_tests::fixtures::http_get(
-                    self.addr,
-                    &format!("/api/v1/query?query={encoded}"),
-                )
-                .await;
-                if code == 200 {
-                    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                    if accept(&json["data"]["result"]) {
-                        return json["data"]["result"].clone();
-                    }
-                }
+        let path = format!("/api/v1/query?query={encoded}");
+        let answer = || async {
+            if tokio::net::TcpStream::connect(self.addr).await.is_err() {
+                return serde_json::Value::Null; // not listening yet
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no acceptable answer to {query}"
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+            let (code, body) = usage_pipeline_tests::fixtures::http_get(self.addr, &path).await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if code == 200 {
+                json["data"]["result"].clone()
+            } else {
+                json
+            }
+        };
+        poll::until(
+            &format!("an acceptable answer to {query}"),
+            Duration::from_secs(30),
+            answer,
+            |result| !result.is_null() && accept(result),
+        )
+        .await
     }
 }
 
@@ -334,38 +333,64 @@ fn value(result: &serde_json::Value) -> Option<f64> {
         .ok()
 }
 
+/// Each series of a query result: its value under the given label's value.
+fn by_label(result: &serde_json::Value, label: &str) -> BTreeMap<String, f64> {
+    result
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|series| {
+            let key = series["metric"][label]
+                .as_str()
+                .unwrap_or("(none)")
+                .to_owned();
+            let value = series["value"][1].as_str().and_then(|v| v.parse().ok());
+            (key, value.unwrap_or(f64::NAN))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_expected_series_and_sees_a_database_down() {
     let db = TestDb::mysql().await;
     let healthy = TestCollector::start(settings(db.url())).await;
     // A second collector with a password the server refuses.
-    let bad_url = server_url().replace("://root@", "://nobody_prom:wrong-pass@") + "/" + db.name();
+    let bad_url = format!(
+        "{}/{}",
+        server_url_as("nobody_prom", Some("wrong-pass")),
+        db.name()
+    );
     let broken = TestCollector::start_unready(settings(&bad_url), false).await;
     let prometheus = Prometheus::start(&[healthy.admin, broken.admin]);
 
-    let events = (0..7)
-        .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/p")]))
-        .collect();
-    send_logs(&healthy.endpoint(), logs_request("web-ide", events), false)
-        .await
-        .unwrap();
+    send_logs(
+        &healthy.endpoint(),
+        page_visits("web-ide", "/p", 0..7),
+        false,
+    )
+    .await
+    .unwrap();
     healthy.wait_written(Duration::from_secs(10)).await;
 
     let healthy_instance = healthy.admin.to_string();
     let accepted = prometheus
         .query_until(
             &format!("usage_collector_records_accepted_total{{instance=\"{healthy_instance}\"}}"),
-            |r| value(r) == Some(7.0),
+            |r| by_label(r, "signal").get("logs") == Some(&7.0),
         )
         .await;
-    assert_eq!(value(&accepted), Some(7.0));
-    let written = prometheus
+    // One series per signal, the one nothing was sent on exported at zero from the start.
+    assert_eq!(
+        by_label(&accepted, "signal"),
+        BTreeMap::from([("logs".to_owned(), 7.0), ("traces".to_owned(), 0.0)]),
+        "{accepted}"
+    );
+    prometheus
         .query_until(
             &format!("usage_collector_rows_written_total{{instance=\"{healthy_instance}\",table=\"page_visits\"}}"),
             |r| value(r) == Some(7.0),
         )
         .await;
-    assert_eq!(value(&written), Some(7.0));
     // The target label `service` (as a Prometheus Operator ServiceMonitor sets it) and the
     // collector's own `service_name` sit side by side: nothing is renamed `exported_service`.
     let events = prometheus
@@ -376,15 +401,21 @@ async fn prometheus_scrapes_the_expected_series_and_sees_a_database_down() {
             |r| value(r) == Some(7.0),
         )
         .await;
-    assert_eq!(value(&events), Some(7.0));
+    let labels = events[0]["metric"].as_object().expect("the series' labels");
+    assert!(
+        !labels.keys().any(|label| label.starts_with("exported_")),
+        "a collector label clashed with a target label: {events}"
+    );
 
     // Wrong credentials: not ready with the reason, database_up 0, and the alert's expression holds.
-    let (code, body) = broken.get("/health/ready").await;
+    let (code, body) = poll::until(
+        "the broken collector's readiness names its failed verification",
+        Duration::from_secs(10),
+        || broken.get("/health/ready"),
+        |(_, body)| body.contains("Access denied for user 'nobody_prom'"),
+    )
+    .await;
     assert_eq!(code, 503, "{body}");
-    assert!(
-        body.contains("Access denied for user 'nobody_prom'"),
-        "{body}"
-    );
     assert!(!body.contains("wrong-pass"), "{body}");
     let broken_instance = broken.admin.to_string();
     let down = prometheus

@@ -6,23 +6,19 @@ use std::time::Duration;
 
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::poll;
 use usage_pipeline_tests::proxy::Proxy;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
     let db = TestDb::mysql().await;
-    let proxy = Proxy::start("127.0.0.1:3306".parse().unwrap()).await;
-    let url = format!("mysql://root@{}/{}", proxy.addr, db.name());
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let mut config = settings(&url);
     config.database.connect_timeout = Duration::from_secs(1);
     let collector = TestCollector::start(config).await;
-    let visit = |i: u64| {
-        logs_request(
-            "web-ide",
-            vec![event("page_visit", T0 + i, vec![kv("url.path", "/up")])],
-        )
-    };
+    let visit = |i: u64| page_visits("web-ide", "/up", i..i + 1);
     send_logs(&collector.endpoint(), visit(1), false)
         .await
         .unwrap();
@@ -34,21 +30,21 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
             .await
             .unwrap();
     }
-    let started = std::time::Instant::now();
-    let body = loop {
-        let (code, body) = collector.get("/health/ready").await;
-        assert_eq!(code, 200, "a verified replica stays in service: {body}");
-        if body.contains("\"status\":\"degraded\"") && body.contains("retrying") {
-            break body;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the outage is not reported: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (_, body) = poll::until(
+        "the outage reported, the replica still ready",
+        Duration::from_secs(10),
+        || collector.get("/health/ready"),
+        |(code, body)| {
+            assert_eq!(*code, 200, "a verified replica stays in service: {body}");
+            body.contains("\"status\":\"degraded\"") && body.contains("retrying")
+        },
+    )
+    .await;
     let (strict, _) = collector.get("/health/ready?strict=1").await;
-    assert_eq!(strict, 503, "the strict form counts a degraded data path as not ready");
+    assert_eq!(
+        strict, 503,
+        "the strict form counts a degraded data path as not ready"
+    );
     let readiness: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(readiness["status"], "degraded", "{body}");
     assert!(
@@ -71,13 +67,12 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
         "acknowledged and waiting in the spool"
     );
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_database_up 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("usage_collector_spool_records 3"),
-        "{metrics}"
+    assert_exposes(
+        &metrics,
+        &[
+            "usage_collector_database_up 0",
+            "usage_collector_spool_records 3",
+        ],
     );
     assert_eq!(db.count("page_visits").await, 1);
 
@@ -86,9 +81,6 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
     collector.wait_ready(Duration::from_secs(10)).await;
     assert_eq!(db.count("page_visits").await, 4);
     let metrics = collector.get("/metrics").await.1;
-    assert!(
-        metrics.contains("usage_collector_database_up 1"),
-        "{metrics}"
-    );
+    assert_exposes(&metrics, &["usage_collector_database_up 1"]);
     collector.stop().await;
 }

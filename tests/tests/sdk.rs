@@ -10,13 +10,11 @@ use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use usage_pipeline_tests::collector::{TestCollector, settings};
-use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::collector::start_with_mysql;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_otlp_exporter_delivers_log_events_and_spans() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let resource = Resource::builder().with_service_name("web-ide-sdk").build();
 
     let logs = SdkLoggerProvider::builder()

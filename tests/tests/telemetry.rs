@@ -19,8 +19,10 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use tokio::sync::mpsc;
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::value;
 use usage_pipeline_tests::fixtures::*;
-use usage_pipeline_tests::process::ProcessConfig;
+use usage_pipeline_tests::poll;
+use usage_pipeline_tests::process::{ProcessConfig, temp_dir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
 
@@ -88,9 +90,7 @@ async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop
     );
 
     let db = TestDb::mysql().await;
-    let dir =
-        std::env::temp_dir().join(format!("usage_telemetry_{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("usage_telemetry");
     let mut config = ProcessConfig::new(BIN, db.url(), &dir);
     config.extra = vec![
         "--telemetry-endpoint".into(),
@@ -100,12 +100,13 @@ async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop
     ];
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
-    let events = (0..3)
-        .map(|i| event("page_visit", T0 + i, vec![kv("url.path", "/t")]))
-        .collect();
-    send_logs(&config.endpoint(), logs_request("web-ide", events), false)
-        .await
-        .unwrap();
+    send_logs(
+        &config.endpoint(),
+        page_visits("web-ide", "/t", 0..3),
+        false,
+    )
+    .await
+    .unwrap();
 
     let started = Instant::now();
     loop {
@@ -166,30 +167,29 @@ async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop
     ];
     let mut collector = config.start();
     collector.wait_live(Duration::from_secs(20)).await;
-    let events = (0..2)
-        .map(|i| event("page_visit", T0 + 10 + i, vec![kv("url.path", "/u")]))
-        .collect();
-    send_logs(&config.endpoint(), logs_request("web-ide", events), false)
-        .await
-        .unwrap();
-    let started = Instant::now();
-    loop {
+    send_logs(
+        &config.endpoint(),
+        page_visits("web-ide", "/u", 10..12),
+        false,
+    )
+    .await
+    .unwrap();
+    let own_refused = || async {
         let metrics = target.get("/metrics").await.1;
-        let own = ["logs", "traces"].iter().any(|signal| {
-            metrics
-                .lines()
-                .filter(|l| l.starts_with(&format!("usage_collector_records_rejected_total{{signal=\"{signal}\",reason=\"own_telemetry\"}}")))
-                .any(|l| !l.ends_with(" 0"))
-        });
-        if own {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "own telemetry was not refused:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ["logs", "traces"].map(|signal| {
+            value(
+                &metrics,
+                &format!("usage_collector_records_rejected_total{{signal=\"{signal}\",reason=\"own_telemetry\"}}"),
+            )
+        })
+    };
+    poll::until(
+        "own telemetry refused (logs, traces)",
+        Duration::from_secs(20),
+        own_refused,
+        |refused| refused.iter().any(|n| n.is_some_and(|n| n > 0.0)),
+    )
+    .await;
     target.wait_written(Duration::from_secs(10)).await;
     assert_eq!(
         sink_db.count("usage_events").await,

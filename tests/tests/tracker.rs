@@ -1,14 +1,15 @@
 //! The tracker against the real collector and MariaDB: the example's rows, a collector that is
 //! down, queue overflow, shutdown, and what is (not) exported.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use tracing_subscriber::layer::SubscriberExt;
-use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::collector::{TestCollector, settings, start_with_mysql};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::process::free_addr;
 use usage_tracker::{Health, PageVisit, TrackerBuilder};
 
 /// The compiled `web_ide` example (cargo builds examples before running tests).
@@ -42,22 +43,13 @@ fn run_example(endpoint: &str, sessions: u32) -> (String, String) {
     )
 }
 
-/// A loopback port with nothing listening (bound, then released).
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 fn s(text: &str) -> Option<String> {
     Some(text.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_examples_events_arrive_as_exactly_the_expected_rows() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let endpoint = collector.endpoint();
     let (stdout, stderr) = tokio::task::spawn_blocking(move || run_example(&endpoint, 4))
         .await
@@ -137,7 +129,7 @@ async fn the_examples_events_arrive_as_exactly_the_expected_rows() {
 
 #[test]
 fn a_collector_that_is_down_gives_one_clear_warning_and_degraded_health() {
-    let endpoint = format!("http://{}", free_port());
+    let endpoint = format!("http://{}", free_addr());
     let (stdout, stderr) = run_example(&endpoint, 2);
     let warnings: Vec<&str> = stderr
         .lines()
@@ -161,7 +153,7 @@ fn a_collector_that_is_down_gives_one_clear_warning_and_degraded_health() {
 #[tokio::test(flavor = "multi_thread")]
 async fn events_flow_once_the_collector_comes_up() {
     let db = TestDb::mysql().await;
-    let addr = free_port();
+    let addr = free_addr();
     let tracker = TrackerBuilder::new()
         .endpoint(format!("http://{addr}"))
         .service_name("late-collector")
@@ -239,8 +231,7 @@ fn a_full_queue_drops_and_counts_without_blocking() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shutdown_sends_what_is_queued_and_nothing_else_is_exported() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let tracker = TrackerBuilder::new()
         .endpoint(collector.endpoint())
         .export_interval(Duration::from_secs(3600))
@@ -274,7 +265,7 @@ async fn shutdown_sends_what_is_queued_and_nothing_else_is_exported() {
 
 #[test]
 fn verify_names_the_endpoint_that_does_not_answer() {
-    let endpoint = format!("http://{}", free_port());
+    let endpoint = format!("http://{}", free_addr());
     let error = TrackerBuilder::new()
         .endpoint(endpoint.clone())
         .verify(Duration::from_secs(2))
@@ -297,8 +288,7 @@ fn run_program(session: &str, lines: i64, fail: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instrumented_functions_are_program_runs() {
-    let db = TestDb::mysql().await;
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (db, collector) = start_with_mysql().await;
     let tracker = TrackerBuilder::new()
         .endpoint(collector.endpoint())
         .start()

@@ -534,13 +534,28 @@ mod tests {
                 any_value::Value::DoubleValue(12.0),
             )],
         );
-        let (_, row) = catalog.map(&mut ok.clone()).unwrap().row.unwrap();
-        assert!(row.contains(&Value::Int(12)));
-        assert!(
-            row.contains(&Value::Bool(true)),
+        let (table, row) = catalog.map(&mut ok.clone()).unwrap().row.unwrap();
+        let table = &catalog.tables()[table];
+        assert_eq!(table.name, "program_executions");
+        // The row holds its values in the order of the table's columns.
+        let column = |name: &str| {
+            let at = table
+                .columns
+                .iter()
+                .position(|c| c.name == name)
+                .unwrap_or_else(|| panic!("no column `{name}` in {}", table.name));
+            &row[at]
+        };
+        assert_eq!(column("program_lines"), &Value::Int(12));
+        assert_eq!(
+            column("success"),
+            &Value::Bool(true),
             "no error message: success inferred"
         );
-        assert!(row.contains(&Value::Time(timestamp(1_700_000_000_123_456_000).unwrap())));
+        assert_eq!(
+            column("timestamp"),
+            &Value::Time(timestamp(1_700_000_000_123_456_000).unwrap())
+        );
 
         let bad = event(
             "program_execution",
