@@ -46,6 +46,18 @@ pub enum MapError {
         /// The parser's complaint.
         error: String,
     },
+    /// A whole number does not fit its column.
+    #[error("attribute `{key}` is {value}, outside its column's range {min} to {max}")]
+    OutOfRange {
+        /// The attribute key.
+        key: &'static str,
+        /// What was sent.
+        value: i64,
+        /// The column's smallest value.
+        min: i64,
+        /// The column's largest value.
+        max: i64,
+    },
     /// The event's time cannot be stored (outside years 1000–9999).
     #[error("event time {unix_nano} ns since the epoch is outside the years 1000 to 9999")]
     TimeOutOfRange {
@@ -56,7 +68,12 @@ pub enum MapError {
 
 impl MapError {
     /// Every reason label.
-    pub const REASONS: [&'static str; 3] = ["missing_attribute", "wrong_type", "bad_time"];
+    pub const REASONS: [&'static str; 4] = [
+        "missing_attribute",
+        "wrong_type",
+        "bad_time",
+        "out_of_range",
+    ];
 
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
@@ -64,6 +81,7 @@ impl MapError {
             MapError::MissingAttribute { .. } => "missing_attribute",
             MapError::WrongType { .. } | MapError::BadJson { .. } => "wrong_type",
             MapError::TimeOutOfRange { .. } => "bad_time",
+            MapError::OutOfRange { .. } => "out_of_range",
         }
     }
 }
@@ -208,6 +226,19 @@ impl Catalog {
                 Some(attribute) => attribute_value(event, attribute, spec.name)?,
                 None => Value::Null,
             };
+            if let (ColumnType::Int32, Value::Int(int), Some(attribute)) = (
+                column.ty,
+                &value,
+                spec.attributes.iter().find(|a| a.column == column.name),
+            ) && i32::try_from(*int).is_err()
+            {
+                return Err(MapError::OutOfRange {
+                    key: attribute.key,
+                    value: *int,
+                    min: i32::MIN.into(),
+                    max: i32::MAX.into(),
+                });
+            }
             values.push(value);
         }
         if spec.name == events::PROGRAM_EXECUTION {
@@ -334,6 +365,15 @@ fn attribute_value(
                 key,
                 error: e.to_string(),
             })?;
+            let depth = json_depth(s);
+            if depth > MAX_JSON_DEPTH {
+                return Err(MapError::BadJson {
+                    key,
+                    error: format!(
+                        "nested {depth} levels deep; the database takes at most {MAX_JSON_DEPTH}"
+                    ),
+                });
+            }
             Value::Json(std::mem::take(s))
         }
         (AttrType::Json, nested @ (V::KvlistValue(_) | V::ArrayValue(_))) => {
@@ -343,6 +383,36 @@ fn attribute_value(
             return Err(wrong_type(key, "a JSON string or key-value list", other));
         }
     })
+}
+
+/// The deepest JSON the databases take: MariaDB's `JSON_VALID` refuses documents nested 32 levels
+/// or more (MySQL's limit, 100, is looser).
+pub const MAX_JSON_DEPTH: usize = 31;
+
+/// How deeply arrays and objects nest in a JSON text (0 for a scalar).
+fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// `usage_events`: name, trace and span id, duration, and every other attribute as JSON.
@@ -514,6 +584,33 @@ mod tests {
             value: Some(AnyValue { value: Some(value) }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn values_the_database_would_refuse_are_rejected_on_receipt() {
+        let catalog = Catalog::built_in();
+        let huge = event(
+            "program_execution",
+            vec![attr(
+                keys::PROGRAM_LINES,
+                any_value::Value::IntValue(1 << 40),
+            )],
+        );
+        let error = catalog.map(&mut huge.clone()).unwrap_err();
+        assert_eq!(error.reason(), "out_of_range");
+        assert!(error.to_string().contains("program.lines"), "{error}");
+        let deep = format!("{}1{}", "[".repeat(32), "]".repeat(32));
+        let feature = event(
+            "feature_use",
+            vec![
+                string_attr(keys::FEATURE_NAME, "export"),
+                string_attr(keys::FEATURE_DATA, &deep),
+            ],
+        );
+        let error = catalog.map(&mut feature.clone()).unwrap_err();
+        assert!(error.to_string().contains("nested 32 levels"), "{error}");
+        assert_eq!(json_depth(r#"{"a":"[[[[","b":[1,{"c":2}]}"#), 3);
+        assert_eq!(json_depth("1"), 0);
     }
 
     #[test]

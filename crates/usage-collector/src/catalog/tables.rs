@@ -18,8 +18,11 @@ pub enum ColumnType {
         /// Width in characters.
         max_chars: u32,
     },
-    /// A whole number.
+    /// A whole number (BIGINT).
     Int,
+    /// A whole number that fits in 32 bits (INT): a larger one would be refused by the
+    /// database, so it is rejected on receipt instead.
+    Int32,
     /// A boolean.
     Bool,
     /// A UTC time with microseconds.
@@ -100,12 +103,16 @@ pub const SESSION_COLUMNS: [Column; 12] = [
     col("errors_encountered", ColumnType::Int),
 ];
 
+/// Columns the schema declares as 32-bit `INT` (every other whole number is a `BIGINT`).
+const INT32_COLUMNS: [&str; 1] = ["program_lines"];
+
 fn attribute_column(attribute: &catalog::Attribute) -> Column {
     let ty = match (attribute.ty, attribute.max_chars) {
         (AttrType::Str | AttrType::StrOrFirstOfArray, Some(max_chars)) => {
             ColumnType::Text { max_chars }
         }
         (AttrType::Str | AttrType::StrOrFirstOfArray, None) => ColumnType::Json,
+        (AttrType::Int, _) if INT32_COLUMNS.contains(&attribute.column) => ColumnType::Int32,
         (AttrType::Int, _) => ColumnType::Int,
         (AttrType::Bool, _) => ColumnType::Bool,
         (AttrType::Json, _) => ColumnType::Json,

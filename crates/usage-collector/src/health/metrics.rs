@@ -82,6 +82,11 @@ fn batch_time_buckets() -> Histogram {
     Histogram::new((0..14).map(|i| 0.001 * 2f64.powi(i)))
 }
 
+/// A metric's help text from its doc comment (the exposition adds its own full stop).
+fn help(doc: &'static str) -> &'static str {
+    doc.trim().trim_end_matches('.')
+}
+
 /// Declares the metrics: the struct of handles, their registration and their snapshot.
 macro_rules! metrics {
     ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $init:expr; )+) => {
@@ -102,7 +107,7 @@ macro_rules! metrics {
             pub fn new() -> Self {
                 let mut registry = Registry::with_prefix(NAMESPACE);
                 $( let $name: $ty = $init;
-                   registry.register(stringify!($name), concat!($($doc),+).trim(), $name.clone()); )+
+                   registry.register(stringify!($name), help(concat!($($doc),+)), $name.clone()); )+
                 Metrics {
                     $( $name, )+
                     started: SystemTime::now(),
@@ -119,7 +124,7 @@ macro_rules! metrics {
                 $( {
                     let mut samples = Vec::new();
                     self.$name.samples(&mut samples);
-                    out.push((format!("{NAMESPACE}_{}", stringify!($name)), concat!($($doc),+), samples));
+                    out.push((format!("{NAMESPACE}_{}", stringify!($name)), help(concat!($($doc),+)), samples));
                 } )+
                 out
             }

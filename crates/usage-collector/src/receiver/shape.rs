@@ -12,9 +12,10 @@ use prost::encoding::{WireType, decode_key, decode_varint};
 
 use crate::event::Signal;
 
-/// How deep attribute values may nest (arrays and key-value lists inside each other). MySQL
-/// refuses JSON nested deeper than 100; a value nested this deep becomes JSON well within it.
-pub const MAX_VALUE_DEPTH: usize = 32;
+/// How deep attribute values may nest (arrays and key-value lists inside each other): deep
+/// enough for any usage data, and as JSON (inside the attributes' object) well within what the
+/// databases take ([`crate::catalog::mapping::MAX_JSON_DEPTH`]).
+pub const MAX_VALUE_DEPTH: usize = 16;
 
 /// Bytes one decoded record costs beyond its contents: the `LogRecord` or `Span` struct, its
 /// mapped row and session (measured sizes of those structs, rounded up).

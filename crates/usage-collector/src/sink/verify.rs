@@ -316,6 +316,9 @@ fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), S
             _ => false,
         },
         ColumnType::Int => INTEGERS[1..].contains(&data_type) || data_type == "numeric",
+        ColumnType::Int32 => {
+            matches!(data_type, "int" | "integer" | "bigint") || data_type == "numeric"
+        }
         ColumnType::Bool => {
             INTEGERS.contains(&data_type) || matches!(data_type, "boolean" | "bool" | "bit")
         }
@@ -329,6 +332,7 @@ fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), S
         ColumnType::EventId => "BINARY(16)".to_owned(),
         ColumnType::Text { max_chars } => format!("VARCHAR({max_chars}) or wider"),
         ColumnType::Int => "an integer type".to_owned(),
+        ColumnType::Int32 => "INT or BIGINT".to_owned(),
         ColumnType::Bool => "BOOLEAN".to_owned(),
         ColumnType::Timestamp => "DATETIME(6)".to_owned(),
         ColumnType::Json => "JSON".to_owned(),
@@ -366,7 +370,7 @@ fn probe_events(catalog: &Catalog) -> Vec<Mapped> {
                     Value::Text(PROBE_SESSION.to_owned())
                 }
                 ColumnType::Text { .. } => Value::Text("probe".to_owned()),
-                ColumnType::Int => Value::Int(0),
+                ColumnType::Int | ColumnType::Int32 => Value::Int(0),
                 ColumnType::Bool => Value::Bool(true),
                 ColumnType::Timestamp => Value::Time(time),
                 ColumnType::Json => Value::Json("{}".to_owned()),
@@ -401,7 +405,7 @@ mod tests {
                     }
                     ColumnType::Text { max_chars } => ("varchar", Some(i64::from(max_chars))),
                     ColumnType::EventId => ("binary", Some(16)),
-                    ColumnType::Int => ("bigint", None),
+                    ColumnType::Int | ColumnType::Int32 => ("bigint", None),
                     ColumnType::Bool => ("tinyint", None),
                     ColumnType::Timestamp => ("datetime", None),
                     ColumnType::Json => ("longtext", None),
