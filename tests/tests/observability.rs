@@ -133,14 +133,21 @@ async fn the_usage_dashboard_queries_run_on_the_schema() {
                 T0,
                 vec![kv("session.id", "d1"), kv("program.success", false)],
             ),
-            // Out of the INT column's range: becomes a dead letter.
+            // Refused by the database (the trigger below): becomes a dead letter.
             event(
                 "program_execution",
                 T0 + 1,
-                vec![kv("program.lines", 5_000_000_000i64)],
+                vec![kv("program.lines", 1001i64)],
             ),
         ],
     );
+    db.execute(
+        "CREATE TRIGGER refuse_large_programs BEFORE INSERT ON program_executions FOR EACH ROW \
+         IF NEW.program_lines >= 1000 THEN \
+         SIGNAL SQLSTATE '22003' SET MYSQL_ERRNO = 1264, \
+         MESSAGE_TEXT = 'Out of range value for column program_lines'; END IF",
+    )
+    .await;
     send_logs(&collector.endpoint(), request, false)
         .await
         .unwrap();
