@@ -5,6 +5,16 @@
 //!
 //! Run with `cargo bench -p usage-pipeline-tests --bench decode_map`; criterion reports the time
 //! per request and the records per second.
+//!
+//! Spool rows on a 2-core AMD EPYC VM (24 GiB, the system allocator), 512 records per request,
+//! medians of 8 measurements taken while other builds shared the cores:
+//!
+//! | case | µs per request |
+//! | --- | --- |
+//! | `spool_rows/encode_512_records` | 22.5 (17.3–30.9) |
+//! | `spool_rows/decode_512_records` | 146 (130–187) |
+//!
+//! On a quiet machine the same code measured 17 and 114.
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;

@@ -18,6 +18,26 @@
 //! opt-x   = 0 | 1 x
 //! str     = length:varint UTF-8 bytes
 //! ```
+//!
+//! `varint` is protobuf's (LEB128, at most 10 bytes); the whole layout, with the rules a reader
+//! applies, is described in `proto/spool-rows.md`.
+//!
+//! # Why not a protobuf message
+//!
+//! A `usage.spool.v1.Rows` message (tables, events, values as a `oneof`, session, time as
+//! seconds + nanos) was measured against this layout on the same 512 typical records
+//! (`decode_map` bench, 2-core AMD EPYC VM, 4 processes × 2 rounds alternating, medians, µs per
+//! request): encoding 22.5 here against 63.7 with prost's encoding functions writing straight
+//! from [`Mapped`] (byte for byte what prost writes) and 207 through `#[derive(prost::Message)]`
+//! structs; decoding 146 here against 415 with the derived structs (328 of it prost's decode
+//! alone, before placing a value). The body is 13 % larger (85 620 bytes against 75 573).
+//! The receiver encodes every request, and the writer decodes whenever its backlog outgrows
+//! the row cache (already about a tenth of the collector's CPU with a database behind it), so
+//! the layout stays. What protobuf would give for free is kept by hand: tables and columns are
+//! named, and the format byte lets a later collector read this layout beside a new one. The
+//! measured candidate (the .proto, the hand encoder, the derived structs; its bench asserts
+//! the two encodings agree byte for byte) is commit 62cf3fe, branch
+//! `spool-rows-protobuf-candidate`.
 
 use prost::bytes::{Buf, BufMut};
 use prost::encoding::{decode_varint, encode_varint};
