@@ -4,6 +4,15 @@
 //! says ready, for the server as a whole and for each OTLP service, so Kubernetes gRPC probes
 //! and HTTP probes agree.
 //!
+//! The services are hand-written over tonic's server primitives, with a codec that hands each
+//! request over as its bytes, rather than the services `opentelemetry-proto` generates: those
+//! decode inside tonic's codec, on a runtime worker, before any handler code runs, so nothing
+//! could check a request before decoding it. Here admission (size, record count, bytes in
+//! flight, spool headroom) runs first and decoding happens on the blocking pool. Measured on a
+//! 2-core machine with the blackhole sink, 512 records a request, 8 in flight, eight alternated
+//! pairs: 479 739 records/s median with this path, 435 447 with the generated services (no
+//! faster; see docs/performance.md).
+//!
 //! Requests may be gzip-compressed. The size limit applies after decompression; a request over
 //! it gets RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE for an uncompressed one, which OTLP
 //! clients would retry forever, so the status is rewritten on the way out).
