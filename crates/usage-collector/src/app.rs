@@ -59,6 +59,9 @@ pub enum AppError {
     /// The gRPC server failed.
     #[error("OTLP/gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The decode threads could not be started.
+    #[error("cannot start the decode threads: {0}")]
+    Threads(std::io::Error),
     /// The limits contradict each other.
     #[error(transparent)]
     Limits(#[from] crate::config::ConfigError),
@@ -173,6 +176,10 @@ impl Application {
                 watch_database(&sink, &health, &metrics, probe_timeout).await;
             }
         });
+        let decoders = crate::receiver::decoders::Decoders::start(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )
+        .map_err(AppError::Threads)?;
         let limits = &settings.limits;
         let admission = Admission::new(
             Limits {
@@ -194,6 +201,7 @@ impl Application {
                 health,
                 cache,
                 admission,
+                decoders,
             },
             writer,
             writer_task,

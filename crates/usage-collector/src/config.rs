@@ -157,7 +157,7 @@ pub struct LimitSettings {
         id = "limits.row_cache_bytes",
         long = "row-cache-bytes",
         env = "USAGE_ROW_CACHE_BYTES",
-        default_value = "16777216",
+        default_value = "8388608",
         global = true
     )]
     pub row_cache_bytes: usize,

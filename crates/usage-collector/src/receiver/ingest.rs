@@ -1,5 +1,5 @@
 //! The path every export request takes, whatever its transport: the shutdown gate, admission,
-//! decoding and mapping on the blocking pool (so a large request never stalls the runtime's
+//! decoding and mapping on the decode threads (so a large request never stalls the runtime's
 //! workers, `/health/live` or other clients), the spool append, the counts, and the answer.
 
 use std::sync::Arc;
@@ -46,6 +46,8 @@ pub struct Ingest {
     pub cache: Arc<RowCache>,
     /// The checks before decoding.
     pub admission: Admission,
+    /// The threads that decode and map requests.
+    pub decoders: super::decoders::Decoders,
 }
 
 /// The records refused before decoding, by their position in the request.
@@ -118,22 +120,24 @@ impl Ingest {
         let now = crate::event::now_unix_nano();
         let catalog = self.catalog.clone();
         let violations = admitted.shape.violations.clone();
-        let prepared = tokio::task::spawn_blocking(move || {
-            let request = R::decode(bytes).map_err(|e| {
-                Status::invalid_argument(format!(
-                    "the request is not a valid OTLP export request: {e}"
-                ))
-            })?;
-            let converted = convert(request, &catalog, now, Violations::new(&violations));
-            let mut body = Vec::new();
-            if !converted.events.is_empty() {
-                body.reserve(converted.events.len() * ROW_BYTES_GUESS);
-                spool::rows::encode(&catalog, &converted.events, &mut body);
-            }
-            Ok::<_, Status>(Prepared { converted, body })
-        })
-        .await
-        .map_err(|e| Status::internal(format!("decoding the request failed: {e}")))??;
+        let prepared = self
+            .decoders
+            .run(move || {
+                let request = R::decode(bytes).map_err(|e| {
+                    Status::invalid_argument(format!(
+                        "the request is not a valid OTLP export request: {e}"
+                    ))
+                })?;
+                let converted = convert(request, &catalog, now, Violations::new(&violations));
+                let mut body = Vec::new();
+                if !converted.events.is_empty() {
+                    body.reserve(converted.events.len() * ROW_BYTES_GUESS);
+                    spool::rows::encode(&catalog, &converted.events, &mut body);
+                }
+                Ok::<_, Status>(Prepared { converted, body })
+            })
+            .await
+            .map_err(|e| Status::unavailable(format!("{e}; retry against another collector")))??;
         // The budget is given back only once the request's memory is gone.
         let answer = self.accept(signal, now, prepared).await;
         drop(admitted);

@@ -4,11 +4,13 @@
 //!   records that break a per-record limit.
 //! - [`admission`]: the checks before decoding: size, record count, spool headroom, the
 //!   memory budget for requests in flight.
+//! - [`decoders`]: the fixed pool of threads that decode and map requests off the runtime.
 //! - [`ingest`]: the path every request takes: shutdown gate, metrics, spool, and the answer
 //!   (OK once on disk, partial success, or a retryable status with RetryInfo).
 //! - [`grpc`]: the tonic services and the server (gzip, size limit, TCP_NODELAY).
 
 pub mod admission;
+pub mod decoders;
 pub mod grpc;
 pub mod ingest;
 pub mod shape;

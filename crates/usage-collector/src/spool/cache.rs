@@ -13,8 +13,9 @@ use std::sync::Mutex;
 use crate::catalog::Mapped;
 use crate::spool::Position;
 
-/// Mapped events take about this many times the bytes of their spool record in memory.
-pub const MAPPED_FACTOR: usize = 3;
+/// Mapped events take about this many times the bytes of their spool record in memory (a
+/// page visit: ~150 bytes in a record, ~1 KiB as values, strings and its session).
+pub const MAPPED_FACTOR: usize = 8;
 
 #[derive(Debug, Default)]
 struct Entries {
