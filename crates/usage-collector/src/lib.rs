@@ -3,16 +3,27 @@
 //!
 //! # Layout
 //!
-//! Data flows one way, one module per stage:
+//! Data flows one way, one module per stage; each stage uses only the stages below it
+//! (`receiver` → `catalog`/`event`, `spool`; `writer` → `spool`, `sink`, `catalog`), and every
+//! stage reports to `health`, which uses none of them:
 //!
-//! - [`receiver`]: OTLP/gRPC logs and traces services — gzip, size limit, partial success.
+//! - [`receiver`]: OTLP/gRPC logs and traces services — admission before decoding (size,
+//!   records, per-record limits, memory budget, spool headroom), decoding on its own threads,
+//!   partial success, the answer once the spool has the request.
 //! - [`event`]: one usage event decoded from a log record or span: name, id, time, service.
-//! - [`catalog`]: which event goes to which table and column; type checks; text cut to fit.
-//! - [`spool`]: the durable write-ahead log an accepted request is `fsync`ed to before OK.
-//! - [`writer`]: tails the spool — rows written in batched transactions, checkpoint after commit.
-//! - [`sink`]: MySQL and SQLite — migrations, startup verification, idempotent batch writes.
-//! - [`health`]: metrics, readiness checks, and the admin HTTP endpoints.
-//! - [`config`]: settings from file, environment and flags; secrets never printed.
+//! - [`catalog`]: which event goes to which table and column; type and range checks; text cut
+//!   to fit; a whole request converted.
+//! - [`spool`]: the durable write-ahead log an accepted request is `fsync`ed to before OK, and
+//!   the cache of mapped rows that spares the writer decoding them again.
+//! - [`writer`]: tails the spool — batches, one send under a timeout, the retry policy, dead
+//!   letters, the checkpoint after commit; supervised.
+//! - [`sink`]: MySQL and SQLite (and a blackhole for benchmarks) — migrations, startup
+//!   verification, idempotent batch writes, what a failure was.
+//! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
+//! - [`telemetry`]: the collector's own spans and metrics over OTLP.
+//! - [`net`]: accepting connections so that a silent one is closed.
+//! - [`backoff`]: the one backoff schedule every retry loop uses.
+//! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.
 //! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`).
 
