@@ -49,7 +49,7 @@ pub struct Accounting {
     pub dead_letters: f64,
     /// `usage_collector_records_dropped_total`, all reasons: accepted records lost.
     pub dropped: f64,
-    /// `usage_collector_spool_records`: requests still in the spool.
+    /// `usage_collector_spool_requests`: requests still in the spool.
     pub spooled_requests: f64,
 }
 
@@ -61,7 +61,7 @@ impl Accounting {
             written: sum(text, "usage_collector_events_written_total"),
             dead_letters: sum(text, "usage_collector_dead_letters_total"),
             dropped: sum(text, "usage_collector_records_dropped_total"),
-            spooled_requests: sum(text, "usage_collector_spool_records"),
+            spooled_requests: sum(text, "usage_collector_spool_requests"),
         }
     }
 }
@@ -74,14 +74,14 @@ mod tests {
         usage_collector_dead_letters_total{table=\"a\"} 2\n\
         usage_collector_dead_letters_total{table=\"b\"} 3\n\
         usage_collector_dead_letters_lost_total 7\n\
-        usage_collector_spool_records 0\n# EOF\n";
+        usage_collector_spool_requests 0\n# EOF\n";
 
     #[test]
     fn sums_one_name_across_labels_and_no_other_name() {
         assert_eq!(sum(TEXT, "usage_collector_dead_letters_total"), 5.0);
         assert_eq!(sum(TEXT, "usage_collector_dead_letters_lost_total"), 7.0);
         assert_eq!(sum(TEXT, "usage_collector_absent_total"), 0.0);
-        assert_eq!(value(TEXT, "usage_collector_spool_records"), Some(0.0));
+        assert_eq!(value(TEXT, "usage_collector_spool_requests"), Some(0.0));
         assert_eq!(value(TEXT, "usage_collector_dead_letters_total"), None);
     }
 

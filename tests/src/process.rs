@@ -141,13 +141,13 @@ impl CollectorProcess {
         crate::collector::wait_ready(self.admin, limit).await;
     }
 
-    /// Waits until the spool holds no request (`usage_collector_spool_records` is 0).
+    /// Waits until the spool holds no request (`usage_collector_spool_requests` is 0).
     pub async fn wait_drained(&self, limit: Duration) {
         crate::poll::until(
-            "spool drained (usage_collector_spool_records)",
+            "spool drained (usage_collector_spool_requests)",
             limit,
             || async {
-                crate::exposition::value(&self.metrics().await, "usage_collector_spool_records")
+                crate::exposition::value(&self.metrics().await, "usage_collector_spool_requests")
             },
             |records| *records == Some(0.0),
         )

@@ -412,7 +412,10 @@ async fn a_backlog_during_an_outage_does_not_grow_memory() {
     }
     let rss = peak_rss_mib(collector.pid());
     let metrics = collector.get("/metrics").await.1;
-    assert_eq!(value(&metrics, "usage_collector_spool_records"), Some(40.0));
+    assert_eq!(
+        value(&metrics, "usage_collector_spool_requests"),
+        Some(40.0)
+    );
     println!(
         "40 requests of {} bytes spooled during an outage: peak RSS {rss_before:.0} → {rss:.0} MiB",
         body.len()

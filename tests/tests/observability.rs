@@ -152,6 +152,34 @@ async fn the_usage_dashboard_queries_run_on_the_schema() {
         .await
         .unwrap();
     collector.wait_written(Duration::from_secs(10)).await;
+    // Sessions count as rows written, and series the panels read exist before their first
+    // event (a text never cut shows 0, not "no data").
+    let metrics = collector.get("/metrics").await.1;
+    assert!(
+        usage_pipeline_tests::exposition::value(
+            &metrics,
+            "usage_collector_rows_written_total{table=\"ide_sessions\"}"
+        ) >= Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        usage_pipeline_tests::exposition::value(
+            &metrics,
+            "usage_collector_text_truncated_total{table=\"page_visits\",column=\"page_path\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            usage_pipeline_tests::exposition::value(&metrics, name) > Some(0.0),
+            "{name}: {metrics}"
+        );
+    }
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(deploy("grafana/usage.json")).unwrap())
             .unwrap();

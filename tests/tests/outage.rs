@@ -71,7 +71,7 @@ async fn a_lost_database_is_reported_and_spooled_events_land_when_it_returns() {
         &metrics,
         &[
             "usage_collector_database_up 0",
-            "usage_collector_spool_records 3",
+            "usage_collector_spool_requests 3",
         ],
     );
     assert_eq!(db.count("page_visits").await, 1);

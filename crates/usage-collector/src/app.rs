@@ -364,6 +364,16 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
         .chain(RECORD_REASONS)
         .collect();
     let tables: Vec<&str> = catalog.tables().iter().map(|t| t.name).collect();
+    let text_columns: Vec<(&str, &str)> = catalog
+        .tables()
+        .iter()
+        .flat_map(|t| {
+            t.columns
+                .iter()
+                .filter(|c| matches!(c.ty, crate::catalog::ColumnType::Text { .. }))
+                .map(|c| (t.name, c.name))
+        })
+        .collect();
     metrics.start_at_zero(&KnownLabels {
         signals: &[Signal::Log.as_str(), Signal::Span.as_str()],
         rejected: &rejected,
@@ -372,6 +382,7 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
         write_failures: &crate::sink::error::REASONS,
         dropped: &["undecodable", "dead_letter_lost"],
         tables: &tables,
+        text_columns: &text_columns,
     });
 }
 

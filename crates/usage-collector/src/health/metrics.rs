@@ -82,6 +82,16 @@ fn batch_time_buckets() -> Histogram {
     Histogram::new((0..14).map(|i| 0.001 * 2f64.powi(i)))
 }
 
+/// A metric's exposed name: the namespace and the field's name, except for the standard
+/// `process_*` metrics every Prometheus client exports under their own names.
+fn full_name(field: &str) -> String {
+    if field.starts_with("process_") {
+        field.to_owned()
+    } else {
+        format!("{NAMESPACE}_{field}")
+    }
+}
+
 /// A metric's help text from its doc comment (the exposition adds its own full stop).
 fn help(doc: &'static str) -> &'static str {
     doc.trim().trim_end_matches('.')
@@ -105,9 +115,9 @@ macro_rules! metrics {
         impl Metrics {
             /// Creates and registers every metric.
             pub fn new() -> Self {
-                let mut registry = Registry::with_prefix(NAMESPACE);
+                let mut registry = Registry::default();
                 $( let $name: $ty = $init;
-                   registry.register(stringify!($name), help(concat!($($doc),+)), $name.clone()); )+
+                   registry.register(full_name(stringify!($name)), help(concat!($($doc),+)), $name.clone()); )+
                 Metrics {
                     $( $name, )+
                     started: SystemTime::now(),
@@ -124,7 +134,7 @@ macro_rules! metrics {
                 $( {
                     let mut samples = Vec::new();
                     self.$name.samples(&mut samples);
-                    out.push((format!("{NAMESPACE}_{}", stringify!($name)), help(concat!($($doc),+)), samples));
+                    out.push((full_name(stringify!($name)), help(concat!($($doc),+)), samples));
                 } )+
                 out
             }
@@ -157,8 +167,8 @@ metrics! {
     schema_ok: Gauge = Gauge::default();
     /// Unix time of the last successful batch write.
     last_write_timestamp_seconds: FloatGauge = FloatGauge::default();
-    /// Requests in the spool, not yet in the database.
-    spool_records: Gauge = Gauge::default();
+    /// Requests (spool records) in the spool, not yet in the database.
+    spool_requests: Gauge = Gauge::default();
     /// Bytes in the spool, not yet in the database.
     spool_bytes: Gauge = Gauge::default();
     /// The spool's cap in bytes.
@@ -185,6 +195,14 @@ metrics! {
     heartbeat_age_seconds: FloatGauge = FloatGauge::default();
     /// Always 1; the version is a label.
     build_info: Family<BuildLabels, Gauge> = Family::default();
+    /// CPU time the collector has used, in seconds.
+    process_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
+    /// Resident memory, in bytes.
+    process_resident_memory_bytes: Gauge = Gauge::default();
+    /// Open file descriptors (sockets, spool segments).
+    process_open_fds: Gauge = Gauge::default();
+    /// When the collector started, in seconds since the Unix epoch.
+    process_start_time_seconds: FloatGauge = FloatGauge::default();
 }
 
 /// (service, event) pairs and services that have their own series.
@@ -210,6 +228,8 @@ pub struct KnownLabels<'a> {
     pub dropped: &'a [&'static str],
     /// Tables written.
     pub tables: &'a [&'static str],
+    /// (table, column) of every text column, which a value may be cut to fit.
+    pub text_columns: &'a [(&'static str, &'static str)],
 }
 
 impl Default for Metrics {
@@ -279,6 +299,10 @@ impl Metrics {
             self.rows_written.get_or_create(&TableLabels { table });
             self.dead_letters.get_or_create(&TableLabels { table });
         }
+        for &(table, column) in known.text_columns {
+            self.text_truncated
+                .get_or_create(&ColumnLabels { table, column });
+        }
     }
 
     /// Counts accepted events of `service` named `event`, and marks the service as seen now.
@@ -343,8 +367,10 @@ impl Metrics {
         }
     }
 
-    /// Brings the gauges computed at read time up to date (heartbeat age, spool depth).
+    /// Brings the gauges computed at read time up to date (heartbeat age, spool depth, the
+    /// process's own figures).
     fn refresh(&self) {
+        self.refresh_process();
         let now = unix_now();
         let since = match self.heartbeat_last_written_timestamp_seconds.get() {
             last if last > 0.0 => last,
@@ -356,10 +382,50 @@ impl Metrics {
         self.heartbeat_age_seconds.set((now - since).max(0.0));
         if let Some(depth) = self.spool.get() {
             let (records, bytes) = depth();
-            self.spool_records
+            self.spool_requests
                 .set(i64::try_from(records).unwrap_or(i64::MAX));
             self.spool_bytes
                 .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The process's CPU time, memory and open files, from Linux's `/proc/self` (left as they
+    /// are where it cannot be read).
+    fn refresh_process(&self) {
+        /// Clock ticks per second of `/proc/self/stat`'s CPU times, and bytes per page of
+        /// `statm` (the values of every Linux the collector runs on).
+        const TICKS: f64 = 100.0;
+        const PAGE: i64 = 4096;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+                let total = (user + system) / TICKS;
+                let seen = self.process_cpu_seconds.get();
+                if total > seen {
+                    self.process_cpu_seconds.inc_by(total - seen);
+                }
+            }
+        }
+        if let Some(pages) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|m| m.split_whitespace().nth(1)?.parse::<i64>().ok())
+        {
+            self.process_resident_memory_bytes.set(pages * PAGE);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.process_open_fds
+                .set(i64::try_from(fds.count()).unwrap_or(i64::MAX));
+        }
+        if self.process_start_time_seconds.get() == 0.0 {
+            self.process_start_time_seconds.set(
+                self.started
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            );
         }
     }
 

@@ -89,6 +89,15 @@ impl Series for Counter {
     }
 }
 
+impl Series for Counter<f64, AtomicU64> {
+    fn samples(&self, out: &mut Vec<Sample>) {
+        out.push(Sample {
+            labels: Vec::new(),
+            point: Point::Counter(self.get()),
+        });
+    }
+}
+
 impl Series for Gauge {
     fn samples(&self, out: &mut Vec<Sample>) {
         out.push(Sample {

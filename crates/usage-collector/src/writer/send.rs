@@ -89,6 +89,14 @@ impl Sender {
                         .get_or_create(&TableLabels { table })
                         .inc_by(*rows);
                 }
+                if written.sessions > 0 {
+                    self.metrics
+                        .rows_written
+                        .get_or_create(&TableLabels {
+                            table: usage_tracker::catalog::tables::IDE_SESSIONS,
+                        })
+                        .inc_by(written.sessions);
+                }
                 self.metrics.events_written.inc_by(events.len() as u64);
                 self.metrics.database_up.set(1);
                 let now = SystemTime::now()
