@@ -302,3 +302,50 @@ async fn an_idle_collector_notices_a_lost_database_within_30_seconds() {
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_the_database_would_refuse_are_rejected_on_receipt_not_dead_lettered() {
+    let (db, collector) = start_with_mysql().await;
+    let run = |lines: i64| {
+        event(
+            "program_execution",
+            T0,
+            vec![
+                kv("event.id", uuid::Uuid::now_v7().to_string()),
+                kv("program.lines", lines),
+            ],
+        )
+    };
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let feature = event(
+        "feature_use",
+        T0,
+        vec![
+            kv("event.id", uuid::Uuid::now_v7().to_string()),
+            kv("feature.name", "export"),
+            kv("feature.data", deep),
+        ],
+    );
+    let request = logs_request(
+        "web-ide",
+        vec![run(12), run(1 << 40), run(i64::MAX), feature],
+    );
+    let response = send_logs(&collector.endpoint(), request, false)
+        .await
+        .expect("partial success");
+    let partial = response.partial_success.expect("partial success");
+    assert_eq!(partial.rejected_log_records, 3, "{partial:?}");
+    assert!(
+        partial.error_message.contains("program.lines"),
+        "{partial:?}"
+    );
+    collector.wait_written(Duration::from_secs(20)).await;
+    assert_eq!(db.count("program_executions").await, 1);
+    assert_eq!(db.count("feature_usage").await, 0);
+    assert_eq!(
+        db.count("dead_letters").await,
+        0,
+        "nothing acknowledged was refused later"
+    );
+    collector.stop().await;
+}

@@ -451,6 +451,22 @@ mod tests {
     }
 
     #[test]
+    fn the_longest_span_does_not_wrap_to_zero() {
+        let service = Arc::from("ide");
+        let span = Span {
+            name: "program_execution".into(),
+            start_time_unix_nano: 0,
+            end_time_unix_nano: u64::MAX,
+            ..Default::default()
+        };
+        let event = UsageEvent::from_span(span, &origin(&service)).unwrap();
+        assert_eq!(
+            event.span.unwrap().duration_ms,
+            (u64::MAX / 1_000_000) as i64
+        );
+    }
+
+    #[test]
     fn span_duration_status_and_id() {
         let service = Arc::from("ide");
         let span = Span {
