@@ -12,25 +12,14 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use prost::bytes::Bytes;
-use usage_pipeline_tests::fixtures::{T0, event, kv, logs_request};
+use usage_pipeline_tests::fixtures::{
+    T0, empty_records, event, kv, large_feature_uses, logs_request,
+};
 use usage_pipeline_tests::loadgen::{self, Attributes, Plan, Signal, send_encoded_with};
 use usage_pipeline_tests::measure::{LivenessProbe, machine, peak_rss_mib};
 use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
-
-/// `n` empty log records, encoded by hand (two bytes each).
-fn empty_records(n: usize) -> Bytes {
-    let mut scope = Vec::with_capacity(2 * n);
-    for _ in 0..n {
-        scope.extend_from_slice(&[0x12, 0x00]);
-    }
-    let mut resource = Vec::new();
-    prost::encoding::bytes::encode(2, &scope, &mut resource);
-    let mut request = Vec::new();
-    prost::encoding::bytes::encode(1, &resource, &mut request);
-    request.into()
-}
 
 async fn start(dir: &Path, name: &str, database: &str) -> (ProcessConfig, CollectorProcess) {
     let config = ProcessConfig::new(BIN, database, &dir.join(name));
@@ -139,7 +128,12 @@ async fn main() {
             "gzip: 16 million empty records (32 MB inflated) ×8",
             blackhole,
             async |config, _| {
-                send_all(&config.endpoint(), vec![empty_records(16_000_000); 8], true).await
+                send_all(
+                    &config.endpoint(),
+                    vec![Bytes::from(empty_records(16_000_000)); 8],
+                    true,
+                )
+                .await
             },
         )
         .await,
@@ -150,7 +144,12 @@ async fn main() {
             "gzip: 2 million empty records (4 MB inflated) ×8",
             blackhole,
             async |config, _| {
-                send_all(&config.endpoint(), vec![empty_records(2_000_000); 8], true).await
+                send_all(
+                    &config.endpoint(),
+                    vec![Bytes::from(empty_records(2_000_000)); 8],
+                    true,
+                )
+                .await
             },
         )
         .await,
@@ -235,23 +234,7 @@ async fn main() {
             "database down: 40 requests of 4 MB into the spool",
             "mysql://nobody@127.0.0.1:1/none",
             async |config, _| {
-                let records: Vec<_> = (0..1_000u64)
-                    .map(|i| {
-                        event(
-                            "feature_use",
-                            T0 + i,
-                            vec![
-                                kv("event.id", uuid::Uuid::now_v7().to_string()),
-                                kv("feature.name", "export"),
-                                kv(
-                                    "feature.data",
-                                    format!("{{\"blob\":\"{}\"}}", "d".repeat(3_900)),
-                                ),
-                            ],
-                        )
-                    })
-                    .collect();
-                let body = Bytes::from(logs_request("backlog", records).encode_to_vec());
+                let body = Bytes::from(large_feature_uses("backlog").encode_to_vec());
                 let mut acknowledged = 0;
                 for _ in 0..40 {
                     if send_encoded_with(&config.endpoint(), Signal::Logs, body.clone(), false)

@@ -237,3 +237,39 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// `ExportLogsServiceRequest { resource_logs { scope_logs { log_records × n (empty) } } }`,
+/// encoded by hand: two bytes per record, so a few kilobytes of gzip hold millions.
+pub fn empty_records(n: usize) -> Vec<u8> {
+    let mut scope = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        scope.extend_from_slice(&[0x12, 0x00]);
+    }
+    let mut resource = Vec::new();
+    prost::encoding::bytes::encode(2, &scope, &mut resource);
+    let mut request = Vec::new();
+    prost::encoding::bytes::encode(1, &resource, &mut request);
+    request
+}
+
+/// A request of 1 000 feature uses with about 4 KB of data each: nearly 4 MiB, within the
+/// default size limit, for filling a spool.
+pub fn large_feature_uses(service: &str) -> ExportLogsServiceRequest {
+    let records = (0..1_000u64)
+        .map(|i| {
+            event(
+                "feature_use",
+                T0 + i,
+                vec![
+                    kv("event.id", uuid::Uuid::now_v7().to_string()),
+                    kv("feature.name", "export"),
+                    kv(
+                        "feature.data",
+                        format!("{{\"blob\":\"{}\"}}", "d".repeat(3_900)),
+                    ),
+                ],
+            )
+        })
+        .collect();
+    logs_request(service, records)
+}

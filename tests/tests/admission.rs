@@ -29,20 +29,6 @@ async fn start(
     (config, collector)
 }
 
-/// `ExportLogsServiceRequest { resource_logs { scope_logs { log_records × n (empty) } } }`,
-/// encoded by hand: two bytes per record, so a few kilobytes of gzip hold millions.
-fn empty_records(n: usize) -> Vec<u8> {
-    let mut scope = Vec::with_capacity(2 * n);
-    for _ in 0..n {
-        scope.extend_from_slice(&[0x12, 0x00]);
-    }
-    let mut resource = Vec::new();
-    prost::encoding::bytes::encode(2, &scope, &mut resource);
-    let mut request = Vec::new();
-    prost::encoding::bytes::encode(1, &resource, &mut request);
-    request
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn gzip_amplification_is_refused_with_memory_bounded() {
     let db = TestDb::mysql().await;
@@ -388,23 +374,7 @@ async fn a_backlog_during_an_outage_does_not_grow_memory() {
     proxy.cut();
     let rss_before = peak_rss_mib(collector.pid());
     // 40 requests of nearly 4 MiB each: 160 MB waiting in the spool for the database.
-    let records: Vec<_> = (0..1_000u64)
-        .map(|i| {
-            event(
-                "feature_use",
-                T0 + i,
-                vec![
-                    kv("event.id", uuid::Uuid::now_v7().to_string()),
-                    kv("feature.name", "export"),
-                    kv(
-                        "feature.data",
-                        format!("{{\"blob\":\"{}\"}}", "d".repeat(3_900)),
-                    ),
-                ],
-            )
-        })
-        .collect();
-    let body = Bytes::from(logs_request("backlog", records).encode_to_vec());
+    let body = Bytes::from(large_feature_uses("backlog").encode_to_vec());
     for _ in 0..40 {
         send_encoded_with(&config.endpoint(), Signal::Logs, body.clone(), false)
             .await

@@ -357,6 +357,7 @@ impl Walk<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::string_attr;
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
@@ -367,16 +368,6 @@ mod tests {
         max_attributes: 3,
         max_value_bytes: 100,
     };
-
-    fn string(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.to_owned(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.to_owned())),
-            }),
-            ..Default::default()
-        }
-    }
 
     fn request(records: Vec<LogRecord>) -> Vec<u8> {
         ExportLogsServiceRequest {
@@ -408,15 +399,15 @@ mod tests {
     #[test]
     fn counts_records_and_values_and_names_the_records_past_a_limit() {
         let ok = LogRecord {
-            attributes: vec![string("a", "1"), string("b", "2")],
+            attributes: vec![string_attr("a", "1"), string_attr("b", "2")],
             ..Default::default()
         };
         let too_many = LogRecord {
-            attributes: (0..4).map(|i| string(&format!("k{i}"), "v")).collect(),
+            attributes: (0..4).map(|i| string_attr(&format!("k{i}"), "v")).collect(),
             ..Default::default()
         };
         let too_large = LogRecord {
-            attributes: vec![string("big", &"x".repeat(200))],
+            attributes: vec![string_attr("big", &"x".repeat(200))],
             ..Default::default()
         };
         let long_name = LogRecord {

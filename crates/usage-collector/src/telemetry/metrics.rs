@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
@@ -14,19 +14,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::SERVICE;
-use crate::event::SELF_SCOPE;
+use crate::event::{SELF_SCOPE, string_attr};
 use crate::health::Metrics;
 use crate::health::metrics::{Point, Sample};
-
-fn string(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
-    }
-}
 
 fn now_nanos() -> u64 {
     SystemTime::now()
@@ -54,8 +44,8 @@ pub async fn push(endpoint: String, metrics: Arc<Metrics>, instance: String, eve
             resource_metrics: vec![ResourceMetrics {
                 resource: Some(Resource {
                     attributes: vec![
-                        string("service.name", SERVICE),
-                        string("service.instance.id", &instance),
+                        string_attr("service.name", SERVICE),
+                        string_attr("service.instance.id", &instance),
                     ],
                     ..Default::default()
                 }),
@@ -89,7 +79,7 @@ pub async fn push(endpoint: String, metrics: Arc<Metrics>, instance: String, eve
 }
 
 fn attributes(labels: &[(&str, String)]) -> Vec<KeyValue> {
-    labels.iter().map(|(k, v)| string(k, v)).collect()
+    labels.iter().map(|(k, v)| string_attr(k, v)).collect()
 }
 
 /// The metrics as OTLP: counters as cumulative monotonic sums, gauges, histograms.
@@ -189,7 +179,11 @@ mod tests {
             .iter()
             .find(|p| {
                 p.attributes[0].value.as_ref().unwrap().value
-                    == Some(any_value::Value::StringValue("page_visits".into()))
+                    == Some(
+                        opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                            "page_visits".into(),
+                        ),
+                    )
             })
             .unwrap();
         assert_eq!(point.value, Some(number_data_point::Value::AsDouble(4.0)));
