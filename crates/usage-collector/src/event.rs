@@ -324,9 +324,12 @@ impl UsageEvent {
             Some(event_id) => id_from_attribute(event_id),
             None => match (trace, own_span) {
                 (Some(t), Some(s)) => {
-                    let mut key = [0u8; 24];
-                    key[..16].copy_from_slice(&t);
-                    key[16..].copy_from_slice(&s);
+                    // The service too: span ids travel in `traceparent` headers, so another
+                    // service may know them.
+                    let mut key = Vec::with_capacity(24 + origin.service.len());
+                    key.extend_from_slice(&t);
+                    key.extend_from_slice(&s);
+                    key.extend_from_slice(origin.service.as_bytes());
                     Uuid::new_v5(&EVENT_ID_NAMESPACE, &key)
                 }
                 _ => origin.hashed_id(&span),

@@ -69,8 +69,9 @@ impl SessionRow {
 pub struct RowBatch<'a> {
     /// Rows per table, indexed by [`TableId`]; each row's values follow the table's columns.
     pub rows: Vec<Vec<&'a [Value]>>,
-    /// Sessions touched, by id (sorted, so concurrent writers lock them in the same order).
-    pub sessions: BTreeMap<&'a str, SessionRow>,
+    /// Sessions touched, by (service, session id): a session belongs to the service that
+    /// wrote it (sorted, so concurrent writers lock them in the same order).
+    pub sessions: BTreeMap<(&'a str, &'a str), SessionRow>,
     /// Events in the batch.
     pub events: usize,
 }
@@ -91,10 +92,14 @@ impl<'a> RowBatch<'a> {
             self.rows[*table].push(row);
         }
         if let Some((id, session)) = &mapped.session {
-            match self.sessions.get_mut(id.as_str()) {
+            match self
+                .sessions
+                .get_mut(&(session.service.as_str(), id.as_str()))
+            {
                 Some(existing) => existing.merge(session),
                 None => {
-                    self.sessions.insert(id, session.clone());
+                    self.sessions
+                        .insert((session.service.as_str(), id.as_str()), session.clone());
                 }
             }
         }

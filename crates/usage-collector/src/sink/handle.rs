@@ -238,7 +238,7 @@ impl Sink {
         let mut reason = reason.to_owned();
         crate::catalog::mapping::cut(&mut reason, 2048);
         let result = with_pool!(self, |pool, Db| {
-            let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_EVENT;
+            let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_DEAD_LETTER;
             sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
                 .bind(&event_id[..])
                 .bind(table)

@@ -49,8 +49,10 @@ const MAX_BINDS: usize = 32_766;
 
 /// What differs between the dialects.
 pub trait Dialect: Database {
-    /// Appended to a multi-row event INSERT so a repeated `event_id` is a no-op.
+    /// Appended to a multi-row event INSERT so a repeated (`service`, `event_id`) is a no-op.
     const ON_DUPLICATE_EVENT: &'static str;
+    /// Appended to a dead letter's INSERT so a repeated `event_id` is a no-op.
+    const ON_DUPLICATE_DEAD_LETTER: &'static str;
     /// Appended to the session INSERT: how an existing row merges the new values.
     const ON_DUPLICATE_SESSION: &'static str;
     /// `SET` expression for `duration_seconds` from `start_time` and `end_time`, run as an
@@ -63,6 +65,7 @@ pub trait Dialect: Database {
 impl Dialect for sqlx::MySql {
     // Not INSERT IGNORE: that would also turn real errors (bad values) into warnings.
     const ON_DUPLICATE_EVENT: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
+    const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
     const ON_DUPLICATE_SESSION: &'static str = " ON DUPLICATE KEY UPDATE \
         start_time = LEAST(start_time, VALUES(start_time)), \
         last_activity = GREATEST(last_activity, VALUES(last_activity)), \
@@ -81,8 +84,9 @@ impl Dialect for sqlx::MySql {
 }
 
 impl Dialect for sqlx::Sqlite {
-    const ON_DUPLICATE_EVENT: &'static str = " ON CONFLICT (event_id) DO NOTHING";
-    const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (session_id) DO UPDATE SET \
+    const ON_DUPLICATE_EVENT: &'static str = " ON CONFLICT (service, event_id) DO NOTHING";
+    const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (event_id) DO NOTHING";
+    const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET \
         start_time = MIN(start_time, excluded.start_time), \
         last_activity = MAX(last_activity, excluded.last_activity), \
         end_time = COALESCE(MAX(end_time, excluded.end_time), end_time, excluded.end_time), \
@@ -123,7 +127,7 @@ pub trait Driver: Dialect {
     /// Upserts the batch's sessions (every session column but the derived counters).
     fn upsert_sessions<'a>(
         conn: &'a mut Self::Connection,
-        sessions: &'a BTreeMap<&str, SessionRow>,
+        sessions: &'a BTreeMap<(&str, &str), SessionRow>,
     ) -> Boxed<'a, u64>;
 
     /// Recounts counters for the batch's sessions with new runs, and (where the upsert cannot)
@@ -134,11 +138,12 @@ pub trait Driver: Dialect {
         batch: &'a RowBatch<'_>,
     ) -> Boxed<'a, ()>;
 
-    /// Runs `prefix` + a bound `IN` list of `ids` + `)` + `suffix`, in chunks.
+    /// Runs `prefix` + a bound `IN` list of (service, session id) pairs + `)` + `suffix`, in
+    /// chunks.
     fn update_in<'a>(
         conn: &'a mut Self::Connection,
         prefix: &'a str,
-        ids: &'a [&str],
+        ids: &'a [(&str, &str)],
         suffix: &'a str,
     ) -> Boxed<'a, ()>;
 }
@@ -202,7 +207,7 @@ where
 
     fn upsert_sessions<'a>(
         conn: &'a mut DB::Connection,
-        sessions: &'a BTreeMap<&str, SessionRow>,
+        sessions: &'a BTreeMap<(&str, &str), SessionRow>,
     ) -> Boxed<'a, u64> {
         Box::pin(async move {
             let entries: Vec<_> = sessions.iter().collect();
@@ -211,7 +216,7 @@ where
                     "INSERT INTO `ide_sessions` ({}) ",
                     column_list(SESSION_UPSERT.iter().map(|c| c.name()))
                 ));
-                query.push_values(chunk, |mut list, (id, s)| {
+                query.push_values(chunk, |mut list, ((_, id), s)| {
                     // Each value is chosen by its column's name, so the column list and the
                     // values cannot drift apart.
                     for column in SESSION_UPSERT {
@@ -260,17 +265,20 @@ where
                 .tables()
                 .iter()
                 .position(|t| t.name == usage_tracker::catalog::tables::PROGRAM_EXECUTIONS);
-            let session_column = EVENT_COLUMNS.iter().position(|c| c.name == "session_id");
-            let mut recount: Vec<&str> = match (runs, session_column) {
-                (Some(table), Some(column)) => batch.rows[table]
-                    .iter()
-                    .filter_map(|row| match &row[column] {
-                        Value::Text(id) => Some(id.as_str()),
-                        _ => None,
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let column = |name: &str| EVENT_COLUMNS.iter().position(|c| c.name == name);
+            let mut recount: Vec<(&str, &str)> =
+                match (runs, column("service"), column("session_id")) {
+                    (Some(table), Some(service), Some(session)) => batch.rows[table]
+                        .iter()
+                        .filter_map(|row| match (&row[service], &row[session]) {
+                            (Value::Text(service), Value::Text(id)) => {
+                                Some((service.as_str(), id.as_str()))
+                            }
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
             recount.sort_unstable();
             recount.dedup();
             DB::update_in(conn, COUNTERS, &recount, "").await?;
@@ -279,9 +287,10 @@ where
             };
             // A duration changes when a session ends, or when a late event moves an ended
             // session's start: recompute it for every ended session the batch touched.
-            let ids: Vec<&str> = batch.sessions.keys().copied().collect();
+            let ids: Vec<(&str, &str)> = batch.sessions.keys().copied().collect();
             let durations = format!(
-                "UPDATE `ide_sessions` SET duration_seconds = {duration} WHERE session_id IN ("
+                "UPDATE `ide_sessions` SET duration_seconds = {duration} \
+                 WHERE (service, session_id) IN ("
             );
             DB::update_in(conn, &durations, &ids, " AND end_time IS NOT NULL").await
         })
@@ -290,15 +299,18 @@ where
     fn update_in<'a>(
         conn: &'a mut DB::Connection,
         prefix: &'a str,
-        ids: &'a [&str],
+        ids: &'a [(&str, &str)],
         suffix: &'a str,
     ) -> Boxed<'a, ()> {
         Box::pin(async move {
-            for chunk in ids.chunks(MAX_BINDS) {
+            for chunk in ids.chunks(MAX_BINDS / 2) {
                 let mut query = QueryBuilder::<DB>::new(prefix);
-                let mut list = query.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
+                for (n, (service, id)) in chunk.iter().enumerate() {
+                    query.push(if n == 0 { "(" } else { ", (" });
+                    query.push_bind(*service);
+                    query.push(", ");
+                    query.push_bind(*id);
+                    query.push(")");
                 }
                 query.push(")");
                 query.push(suffix);
@@ -309,15 +321,16 @@ where
     }
 }
 
-/// Recounts a session's counters from `program_executions`.
+/// Recounts a session's counters from its service's `program_executions`.
 const COUNTERS: &str = "UPDATE `ide_sessions` SET \
      programs_run = (SELECT COUNT(*) FROM `program_executions` p \
-         WHERE p.session_id = ide_sessions.session_id), \
+         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id), \
      lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
-         WHERE p.session_id = ide_sessions.session_id), \
+         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id), \
      errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
-         WHERE p.session_id = ide_sessions.session_id AND NOT p.success) \
-     WHERE session_id IN (";
+         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id \
+         AND NOT p.success) \
+     WHERE (service, session_id) IN (";
 
 /// The `ide_sessions` columns a session upsert writes: every one but the counters, which are
 /// derived from `program_executions`.

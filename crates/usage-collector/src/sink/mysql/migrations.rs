@@ -17,5 +17,9 @@ pub fn migrator() -> Migrator {
             "collector heartbeats",
             include_str!("../migrations/mysql/0003_collector_heartbeats.sql"),
         ),
+        (
+            "keys per service",
+            include_str!("../migrations/mysql/0004_keys_per_service.sql"),
+        ),
     ])
 }
