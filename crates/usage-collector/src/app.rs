@@ -99,7 +99,8 @@ impl Application {
         };
         let grpc = bind(settings.grpc_listen).await?;
         let admin = bind(settings.admin_listen).await?;
-        let catalog = Arc::new(Catalog::built_in());
+        let catalog =
+            Arc::new(Catalog::built_in().with_ip_anonymization(settings.privacy.ip_anonymization));
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
         start_metrics_at_zero(&metrics, &catalog);

@@ -15,6 +15,7 @@ use usage_tracker::catalog::{self, AttrType, Attribute, SpanOverride, events, ke
 
 use super::rows::{SessionRow, Value};
 use super::tables::{self as table_defs, Column, ColumnType, Table, TableId};
+use crate::config::IpAnonymization;
 use crate::event::{UsageEvent, describe, find_mut};
 
 /// Why an event could not be mapped to a row.
@@ -104,6 +105,8 @@ pub struct Mapped {
 pub struct Catalog {
     tables: Vec<Table>,
     usage_events: TableId,
+    /// What is kept of client addresses (before anything reaches the spool).
+    ip: IpAnonymization,
 }
 
 impl Default for Catalog {
@@ -120,7 +123,14 @@ impl Catalog {
         Self {
             usage_events: position(tables::USAGE_EVENTS).expect("built-in table"),
             tables,
+            ip: IpAnonymization::default(),
         }
+    }
+
+    /// This catalogue, keeping client addresses as `ip` says.
+    pub fn with_ip_anonymization(mut self, ip: IpAnonymization) -> Self {
+        self.ip = ip;
+        self
     }
 
     /// A catalogue of other tables (a collector version with a different catalogue); every
@@ -133,6 +143,7 @@ impl Catalog {
                 .position(|t| t.name == tables::USAGE_EVENTS)
                 .expect("usage_events"),
             tables,
+            ip: IpAnonymization::default(),
         }
     }
 
@@ -182,6 +193,7 @@ impl Catalog {
                     Some(spec) => self.fill_catalogue(event, spec, table, &mut values)?,
                     None => fill_usage_event(event, &mut values),
                 }
+                self.anonymize(table, &mut values);
                 cut_to_fit(table, &mut values, &mut truncated);
                 Some((id, values))
             }
@@ -203,6 +215,7 @@ impl Catalog {
                 user_agent,
                 ip_address,
             };
+            session.ip_address = session.ip_address.take().and_then(|a| self.ip.apply(a));
             cut_session(&mut session, &mut truncated);
             (id, session)
         });
@@ -212,6 +225,20 @@ impl Catalog {
             session,
             truncated,
         })
+    }
+
+    /// Applies the client-address setting to the row's `ip_address` column.
+    fn anonymize(&self, table: &Table, values: &mut [Value]) {
+        if self.ip == IpAnonymization::Off {
+            return;
+        }
+        for (column, value) in table.columns.iter().zip(values) {
+            if column.name == IP_ADDRESS_COLUMN
+                && let Value::Text(address) = std::mem::replace(value, Value::Null)
+            {
+                *value = self.ip.apply(address).map_or(Value::Null, Value::Text);
+            }
+        }
     }
 
     fn fill_catalogue(
@@ -384,6 +411,9 @@ fn attribute_value(
         }
     })
 }
+
+/// The column client addresses are stored in (`page_visits`, `ide_sessions`).
+const IP_ADDRESS_COLUMN: &str = "ip_address";
 
 /// The deepest JSON the databases take: MariaDB's `JSON_VALID` refuses documents nested 32 levels
 /// or more (MySQL's limit, 100, is looser).
