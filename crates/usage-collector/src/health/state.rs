@@ -34,13 +34,33 @@ pub enum Check {
 }
 
 impl Check {
+    /// The check as `/health/ready` shows it: the endpoint is unauthenticated, so a database
+    /// account and client host in the reason (`'usage'@'10.0.0.7'`) are masked; the log lines
+    /// keep them.
     fn render(&self) -> String {
         match self {
-            Check::Pending(why) => format!("pending: {why}"),
+            Check::Pending(why) => format!("pending: {}", mask_accounts(why)),
             Check::Ok => "ok".to_owned(),
-            Check::Failed(why) => format!("failed: {why}"),
+            Check::Failed(why) => format!("failed: {}", mask_accounts(why)),
         }
     }
+}
+
+/// `'user'@'host'` (as MySQL names an account in its errors) becomes `'***'@'***'`.
+fn mask_accounts(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("'@'") {
+        let (before, after) = rest.split_at(at);
+        let (Some(user_start), Some(host_end)) = (before.rfind('\''), after[3..].find('\'')) else {
+            break;
+        };
+        out.push_str(&before[..user_start]);
+        out.push_str("'***'@'***'");
+        rest = &after[3 + host_end + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The body of `/health/ready`.
@@ -250,6 +270,21 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_accounts_are_masked_in_readiness() {
+        let check = Check::Failed(
+            "connect: Access denied for user 'usage'@'10.0.0.7' (using password: YES)".into(),
+        );
+        assert_eq!(
+            check.render(),
+            "failed: connect: Access denied for user '***'@'***' (using password: YES)"
+        );
+        assert_eq!(
+            Check::Failed("no quotes".into()).render(),
+            "failed: no quotes"
+        );
+    }
 
     #[test]
     fn the_policy_keeps_a_verified_replica_in_service_through_an_outage() {
