@@ -257,9 +257,10 @@ async fn a_panicking_writer_is_started_again_and_writes_everything() {
     collector.wait_drained(Duration::from_secs(30)).await;
     assert_eq!(db.count("page_visits").await, 30);
     let metrics = collector.metrics().await;
-    assert_eq!(
-        value(&metrics, "usage_collector_writer_restarts_total"),
-        Some(2.0),
+    // Two writes panic; when they run at once on two streams, one restart covers both.
+    let restarts = value(&metrics, "usage_collector_writer_restarts_total");
+    assert!(
+        matches!(restarts, Some(r) if (1.0..=2.0).contains(&r)),
         "{metrics}"
     );
     assert_eq!(collector.get("/health/live").await.0, 200);

@@ -59,6 +59,9 @@ pub enum AppError {
     /// The gRPC server failed.
     #[error("OTLP/gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// The tokens file cannot be used.
+    #[error(transparent)]
+    Tokens(#[from] crate::receiver::auth::AuthError),
     /// The decode threads could not be started.
     #[error("cannot start the decode threads: {0}")]
     Threads(std::io::Error),
@@ -83,6 +86,8 @@ pub struct Application {
     sink: Sink,
     max_request_bytes: usize,
     connections: ConnectionSettings,
+    tokens: Option<Arc<crate::receiver::auth::Tokens>>,
+    token_watch: Option<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -177,6 +182,10 @@ impl Application {
                 watch_database(&sink, &health, &metrics, probe_timeout).await;
             }
         });
+        let tokens = match &settings.auth.tokens_file {
+            Some(path) => Some(Arc::new(crate::receiver::auth::Tokens::load(path)?)),
+            None => None,
+        };
         let decoders = crate::receiver::decoders::Decoders::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )
@@ -212,6 +221,8 @@ impl Application {
             sink,
             max_request_bytes: settings.limits.max_request_bytes,
             connections: settings.connections.clone(),
+            token_watch: tokens.clone().map(|t| tokio::spawn(t.watch())),
+            tokens,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -267,6 +278,7 @@ impl Application {
             receiver::grpc::Serving {
                 max_request_bytes: self.max_request_bytes,
                 connections: self.connections.clone(),
+                tokens: self.tokens.clone(),
             },
             wait(stopped),
         ));
@@ -286,6 +298,9 @@ impl Application {
         let admin_result = admin.await;
         self.verification.abort();
         self.heartbeat.abort();
+        if let Some(watch) = &self.token_watch {
+            watch.abort();
+        }
         if let Some(telemetry) = &self.telemetry {
             telemetry.abort();
         }

@@ -85,6 +85,23 @@ pub struct Settings {
     /// What the collector keeps of the people behind the events.
     #[command(flatten)]
     pub privacy: PrivacySettings,
+    /// Who may send events.
+    #[command(flatten)]
+    pub auth: AuthSettings,
+}
+
+/// Who may send events.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSettings {
+    /// File of bearer tokens, each optionally bound to the services it may write as; read
+    /// again when it changes [default: none: anyone who reaches the port may send]
+    #[arg(
+        id = "auth.tokens_file",
+        long = "auth-tokens-file",
+        env = "USAGE_AUTH_TOKENS_FILE",
+        global = true
+    )]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// What the collector keeps of the people behind the events.

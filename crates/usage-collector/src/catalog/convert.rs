@@ -56,6 +56,8 @@ pub struct Converted {
     pub truncated: Vec<(&'static str, &'static str)>,
     /// Valid events by (service, event name).
     pub tally: HashMap<(Arc<str>, String), u64>,
+    /// The `service.name` of every resource in the request.
+    pub services: std::collections::BTreeSet<Arc<str>>,
 }
 
 /// A record refused before it was decoded (it broke a per-record limit), with its reason.
@@ -142,6 +144,7 @@ pub fn logs<S: Skip>(
     for (r, resource_logs) in request.resource_logs.into_iter().enumerate() {
         let resource = resource_logs.resource.unwrap_or_default();
         let service: Arc<str> = service_name(&resource.attributes);
+        builder.out.services.insert(service.clone());
         for (s, scope_logs) in resource_logs.scope_logs.into_iter().enumerate() {
             let origin = Origin::new(
                 &resource.attributes,
@@ -172,6 +175,7 @@ pub fn traces<S: Skip>(
     for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
         let resource = resource_spans.resource.unwrap_or_default();
         let service: Arc<str> = service_name(&resource.attributes);
+        builder.out.services.insert(service.clone());
         for (s, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
             let origin = Origin::new(
                 &resource.attributes,

@@ -245,7 +245,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// `value` cut to at most `max` bytes, at a character boundary.
-fn bounded(value: &str, max: usize) -> &str {
+pub fn bounded(value: &str, max: usize) -> &str {
     if value.len() <= max {
         return value;
     }

@@ -38,7 +38,13 @@ pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 const UNIT: usize = 1024;
 
 /// Request-level refusal reasons (before records are counted).
-pub const REQUEST_REASONS: [&str; 3] = ["too_large", "too_many_records", "malformed"];
+pub const REQUEST_REASONS: [&str; 5] = [
+    "too_large",
+    "too_many_records",
+    "malformed",
+    "unauthenticated",
+    "permission_denied",
+];
 /// Record-level refusal reasons added by admission.
 pub const RECORD_REASONS: [&str; 1] = ["memory"];
 

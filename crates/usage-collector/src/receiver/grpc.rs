@@ -43,6 +43,7 @@ use tonic::codegen::{BoxFuture, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::auth::{Allowed, Tokens};
 use super::ingest::Ingest;
 use crate::catalog::convert;
 use crate::config::ConnectionSettings;
@@ -61,9 +62,12 @@ pub trait Export: Send + Sync + 'static {
     const SERVICE: &'static str;
     /// The response message.
     type Response: Message + Default + Send + 'static;
-    /// Handles one request.
-    fn export(&self, request: Bytes)
-    -> impl Future<Output = Result<Self::Response, Status>> + Send;
+    /// Handles one request from a caller who may write as `allowed`.
+    fn export(
+        &self,
+        request: Bytes,
+        allowed: Allowed,
+    ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
 }
 
 /// Answers OTLP logs.
@@ -82,12 +86,17 @@ impl Export for Logs {
     const SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     type Response = ExportLogsServiceResponse;
 
-    async fn export(&self, bytes: Bytes) -> Result<ExportLogsServiceResponse, Status> {
+    async fn export(
+        &self,
+        bytes: Bytes,
+        allowed: Allowed,
+    ) -> Result<ExportLogsServiceResponse, Status> {
         let partial = self
             .0
             .export(
                 bytes,
                 Signal::Log,
+                allowed,
                 |request: ExportLogsServiceRequest, catalog, now, skip| {
                     convert::logs(request, catalog, now, skip)
                 },
@@ -106,12 +115,17 @@ impl Export for Traces {
     const SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     type Response = ExportTraceServiceResponse;
 
-    async fn export(&self, bytes: Bytes) -> Result<ExportTraceServiceResponse, Status> {
+    async fn export(
+        &self,
+        bytes: Bytes,
+        allowed: Allowed,
+    ) -> Result<ExportTraceServiceResponse, Status> {
         let partial = self
             .0
             .export(
                 bytes,
                 Signal::Span,
+                allowed,
                 |request: ExportTraceServiceRequest, catalog, now, skip| {
                     convert::traces(request, catalog, now, skip)
                 },
@@ -176,10 +190,13 @@ impl Decoder for RawRequests<Bytes> {
     }
 }
 
-/// Serves one [`Export`] method over gRPC (gzip accepted, requests up to a size limit).
+/// Serves one [`Export`] method over gRPC (gzip accepted, requests up to a size limit, bearer
+/// tokens checked when there is a tokens file).
 pub struct ExportServer<E> {
     export: Arc<E>,
     max_request_bytes: usize,
+    tokens: Option<Arc<Tokens>>,
+    metrics: Arc<crate::health::Metrics>,
 }
 
 impl<E> Clone for ExportServer<E> {
@@ -187,16 +204,26 @@ impl<E> Clone for ExportServer<E> {
         Self {
             export: self.export.clone(),
             max_request_bytes: self.max_request_bytes,
+            tokens: self.tokens.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
 
 impl<E: Export> ExportServer<E> {
-    /// Serves `export`, refusing requests larger than `max_request_bytes` once decompressed.
-    pub fn new(export: E, max_request_bytes: usize) -> Self {
+    /// Serves `export`, refusing requests larger than `max_request_bytes` once decompressed,
+    /// and, with `tokens`, requests without a known bearer token.
+    pub fn new(
+        export: E,
+        max_request_bytes: usize,
+        tokens: Option<Arc<Tokens>>,
+        metrics: Arc<crate::health::Metrics>,
+    ) -> Self {
         Self {
             export: Arc::new(export),
             max_request_bytes,
+            tokens,
+            metrics,
         }
     }
 }
@@ -205,16 +232,21 @@ impl<E: Export> NamedService for ExportServer<E> {
     const NAME: &'static str = E::SERVICE;
 }
 
-/// One call of an [`Export`] method.
-struct Call<E>(Arc<E>);
+/// One call of an [`Export`] method, by a caller who may write as the services allowed.
+struct Call<E>(Arc<E>, Allowed);
 
 impl<E: Export> UnaryService<Bytes> for Call<E> {
     type Response = E::Response;
     type Future = BoxFuture<Response<E::Response>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let export = self.0.clone();
-        Box::pin(async move { export.export(request.into_inner()).await.map(Response::new) })
+        let (export, allowed) = (self.0.clone(), self.1.clone());
+        Box::pin(async move {
+            export
+                .export(request.into_inner(), allowed)
+                .await
+                .map(Response::new)
+        })
     }
 }
 
@@ -258,7 +290,28 @@ where
                 Ok(response)
             });
         }
-        let call = Call(self.export.clone());
+        let allowed = match &self.tokens {
+            None => Allowed::Any,
+            Some(tokens) => {
+                match tokens.check(request.headers().get(http::header::AUTHORIZATION)) {
+                    Ok(allowed) => allowed,
+                    Err(status) => {
+                        self.metrics
+                            .requests_refused
+                            .get_or_create(&ReasonLabels {
+                                reason: "unauthenticated",
+                            })
+                            .inc();
+                        tracing::debug!(
+                            reason = status.message(),
+                            "request refused: no valid bearer token"
+                        );
+                        return Box::pin(async move { Ok(status.into_http()) });
+                    }
+                }
+            }
+        };
+        let call = Call(self.export.clone(), allowed);
         let limit = self.max_request_bytes;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RawRequests::<E::Response>(PhantomData))
@@ -288,6 +341,8 @@ pub struct Serving {
     pub max_request_bytes: usize,
     /// Timeouts and limits per connection.
     pub connections: ConnectionSettings,
+    /// Bearer tokens, when a tokens file is set.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 /// Serves OTLP/gRPC on `incoming` until `shutdown` completes.
@@ -300,6 +355,7 @@ pub async fn serve(
     let Serving {
         max_request_bytes,
         connections,
+        tokens,
     } = serving;
     let metrics = ingest.metrics.clone();
     let too_large = tower::util::MapResponseLayer::new(move |mut response: http::Response<_>| {
@@ -326,8 +382,14 @@ pub async fn serve(
     });
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let readiness = tokio::spawn(report_readiness(reporter, ingest.health.clone()));
-    let logs = ExportServer::new(Logs(ingest.clone()), max_request_bytes);
-    let traces = ExportServer::new(Traces(ingest), max_request_bytes);
+    let logs = ExportServer::new(
+        Logs(ingest.clone()),
+        max_request_bytes,
+        tokens.clone(),
+        ingest.metrics.clone(),
+    );
+    let metrics = ingest.metrics.clone();
+    let traces = ExportServer::new(Traces(ingest), max_request_bytes, tokens, metrics);
     let served = tonic::transport::Server::builder()
         // A peer that stops answering pings is gone (a half-open or black-holed connection).
         .http2_keepalive_interval(Some(connections.keepalive))

@@ -9,11 +9,12 @@ use prost::bytes::Bytes;
 use tonic::{Code, Status};
 
 use super::admission::{Admission, retryable};
+use super::auth::Allowed;
 use super::shape::Violation;
 use crate::catalog::Catalog;
 use crate::catalog::convert::{Converted, Skip};
 use crate::event::Signal;
-use crate::health::metrics::{ColumnLabels, SignalLabels, SignalReasonLabels};
+use crate::health::metrics::{ColumnLabels, ReasonLabels, SignalLabels, SignalReasonLabels};
 use crate::health::{Check, Health, Metrics};
 use crate::spool::cache::RowCache;
 use crate::spool::{self, AppendError, Payload, Spool, SpoolSignal};
@@ -109,6 +110,7 @@ impl Ingest {
         &self,
         bytes: Bytes,
         signal: Signal,
+        allowed: Allowed,
         convert: F,
     ) -> Result<Partial, Status>
     where
@@ -138,6 +140,23 @@ impl Ingest {
             })
             .await
             .map_err(|e| Status::unavailable(format!("{e}; retry against another collector")))??;
+        if let Some(service) = prepared
+            .converted
+            .services
+            .iter()
+            .find(|s| !allowed.permits(s))
+        {
+            self.metrics
+                .requests_refused
+                .get_or_create(&ReasonLabels {
+                    reason: "permission_denied",
+                })
+                .inc();
+            return Err(Status::permission_denied(format!(
+                "this token may not write as service `{}`; nothing of the request was written",
+                crate::health::metrics::bounded(service, 128)
+            )));
+        }
         // The budget is given back only once the request's memory is gone.
         let answer = self.accept(signal, now, prepared).await;
         drop(admitted);

@@ -2,6 +2,7 @@
 //!
 //! - [`shape`]: a request's records and values counted from its bytes before decoding, and the
 //!   records that break a per-record limit.
+//! - [`auth`]: bearer tokens bound to the services they may write as, read again on change.
 //! - [`admission`]: the checks before decoding: size, record count, spool headroom, the
 //!   memory budget for requests in flight.
 //! - [`decoders`]: the fixed pool of threads that decode and map requests off the runtime.
@@ -10,6 +11,7 @@
 //! - [`grpc`]: the tonic services and the server (gzip, size limit, TCP_NODELAY).
 
 pub mod admission;
+pub mod auth;
 pub mod decoders;
 pub mod grpc;
 pub mod ingest;
