@@ -25,6 +25,7 @@ use crate::net::Incoming;
 use crate::receiver::admission::Admission;
 use crate::receiver::shape::{Limits, Shape};
 use crate::receiver::{self, Ingest};
+use crate::retention::Retention;
 use crate::sink::{Sink, Step, VerifyError};
 use crate::spool::Spool;
 use crate::writer::checkpoint::Parts as WriterParts;
@@ -79,6 +80,7 @@ pub struct Application {
     writer_task: WriterTask,
     verification: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    retention: Option<tokio::task::JoinHandle<()>>,
     telemetry: Option<tokio::task::JoinHandle<()>>,
     sink: Sink,
     max_request_bytes: usize,
@@ -169,13 +171,26 @@ impl Application {
         }
         // A verification run or a ping may wait for a connection, then for its statements.
         let probe_timeout = settings.database.connect_timeout + settings.writer.write_timeout;
+        let (verified_tx, verified_rx) = tokio::sync::oneshot::channel();
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
             async move {
                 verify_until_ready(&sink, migrate, &health, &metrics, probe_timeout).await;
+                // No sweeper (retention off) is no reason to stop.
+                let _no_sweeper = verified_tx.send(());
                 watch_database(&sink, &health, &metrics, probe_timeout).await;
             }
         });
+        let retention =
+            (Retention::enabled(&settings.retention) && !sink.is_blackhole()).then(|| {
+                let retention = Retention::new(
+                    sink.clone(),
+                    metrics.clone(),
+                    settings.retention.clone(),
+                    settings.writer.write_timeout,
+                );
+                tokio::spawn(retention.run(async move { verified_rx.await.is_ok() }))
+            });
         let decoders = crate::receiver::decoders::Decoders::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )
@@ -207,6 +222,7 @@ impl Application {
             writer_task,
             verification,
             heartbeat,
+            retention,
             telemetry,
             sink,
             max_request_bytes: settings.limits.max_request_bytes,
@@ -285,6 +301,11 @@ impl Application {
         let admin_result = admin.await;
         self.verification.abort();
         self.heartbeat.abort();
+        if let Some(retention) = self.retention {
+            // A sweep cut short closes its connection, which releases the lock.
+            retention.abort();
+            let _aborted = retention.await;
+        }
         if let Some(telemetry) = &self.telemetry {
             telemetry.abort();
         }
@@ -383,6 +404,7 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
         dropped: &["undecodable", "dead_letter_lost"],
         tables: &tables,
         text_columns: &text_columns,
+        retained: &crate::sink::retention::TABLES,
     });
 }
 
