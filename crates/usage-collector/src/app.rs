@@ -25,6 +25,7 @@ use crate::net::Incoming;
 use crate::receiver::admission::Admission;
 use crate::receiver::shape::{Limits, Shape};
 use crate::receiver::{self, Ingest};
+use crate::retention::Retention;
 use crate::sink::{Sink, Step, VerifyError};
 use crate::spool::Spool;
 use crate::writer::checkpoint::Parts as WriterParts;
@@ -82,6 +83,7 @@ pub struct Application {
     writer_task: WriterTask,
     verification: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    retention: Option<tokio::task::JoinHandle<()>>,
     telemetry: Option<tokio::task::JoinHandle<()>>,
     sink: Sink,
     max_request_bytes: usize,
@@ -175,10 +177,13 @@ impl Application {
         }
         // A verification run or a ping may wait for a connection, then for its statements.
         let probe_timeout = settings.database.connect_timeout + settings.writer.write_timeout;
+        let (verified_tx, verified_rx) = tokio::sync::oneshot::channel();
         let verification = tokio::spawn({
             let (sink, health, metrics) = (sink.clone(), health.clone(), metrics.clone());
             async move {
                 verify_until_ready(&sink, migrate, &health, &metrics, probe_timeout).await;
+                // No sweeper (retention off) is no reason to stop.
+                let _no_sweeper = verified_tx.send(());
                 watch_database(&sink, &health, &metrics, probe_timeout).await;
             }
         });
@@ -186,6 +191,16 @@ impl Application {
             Some(path) => Some(Arc::new(crate::receiver::auth::Tokens::load(path)?)),
             None => None,
         };
+        let retention =
+            (Retention::enabled(&settings.retention) && !sink.is_blackhole()).then(|| {
+                let retention = Retention::new(
+                    sink.clone(),
+                    metrics.clone(),
+                    settings.retention.clone(),
+                    settings.writer.write_timeout,
+                );
+                tokio::spawn(retention.run(async move { verified_rx.await.is_ok() }))
+            });
         let decoders = crate::receiver::decoders::Decoders::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )
@@ -217,6 +232,7 @@ impl Application {
             writer_task,
             verification,
             heartbeat,
+            retention,
             telemetry,
             sink,
             max_request_bytes: settings.limits.max_request_bytes,
@@ -300,6 +316,15 @@ impl Application {
         self.heartbeat.abort();
         if let Some(watch) = &self.token_watch {
             watch.abort();
+        }
+        if let Some(retention) = self.retention {
+            // A sweep cut short closes its connection, which releases the lock.
+            retention.abort();
+            if let Err(e) = retention.await
+                && !e.is_cancelled()
+            {
+                tracing::error!(error = %e, "retention task ended abnormally");
+            }
         }
         if let Some(telemetry) = &self.telemetry {
             telemetry.abort();
@@ -399,6 +424,7 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
         dropped: &["undecodable", "dead_letter_lost"],
         tables: &tables,
         text_columns: &text_columns,
+        retained: &crate::sink::retention::TABLES,
     });
 }
 

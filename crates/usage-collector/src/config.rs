@@ -79,6 +79,9 @@ pub struct Settings {
     /// Seconds between pushes of the own metrics
     #[arg(id = "telemetry_interval_secs", long = "telemetry-interval-secs", env = "USAGE_TELEMETRY_INTERVAL_SECS", default_value = "15", value_parser = positive_seconds, global = true)]
     pub telemetry_interval: Duration,
+    /// How long rows are kept.
+    #[command(flatten)]
+    pub retention: RetentionSettings,
     /// The collector's own log output.
     #[command(flatten)]
     pub log: LogSettings,
@@ -301,6 +304,70 @@ pub struct SpoolSettings {
     /// Cap on spooled bytes not yet written; past it requests are refused
     #[arg(id = "spool.max_bytes", long = "spool-max-bytes", env = "USAGE_SPOOL_MAX_BYTES", default_value = "1073741824", value_parser = positive::<u64>, global = true)]
     pub max_bytes: u64,
+}
+
+/// How long rows are kept: older ones are deleted in small batches by the retention sweep.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionSettings {
+    /// Days rows are kept in every retained table (0 keeps them forever)
+    #[arg(
+        id = "retention.days",
+        long = "retention-days",
+        env = "USAGE_RETENTION_DAYS",
+        default_value = "0",
+        global = true
+    )]
+    pub days: u32,
+    /// Days per table, overriding `retention.days`: `page_visits=30,dead_letters=7`
+    /// (0 keeps that table forever)
+    #[arg(id = "retention.tables", long = "retention-tables", env = "USAGE_RETENTION_TABLES", default_value = "", value_parser = table_days, global = true)]
+    pub tables: TableDays,
+    /// Seconds between retention sweeps (the first runs once startup verification passes)
+    #[arg(id = "retention.interval_secs", long = "retention-interval-secs", env = "USAGE_RETENTION_INTERVAL_SECS", default_value = "3600", value_parser = positive_seconds, global = true)]
+    pub interval: Duration,
+    /// Most rows one retention DELETE removes (each statement holds its locks briefly)
+    #[arg(id = "retention.batch_size", long = "retention-batch-size", env = "USAGE_RETENTION_BATCH_SIZE", default_value = "1000", value_parser = positive::<u32>, global = true)]
+    pub batch_size: u32,
+}
+
+/// Per-table retention overrides: (table, days), each table at most once, each one of
+/// [`crate::sink::retention::TABLES`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableDays(pub Vec<(String, u32)>);
+
+impl TableDays {
+    /// The days set for `table`, if it has an override.
+    pub fn get(&self, table: &str) -> Option<u32> {
+        self.0.iter().find(|(t, _)| t == table).map(|&(_, d)| d)
+    }
+}
+
+/// `page_visits=30,dead_letters=7` (what a TOML table `[retention.tables]` or an array of
+/// `"table=days"` strings flattens to).
+fn table_days(value: &str) -> Result<TableDays, String> {
+    let known = crate::sink::retention::TABLES;
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (table, days) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not `table=days`"))?;
+        let table = table.trim();
+        if !known.contains(&table) {
+            return Err(format!(
+                "`{table}` is not a retained table (one of {})",
+                known.join(", ")
+            ));
+        }
+        let days: u32 = days
+            .trim()
+            .parse()
+            .map_err(|e| format!("`{item}`: days: {e}"))?;
+        if out.iter().any(|(t, _)| t == table) {
+            return Err(format!("`{table}` is given twice"));
+        }
+        out.push((table.to_owned(), days));
+    }
+    Ok(TableDays(out))
 }
 
 /// The collector's own log output.
@@ -553,7 +620,8 @@ fn file_values(
         message: e.to_string(),
     })?;
     let mut values = Vec::new();
-    flatten("", &table, &mut values);
+    let is_setting = |key: &str| command.get_arguments().any(|a| a.get_id() == key);
+    flatten("", &table, &is_setting, &mut values);
     let mut out = Vec::new();
     for (key, value) in values {
         if !command.get_arguments().any(|a| a.get_id() == key.as_str()) {
@@ -569,8 +637,14 @@ fn file_values(
     Ok(out)
 }
 
-/// `[writer] batch_size = 50` → ("writer.batch_size", "50").
-fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
+/// `[writer] batch_size = 50` → ("writer.batch_size", "50"); a table that is itself a setting,
+/// `[retention.tables] page_visits = 30`, → ("retention.tables", "page_visits=30").
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    is_setting: &impl Fn(&str) -> bool,
+    out: &mut Vec<(String, String)>,
+) {
     for (key, value) in table {
         let key = if prefix.is_empty() {
             key.clone()
@@ -578,7 +652,14 @@ fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
             format!("{prefix}.{key}")
         };
         match value {
-            toml::Value::Table(inner) => flatten(&key, inner, out),
+            toml::Value::Table(inner) if is_setting(&key) => {
+                let pairs: Vec<String> = inner
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", scalar(v)))
+                    .collect();
+                out.push((key, pairs.join(",")));
+            }
+            toml::Value::Table(inner) => flatten(&key, inner, is_setting, out),
             toml::Value::String(s) => out.push((key, s.clone())),
             toml::Value::Array(items) => {
                 let items: Vec<String> = items.iter().map(scalar).collect();
@@ -950,10 +1031,54 @@ mod tests {
     }
 
     #[test]
+    fn retention_overrides_come_from_a_toml_table_an_array_or_the_flag() {
+        let settings = with_file(
+            "[retention]\ndays = 90\n[retention.tables]\npage_visits = 30\ndead_letters = 0\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.retention.days, 90);
+        assert_eq!(settings.retention.tables.get("page_visits"), Some(30));
+        assert_eq!(settings.retention.tables.get("dead_letters"), Some(0));
+        assert_eq!(settings.retention.tables.get("usage_events"), None);
+        let settings = with_file(
+            "[retention]\ntables = [\"feature_usage=7\", \"ide_sessions = 14\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.retention.tables.get("feature_usage"), Some(7));
+        assert_eq!(settings.retention.tables.get("ide_sessions"), Some(14));
+        let settings = with_file(
+            "[retention.tables]\npage_visits = 30\n",
+            &["--retention-tables", "usage_events=1"],
+        )
+        .unwrap();
+        assert_eq!(
+            settings.retention.tables,
+            TableDays(vec![("usage_events".to_owned(), 1)])
+        );
+        let err = with_file("[retention.tables]\nheartbeats = 3\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "invalid setting retention.tables: `heartbeats` is not a retained table"
+            ),
+            "{err}"
+        );
+        let err = args(&["--retention-tables", "page_visits=30,page_visits=1"]).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+        let err = args(&["--retention-tables", "page_visits"]).unwrap_err();
+        assert!(err.to_string().contains("not `table=days`"), "{err}");
+    }
+
+    #[test]
     fn defaults_parse() {
         let defaults = Settings::defaults();
         assert_eq!(defaults.limits.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(defaults.writer.write_timeout, Duration::from_secs(10));
         assert_eq!(DatabaseSettings::new("sqlite://x.db").pool_size, 4);
+        assert_eq!(defaults.retention.days, 0);
+        assert_eq!(defaults.retention.tables, TableDays::default());
+        assert_eq!(defaults.retention.interval, Duration::from_secs(3600));
+        assert_eq!(defaults.retention.batch_size, 1000);
     }
 }

@@ -19,6 +19,8 @@
 //!   letters, the checkpoint after commit; supervised.
 //! - [`sink`]: MySQL and SQLite (and a blackhole for benchmarks) — migrations, startup
 //!   verification, idempotent batch writes, what a failure was.
+//! - [`retention`]: the sweeper that deletes rows past their retention, once verification has
+//!   passed and then every interval.
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
 //! - [`telemetry`]: the collector's own spans and metrics over OTLP.
 //! - [`net`]: accepting connections so that a silent one is closed.
@@ -36,6 +38,7 @@ pub mod event;
 pub mod health;
 pub mod net;
 pub mod receiver;
+pub mod retention;
 pub mod sink;
 pub mod spool;
 pub mod telemetry;

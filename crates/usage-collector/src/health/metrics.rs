@@ -177,6 +177,8 @@ metrics! {
     spool_quarantined_segments: Counter = Counter::default();
     /// Rows refused by the database for good, kept as dead letters, by table.
     dead_letters: Family<TableLabels, Counter> = Family::default();
+    /// Rows deleted by the retention sweep, by table.
+    rows_deleted: Family<TableLabels, Counter> = Family::default();
     /// Dead letters kept neither in the table nor in the file (only logged).
     dead_letters_lost: Counter = Counter::default();
     /// Times the writer was started again after a failure (a panic).
@@ -230,6 +232,8 @@ pub struct KnownLabels<'a> {
     pub tables: &'a [&'static str],
     /// (table, column) of every text column, which a value may be cut to fit.
     pub text_columns: &'a [(&'static str, &'static str)],
+    /// Tables the retention sweep deletes from.
+    pub retained: &'a [&'static str],
 }
 
 impl Default for Metrics {
@@ -298,6 +302,9 @@ impl Metrics {
         for &table in known.tables {
             self.rows_written.get_or_create(&TableLabels { table });
             self.dead_letters.get_or_create(&TableLabels { table });
+        }
+        for &table in known.retained {
+            self.rows_deleted.get_or_create(&TableLabels { table });
         }
         for &(table, column) in known.text_columns {
             self.text_truncated

@@ -8,6 +8,8 @@
 //!   permission — each step named in its error.
 //! - [`error`]: database errors described by what happened (connection, timeout, a row's
 //!   value, …), with secrets redacted; what to do about each is the writer's retry policy.
+//! - [`retention`]: deleting rows past their retention in bounded batches, one collector at a
+//!   time.
 //! - [`blackhole`]: a sink that stores nothing, for measuring the receive path alone.
 //! - [`mysql`], [`sqlite`]: each backend's connection options and migrations.
 
@@ -15,6 +17,7 @@ pub mod blackhole;
 pub mod error;
 pub mod handle;
 pub mod mysql;
+pub mod retention;
 pub mod sql;
 pub mod sqlite;
 pub mod verify;

@@ -1,0 +1,196 @@
+//! The retention sweeper: deletes rows older than their table's retention, first once startup
+//! verification has passed, then every `retention.interval_secs`.
+//!
+//! Each table's retention is its `retention.tables` override, else `retention.days`; 0 keeps
+//! the table forever, and with every table kept forever no sweeper runs. The deleting itself —
+//! bounded batches, one collector at a time — is [`crate::sink::retention`]; this stage decides
+//! when and how far back, counts `usage_collector_rows_deleted_total{table}` as each batch
+//! commits, and logs each sweep once at INFO with its totals per table. A failed sweep is
+//! logged and tried again at the next interval; it never touches readiness (nothing accepted
+//! is at risk, and the database checks report an outage already).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use crate::config::RetentionSettings;
+use crate::health::Metrics;
+use crate::health::metrics::TableLabels;
+use crate::sink::Sink;
+use crate::sink::retention::{Deleted, Sweep, SweepError, TABLES};
+
+/// Deletes expired rows from one sink.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    sink: Sink,
+    metrics: Arc<Metrics>,
+    settings: RetentionSettings,
+    statement_timeout: Duration,
+}
+
+impl Retention {
+    /// A sweeper for `sink` with `settings`, each DELETE bounded by `statement_timeout`.
+    pub fn new(
+        sink: Sink,
+        metrics: Arc<Metrics>,
+        settings: RetentionSettings,
+        statement_timeout: Duration,
+    ) -> Self {
+        Self {
+            sink,
+            metrics,
+            settings,
+            statement_timeout,
+        }
+    }
+
+    /// True when some table has a retention (otherwise there is nothing to sweep).
+    pub fn enabled(settings: &RetentionSettings) -> bool {
+        TABLES.iter().any(|t| days(settings, t) > 0)
+    }
+
+    /// Each table with a retention, and the time before which its rows are deleted, as of
+    /// `now` (UTC, as the rows are written).
+    pub fn plan(
+        settings: &RetentionSettings,
+        now: OffsetDateTime,
+    ) -> Vec<(&'static str, PrimitiveDateTime)> {
+        let now = PrimitiveDateTime::new(now.date(), now.time());
+        TABLES
+            .iter()
+            .filter_map(|&table| match days(settings, table) {
+                0 => None,
+                // A retention reaching before year -9999 keeps everything.
+                d => now
+                    .checked_sub(time::Duration::days(i64::from(d)))
+                    .map(|cutoff| (table, cutoff)),
+            })
+            .collect()
+    }
+
+    /// One sweep as of `now`: deletes, counts and logs. `Ok(Sweep::LockHeld)` when another
+    /// collector is sweeping.
+    pub async fn sweep_at(&self, now: OffsetDateTime) -> Result<Sweep, SweepError> {
+        let plan = Self::plan(&self.settings, now);
+        let started = Instant::now();
+        let metrics = &self.metrics;
+        let result = self
+            .sink
+            .sweep(
+                &plan,
+                self.settings.batch_size,
+                self.statement_timeout,
+                |table, rows| {
+                    metrics
+                        .rows_deleted
+                        .get_or_create(&TableLabels { table })
+                        .inc_by(rows);
+                },
+            )
+            .await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(Sweep::Swept(deleted)) => {
+                let n = |table: &str| count(deleted, table);
+                tracing::info!(
+                    page_visits = n("page_visits"),
+                    program_executions = n("program_executions"),
+                    feature_usage = n("feature_usage"),
+                    usage_events = n("usage_events"),
+                    ide_sessions = n("ide_sessions"),
+                    dead_letters = n("dead_letters"),
+                    rows = deleted.iter().map(|d| d.rows).sum::<u64>(),
+                    statements = deleted.iter().map(|d| d.statements).sum::<u32>(),
+                    elapsed_ms,
+                    "retention sweep done: rows deleted per table"
+                );
+            }
+            Ok(Sweep::LockHeld) => {
+                tracing::debug!("retention sweep skipped: another collector holds the lock");
+            }
+            Ok(Sweep::Nothing) => {}
+            Err(e) => {
+                let n = |table: &str| count(&e.deleted, table);
+                tracing::warn!(
+                    error = %e.error,
+                    reason = e.error.reason,
+                    page_visits = n("page_visits"),
+                    program_executions = n("program_executions"),
+                    feature_usage = n("feature_usage"),
+                    usage_events = n("usage_events"),
+                    ide_sessions = n("ide_sessions"),
+                    dead_letters = n("dead_letters"),
+                    elapsed_ms,
+                    retry_in_secs = self.settings.interval.as_secs(),
+                    "retention sweep failed (rows deleted until then per table); trying again at the next interval"
+                );
+            }
+        }
+        result
+    }
+
+    /// Waits for `verified`, then sweeps at once and every interval, until dropped (aborted).
+    pub async fn run(self, verified: impl Future<Output = bool>) {
+        if !verified.await {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.settings.interval);
+        // After a long sweep, wait a whole interval again rather than sweep back to back.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            // The outcome is logged and counted; a failure waits for the next round.
+            let _outcome = self.sweep_at(OffsetDateTime::now_utc()).await;
+        }
+    }
+}
+
+/// `table`'s retention in days (0: forever).
+fn days(settings: &RetentionSettings, table: &str) -> u32 {
+    settings.tables.get(table).unwrap_or(settings.days)
+}
+
+fn count(deleted: &[Deleted], table: &str) -> u64 {
+    deleted
+        .iter()
+        .filter(|d| d.table == table)
+        .map(|d| d.rows)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Settings, TableDays};
+
+    #[test]
+    fn overrides_win_and_zero_keeps_forever() {
+        let mut settings = Settings::defaults().retention;
+        assert!(!Retention::enabled(&settings));
+        let now = time::macros::datetime!(2025-03-10 12:00:00 UTC);
+        assert!(Retention::plan(&settings, now).is_empty());
+        settings.tables = TableDays(vec![("dead_letters".to_owned(), 7)]);
+        assert!(Retention::enabled(&settings));
+        assert_eq!(
+            Retention::plan(&settings, now),
+            vec![("dead_letters", time::macros::datetime!(2025-03-03 12:00:00))]
+        );
+        settings.days = 30;
+        settings.tables = TableDays(vec![
+            ("page_visits".to_owned(), 1),
+            ("ide_sessions".to_owned(), 0),
+        ]);
+        let plan = Retention::plan(&settings, now);
+        assert_eq!(plan.len(), 5);
+        assert_eq!(
+            plan[0],
+            ("page_visits", time::macros::datetime!(2025-03-09 12:00:00))
+        );
+        assert!(plan.iter().all(|(t, _)| *t != "ide_sessions"));
+        assert!(plan.contains(&("usage_events", time::macros::datetime!(2025-02-08 12:00:00))));
+        settings.days = u32::MAX;
+        assert!(Retention::plan(&settings, now).len() == 1);
+    }
+}
