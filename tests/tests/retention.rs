@@ -444,5 +444,35 @@ async fn a_running_collector_sweeps_once_ready_and_counts_from_zero() {
         ],
     );
     assert_eq!(db.count("page_visits").await, 1);
+    // An event already older than the table keeps is rejected on receipt, not written to be
+    // deleted; a recent one is written.
+    let old =
+        usage_pipeline_tests::fixtures::T0 - 400 * 86_400 * usage_pipeline_tests::fixtures::SECOND;
+    let recent = u64::try_from(now.unix_timestamp_nanos()).unwrap();
+    let visit = |time: u64| {
+        usage_pipeline_tests::fixtures::event(
+            "page_visit",
+            time,
+            vec![
+                usage_pipeline_tests::fixtures::kv("event.id", uuid::Uuid::now_v7().to_string()),
+                usage_pipeline_tests::fixtures::kv("url.path", "/sent"),
+            ],
+        )
+    };
+    let response = usage_pipeline_tests::fixtures::send_logs(
+        &collector.endpoint(),
+        usage_pipeline_tests::fixtures::logs_request("web-ide", vec![visit(old), visit(recent)]),
+        false,
+    )
+    .await
+    .unwrap();
+    let partial = response.partial_success.expect("the old event rejected");
+    assert_eq!(partial.rejected_log_records, 1);
+    assert!(
+        partial.error_message.contains("retention.days"),
+        "{partial:?}"
+    );
+    collector.wait_written(Duration::from_secs(10)).await;
+    assert_eq!(db.count("page_visits").await, 2);
     collector.stop().await;
 }

@@ -106,8 +106,14 @@ impl Application {
         };
         let grpc = bind(settings.grpc_listen).await?;
         let admin = bind(settings.admin_listen).await?;
-        let catalog =
-            Arc::new(Catalog::built_in().with_ip_anonymization(settings.privacy.ip_anonymization));
+        let catalog = Arc::new(
+            Catalog::built_in()
+                .with_ip_anonymization(settings.privacy.ip_anonymization)
+                .with_retention(|table| {
+                    let retention = &settings.retention;
+                    retention.tables.get(table).unwrap_or(retention.days)
+                }),
+        );
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
         start_metrics_at_zero(&metrics, &catalog);

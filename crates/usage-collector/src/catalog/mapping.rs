@@ -59,6 +59,12 @@ pub enum MapError {
         /// The column's largest value.
         max: i64,
     },
+    /// The event is older than its table keeps: it would be deleted at the next sweep.
+    #[error("the event is older than the {days} days this collector keeps (retention.days)")]
+    PastRetention {
+        /// Days kept.
+        days: u32,
+    },
     /// The event's time cannot be stored (outside years 1000–9999).
     #[error("event time {unix_nano} ns since the epoch is outside the years 1000 to 9999")]
     TimeOutOfRange {
@@ -83,6 +89,7 @@ impl MapError {
             MapError::WrongType { .. } | MapError::BadJson { .. } => "wrong_type",
             MapError::TimeOutOfRange { .. } => "bad_time",
             MapError::OutOfRange { .. } => "out_of_range",
+            MapError::PastRetention { .. } => "past_retention",
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct Catalog {
     usage_events: TableId,
     /// What is kept of client addresses (before anything reaches the spool).
     ip: IpAnonymization,
+    /// (table, days) kept: an event already older than its table keeps is rejected, not
+    /// written to be deleted.
+    retention: Vec<(&'static str, u32)>,
 }
 
 impl Default for Catalog {
@@ -124,7 +134,33 @@ impl Catalog {
             usage_events: position(tables::USAGE_EVENTS).expect("built-in table"),
             tables,
             ip: IpAnonymization::default(),
+            retention: Vec::new(),
         }
+    }
+
+    /// This catalogue, rejecting events older than `days(table)` days (0: any age).
+    pub fn with_retention(mut self, days: impl Fn(&str) -> u32) -> Self {
+        let mut retention: Vec<(&'static str, u32)> =
+            self.tables.iter().map(|t| (t.name, days(t.name))).collect();
+        if !retention.iter().any(|(t, _)| *t == tables::IDE_SESSIONS) {
+            retention.push((tables::IDE_SESSIONS, days(tables::IDE_SESSIONS)));
+        }
+        retention.retain(|(_, days)| *days > 0);
+        self.retention = retention;
+        self
+    }
+
+    /// Refuses an event for `table` older than the table keeps.
+    fn check_retention(&self, table: &str, unix_nano: u64) -> Result<(), MapError> {
+        let Some((_, days)) = self.retention.iter().find(|(t, _)| *t == table) else {
+            return Ok(());
+        };
+        let now = crate::event::now_unix_nano();
+        let limit = u64::from(*days) * 86_400 * 1_000_000_000;
+        if now.saturating_sub(unix_nano) > limit {
+            return Err(MapError::PastRetention { days: *days });
+        }
+        Ok(())
     }
 
     /// This catalogue, keeping client addresses as `ip` says.
@@ -144,6 +180,7 @@ impl Catalog {
                 .expect("usage_events"),
             tables,
             ip: IpAnonymization::default(),
+            retention: Vec::new(),
         }
     }
 
@@ -164,6 +201,7 @@ impl Catalog {
             None => Some(self.usage_events),
         };
         let table_name = table_id.map_or(tables::IDE_SESSIONS, |id| self.tables[id].name);
+        self.check_retention(table_name, event.time_unix_nano)?;
         // Cut once here so the event row and the session row agree on the session's id.
         let [session_id, user_id] = [&catalog::COMMON[0], &catalog::COMMON[1]].map(|attribute| {
             let mut value = text_attr(&mut event.attributes, attribute)?;
@@ -641,6 +679,29 @@ mod tests {
         assert!(error.to_string().contains("nested 32 levels"), "{error}");
         assert_eq!(json_depth(r#"{"a":"[[[[","b":[1,{"c":2}]}"#), 3);
         assert_eq!(json_depth("1"), 0);
+    }
+
+    #[test]
+    fn events_older_than_their_table_keeps_are_rejected() {
+        let catalog =
+            Catalog::built_in().with_retention(|table| if table == "page_visits" { 30 } else { 0 });
+        let visit = |time_unix_nano| UsageEvent {
+            time_unix_nano,
+            ..event("page_visit", vec![string_attr(keys::URL_PATH, "/")])
+        };
+        let old = crate::event::now_unix_nano() - 31 * 86_400 * 1_000_000_000;
+        let error = catalog.map(&mut visit(old)).unwrap_err();
+        assert_eq!(error.reason(), "past_retention");
+        assert!(
+            catalog
+                .map(&mut visit(crate::event::now_unix_nano()))
+                .is_ok()
+        );
+        let feature = UsageEvent {
+            time_unix_nano: old,
+            ..event("feature_use", vec![string_attr(keys::FEATURE_NAME, "x")])
+        };
+        assert!(catalog.map(&mut feature.clone()).is_ok(), "kept forever");
     }
 
     #[test]
