@@ -81,7 +81,11 @@ impl Load {
                         n += 1;
                         let request = logs_request("load", records);
                         shared.sent.fetch_add(events as u64, Ordering::SeqCst);
-                        let mut backoff = Duration::from_millis(100);
+                        // The collector's own schedule, as an SDK would retry.
+                        let mut waits = usage_collector::backoff::exponential(
+                            Duration::from_millis(100),
+                            Duration::from_secs(1),
+                        );
                         loop {
                             match client.export(request.clone()).await {
                                 Ok(_) => {
@@ -103,11 +107,11 @@ impl Load {
                                         shared.abandoned.fetch_add(events as u64, Ordering::SeqCst);
                                         return;
                                     }
+                                    let wait = waits.next().unwrap_or(Duration::from_secs(2));
                                     tokio::time::sleep(
-                                        hinted.unwrap_or(backoff).min(Duration::from_secs(2)),
+                                        hinted.unwrap_or(wait).min(Duration::from_secs(2)),
                                     )
                                     .await;
-                                    backoff = (backoff * 2).min(Duration::from_secs(2));
                                 }
                                 Err(status) => {
                                     eprintln!("load client: request failed for good: {status:?}");

@@ -396,7 +396,10 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                     }
                     let body = Bytes::copy_from_slice(&request.bytes);
                     tally.sent.fetch_add(args.batch as u64, Ordering::Relaxed);
-                    let mut backoff = Duration::from_millis(100);
+                    let mut waits = usage_collector::backoff::exponential(
+                        Duration::from_millis(100),
+                        Duration::from_secs(5),
+                    );
                     loop {
                         let t = Instant::now();
                         match send(channel.clone(), request.signal, body.clone(), false).await {
@@ -418,8 +421,8 @@ pub async fn run(plan: Plan) -> Result<Outcome, String> {
                                     .fetch_add(args.batch as u64, Ordering::Relaxed);
                                 let hint =
                                     status.get_details_retry_info().and_then(|r| r.retry_delay);
-                                tokio::time::sleep(hint.unwrap_or(backoff)).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
+                                let wait = waits.next().unwrap_or(Duration::from_secs(5));
+                                tokio::time::sleep(hint.unwrap_or(wait)).await;
                             }
                             Err(status) => {
                                 eprintln!(
