@@ -350,3 +350,64 @@ async fn values_the_database_would_refuse_are_rejected_on_receipt_not_dead_lette
     );
     collector.stop().await;
 }
+
+/// The settings the Kubernetes set ships start a collector (its limits agree with each other).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_kubernetes_settings_start_a_collector() {
+    let settings = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/kubernetes/base/settings.env"
+    ))
+    .unwrap();
+    let dir = temp_dir("usage_k8s_settings");
+    let mut command = std::process::Command::new(BIN);
+    for line in settings.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line.split_once('=').expect("KEY=value");
+        // Paths of the pod are replaced by this test's.
+        match key {
+            "USAGE_SPOOL_DIR" => command.env(key, dir.join("spool")),
+            "USAGE_DATABASE_PASSWORD_FILE" => command.env_remove(key),
+            _ => command.env(key, value),
+        };
+    }
+    let admin = usage_pipeline_tests::process::free_addr();
+    let mut child = command
+        .args(["serve", "--database-url", "blackhole://"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            &admin.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Live (its admin port answers) and still running, or exited: which, within 20 s.
+    let started = std::time::Instant::now();
+    let live = loop {
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        if tokio::net::TcpStream::connect(admin).await.is_ok() {
+            break true;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "neither live nor exited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = child.try_wait().unwrap();
+    child.kill().ok();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        live && exited.is_none(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

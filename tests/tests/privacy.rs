@@ -26,6 +26,14 @@ async fn stored_addresses(db: &TestDb, mode: IpAnonymization) -> (Option<String>
                 ],
             ),
             event(
+                "share_link",
+                T0 + SECOND,
+                vec![
+                    kv("event.id", uuid::Uuid::now_v7().to_string()),
+                    kv("client.address", "203.0.113.77"),
+                ],
+            ),
+            event(
                 "page_visit",
                 T0 + SECOND,
                 vec![
@@ -54,6 +62,18 @@ async fn stored_addresses(db: &TestDb, mode: IpAnonymization) -> (Option<String>
     }
     let visit = db.texts("SELECT ip_address FROM page_visits").await;
     let session = db.texts("SELECT ip_address FROM ide_sessions").await;
+    // A custom event's attributes, kept as JSON, follow the same rule.
+    let custom = db
+        .texts("SELECT CAST(attributes AS CHAR) FROM usage_events")
+        .await;
+    let attributes: serde_json::Value =
+        serde_json::from_str(custom[0][0].as_deref().unwrap()).unwrap();
+    let expected = match mode {
+        IpAnonymization::Off => serde_json::json!("203.0.113.77"),
+        IpAnonymization::Truncate => serde_json::json!("203.0.113.0"),
+        IpAnonymization::Drop => serde_json::Value::Null,
+    };
+    assert_eq!(attributes["client.address"], expected, "{attributes}");
     collector.stop().await;
     (visit[0][0].clone(), session[0][0].clone())
 }

@@ -37,6 +37,8 @@ use crate::writer::{Writer, WriterTask};
 const FIRST_RETRY: Duration = Duration::from_millis(500);
 /// Longest wait between failed verification runs.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long past the shutdown timeout a stopping writer may take to finish its last attempt.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// How long a stopping collector refuses requests before it closes its connections.
 const REFUSE_BEFORE_CLOSE: Duration = Duration::from_millis(300);
 /// How often the database is checked after startup (a lost one shows within a few seconds,
@@ -143,7 +145,12 @@ impl Application {
         };
         metrics.attach_spool(spool.capacity(), depth.clone());
         health.attach_spool(spool.capacity(), depth);
-        let dead_letters = DeadLetters::new(sink.clone(), &settings.spool.dir, metrics.clone());
+        let dead_letters = DeadLetters::new(
+            sink.clone(),
+            &settings.spool.dir,
+            metrics.clone(),
+            settings.writer.write_timeout,
+        );
         let cache = Arc::new(crate::spool::cache::RowCache::new(
             settings.limits.row_cache_bytes,
         ));
@@ -164,6 +171,7 @@ impl Application {
         });
         let heartbeat = tokio::spawn(send_heartbeats(
             spool.clone(),
+            health.clone(),
             settings.instance.clone(),
             settings.heartbeat_interval,
         ));
@@ -310,13 +318,25 @@ impl Application {
             "shutting down: refusing new requests, finishing those in flight"
         );
         health.set_closing();
+        // One deadline for the whole stop: requests in flight, then the writer.
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
         // Answer UNAVAILABLE (with RetryInfo) for a moment before closing connections, so
         // clients back off and retry elsewhere instead of seeing a broken stream.
         tokio::time::sleep(REFUSE_BEFORE_CLOSE).await;
         if stop.send(true).is_err() {
             tracing::debug!("servers already stopped");
         }
-        let grpc_result = grpc.await;
+        // Requests in flight get the shutdown timeout to finish; a stuck one does not hold the
+        // exit (the same deadline bounds the writer).
+        let grpc_result = match tokio::time::timeout_at(deadline, grpc).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    "requests still in flight at the shutdown timeout; not waiting for them"
+                );
+                Ok(Ok(()))
+            }
+        };
         let admin_result = admin.await;
         self.verification.abort();
         self.heartbeat.abort();
@@ -335,10 +355,15 @@ impl Application {
         if let Some(telemetry) = &self.telemetry {
             telemetry.abort();
         }
-        self.writer
-            .stop(tokio::time::Instant::now() + self.shutdown_timeout);
-        if let Err(e) = self.writer_task.await {
-            tracing::error!(error = %e, "writer task ended abnormally");
+        self.writer.stop(deadline);
+        // The writer stops at the deadline between attempts; a write hung past it is not
+        // waited for (its rows stay in the spool).
+        match tokio::time::timeout_at(deadline + WRITER_GRACE, self.writer_task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "writer task ended abnormally"),
+            Err(_) => tracing::warn!(
+                "the writer did not stop at the shutdown deadline; what it held stays in the spool"
+            ),
         }
         self.sink.close().await;
         tracing::info!("stopped");
@@ -427,7 +452,7 @@ fn start_metrics_at_zero(metrics: &Metrics, catalog: &Catalog) {
         refused: &refused,
         requests_refused: &REQUEST_REASONS,
         write_failures: &crate::sink::error::REASONS,
-        dropped: &["undecodable", "dead_letter_lost"],
+        dropped: &["undecodable", "dead_letter_lost", "rejected_on_replay"],
         tables: &tables,
         text_columns: &text_columns,
         retained: &crate::sink::retention::TABLES,
@@ -516,8 +541,8 @@ async fn watch_database(sink: &Sink, health: &Health, metrics: &Metrics, timeout
         match pinged {
             Ok(()) => {
                 if !health.database_ok() {
+                    // The writer's own check clears with its next successful batch.
                     health.set_database(Check::Ok);
-                    health.set_writer(Check::Ok);
                     tracing::info!(database = %sink.target(), "database reachable again");
                 }
                 metrics.database_up.set(1);
@@ -536,7 +561,7 @@ async fn watch_database(sink: &Sink, health: &Health, metrics: &Metrics, timeout
 }
 
 /// Every `interval`, sends a heartbeat down the write path: spool, writer, database.
-async fn send_heartbeats(spool: Spool, instance: String, interval: Duration) {
+async fn send_heartbeats(spool: Spool, health: Health, instance: String, interval: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     loop {
         tick.tick().await;
@@ -545,9 +570,17 @@ async fn send_heartbeats(spool: Spool, instance: String, interval: Duration) {
             received_unix_nano: crate::event::now_unix_nano(),
             body: prost::bytes::Bytes::copy_from_slice(instance.as_bytes()),
         };
-        if let Err(e) = spool.append(payload).await {
-            // Its growing age on /metrics is what raises the alarm.
-            tracing::warn!(error = %e, "cannot spool a heartbeat");
+        // Also how a replica whose spool writes failed (a full disk) notices that they work
+        // again while no client sends to it.
+        match spool.append(payload).await {
+            Ok(_) => health.set_spool_writes(Check::Ok),
+            Err(e) => {
+                if let crate::spool::AppendError::Io(why) = &e {
+                    health.set_spool_writes(Check::Failed(why.clone()));
+                }
+                // Its growing age on /metrics is what raises the alarm.
+                tracing::warn!(error = %e, "cannot spool a heartbeat");
+            }
         }
     }
 }

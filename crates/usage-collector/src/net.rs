@@ -107,7 +107,13 @@ impl tonic::transport::server::Connected for Guarded {
 pub struct Incoming {
     listener: TcpListener,
     handshake: Duration,
+    /// After a failed accept (out of file descriptors, say), no new accept until this passes,
+    /// so the server does not spin.
+    pause: Option<Pin<Box<Sleep>>>,
 }
+
+/// How long accepting pauses after an error.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 impl Incoming {
     /// Connections of `listener`, each closed unless it talks within `handshake`.
@@ -115,6 +121,7 @@ impl Incoming {
         Self {
             listener,
             handshake,
+            pause: None,
         }
     }
 
@@ -129,8 +136,19 @@ impl Incoming {
 impl futures_core::Stream for Incoming {
     type Item = io::Result<Guarded>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let (stream, _) = ready!(self.listener.poll_accept(cx))?;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(pause) = &mut self.pause {
+            ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
+        let (stream, _) = match ready!(self.listener.poll_accept(cx)) {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "OTLP listener: cannot accept a connection");
+                self.pause = Some(Box::pin(tokio::time::sleep(ACCEPT_PAUSE)));
+                return Poll::Ready(Some(Err(e)));
+            }
+        };
         if let Err(e) = stream.set_nodelay(true) {
             return Poll::Ready(Some(Err(e)));
         }

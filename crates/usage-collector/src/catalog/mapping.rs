@@ -229,7 +229,7 @@ impl Catalog {
                 values.push(Value::Time(time));
                 match spec {
                     Some(spec) => self.fill_catalogue(event, spec, table, &mut values)?,
-                    None => fill_usage_event(event, &mut values),
+                    None => fill_usage_event(event, self.ip, &mut values),
                 }
                 self.anonymize(table, &mut values);
                 cut_to_fit(table, &mut values, &mut truncated);
@@ -484,7 +484,7 @@ fn json_depth(text: &str) -> usize {
 }
 
 /// `usage_events`: name, trace and span id, duration, and every other attribute as JSON.
-fn fill_usage_event(event: &UsageEvent, values: &mut Vec<Value>) {
+fn fill_usage_event(event: &UsageEvent, ip: IpAnonymization, values: &mut Vec<Value>) {
     const OWN_COLUMNS: [&str; 4] = [
         keys::EVENT_NAME,
         keys::EVENT_ID,
@@ -513,12 +513,18 @@ fn fill_usage_event(event: &UsageEvent, values: &mut Vec<Value>) {
         .iter()
         .filter(|kv| !OWN_COLUMNS.contains(&kv.key.as_str()))
         .map(|kv| {
-            (
-                kv.key.clone(),
-                kv.value
-                    .as_ref()
-                    .map_or(serde_json::Value::Null, any_to_json),
-            )
+            let value = kv
+                .value
+                .as_ref()
+                .map_or(serde_json::Value::Null, any_to_json);
+            // A client address is kept as the privacy setting says, here as in its columns.
+            let value = match value {
+                serde_json::Value::String(address) if kv.key == keys::CLIENT_ADDRESS => ip
+                    .apply(address)
+                    .map_or(serde_json::Value::Null, serde_json::Value::String),
+                other => other,
+            };
+            (kv.key.clone(), value)
         })
         .collect();
     values.push(Value::Json(

@@ -34,7 +34,9 @@ pub async fn serve(
             accepted = incoming.accept() => match accepted {
                 Ok(stream) => stream,
                 Err(e) => {
-                    tracing::debug!(error = %e, "admin listener: cannot accept a connection");
+                    // Out of file descriptors, for example: wait rather than spin.
+                    tracing::warn!(error = %e, "admin listener: cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             },

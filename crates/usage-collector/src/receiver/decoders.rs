@@ -18,10 +18,16 @@ pub struct Decoders {
     jobs: Arc<Mutex<mpsc::Sender<Job>>>,
 }
 
-/// The pool has stopped (the collector is shutting down).
+/// A job did not give its result.
 #[derive(Debug, thiserror::Error)]
-#[error("the decode threads have stopped")]
-pub struct Stopped;
+pub enum Failed {
+    /// The pool has stopped (the collector is shutting down).
+    #[error("the decode threads have stopped")]
+    Stopped,
+    /// The job panicked (logged by the thread).
+    #[error("decoding the request failed")]
+    Panicked,
+}
 
 impl Decoders {
     /// Starts `threads` decode threads (at least one).
@@ -37,7 +43,15 @@ impl Decoders {
                         // The lock is held only to take a job, not to run it.
                         let job = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
                         match job {
-                            Ok(job) => job(),
+                            // A panic in one request's decoding must not take the thread: the
+                            // request's answer channel is dropped, so its client gets an error.
+                            Ok(job) => {
+                                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+                                    .is_err()
+                                {
+                                    tracing::error!("decoding a request panicked; the request is refused, the thread goes on");
+                                }
+                            }
                             Err(_) => return, // every sender is gone
                         }
                     }
@@ -52,7 +66,7 @@ impl Decoders {
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Stopped> {
+    ) -> Result<T, Failed> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
             // The requester may have gone (its client disconnected); nothing to answer then.
@@ -62,14 +76,22 @@ impl Decoders {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .send(job)
-            .map_err(|_| Stopped)?;
-        result.await.map_err(|_| Stopped)
+            .map_err(|_| Failed::Stopped)?;
+        result.await.map_err(|_| Failed::Panicked)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_thread_goes_on() {
+        let decoders = Decoders::start(1).unwrap();
+        let failed = decoders.run(|| -> u8 { panic!("a bad request") }).await;
+        assert!(matches!(failed, Err(Failed::Panicked)));
+        assert_eq!(decoders.run(|| 7).await.unwrap(), 7);
+    }
 
     #[tokio::test]
     async fn work_runs_off_the_runtime_and_answers() {

@@ -139,7 +139,12 @@ impl Ingest {
                 Ok::<_, Status>(Prepared { converted, body })
             })
             .await
-            .map_err(|e| Status::unavailable(format!("{e}; retry against another collector")))??;
+            .map_err(|e| match e {
+                super::decoders::Failed::Stopped => {
+                    Status::unavailable(format!("{e}; retry against another collector"))
+                }
+                super::decoders::Failed::Panicked => Status::internal(e.to_string()),
+            })??;
         if let Some(service) = prepared
             .converted
             .services

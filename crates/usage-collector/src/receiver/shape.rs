@@ -17,6 +17,9 @@ use crate::event::Signal;
 /// databases take ([`crate::catalog::mapping::MAX_JSON_DEPTH`]).
 pub const MAX_VALUE_DEPTH: usize = 16;
 
+/// Nesting prost's decoder itself refuses (its recursion limit); the walk stops there too.
+const DECODER_DEPTH: usize = 100;
+
 /// Bytes one decoded record costs beyond its contents: the `LogRecord` or `Span` struct, its
 /// mapped row and session (measured sizes of those structs, rounded up).
 const RECORD_COST: usize = 1024;
@@ -258,8 +261,15 @@ impl Walk<'_> {
                 }
                 (_, t) if t == name_field => self.value_bytes(field.len()),
                 (Signal::Log, 5) => self.any_value(field, 0),
-                (Signal::Span, 11) => self.attributes(field, 3)?,
-                (Signal::Span, 13) => self.attributes(field, 4)?,
+                // An event or a link is a struct of its own, whatever its attributes.
+                (Signal::Span, 11) => {
+                    self.shape.items += 1;
+                    self.attributes(field, 3)?
+                }
+                (Signal::Span, 13) => {
+                    self.shape.items += 1;
+                    self.attributes(field, 4)?
+                }
                 _ => None,
             };
             if violation.is_none() {
@@ -320,10 +330,13 @@ impl Walk<'_> {
     /// values = 1 }`.
     fn any_value(&mut self, buf: &[u8], depth: usize) -> Option<Violation> {
         self.shape.items += 1;
-        if depth > MAX_VALUE_DEPTH {
+        // Past the limit the record is refused, but the decoder still builds the whole value
+        // (down to its own limit of 100 levels), so its items are still counted.
+        let too_deep = depth > MAX_VALUE_DEPTH;
+        if depth > DECODER_DEPTH {
             return Some(Violation::TooDeep);
         }
-        let mut violation = None;
+        let mut violation = too_deep.then_some(Violation::TooDeep);
         let walked = fields(buf, |tag, field| {
             let Some(inner) = field else { return Ok(()) };
             let found = match tag {

@@ -209,6 +209,9 @@ impl Sink {
                 pool.acquire(),
             )
             .await?;
+        // Closed, never handed back to the pool, once the lock may be held: a GET_LOCK that
+        // timed out on this side may still have been granted.
+        conn.close_on_drop();
         let get_lock = format!("SELECT GET_LOCK({LOCK_NAME}, 0)");
         let got: Option<i64> = self
             .timed(
@@ -220,8 +223,6 @@ impl Sink {
         if got != Some(1) {
             return Ok(Sweep::LockHeld);
         }
-        // From here the connection holds the lock: never hand it back to the pool.
-        conn.close_on_drop();
         for &(table, cutoff) in plan {
             let Some((sql, binds)) = mysql_delete(table) else {
                 continue;

@@ -717,7 +717,7 @@ fn recover_segment(
             }
             Err(error) => error,
         };
-        match Payload::next_valid(&data, at + 1) {
+        match Payload::after_damage(&data[at..]).map(|len| at + len) {
             Some(next) if next - at >= MIN_RECORD => {
                 quarantine(dir, path, at, &data[at..next], &error, recovery)?;
                 let mut file = OpenOptions::new()

@@ -140,9 +140,26 @@ impl Reader {
     fn decode(&self, records: Vec<Payload>, ends: &[Position]) -> (Rows, Vec<(String, u64)>) {
         let mut rows = Rows::default();
         let mut heartbeats = Vec::new();
-        let otlp = |converted: convert::Converted| Rows {
-            events: converted.events,
-            unplaced: Vec::new(),
+        // Records an earlier collector acknowledged that this one's checks now refuse are
+        // counted as dropped, never lost silently.
+        let otlp = |converted: convert::Converted| {
+            if converted.rejected.count > 0 {
+                self.metrics
+                    .records_dropped
+                    .get_or_create(&ReasonLabels {
+                        reason: "rejected_on_replay",
+                    })
+                    .inc_by(converted.rejected.count);
+                tracing::error!(
+                    rejected = converted.rejected.count,
+                    first = converted.rejected.first.as_deref().unwrap_or_default(),
+                    "records spooled by an earlier collector are refused by this one's checks; counted as dropped"
+                );
+            }
+            Rows {
+                events: converted.events,
+                unplaced: Vec::new(),
+            }
         };
         for (record, end) in records.into_iter().zip(ends) {
             if let Some(mapped) = self.cache.take(*end) {

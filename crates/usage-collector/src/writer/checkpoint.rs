@@ -122,7 +122,7 @@ async fn supervise(parts: Parts, stop: Stop) {
         let now = Instant::now();
         restarts.retain(|at| now.duration_since(*at) < RESTART_WINDOW);
         restarts.push(now);
-        if restarts.len() > MAX_RESTARTS || stop.deadline().is_some() {
+        if restarts.len() >= MAX_RESTARTS || stop.deadline().is_some() {
             tracing::error!(error = %why, restarts = restarts.len(), "writer failed again; stopped for good: events stay in the spool until the collector restarts");
             parts.health.set_writer_dead(format!(
                 "stopped after {} failures in a minute: {why}",

@@ -28,15 +28,24 @@ pub struct DeadLetters {
     sink: Sink,
     file: PathBuf,
     metrics: Arc<Metrics>,
+    /// Longest the database may take to keep one; then the file keeps it.
+    timeout: std::time::Duration,
 }
 
 impl DeadLetters {
-    /// Dead letters for `sink`, falling back to a file in `spool_dir`.
-    pub fn new(sink: Sink, spool_dir: &std::path::Path, metrics: Arc<Metrics>) -> Self {
+    /// Dead letters for `sink`, falling back to a file in `spool_dir` when the database
+    /// refuses or takes longer than `timeout`.
+    pub fn new(
+        sink: Sink,
+        spool_dir: &std::path::Path,
+        metrics: Arc<Metrics>,
+        timeout: std::time::Duration,
+    ) -> Self {
         Self {
             sink,
             file: spool_dir.join(FILE),
             metrics,
+            timeout,
         }
     }
 
@@ -129,10 +138,11 @@ impl DeadLetters {
             reason,
             "row not written; kept as a dead letter with the reason"
         );
-        let Err(db_error) = self
-            .sink
-            .write_dead_letter(id, table, reason, &row.to_string())
+        let row_text = row.to_string();
+        let write = self.sink.write_dead_letter(id, table, reason, &row_text);
+        let Err(db_error) = tokio::time::timeout(self.timeout, write)
             .await
+            .unwrap_or_else(|_| Err(SinkError::timed_out("keeping a dead letter", self.timeout)))
         else {
             return;
         };
@@ -216,7 +226,12 @@ mod tests {
         let sink = Sink::open(&DatabaseSettings::new(&url), Arc::new(Catalog::built_in())).unwrap();
         sink.migrate().await.unwrap();
         let metrics = Arc::new(Metrics::new());
-        let dead_letters = DeadLetters::new(sink.clone(), &dir, metrics.clone());
+        let dead_letters = DeadLetters::new(
+            sink.clone(),
+            &dir,
+            metrics.clone(),
+            std::time::Duration::from_secs(10),
+        );
         let row = Unplaced {
             id: [9; 16],
             table: "retired_table".into(),
