@@ -52,7 +52,9 @@
 //!   crash before `fsync`: it was never acknowledged, so the segment is cut there;
 //! - any other damage at the end of a segment (a complete record that fails its CRC) is
 //!   corruption: copied to quarantine, then cut;
-//! - an unreadable checkpoint means "replay everything" (repeats are no-ops).
+//! - an unreadable checkpoint means "replay everything" (repeats are no-ops); one that reads
+//!   but does not point at a record's start (damage that still parses) replays its segment
+//!   from the start, since every read from inside a record would fail.
 //!
 //! - [`format`]: record encoding and decoding.
 //! - [`rows`]: the body of a rows record: mapped events, tables and columns by name.

@@ -253,6 +253,11 @@ impl Spool {
                 continue;
             }
             let len = recover_segment(dir, &path, Some(id) == last, &mut recovery)?;
+            if id == checkpoint.segment && !on_boundary(&path, checkpoint.offset.min(len))? {
+                // Damage that still parses: every read from there would fail, for good.
+                tracing::warn!(segment = %path.display(), offset = checkpoint.offset, "spool: the checkpoint is not at a record; replaying its whole segment (already written rows are no-ops)");
+                checkpoint.offset = 0;
+            }
             let from = if id == checkpoint.segment {
                 checkpoint.offset.min(len)
             } else {
@@ -789,6 +794,19 @@ fn quarantine(
     );
     recovery.quarantined.push(target);
     Ok(())
+}
+
+/// Whether a record starts at `offset` of a recovered segment (or `offset` is its end).
+fn on_boundary(path: &Path, offset: u64) -> Result<bool, SpoolError> {
+    let data = fs::read(path).map_err(io(path))?;
+    let mut at = 0;
+    while (at as u64) < offset {
+        match Payload::decode(&data[at..]) {
+            Ok((_, used)) => at += used,
+            Err(_) => return Ok(false),
+        }
+    }
+    Ok(at as u64 == offset)
 }
 
 fn count_records(path: &Path, from: u64, len: u64) -> Result<u64, SpoolError> {
