@@ -297,3 +297,30 @@ pub fn lookup_variable(name: &str) -> Option<String> {
         name => Some(name.to_owned()),
     }
 }
+
+/// A tokens file through `Tokens::load`, then a check of a presented token: `Ok` or an error,
+/// never a panic, and an error never quotes a token (a word of 16 characters or more).
+pub fn tokens(text: &[u8]) {
+    static FILE: OnceLock<TempDir> = OnceLock::new();
+    let dir = FILE.get_or_init(|| TempDir::new("fuzz-tokens"));
+    let path = dir.path().join("tokens");
+    std::fs::write(&path, text).expect("write the tokens file");
+    match usage_collector::receiver::auth::Tokens::load(&path) {
+        Ok(tokens) => {
+            let presented = http::HeaderValue::from_static("Bearer fuzz-presented-token-0001");
+            // Either answer is fine; it must not panic.
+            let _answer = tokens.check(Some(&presented));
+        }
+        Err(error) => {
+            // The message names the file; only the rest of it could quote the file's text.
+            let message = error.to_string().replace(&path.display().to_string(), "");
+            let text = String::from_utf8_lossy(text);
+            for word in text.split_whitespace().filter(|w| w.len() >= 16) {
+                assert!(
+                    !message.contains(word),
+                    "the error quotes a token: {message}"
+                );
+            }
+        }
+    }
+}

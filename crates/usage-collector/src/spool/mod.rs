@@ -39,14 +39,11 @@
 //!
 //! **Recovery rules** (on open), which never need a person to delete anything:
 //! - segments wholly before the checkpoint are deleted (their rows are committed);
-//! - a damaged record whose end is known is corruption: either its length holds and a record
-//!   follows it (its contents were damaged), or only its length was damaged and its CRC proves
-//!   the true one (the next record found by its magic). Its bytes are copied to
-//!   `quarantine/<segment>.<offset>.<time>` (counted in
+//! - damaged bytes followed by a record that decodes (found by its magic) are corruption: they
+//!   are copied to `quarantine/<segment>.<offset>.<time>` (counted in
 //!   `usage_collector_spool_quarantined_segments_total` and logged) and overwritten in place by
-//!   a padding record of the same length, so positions do not move and every record after it
-//!   is replayed. Bytes that merely look like a record inside a damaged one are never taken
-//!   for one (a torn write's body is client text);
+//!   a padding record of the same length, so positions do not move and every record after them
+//!   is replayed;
 //! - damage with nothing valid after it, in the last segment, where the last record's write is
 //!   incomplete (its header or its claimed length runs past the end), is a torn tail from a
 //!   crash before `fsync`: it was never acknowledged, so the segment is cut there;

@@ -722,7 +722,7 @@ fn recover_segment(
             }
             Err(error) => error,
         };
-        match Payload::after_damage(&data[at..]).map(|len| at + len) {
+        match Payload::next_valid(&data, at + 1) {
             Some(next) if next - at >= MIN_RECORD => {
                 quarantine(dir, path, at, &data[at..next], &error, recovery)?;
                 let mut file = OpenOptions::new()
