@@ -761,3 +761,100 @@ where
     }
     out
 }
+
+/// True once the peer has closed the connection (a read gives 0 bytes or an error); what it
+/// sent before is returned too.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> (bool, String) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return (false, String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(0)) | Ok(Err(_)) => return (true, String::from_utf8_lossy(&seen).into_owned()),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A silent connection, a request whose headers never finish, a body that stops coming and an
+/// idle kept-alive connection are all closed within their timeouts.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_slow_and_idle_connections_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::mysql().await;
+    let mut config = settings(db.url());
+    config.connections.handshake_timeout = Duration::from_secs(1);
+    config.connections.http_request_timeout = Duration::from_secs(1);
+    let collector = TestCollector::start(config).await;
+    let http = collector.http_addr();
+    let limit = Duration::from_secs(5);
+
+    let mut silent = tokio::net::TcpStream::connect(http).await.unwrap();
+    assert!(
+        closed_within(&mut silent, limit).await.0,
+        "silent connection kept"
+    );
+
+    let mut slow_headers = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow_headers
+        .write_all(b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut slow_headers, limit).await.0,
+        "connection with unfinished headers kept"
+    );
+
+    let mut slow_body = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow_body
+        .write_all(
+            b"POST /v1/logs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 1000\r\n\r\n{\"resourceLogs\":",
+        )
+        .await
+        .unwrap();
+    let (closed, answer) = closed_within(&mut slow_body, limit).await;
+    assert!(closed, "connection with a stalled body kept");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 s"), "{answer}");
+
+    // A kept-alive connection that sends nothing more after its request.
+    let mut idle = tokio::net::TcpStream::connect(http).await.unwrap();
+    idle.write_all(b"POST /v1/metrics HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let (closed, answer) = closed_within(&mut idle, limit).await;
+    assert!(closed, "idle kept-alive connection kept");
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+    collector.stop().await;
+}
+
+/// A stopping collector answers 503 with `Retry-After` for a moment (clients retry elsewhere),
+/// then closes its connections.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_collector_answers_503_then_closes() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let http = collector.http_addr();
+    let stopping = tokio::spawn(collector.stop());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused = export_logs(
+        http,
+        &page_visits("web-ide", "/late", 0..1),
+        Encoding::Json,
+        false,
+    )
+    .await
+    .expect_err("refused while stopping");
+    assert_eq!((refused.status, refused.rpc.code), (503, 14), "{refused}");
+    assert_eq!(refused.retry_after.as_deref(), Some("2"));
+    assert!(refused.rpc.message.contains("shutting down"), "{refused}");
+    stopping.await.unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(http).await.is_err(),
+        "a stopped collector no longer accepts"
+    );
+    assert_eq!(db.count("page_visits").await, 0);
+}

@@ -447,7 +447,10 @@ impl Receiver {
                         request
                             .headers
                             .get(header::CONTENT_TYPE)
-                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .map(|v| String::from_utf8_lossy(v.as_bytes())
+                                .chars()
+                                .take(100)
+                                .collect::<String>())
                             .unwrap_or_default()
                     ),
                 ),
