@@ -346,8 +346,16 @@ impl Receiver {
         if let Some(body) = body {
             // Refused before its body was read: read it to the end (discarding it, up to a
             // bound) so the client, still sending, hears the answer instead of a broken pipe.
-            let drained =
-                tokio::time::timeout(self.request_timeout, discard(body, self.drain_limit())).await;
+            // A client that waits for `100 Continue` has sent nothing and is told no more.
+            let waits = parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let drained = if waits {
+                Ok(false)
+            } else {
+                tokio::time::timeout(self.request_timeout, discard(body, self.drain_limit())).await
+            };
             if !matches!(drained, Ok(true)) {
                 response
                     .headers_mut()
