@@ -1016,6 +1016,10 @@ mod tests {
             Some("from-the-file".to_owned())
         );
         assert_eq!(settings.database.tls, TlsMode::Preferred);
+        assert_eq!(
+            settings.http_listen,
+            Listen(Some("0.0.0.0:4318".parse().unwrap()))
+        );
         assert_eq!(settings.database.pool_size, 4);
         assert_eq!(
             settings.spool.dir,
