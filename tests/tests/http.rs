@@ -858,3 +858,81 @@ async fn a_stopping_collector_answers_503_then_closes() {
     );
     assert_eq!(db.count("page_visits").await, 0);
 }
+
+/// Bodies exactly as the OpenTelemetry JS exporters (`@opentelemetry/exporter-logs-otlp-http`
+/// and `exporter-trace-otlp-http` 0.208.0, JSON) sent them: 64-bit integers as numbers and
+/// strings, an empty body value, `doubleValue: null` for NaN, `flags`; sent, as those exporters
+/// do, with `Transfer-Encoding: chunked`.
+const JS_LOGS: &str = r#"{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"web-ide-js"}}],"droppedAttributesCount":0},"scopeLogs":[{"scope":{"name":"web-ide"},"logRecords":[{"timeUnixNano":"1772600768123000000","observedTimeUnixNano":"1796039258664000000","body":{},"eventName":"export_pdf","attributes":[{"key":"pages","value":{"intValue":3}},{"key":"big","value":{"intValue":9007199254740991}},{"key":"ratio","value":{"doubleValue":0.25}},{"key":"ok","value":{"boolValue":true}},{"key":"nan","value":{"doubleValue":null}}],"droppedAttributesCount":0}]}]}]}"#;
+const JS_TRACES: &str = r#"{"resourceSpans":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"web-ide-js"}}],"droppedAttributesCount":0},"scopeSpans":[{"scope":{"name":"web-ide"},"spans":[{"traceId":"c26b7f19967079d97b6d565e3e7d7fa6","spanId":"f674ac45b8cb08a2","name":"program_execution","kind":1,"startTimeUnixNano":"1772600769123000000","endTimeUnixNano":"1772600769373000000","attributes":[{"key":"session.id","value":{"stringValue":"s-js"}},{"key":"program.lines","value":{"intValue":5}}],"droppedAttributesCount":0,"events":[],"droppedEventsCount":0,"status":{"code":2,"message":"DIVISION BY ZERO"},"links":[],"droppedLinksCount":0,"flags":257}]}]}]}"#;
+
+/// A POST with a chunked body, written by hand; the whole answer.
+async fn post_chunked(addr: SocketAddr, path: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (first, second) = body.split_at(body.len() / 2);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        first.len(),
+        second.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_as_the_opentelemetry_js_exporters_send_it_becomes_rows() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let http = collector.http_addr();
+    for (path, body) in [("/v1/logs", JS_LOGS), ("/v1/traces", JS_TRACES)] {
+        let answer = post_chunked(http, path, body).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("{}"), "{answer}");
+    }
+    collector.wait_written(Duration::from_secs(10)).await;
+    let custom = db
+        .texts(
+            "SELECT event_name, service, CAST(`timestamp` AS CHAR), CAST(attributes AS CHAR) \
+             FROM usage_events",
+        )
+        .await;
+    assert_eq!(custom.len(), 1, "{custom:?}");
+    assert_eq!(
+        custom[0][..3],
+        [
+            s("export_pdf"),
+            s("web-ide-js"),
+            s("2026-03-04 05:06:08.123000")
+        ]
+    );
+    let attributes: serde_json::Value =
+        serde_json::from_str(custom[0][3].as_deref().unwrap()).unwrap();
+    assert_eq!(
+        attributes,
+        serde_json::json!({"pages": 3, "big": 9007199254740991i64, "ratio": 0.25, "ok": true,
+                           "nan": null})
+    );
+    assert_eq!(
+        db.texts(
+            "SELECT service, session_id, CAST(`timestamp` AS CHAR), CAST(program_lines AS CHAR), \
+             CAST(execution_time_ms AS CHAR), CAST(success AS CHAR), error_message \
+             FROM program_executions"
+        )
+        .await,
+        [vec![
+            s("web-ide-js"),
+            s("s-js"),
+            s("2026-03-04 05:06:09.123000"),
+            s("5"),
+            s("250"),
+            s("0"),
+            s("DIVISION BY ZERO"),
+        ]]
+    );
+    collector.stop().await;
+}
