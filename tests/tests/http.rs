@@ -603,6 +603,10 @@ async fn cors_answers_listed_origins_only() {
         assert!(allowed.contains(header), "{allowed}");
     }
     assert_eq!(listed.header("access-control-max-age"), Some("7200"));
+    assert_eq!(
+        listed.header("access-control-allow-credentials"),
+        Some("true")
+    );
 
     let other = preflight("https://evil.example.com").await;
     assert_eq!(other.status, 403, "{other:?}");

@@ -366,6 +366,13 @@ impl Receiver {
             let headers = response.headers_mut();
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+            // `navigator.sendBeacon` (what the OpenTelemetry JS exporters use when no headers
+            // are configured) sends with credentials; the collector reads no cookies, and the
+            // origin is one of the listed ones, never `*`.
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static("Retry-After"),
