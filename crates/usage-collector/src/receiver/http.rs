@@ -258,15 +258,41 @@ fn refuse(refusal: Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
     response
 }
 
-/// What a request body could not be turned into.
+/// Why a request body could not become an export request's protobuf bytes.
 #[derive(Debug, thiserror::Error)]
-enum Unpacked {
+pub enum Unpacked {
+    /// Inflated past the size limit (inflating stopped there).
     #[error("the request is larger than {limit} bytes once decompressed (max_request_bytes)")]
-    TooLarge { limit: usize },
+    TooLarge {
+        /// `max_request_bytes`.
+        limit: usize,
+    },
+    /// Not gzip.
     #[error("the body is not valid gzip: {0}")]
     Gzip(std::io::Error),
+    /// Not an OTLP/JSON export request.
     #[error("the body is not a valid OTLP/JSON export request: {0}")]
     Json(serde_json::Error),
+}
+
+/// A request body as the protobuf bytes of its export request: inflated when `gzip` (at most
+/// `limit` bytes), turned from OTLP/JSON into protobuf when `json`. What the decode threads run
+/// for a request (and the fuzz target `otlp_http` drives).
+pub fn unpack_body(
+    body: Bytes,
+    gzip: bool,
+    json: bool,
+    signal: Signal,
+    limit: usize,
+) -> Result<Bytes, Unpacked> {
+    let bytes = inflate(body, gzip, limit)?;
+    if !json {
+        return Ok(bytes);
+    }
+    match signal {
+        Signal::Log => transcode::<ExportLogsServiceRequest>(&bytes),
+        Signal::Span => transcode::<ExportTraceServiceRequest>(&bytes),
+    }
 }
 
 /// Inflates `body` when `gzip`, refusing more than `limit` bytes without inflating further.
@@ -670,10 +696,7 @@ impl Receiver {
                 status,
             })?;
         let transcoded = decoders
-            .run(move || match signal {
-                Signal::Log => transcode::<ExportLogsServiceRequest>(&bytes),
-                Signal::Span => transcode::<ExportTraceServiceRequest>(&bytes),
-            })
+            .run(move || unpack_body(bytes, false, true, signal, limit))
             .await
             .map_err(failed)?;
         transcoded.map_err(|e| self.unpacked(e))
