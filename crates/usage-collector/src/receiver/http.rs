@@ -26,6 +26,7 @@
 //! | 413 | over `max_request_bytes` (after decompression) or the record limit | `google.rpc.Status` |
 //! | 415 | another content type or content encoding | `google.rpc.Status` |
 //! | 429 / 503 | in-flight budget / spool full or shutting down; `Retry-After` | `google.rpc.Status` |
+//! | 500 | decoding failed unexpectedly (a panic on a decode thread, logged) | `google.rpc.Status` |
 //! | 501 | `/v1/metrics` (this collector takes usage events only) | `google.rpc.Status` |
 //!
 //! The server is generic over the connection's IO ([`serve_connection`]), so a TLS stream
