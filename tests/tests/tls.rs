@@ -69,7 +69,9 @@ impl Ca {
     fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Pair {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("params");
-        params.distinguished_name.push(DnType::CommonName, &names[0]);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, &names[0]);
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("key");
         let issuer = Issuer::from_params(&self.params, &self.key);
@@ -103,7 +105,8 @@ struct SecretDir {
 
 impl SecretDir {
     fn new(pair: &Pair) -> Self {
-        let root = std::env::temp_dir().join(format!("usage_test_tls_{}", uuid::Uuid::new_v4().simple()));
+        let root =
+            std::env::temp_dir().join(format!("usage_test_tls_{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&root).unwrap();
         let dir = Self {
             root,
@@ -255,7 +258,9 @@ async fn otlp_over_tls_writes_rows_and_plaintext_is_refused() {
     let collector = tls_collector(&db, &secret, false).await;
 
     // A client that sent one byte of a TLS record and stopped must not hold up the others.
-    let mut stalled = tokio::net::TcpStream::connect(collector.grpc).await.unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(collector.grpc)
+        .await
+        .unwrap();
     stalled.write_all(&[0x16]).await.unwrap();
 
     send(
@@ -267,7 +272,10 @@ async fn otlp_over_tls_writes_rows_and_plaintext_is_refused() {
     .await
     .expect("an export over TLS, trusting the test CA");
     let plaintext = send(&collector.endpoint(), None, None, "/plaintext").await;
-    assert!(plaintext.is_err(), "plaintext to the TLS port: {plaintext:?}");
+    assert!(
+        plaintext.is_err(),
+        "plaintext to the TLS port: {plaintext:?}"
+    );
     let untrusted = send(
         &collector.tls_endpoint(),
         Some(trusting(&Ca::new("another CA"), None)),
@@ -275,7 +283,10 @@ async fn otlp_over_tls_writes_rows_and_plaintext_is_refused() {
         "/untrusted",
     )
     .await;
-    assert!(untrusted.is_err(), "a client not trusting the certificate: {untrusted:?}");
+    assert!(
+        untrusted.is_err(),
+        "a client not trusting the certificate: {untrusted:?}"
+    );
 
     collector.wait_written(Duration::from_secs(10)).await;
     assert_eq!(paths(&db).await, ["/over-tls"], "only the TLS export wrote");
@@ -299,7 +310,13 @@ async fn a_client_ca_requires_client_certificates_signed_by_it() {
     let collector = tls_collector(&db, &secret, true).await;
     let endpoint = collector.tls_endpoint();
 
-    let anonymous = send(&endpoint, Some(trusting(&server_ca, None)), None, "/anonymous").await;
+    let anonymous = send(
+        &endpoint,
+        Some(trusting(&server_ca, None)),
+        None,
+        "/anonymous",
+    )
+    .await;
     assert!(anonymous.is_err(), "no client certificate: {anonymous:?}");
     let stranger = Ca::new("a stranger's CA").client("web-ide");
     let foreign = send(
@@ -363,17 +380,31 @@ async fn the_certificate_is_read_again_without_a_restart_and_a_broken_one_keeps_
         |n| *n >= 1.0,
     )
     .await;
-    send(&endpoint, Some(trusting(&new_ca, None)), None, "/3-still-new-ca")
-        .await
-        .expect("the pair before stays in force");
-    let third = send(&endpoint, Some(trusting(&third_ca, None)), None, "/x-broken").await;
+    send(
+        &endpoint,
+        Some(trusting(&new_ca, None)),
+        None,
+        "/3-still-new-ca",
+    )
+    .await
+    .expect("the pair before stays in force");
+    let third = send(
+        &endpoint,
+        Some(trusting(&third_ca, None)),
+        None,
+        "/x-broken",
+    )
+    .await;
     assert!(third.is_err(), "the broken pair is not used: {third:?}");
 
     collector.wait_written(Duration::from_secs(10)).await;
     let written = paths(&db).await;
     assert_eq!(written.first().map(String::as_str), Some("/1-old-ca"));
     assert!(written.contains(&"/2-new-ca".to_owned()), "{written:?}");
-    assert!(written.contains(&"/3-still-new-ca".to_owned()), "{written:?}");
+    assert!(
+        written.contains(&"/3-still-new-ca".to_owned()),
+        "{written:?}"
+    );
     assert!(!written.iter().any(|p| p.starts_with("/x-")), "{written:?}");
     collector.stop().await;
 }
@@ -398,7 +429,10 @@ async fn usage_tracker_sends_over_tls_with_a_token() {
     let endpoint = collector.tls_endpoint();
     let variables = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
-        ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.display().to_string()),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_file.display().to_string(),
+        ),
         (
             "OTEL_EXPORTER_OTLP_HEADERS",
             format!("authorization=Bearer%20{TOKEN}"),
@@ -441,8 +475,7 @@ async fn usage_tracker_sends_over_tls_with_a_token() {
         .endpoint(&endpoint)
         .tls_ca_file(&bad)
         .start()
-        .err()
-        .expect("a bad CA file is an error");
+        .expect_err("a bad CA file is an error");
     assert!(
         error.to_string().contains(&bad.display().to_string()),
         "{error}"
@@ -526,7 +559,9 @@ async fn the_admin_listener_serves_https_with_its_option() {
         "{metrics}"
     );
     // Plain HTTP to the HTTPS port gets no answer.
-    let mut plain = tokio::net::TcpStream::connect(collector.admin).await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(collector.admin)
+        .await
+        .unwrap();
     plain
         .write_all(b"GET /health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -580,7 +615,12 @@ async fn an_unusable_certificate_or_key_stops_the_start_naming_the_file() {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_usage-collector-e2e"));
     command
         .args(["serve", "--database-url", db.url()])
-        .args(["--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--spool-dir")
         .arg(secret.root.join("spool"))
         .arg("--tls-cert-file")
@@ -622,9 +662,14 @@ async fn the_command_serves_otlp_over_tls_from_its_flags() {
     ];
     let collector = process.start_ready().await;
     let endpoint = format!("https://{}", process.grpc);
-    send(&endpoint, Some(trusting(&ca, None)), None, "/from-the-command")
-        .await
-        .expect("an export over TLS");
+    send(
+        &endpoint,
+        Some(trusting(&ca, None)),
+        None,
+        "/from-the-command",
+    )
+    .await
+    .expect("an export over TLS");
     let plaintext = send(&process.endpoint(), None, None, "/plaintext").await;
     assert!(plaintext.is_err(), "{plaintext:?}");
     collector.wait_drained(Duration::from_secs(10)).await;

@@ -1025,6 +1025,37 @@ mod tests {
     }
 
     #[test]
+    fn tls_files_come_from_the_file_and_flags_and_half_a_pair_is_refused() {
+        let settings = with_file(
+            "[tls]\ncert_file = \"/etc/tls/tls.crt\"\nkey_file = \"/etc/tls/tls.key\"\n\
+             [admin_tls]\ncert_file = \"/etc/admin/tls.crt\"\n",
+            &["--tls-client-ca-file", "/etc/tls/ca.crt"],
+        )
+        .unwrap();
+        let otlp = settings
+            .tls
+            .otlp()
+            .unwrap()
+            .expect("TLS on the OTLP listener");
+        assert_eq!(otlp.cert, Path::new("/etc/tls/tls.crt"));
+        assert_eq!(otlp.key, Path::new("/etc/tls/tls.key"));
+        assert_eq!(
+            otlp.client_ca.as_deref(),
+            Some(Path::new("/etc/tls/ca.crt"))
+        );
+        let half = settings.tls.admin().unwrap_err().to_string();
+        assert!(
+            half.contains("--admin-tls-cert-file needs --admin-tls-key-file"),
+            "{half}"
+        );
+        let plain = Settings::defaults();
+        assert!(plain.tls.otlp().unwrap().is_none() && plain.tls.admin().unwrap().is_none());
+        let mut ca_only = Settings::defaults();
+        ca_only.tls.client_ca_file = Some(PathBuf::from("/etc/tls/ca.crt"));
+        assert!(ca_only.tls.otlp().is_err());
+    }
+
+    #[test]
     fn a_password_flag_beats_a_password_file_from_the_file() {
         let settings = with_file(
             "[database]\npassword_file = \"/nonexistent/password\"\n",

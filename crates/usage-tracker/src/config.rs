@@ -285,7 +285,10 @@ mod tests {
     fn certificate_variables_are_read_and_the_signal_one_wins() {
         let config = Config::from_lookup(env(&[
             ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
-            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/etc/traces-ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "/etc/traces-ca.pem",
+            ),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/client.pem"),
             ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", "/etc/logs-client.key"),
         ]))
@@ -306,7 +309,10 @@ mod tests {
                 client_key_file: None,
             }
         );
-        assert_eq!(Config::from_lookup(env(&[])).unwrap().logs_tls, TlsConfig::default());
+        assert_eq!(
+            Config::from_lookup(env(&[])).unwrap().logs_tls,
+            TlsConfig::default()
+        );
     }
 
     #[test]

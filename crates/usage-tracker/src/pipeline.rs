@@ -492,8 +492,7 @@ fn client_tls(
                     "client key"
                 },
                 file: file.clone(),
-                problem: "a client certificate needs its key, and a key its certificate"
-                    .to_owned(),
+                problem: "a client certificate needs its key, and a key its certificate".to_owned(),
             });
         }
     }
@@ -515,10 +514,7 @@ async fn verify(
         if let Some(tls) = tls {
             channel = channel.tls_config(tls).map_err(VerifyError::Connect)?;
         }
-        let channel = channel
-            .connect()
-            .await
-            .map_err(VerifyError::Connect)?;
+        let channel = channel.connect().await.map_err(VerifyError::Connect)?;
         let mut request = tonic::Request::new(ExportLogsServiceRequest::default());
         *request.metadata_mut() = metadata;
         LogsServiceClient::new(channel)

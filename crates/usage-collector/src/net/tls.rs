@@ -169,7 +169,9 @@ impl Tls {
         metrics
             .tls_reload_failures
             .get_or_create(&ListenerLabels { listener });
-        metrics.tls_reloads.get_or_create(&ListenerLabels { listener });
+        metrics
+            .tls_reloads
+            .get_or_create(&ListenerLabels { listener });
         for reason in HANDSHAKE_REASONS {
             metrics
                 .tls_handshake_failures
@@ -248,7 +250,10 @@ impl Tls {
                     );
                 }
                 Some(Err(error)) => {
-                    self.metrics.tls_reload_failures.get_or_create(&labels).inc();
+                    self.metrics
+                        .tls_reload_failures
+                        .get_or_create(&labels)
+                        .inc();
                     tracing::error!(
                         listener = self.listener,
                         error = %error,
@@ -348,9 +353,9 @@ fn build(
             let what = "client CA";
             let mut roots = RootCertStore::empty();
             for cert in certificates(bytes(2, what, path)?).map_err(|p| invalid(what, path, p))? {
-                roots
-                    .add(cert)
-                    .map_err(|e| invalid(what, path, format!("not a usable CA certificate: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    invalid(what, path, format!("not a usable CA certificate: {e}"))
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
