@@ -301,6 +301,35 @@ async fn otlp_over_tls_writes_rows_and_plaintext_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_handshake_that_does_not_finish_is_closed_at_the_handshake_timeout() {
+    let db = TestDb::mysql().await;
+    let ca = Ca::new("usage test CA");
+    let secret = SecretDir::new(&ca.server());
+    let mut config = settings(db.url());
+    config.tls.cert_file = Some(secret.cert());
+    config.tls.key_file = Some(secret.key());
+    config.connections.handshake_timeout = Duration::from_secs(1);
+    let collector = TestCollector::start(config).await;
+    // The first byte of a TLS record, then nothing: past the first-byte guard, so only the
+    // handshake's own deadline can close it.
+    let mut stalled = tokio::net::TcpStream::connect(collector.grpc)
+        .await
+        .unwrap();
+    stalled.write_all(&[0x16]).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the stalled handshake is closed");
+    assert!(rest.is_empty(), "{rest:?}");
+    let timeouts = metric(
+        &collector,
+        "usage_collector_tls_handshake_failures_total{listener=\"otlp\",reason=\"timeout\"}",
+    )
+    .await;
+    assert_eq!(timeouts, 1.0);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_client_ca_requires_client_certificates_signed_by_it() {
     let db = TestDb::mysql().await;
     let server_ca = Ca::new("usage test server CA");
