@@ -134,7 +134,8 @@ impl Application {
                 Tls::load(files, listener, alpn, handshake, metrics.clone()).map(Security::Tls)
             })
         };
-        // h2 for gRPC; http/1.1 too, for OTLP/HTTP clients on a listener that serves both.
+        // h2 for gRPC, preferred; http/1.1 offered too, as on the OTLP/HTTP listener (a client
+        // that picks it here gets no gRPC: the server speaks HTTP/2 only).
         let otlp_security = security(settings.tls.otlp()?, "otlp", &[ALPN_H2, ALPN_HTTP1])?;
         // The admin server speaks HTTP/1.1 only.
         let admin_security = security(settings.tls.admin()?, "admin", &[ALPN_HTTP1])?;
