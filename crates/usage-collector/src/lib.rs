@@ -23,7 +23,8 @@
 //!   passed and then every interval.
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
 //! - [`telemetry`]: the collector's own spans and metrics over OTLP.
-//! - [`net`]: accepting connections so that a silent one is closed.
+//! - [`net`]: accepting connections so that a silent one is closed; [`net::tls`]: TLS on any
+//!   listener, from PEM files read again when they change, handshakes off the accept loop.
 //! - [`backoff`]: the one backoff schedule every retry loop uses.
 //! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.
