@@ -122,6 +122,12 @@ impl TestCollector {
         format!("http://{}", self.http_addr())
     }
 
+    /// The gRPC endpoint as an `https://` URL, for a collector with TLS settings
+    /// (`settings.tls`); its certificate must name `127.0.0.1`.
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://{}", self.grpc)
+    }
+
     /// GET on the admin port: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         crate::fixtures::http_get(self.admin, path).await

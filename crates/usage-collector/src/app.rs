@@ -22,6 +22,7 @@ use crate::config::{ConnectionSettings, LimitSettings, Settings};
 use crate::health::metrics::KnownLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::net::Incoming;
+use crate::net::tls::{ALPN_H2, ALPN_HTTP1, Security, Tls, TlsFiles};
 use crate::receiver::admission::Admission;
 use crate::receiver::shape::{Limits, Shape};
 use crate::receiver::{self, Ingest};
@@ -74,6 +75,9 @@ pub enum AppError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// A listener's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
 }
 
 /// A built collector, listening but not yet serving.
@@ -95,6 +99,11 @@ pub struct Application {
     connections: ConnectionSettings,
     tokens: Option<Arc<crate::receiver::auth::Tokens>>,
     token_watch: Option<tokio::task::JoinHandle<()>>,
+    /// TLS (or plain TCP) on the OTLP and admin listeners.
+    otlp_security: Security,
+    admin_security: Security,
+    /// The tasks that read the TLS files again when they change.
+    tls_watch: Vec<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -126,6 +135,17 @@ impl Application {
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
         start_metrics_at_zero(&metrics, &catalog);
+        let handshake = settings.connections.handshake_timeout;
+        let security = |files: Option<TlsFiles>, listener, alpn: &[&[u8]]| {
+            files.map_or(Ok(Security::Plain), |files| {
+                Tls::load(files, listener, alpn, handshake, metrics.clone()).map(Security::Tls)
+            })
+        };
+        // h2 for gRPC, preferred; http/1.1 offered too, as on the OTLP/HTTP listener (a client
+        // that picks it here gets no gRPC: the server speaks HTTP/2 only).
+        let otlp_security = security(settings.tls.otlp()?, "otlp", &[ALPN_H2, ALPN_HTTP1])?;
+        // The admin server speaks HTTP/1.1 only.
+        let admin_security = security(settings.tls.admin()?, "admin", &[ALPN_HTTP1])?;
         let health = Health::new();
         let dir = settings.spool.dir.clone();
         let max_bytes = settings.spool.max_bytes;
@@ -262,6 +282,12 @@ impl Application {
             connections: settings.connections.clone(),
             token_watch: tokens.clone().map(|t| tokio::spawn(t.watch())),
             tokens,
+            tls_watch: [&otlp_security, &admin_security]
+                .into_iter()
+                .filter_map(|s| s.tls().map(|tls| tokio::spawn(tls.clone().watch())))
+                .collect(),
+            otlp_security,
+            admin_security,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -312,11 +338,20 @@ impl Application {
         let http_addr = self
             .http_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string());
-        tracing::info!(grpc = %self.grpc_addr(), http = %http_addr, admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
+        tracing::info!(
+            grpc = %self.grpc_addr(),
+            grpc_tls = self.otlp_security.tls().is_some(),
+            http = %http_addr,
+            admin = %self.admin_addr(),
+            admin_tls = self.admin_security.tls().is_some(),
+            database = %self.sink.target(),
+            "usage collector listening"
+        );
         let health = self.ingest.health.clone();
         let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
         let admin = tokio::spawn(crate::health::http::serve(
             Incoming::new(self.admin, self.connections.handshake_timeout),
+            self.admin_security.clone(),
             admin_router,
             self.connections.admin_timeout,
             wait(stopped.clone()),
@@ -335,7 +370,10 @@ impl Application {
             ))
         });
         let grpc = tokio::spawn(receiver::serve(
-            Incoming::new(self.grpc, self.connections.handshake_timeout),
+            crate::net::tls::Connections::new(
+                Incoming::new(self.grpc, self.connections.handshake_timeout),
+                self.otlp_security.clone(),
+            ),
             self.ingest,
             receiver::grpc::Serving {
                 max_request_bytes: self.max_request_bytes,
@@ -382,6 +420,9 @@ impl Application {
         self.verification.abort();
         self.heartbeat.abort();
         if let Some(watch) = &self.token_watch {
+            watch.abort();
+        }
+        for watch in &self.tls_watch {
             watch.abort();
         }
         if let Some(retention) = self.retention {

@@ -112,6 +112,88 @@ pub struct Settings {
     /// Who may send events.
     #[command(flatten)]
     pub auth: AuthSettings,
+    /// TLS on the listeners.
+    #[command(flatten)]
+    pub tls: TlsSettings,
+}
+
+/// TLS on the listeners: the OTLP listener, and (separately) the admin listener. Each is plain
+/// TCP unless its certificate and key are set; the files are read again when they change.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM) of the OTLP listener; with the key, the listener takes TLS only
+    /// [default: none: plain TCP]
+    #[arg(
+        id = "tls.cert_file",
+        long = "tls-cert-file",
+        env = "USAGE_TLS_CERT_FILE",
+        global = true
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the OTLP listener's certificate
+    #[arg(
+        id = "tls.key_file",
+        long = "tls-key-file",
+        env = "USAGE_TLS_KEY_FILE",
+        global = true
+    )]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM): OTLP clients must present a certificate signed by one of them
+    /// [default: none: no client certificate asked for]
+    #[arg(
+        id = "tls.client_ca_file",
+        long = "tls-client-ca-file",
+        env = "USAGE_TLS_CLIENT_CA_FILE",
+        global = true
+    )]
+    pub client_ca_file: Option<PathBuf>,
+    /// Certificate chain (PEM) of the admin listener [default: none: plain HTTP]
+    #[arg(
+        id = "admin_tls.cert_file",
+        long = "admin-tls-cert-file",
+        env = "USAGE_ADMIN_TLS_CERT_FILE",
+        global = true
+    )]
+    pub admin_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the admin listener's certificate
+    #[arg(
+        id = "admin_tls.key_file",
+        long = "admin-tls-key-file",
+        env = "USAGE_ADMIN_TLS_KEY_FILE",
+        global = true
+    )]
+    pub admin_key_file: Option<PathBuf>,
+    /// CA certificates (PEM): admin clients (scrapers, probes) must present a certificate
+    /// signed by one of them
+    #[arg(
+        id = "admin_tls.client_ca_file",
+        long = "admin-tls-client-ca-file",
+        env = "USAGE_ADMIN_TLS_CLIENT_CA_FILE",
+        global = true
+    )]
+    pub admin_client_ca_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The OTLP listener's TLS files, if it takes TLS.
+    pub fn otlp(&self) -> Result<Option<crate::net::tls::TlsFiles>, crate::net::tls::TlsError> {
+        crate::net::tls::TlsFiles::from_settings(
+            "tls",
+            self.cert_file.as_deref(),
+            self.key_file.as_deref(),
+            self.client_ca_file.as_deref(),
+        )
+    }
+
+    /// The admin listener's TLS files, if it takes TLS.
+    pub fn admin(&self) -> Result<Option<crate::net::tls::TlsFiles>, crate::net::tls::TlsError> {
+        crate::net::tls::TlsFiles::from_settings(
+            "admin-tls",
+            self.admin_cert_file.as_deref(),
+            self.admin_key_file.as_deref(),
+            self.admin_client_ca_file.as_deref(),
+        )
+    }
 }
 
 /// A listener's address, or none: the listener is switched off (`off`).
@@ -1029,6 +1111,37 @@ mod tests {
         assert_eq!(settings.log.format, LogFormat::Text);
         assert_eq!(settings.log.filter.as_deref(), Some("info"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tls_files_come_from_the_file_and_flags_and_half_a_pair_is_refused() {
+        let settings = with_file(
+            "[tls]\ncert_file = \"/etc/tls/tls.crt\"\nkey_file = \"/etc/tls/tls.key\"\n\
+             [admin_tls]\ncert_file = \"/etc/admin/tls.crt\"\n",
+            &["--tls-client-ca-file", "/etc/tls/ca.crt"],
+        )
+        .unwrap();
+        let otlp = settings
+            .tls
+            .otlp()
+            .unwrap()
+            .expect("TLS on the OTLP listener");
+        assert_eq!(otlp.cert, Path::new("/etc/tls/tls.crt"));
+        assert_eq!(otlp.key, Path::new("/etc/tls/tls.key"));
+        assert_eq!(
+            otlp.client_ca.as_deref(),
+            Some(Path::new("/etc/tls/ca.crt"))
+        );
+        let half = settings.tls.admin().unwrap_err().to_string();
+        assert!(
+            half.contains("--admin-tls-cert-file needs --admin-tls-key-file"),
+            "{half}"
+        );
+        let plain = Settings::defaults();
+        assert!(plain.tls.otlp().unwrap().is_none() && plain.tls.admin().unwrap().is_none());
+        let mut ca_only = Settings::defaults();
+        ca_only.tls.client_ca_file = Some(PathBuf::from("/etc/tls/ca.crt"));
+        assert!(ca_only.tls.otlp().is_err());
     }
 
     #[test]

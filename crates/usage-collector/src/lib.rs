@@ -25,7 +25,8 @@
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
 //! - [`telemetry`]: the collector's own spans and metrics over OTLP.
 //! - [`net`]: accepting connections (OTLP/gRPC, OTLP/HTTP, admin) so that a silent one is
-//!   closed.
+//!   closed; [`net::tls`]: TLS on any listener, from PEM files read again when they change,
+//!   handshakes off the accept loop.
 //! - [`backoff`]: the one backoff schedule every retry loop uses.
 //! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.

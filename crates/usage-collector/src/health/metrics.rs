@@ -68,6 +68,18 @@ label_sets! {
         /// The HTTP status code, such as `200` or `429`.
         code: &'static str,
     }
+    /// Labels: listener.
+    ListenerLabels {
+        /// `otlp` or `admin`.
+        listener: &'static str,
+    }
+    /// Labels: listener and reason.
+    ListenerReasonLabels {
+        /// `otlp` or `admin`.
+        listener: &'static str,
+        /// Why, as a short fixed word.
+        reason: &'static str,
+    }
     /// Labels: version.
     BuildLabels {
         /// The collector's version.
@@ -204,6 +216,13 @@ metrics! {
     heartbeat_last_written_timestamp_seconds: FloatGauge = FloatGauge::default();
     /// Seconds since the last heartbeat reached the database (since start, before the first).
     heartbeat_age_seconds: FloatGauge = FloatGauge::default();
+    /// TLS certificate and key files read again after a change and now in force, by listener.
+    tls_reloads: Family<ListenerLabels, Counter> = Family::default();
+    /// TLS files that changed but cannot be used (the certificate before stays in force).
+    tls_reload_failures: Family<ListenerLabels, Counter> = Family::default();
+    /// TLS handshakes that failed or timed out (plaintext to a TLS port, an untrusted client
+    /// certificate), by listener and reason; the connection is closed.
+    tls_handshake_failures: Family<ListenerReasonLabels, Counter> = Family::default();
     /// Always 1; the version is a label.
     build_info: Family<BuildLabels, Gauge> = Family::default();
     /// CPU time the collector has used, in seconds.

@@ -49,7 +49,7 @@ use crate::catalog::convert;
 use crate::config::ConnectionSettings;
 use crate::event::Signal;
 use crate::health::metrics::ReasonLabels;
-use crate::net::Incoming;
+use crate::net::tls::Connections;
 
 /// gRPC status codes as they appear in the `grpc-status` header.
 const OUT_OF_RANGE: &str = "11";
@@ -350,9 +350,9 @@ pub struct Serving {
     pub tokens: Option<Arc<Tokens>>,
 }
 
-/// Serves OTLP/gRPC on `incoming` until `shutdown` completes.
+/// Serves OTLP/gRPC on `incoming` (plain or TLS connections) until `shutdown` completes.
 pub async fn serve(
-    incoming: Incoming,
+    incoming: Connections,
     ingest: Ingest,
     serving: Serving,
     shutdown: impl Future<Output = ()> + Send,
