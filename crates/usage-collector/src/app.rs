@@ -101,6 +101,8 @@ pub struct Application {
     token_watch: Option<tokio::task::JoinHandle<()>>,
     /// TLS (or plain TCP) on the OTLP and admin listeners.
     otlp_security: Security,
+    /// The OTLP listener's TLS, for OTLP/HTTP (HTTP/1.1 only in ALPN).
+    http_security: Security,
     admin_security: Security,
     /// The tasks that read the TLS files again when they change.
     tls_watch: Vec<tokio::task::JoinHandle<()>>,
@@ -144,6 +146,13 @@ impl Application {
         // h2 for gRPC, preferred; http/1.1 offered too, as on the OTLP/HTTP listener (a client
         // that picks it here gets no gRPC: the server speaks HTTP/2 only).
         let otlp_security = security(settings.tls.otlp()?, "otlp", &[ALPN_H2, ALPN_HTTP1])?;
+        // OTLP/HTTP: the OTLP listener's certificate; HTTP/1.1 only (a client offered h2 would
+        // pick it and find no HTTP/2 server).
+        let http_security = if settings.http_listen.0.is_some() {
+            security(settings.tls.otlp()?, "otlp_http", &[ALPN_HTTP1])?
+        } else {
+            Security::Plain
+        };
         // The admin server speaks HTTP/1.1 only.
         let admin_security = security(settings.tls.admin()?, "admin", &[ALPN_HTTP1])?;
         let health = Health::new();
@@ -282,11 +291,12 @@ impl Application {
             connections: settings.connections.clone(),
             token_watch: tokens.clone().map(|t| tokio::spawn(t.watch())),
             tokens,
-            tls_watch: [&otlp_security, &admin_security]
+            tls_watch: [&otlp_security, &http_security, &admin_security]
                 .into_iter()
                 .filter_map(|s| s.tls().map(|tls| tokio::spawn(tls.clone().watch())))
                 .collect(),
             otlp_security,
+            http_security,
             admin_security,
             shutdown_timeout: settings.shutdown_timeout,
         })
@@ -342,6 +352,7 @@ impl Application {
             grpc = %self.grpc_addr(),
             grpc_tls = self.otlp_security.tls().is_some(),
             http = %http_addr,
+            http_tls = self.http_security.tls().is_some(),
             admin = %self.admin_addr(),
             admin_tls = self.admin_security.tls().is_some(),
             database = %self.sink.target(),
@@ -359,6 +370,7 @@ impl Application {
         let http = self.http.map(|listener| {
             tokio::spawn(receiver::http::serve(
                 Incoming::new(listener, self.connections.handshake_timeout),
+                self.http_security.clone(),
                 self.ingest.clone(),
                 receiver::http::Serving {
                     max_request_bytes: self.max_request_bytes,

@@ -117,12 +117,13 @@ pub struct Settings {
     pub tls: TlsSettings,
 }
 
-/// TLS on the listeners: the OTLP listener, and (separately) the admin listener. Each is plain
+/// TLS on the listeners: the OTLP listeners (gRPC and HTTP, one certificate), and (separately)
+/// the admin listener. Each is plain
 /// TCP unless its certificate and key are set; the files are read again when they change.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsSettings {
-    /// Certificate chain (PEM) of the OTLP listener; with the key, the listener takes TLS only
-    /// [default: none: plain TCP]
+    /// Certificate chain (PEM) of the OTLP listeners (gRPC and HTTP); with the key, they take TLS
+    /// only [default: none: plain TCP]
     #[arg(
         id = "tls.cert_file",
         long = "tls-cert-file",
@@ -130,7 +131,7 @@ pub struct TlsSettings {
         global = true
     )]
     pub cert_file: Option<PathBuf>,
-    /// Private key (PEM) of the OTLP listener's certificate
+    /// Private key (PEM) of the OTLP listeners' certificate
     #[arg(
         id = "tls.key_file",
         long = "tls-key-file",

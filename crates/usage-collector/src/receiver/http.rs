@@ -29,8 +29,9 @@
 //! | 500 | decoding failed unexpectedly (a panic on a decode thread, logged) | `google.rpc.Status` |
 //! | 501 | `/v1/metrics` (this collector takes usage events only) | `google.rpc.Status` |
 //!
-//! The server is generic over the connection's IO ([`serve_connection`]), so a TLS stream
-//! serves as well as a TCP one.
+//! With the OTLP listener's TLS settings, this listener takes TLS too (its own handshakes, in
+//! each connection's task, offering only `http/1.1` in ALPN, since it speaks HTTP/1.1); the
+//! connection server is generic over the connection's IO ([`serve_connection`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -57,6 +58,7 @@ use crate::config::{ConnectionSettings, CorsOrigins};
 use crate::event::Signal;
 use crate::health::metrics::{HttpLabels, ReasonLabels};
 use crate::net::Incoming;
+use crate::net::tls::Security;
 
 /// The media type of OTLP/HTTP protobuf.
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -855,10 +857,12 @@ async fn serve_connection<IO>(
     }
 }
 
-/// Serves OTLP/HTTP on `incoming` until `shutdown` completes; then stops accepting, lets each
-/// connection finish its request, and returns once all have closed.
+/// Serves OTLP/HTTP on `incoming`, secured as `security` says (plain HTTP or HTTPS), until
+/// `shutdown` completes; then stops accepting, lets each connection finish its request, and
+/// returns once all have closed.
 pub async fn serve(
     incoming: Incoming,
+    security: Security,
     ingest: Ingest,
     serving: Serving,
     shutdown: impl Future<Output = ()> + Send,
@@ -887,12 +891,15 @@ pub async fn serve(
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
             accepted = incoming.accept() => match accepted {
                 Ok(stream) => {
-                    tasks.spawn(serve_connection(
-                        stream,
-                        receiver.clone(),
-                        connections.clone(),
-                        stopped.clone(),
-                    ));
+                    let (security, receiver) = (security.clone(), receiver.clone());
+                    let (connections, stopped) = (connections.clone(), stopped.clone());
+                    tasks.spawn(async move {
+                        // A failed TLS handshake is counted and logged by the handshake.
+                        let Ok(stream) = security.secure(stream).await else {
+                            return;
+                        };
+                        serve_connection(stream, receiver, connections, stopped).await;
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors, for example: wait rather than spin.
