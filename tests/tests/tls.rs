@@ -709,3 +709,91 @@ async fn the_command_serves_otlp_over_tls_from_its_flags() {
         eprintln!("could not remove {}: {e}", dir.display());
     }
 }
+
+/// One raw HTTP/1.1 request over TLS, trusting `ca` and offering `h2` and `http/1.1` as a
+/// browser does: (the protocol the server chose, the whole answer).
+async fn https_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+    ca: &Ca,
+) -> Result<(Option<Vec<u8>>, String), String> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
+    roots.add(der).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    // A server may close without close_notify; what was read is the answer.
+    if let Err(e) = stream.read_to_string(&mut response).await
+        && response.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    Ok((alpn, response))
+}
+
+/// OTLP/HTTP takes the OTLP listener's certificate: HTTPS (HTTP/1.1 in ALPN, whatever the
+/// client offers) writes rows, plaintext to it is refused and counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn otlp_http_takes_the_otlp_listeners_tls() {
+    let db = TestDb::mysql().await;
+    let ca = Ca::new("usage test CA");
+    let secret = SecretDir::new(&ca.server());
+    let collector = tls_collector(&db, &secret, false).await;
+    let http = collector.http_addr();
+    let post = |path: &str| {
+        let body = format!(
+            r#"{{"resourceLogs":[{{"resource":{{"attributes":[{{"key":"service.name","value":{{"stringValue":"web-ide"}}}}]}},"scopeLogs":[{{"logRecords":[{{"timeUnixNano":"1772600767123456000","eventName":"page_visit","attributes":[{{"key":"url.path","value":{{"stringValue":"{path}"}}}}]}}]}}]}}]}}"#
+        );
+        format!(
+            "POST /v1/logs HTTP/1.1\r\nHost: {http}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let (alpn, answer) = https_exchange(http, post("/https").as_bytes(), &ca)
+        .await
+        .expect("OTLP/HTTP over TLS");
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let mut plaintext = tokio::net::TcpStream::connect(http).await.unwrap();
+    plaintext
+        .write_all(post("/plaintext").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The handshake fails: an alert or a reset, never an HTTP answer.
+    let _closed = plaintext.read_to_end(&mut answer).await;
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("HTTP/1.1"),
+        "plaintext answered: {answer:?}"
+    );
+
+    collector.wait_written(Duration::from_secs(10)).await;
+    assert_eq!(paths(&db).await, ["/https"]);
+    let failed = metric(
+        &collector,
+        "usage_collector_tls_handshake_failures_total{listener=\"otlp_http\",reason=\"failed\"}",
+    )
+    .await;
+    assert!(failed >= 1.0, "the plaintext handshake counted: {failed}");
+    collector.stop().await;
+}
