@@ -9,6 +9,8 @@
 //! - [`clients`]: real OpenTelemetry clients (Python, Node.js, a browser page in headless
 //!   Chromium) run as child processes, and a static page server giving the page its origin.
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
+//! - [`otlp_http`]: an OTLP/HTTP client (protobuf or JSON, gzip), and [`otlp_http::Transport`]
+//!   to send the same request over gRPC or HTTP.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
@@ -28,6 +30,7 @@ pub mod fixtures;
 pub mod load;
 pub mod loadgen;
 pub mod measure;
+pub mod otlp_http;
 pub mod poll;
 pub mod process;
 pub mod proxy;

@@ -28,6 +28,8 @@ pub struct ProcessConfig {
     pub database_url: String,
     /// OTLP/gRPC address (fixed, so clients reconnect after a restart).
     pub grpc: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
     /// Spool folder (kept across restarts).
@@ -50,6 +52,7 @@ impl ProcessConfig {
             binary: PathBuf::from(binary),
             database_url: database_url.to_owned(),
             grpc: free_addr(),
+            http: free_addr(),
             admin: free_addr(),
             spool_dir: dir.join("spool"),
             spool_max_bytes: 1 << 30,
@@ -83,6 +86,7 @@ impl ProcessConfig {
             .args(["serve", "--migrate"])
             .args(["--database-url", &self.database_url])
             .args(["--grpc-listen", &self.grpc.to_string()])
+            .args(["--http-listen", &self.http.to_string()])
             .args(["--admin-listen", &self.admin.to_string()])
             .arg("--spool-dir")
             .arg(&self.spool_dir)

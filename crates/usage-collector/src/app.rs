@@ -1,6 +1,6 @@
 //! Wiring: build every stage from the settings, run them, stop them in order.
 //!
-//! [`Application::build`] binds both listeners first (so tests can ask for port 0 and read the
+//! [`Application::build`] binds the listeners first (so tests can ask for port 0 and read the
 //! port back), opens (and recovers) the spool, then starts the writer and the startup
 //! verification, which keeps retrying with backoff until the database is usable. Requests are
 //! accepted into the spool from the start; the writer begins once verification passes.
@@ -79,6 +79,9 @@ pub enum AppError {
 /// A built collector, listening but not yet serving.
 pub struct Application {
     grpc: TcpListener,
+    /// OTLP/HTTP, unless switched off.
+    http: Option<TcpListener>,
+    cors: crate::config::CorsOrigins,
     admin: TcpListener,
     ingest: Ingest,
     writer: Writer,
@@ -107,6 +110,10 @@ impl Application {
                 .map_err(|source| AppError::Bind { addr, source })
         };
         let grpc = bind(settings.grpc_listen).await?;
+        let http = match settings.http_listen.0 {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let admin = bind(settings.admin_listen).await?;
         let catalog = Arc::new(
             Catalog::built_in()
@@ -232,6 +239,8 @@ impl Application {
         );
         Ok(Self {
             grpc,
+            http,
+            cors: settings.http_cors_origins.clone(),
             admin,
             ingest: Ingest {
                 catalog,
@@ -264,6 +273,13 @@ impl Application {
             .expect("a bound listener has an address")
     }
 
+    /// The OTLP/HTTP address actually bound, unless OTLP/HTTP is switched off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     /// The admin HTTP address actually bound.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
@@ -293,7 +309,10 @@ impl Application {
             // An error means the sender is gone, which is also a reason to stop.
             let _stopping = rx.wait_for(|stop| *stop).await;
         };
-        tracing::info!(grpc = %self.grpc_addr(), admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
+        let http_addr = self
+            .http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(grpc = %self.grpc_addr(), http = %http_addr, admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
         let health = self.ingest.health.clone();
         let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
         let admin = tokio::spawn(crate::health::http::serve(
@@ -302,6 +321,19 @@ impl Application {
             self.connections.admin_timeout,
             wait(stopped.clone()),
         ));
+        let http = self.http.map(|listener| {
+            tokio::spawn(receiver::http::serve(
+                Incoming::new(listener, self.connections.handshake_timeout),
+                self.ingest.clone(),
+                receiver::http::Serving {
+                    max_request_bytes: self.max_request_bytes,
+                    connections: self.connections.clone(),
+                    tokens: self.tokens.clone(),
+                    cors: self.cors,
+                },
+                wait(stopped.clone()),
+            ))
+        });
         let grpc = tokio::spawn(receiver::serve(
             Incoming::new(self.grpc, self.connections.handshake_timeout),
             self.ingest,
@@ -337,6 +369,15 @@ impl Application {
                 Ok(Ok(()))
             }
         };
+        if let Some(http) = http {
+            match tokio::time::timeout_at(deadline, http).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "OTLP/HTTP server task ended abnormally"),
+                Err(_) => tracing::warn!(
+                    "OTLP/HTTP requests still in flight at the shutdown timeout; not waiting for them"
+                ),
+            }
+        }
         let admin_result = admin.await;
         self.verification.abort();
         self.heartbeat.abort();

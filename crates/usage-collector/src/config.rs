@@ -37,6 +37,27 @@ pub struct Settings {
         global = true
     )]
     pub grpc_listen: SocketAddr,
+    /// OTLP/HTTP listen address (`POST /v1/logs`, `/v1/traces`); `off` switches it off
+    #[arg(
+        id = "http_listen",
+        long = "http-listen",
+        env = "USAGE_HTTP_LISTEN",
+        default_value = "0.0.0.0:4318",
+        value_parser = listen_or_off,
+        global = true
+    )]
+    pub http_listen: Listen,
+    /// Browser origins allowed to send OTLP/HTTP (CORS), comma-separated, such as
+    /// `https://ide.example.org`; empty: no CORS headers at all
+    #[arg(
+        id = "http_cors_origins",
+        long = "http-cors-origins",
+        env = "USAGE_HTTP_CORS_ORIGINS",
+        default_value = "",
+        value_parser = cors_origins,
+        global = true
+    )]
+    pub http_cors_origins: CorsOrigins,
     /// Admin HTTP listen address (/metrics, /health/live, /health/ready)
     #[arg(
         id = "admin_listen",
@@ -91,6 +112,66 @@ pub struct Settings {
     /// Who may send events.
     #[command(flatten)]
     pub auth: AuthSettings,
+}
+
+/// A listener's address, or none: the listener is switched off (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl Listen {
+    /// The word that switches a listener off.
+    pub const OFF: &'static str = "off";
+}
+
+/// `host:port`, or `off`.
+fn listen_or_off(value: &str) -> Result<Listen, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case(Listen::OFF) {
+        return Ok(Listen(None));
+    }
+    value
+        .parse::<SocketAddr>()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("`{value}` is neither an address (`0.0.0.0:4318`) nor `off`: {e}"))
+}
+
+/// The browser origins allowed to send events (CORS), each exactly as a browser sends it in
+/// its `Origin` header: `scheme://host[:port]`, no path, no trailing slash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsOrigins(pub Vec<String>);
+
+impl CorsOrigins {
+    /// True when `origin` is one of the allowed origins (compared as browsers send them:
+    /// exactly, except that the scheme and host are case-insensitive).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.0.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// `https://ide.example.org,http://localhost:8080` (empty: none).
+fn cors_origins(value: &str) -> Result<CorsOrigins, String> {
+    let mut out = Vec::new();
+    for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        if origin == "*" {
+            return Err("`*` is not allowed: list each origin (`https://ide.example.org`)".into());
+        }
+        let url =
+            url::Url::parse(origin).map_err(|e| format!("`{origin}` is not an origin: {e}"))?;
+        let serialized = url.origin().ascii_serialization();
+        if !matches!(url.scheme(), "http" | "https") || serialized != origin.to_ascii_lowercase() {
+            return Err(format!(
+                "`{origin}` is not an origin as a browser sends it (`scheme://host[:port]`, \
+                 no path or trailing slash{})",
+                if serialized == "null" {
+                    String::new()
+                } else {
+                    format!("; did you mean `{serialized}`?")
+                }
+            ));
+        }
+        out.push(origin.to_owned());
+    }
+    Ok(CorsOrigins(out))
 }
 
 /// Who may send events.
@@ -263,6 +344,10 @@ pub struct ConnectionSettings {
     /// connection stays open
     #[arg(id = "connections.admin_timeout_secs", long = "admin-timeout-secs", env = "USAGE_ADMIN_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds, global = true)]
     pub admin_timeout: Duration,
+    /// Seconds an OTLP/HTTP request may take to arrive, headers and body (a client sending
+    /// slowly is cut off)
+    #[arg(id = "connections.http_request_timeout_secs", long = "http-request-timeout-secs", env = "USAGE_HTTP_REQUEST_TIMEOUT_SECS", default_value = "30", value_parser = positive_seconds, global = true)]
+    pub http_request_timeout: Duration,
 }
 
 /// How rows are grouped into transactions.

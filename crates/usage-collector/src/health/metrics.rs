@@ -61,6 +61,13 @@ label_sets! {
         /// `service.name` of the sender.
         service_name: String,
     }
+    /// Labels: an OTLP/HTTP answer.
+    HttpLabels {
+        /// `logs`, `traces`, `metrics`, or `other` (any other path).
+        signal: &'static str,
+        /// The HTTP status code, such as `200` or `429`.
+        code: &'static str,
+    }
     /// Labels: version.
     BuildLabels {
         /// The collector's version.
@@ -153,6 +160,8 @@ metrics! {
     records_refused: Family<SignalReasonLabels, Counter> = Family::default();
     /// Requests refused before their records were counted (too large).
     requests_refused: Family<ReasonLabels, Counter> = Family::default();
+    /// OTLP/HTTP requests answered, by signal and HTTP status code.
+    http_requests: Family<HttpLabels, Counter> = Family::default();
     /// Rows committed, by table (a repeated event is a no-op that counts again).
     rows_written: Family<TableLabels, Counter> = Family::default();
     /// Failed batch write attempts, by reason.

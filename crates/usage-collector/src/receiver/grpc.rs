@@ -146,10 +146,15 @@ impl MetricsService for NoMetrics {
         &self,
         _request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        Err(Status::unimplemented(
-            "this collector takes usage events as OTLP logs or spans; send metrics to a metrics backend",
-        ))
+        Err(no_metrics())
     }
+}
+
+/// The answer to OTLP metrics, on either transport.
+pub fn no_metrics() -> Status {
+    Status::unimplemented(
+        "this collector takes usage events as OTLP logs or spans; send metrics to a metrics backend",
+    )
 }
 
 /// The gRPC codec of an [`Export`] service: hands the request's bytes over undecoded (after
