@@ -15,6 +15,7 @@
 use std::process::Command;
 use std::time::{Duration, SystemTime};
 
+use usage_collector::config::CorsOrigins;
 use usage_pipeline_tests::clients::{self, PageServer};
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
@@ -29,28 +30,21 @@ enum Transport {
     Http,
 }
 
-/// A collector on MariaDB for the clients, with OTLP/HTTP when `transport` is `Http` and CORS
-/// for `cors_origins`.
-async fn collector(transport: Transport, cors_origins: &[String]) -> (TestDb, TestCollector) {
+/// A collector on MariaDB for the clients (OTLP/gRPC and OTLP/HTTP), with CORS for
+/// `cors_origins`.
+async fn collector(cors_origins: &[String]) -> (TestDb, TestCollector) {
     let db = TestDb::mysql().await;
-    let settings = settings(db.url());
-    if transport == Transport::Http || !cors_origins.is_empty() {
-        http_unavailable();
-    }
+    let mut settings = settings(db.url());
+    settings.http_cors_origins = CorsOrigins(cors_origins.to_vec());
     let collector = TestCollector::start(settings).await;
     (db, collector)
-}
-
-/// The OTLP/HTTP receiver is being built on its own branch; the tests that need it wait for it.
-fn http_unavailable() -> ! {
-    panic!("this build has no OTLP/HTTP receiver yet")
 }
 
 /// The base URL a client's `OTEL_EXPORTER_OTLP_ENDPOINT` names.
 fn endpoint(collector: &TestCollector, transport: Transport) -> String {
     match transport {
         Transport::Grpc => collector.endpoint(),
-        Transport::Http => http_unavailable(),
+        Transport::Http => format!("http://{}", collector.http_addr()),
     }
 }
 
@@ -388,11 +382,14 @@ async fn assert_python_session(db: &TestDb, run: &Run) {
 }
 
 /// The Python program of the migration guide, with the exporter `protocol` names.
-async fn python_client_delivers_its_session(transport: Transport, protocol: &str) {
+async fn python_client_delivers_its_session(transport: Transport, protocol: &str, gzip: bool) {
     let python = clients::python();
-    let (db, collector) = collector(transport, &[]).await;
+    let (db, collector) = collector(&[]).await;
     let mut command = client_command(python);
     command.arg(clients::client_path("python/web_ide.py"));
+    if gzip {
+        command.env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
+    }
     let run = Run::client(
         format!("the Python client ({protocol})"),
         command,
@@ -409,13 +406,13 @@ async fn python_client_delivers_its_session(transport: Transport, protocol: &str
 
 #[tokio::test(flavor = "multi_thread")]
 async fn python_sdk_with_the_grpc_exporter() {
-    python_client_delivers_its_session(Transport::Grpc, "grpc").await;
+    python_client_delivers_its_session(Transport::Grpc, "grpc", false).await;
 }
 
+/// With gzip, as `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` asks.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the OTLP/HTTP receiver"]
-async fn python_sdk_with_the_http_protobuf_exporter() {
-    python_client_delivers_its_session(Transport::Http, "http/protobuf").await;
+async fn python_sdk_with_the_http_protobuf_exporter_and_gzip() {
+    python_client_delivers_its_session(Transport::Http, "http/protobuf", true).await;
 }
 
 /// Checks the rows of `web_ide.mjs`'s session.
@@ -516,11 +513,14 @@ async fn assert_node_session(db: &TestDb, run: &Run) {
 }
 
 /// The Node.js program with the log exporter `protocol` names.
-async fn node_client_delivers_its_session(transport: Transport, protocol: &str) {
+async fn node_client_delivers_its_session(transport: Transport, protocol: &str, gzip: bool) {
     let node = clients::node();
-    let (db, collector) = collector(transport, &[]).await;
+    let (db, collector) = collector(&[]).await;
     let mut command = client_command(node);
     command.arg(clients::client_path("node/web_ide.mjs"));
+    if gzip {
+        command.env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
+    }
     let run = Run::client(
         format!("the Node.js client ({protocol})"),
         command,
@@ -537,19 +537,18 @@ async fn node_client_delivers_its_session(transport: Transport, protocol: &str) 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn node_sdk_logs_with_the_grpc_exporter() {
-    node_client_delivers_its_session(Transport::Grpc, "grpc").await;
+    node_client_delivers_its_session(Transport::Grpc, "grpc", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the OTLP/HTTP receiver"]
 async fn node_sdk_logs_with_the_http_json_exporter() {
-    node_client_delivers_its_session(Transport::Http, "http/json").await;
+    node_client_delivers_its_session(Transport::Http, "http/json", false).await;
 }
 
+/// With gzip, as `OTEL_EXPORTER_OTLP_COMPRESSION=gzip` asks.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the OTLP/HTTP receiver"]
-async fn node_sdk_logs_with_the_http_protobuf_exporter() {
-    node_client_delivers_its_session(Transport::Http, "http/protobuf").await;
+async fn node_sdk_logs_with_the_http_protobuf_exporter_and_gzip() {
+    node_client_delivers_its_session(Transport::Http, "http/protobuf", true).await;
 }
 
 /// The browser example's folder.
@@ -578,11 +577,10 @@ async fn load_page(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the OTLP/HTTP receiver"]
 async fn browser_page_visit_arrives_through_cors() {
     clients::chromium();
     let page = PageServer::start(browser_example()).await;
-    let (db, collector) = collector(Transport::Http, &[page.origin()]).await;
+    let (db, collector) = collector(&[page.origin()]).await;
     let started_us = now_us();
     let status = load_page(&page, &collector, "browser-session-1").await;
     let finished_us = now_us();
@@ -628,18 +626,28 @@ async fn browser_page_visit_arrives_through_cors() {
         agent.contains("Chrome/"),
         "the browser's own user agent: {agent:?}"
     );
+    // The visit opens the session's row (its user agent comes from `session_start` only).
     let session = db
-        .texts("SELECT session_id, service, user_agent FROM ide_sessions")
+        .texts(&format!(
+            "SELECT session_id, service, user_agent, {}, {} FROM ide_sessions",
+            us("start_time"),
+            us("last_activity")
+        ))
         .await;
     assert_eq!(
         session,
-        [vec![s("browser-session-1"), s("web-ide-browser"), s(agent)]]
+        [vec![
+            s("browser-session-1"),
+            s("web-ide-browser"),
+            None,
+            s(&time.to_string()),
+            s(&time.to_string())
+        ]]
     );
     collector.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the OTLP/HTTP receiver"]
 async fn browser_page_from_an_unlisted_origin_is_refused() {
     clients::chromium();
     let page = PageServer::start(browser_example()).await;
@@ -648,7 +656,7 @@ async fn browser_page_from_an_unlisted_origin_is_refused() {
         "http://127.0.0.1:{}",
         page.addr.port().wrapping_add(1).max(1)
     );
-    let (db, collector) = collector(Transport::Http, &[other]).await;
+    let (db, collector) = collector(&[other]).await;
     let status = load_page(&page, &collector, "browser-session-2").await;
     assert_eq!(
         status.attribute("data-state"),
