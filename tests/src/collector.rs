@@ -116,6 +116,12 @@ impl TestCollector {
         self.http.expect("OTLP/HTTP is on")
     }
 
+    /// The OTLP/HTTP base URL (`http://127.0.0.1:port`), as `OTEL_EXPORTER_OTLP_ENDPOINT` takes
+    /// it for an `http/protobuf` or `http/json` exporter (which adds `/v1/logs`, `/v1/traces`).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
     /// GET on the admin port: (status, body).
     pub async fn get(&self, path: &str) -> (u16, String) {
         crate::fixtures::http_get(self.admin, path).await

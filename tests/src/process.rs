@@ -67,6 +67,11 @@ impl ProcessConfig {
         format!("http://{}", self.grpc)
     }
 
+    /// The OTLP/HTTP base URL.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
     /// Starts the process and waits until it is live and ready (20 s at most each).
     pub async fn start_ready(&self) -> CollectorProcess {
         let mut collector = self.start();

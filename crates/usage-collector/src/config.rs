@@ -1016,6 +1016,10 @@ mod tests {
             Some("from-the-file".to_owned())
         );
         assert_eq!(settings.database.tls, TlsMode::Preferred);
+        assert_eq!(
+            settings.http_listen,
+            Listen(Some("0.0.0.0:4318".parse().unwrap()))
+        );
         assert_eq!(settings.database.pool_size, 4);
         assert_eq!(
             settings.spool.dir,
@@ -1093,6 +1097,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn otlp_http_is_switched_off_with_off_and_cors_origins_are_checked() {
+        let settings = args(&[]).unwrap();
+        assert_eq!(
+            settings.http_listen,
+            Listen(Some("0.0.0.0:4318".parse().unwrap()))
+        );
+        assert_eq!(settings.http_cors_origins, CorsOrigins::default());
+        assert_eq!(
+            args(&["--http-listen", "off"]).unwrap().http_listen,
+            Listen(None)
+        );
+        let error = args(&["--http-listen", "nowhere"]).unwrap_err().to_string();
+        assert!(error.contains("neither an address"), "{error}");
+        let settings = args(&[
+            "--http-cors-origins",
+            "https://ide.example.org, http://localhost:8080",
+        ])
+        .unwrap();
+        assert!(settings.http_cors_origins.allows("https://ide.example.org"));
+        assert!(settings.http_cors_origins.allows("http://localhost:8080"));
+        assert!(!settings.http_cors_origins.allows("http://localhost:8081"));
+        for (bad, words) in [
+            (
+                "https://ide.example.org/",
+                "did you mean `https://ide.example.org`",
+            ),
+            ("https://ide.example.org/app", "no path"),
+            ("*", "list each origin"),
+            ("ide.example.org", "not an origin"),
+        ] {
+            let error = args(&["--http-cors-origins", bad]).unwrap_err().to_string();
+            assert!(error.contains(words), "{bad}: {error}");
+        }
+        let settings = with_file(
+            "http_listen = \"off\"\nhttp_cors_origins = [\"https://a.example\", \"https://b.example\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.http_listen, Listen(None));
+        assert_eq!(
+            settings.http_cors_origins.0,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
@@ -333,18 +333,46 @@ impl Receiver {
             .get(header::ORIGIN)
             .filter(|o| o.to_str().is_ok_and(|o| self.cors.allows(o)))
             .cloned();
-        let mut response = if request.method() == Method::OPTIONS
+        let (parts, body) = request.into_parts();
+        let mut body = Some(body);
+        let mut response = if parts.method == Method::OPTIONS
             && !self.cors.0.is_empty()
-            && request.headers().contains_key(header::ORIGIN)
+            && parts.headers.contains_key(header::ORIGIN)
         {
             self.preflight(route, origin.is_some())
         } else {
-            self.answer(route, request).await
+            self.answer(route, &parts, &mut body).await
         };
+        if let Some(body) = body {
+            // Refused before its body was read: read it to the end (discarding it, up to a
+            // bound) so the client, still sending, hears the answer instead of a broken pipe.
+            // A client that waits for `100 Continue` has sent nothing and is told no more.
+            let waits = parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            let drained = if waits {
+                Ok(false)
+            } else {
+                tokio::time::timeout(self.request_timeout, discard(body, self.drain_limit())).await
+            };
+            if !matches!(drained, Ok(true)) {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
         if let Some(origin) = origin {
             let headers = response.headers_mut();
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+            // `navigator.sendBeacon` (what the OpenTelemetry JS exporters use when no headers
+            // are configured) sends with credentials; the collector reads no cookies, and the
+            // origin is one of the listed ones, never `*`.
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
             headers.insert(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
                 HeaderValue::from_static("Retry-After"),
@@ -394,21 +422,28 @@ impl Receiver {
         response
     }
 
+    /// Most bytes of a refused request's body read and discarded before answering.
+    fn drain_limit(&self) -> usize {
+        self.max_request_bytes.saturating_mul(4).max(1 << 20)
+    }
+
+    /// Answers a request; takes its body out of `body` if it reads it.
     async fn answer(
         &self,
         route: Route,
-        request: Request<hyper::body::Incoming>,
+        request: &http::request::Parts,
+        body: &mut Option<hyper::body::Incoming>,
     ) -> Response<Full<Bytes>> {
-        let encoding = Encoding::of(request.headers());
+        let encoding = Encoding::of(&request.headers);
         if route == Route::Other {
             return not_found(encoding.unwrap_or(Encoding::Json));
         }
-        if request.method() != Method::POST {
+        if request.method != Method::POST {
             let mut response = refuse(
                 Refusal::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     Code::Unimplemented,
-                    format!("{} takes POST only", request.uri().path()),
+                    format!("{} takes POST only", request.uri.path()),
                 ),
                 encoding.unwrap_or(Encoding::Json),
             );
@@ -425,9 +460,12 @@ impl Receiver {
                     format!(
                         "unsupported content type {:?}: send {PROTOBUF} or {JSON}",
                         request
-                            .headers()
+                            .headers
                             .get(header::CONTENT_TYPE)
-                            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                            .map(|v| String::from_utf8_lossy(v.as_bytes())
+                                .chars()
+                                .take(100)
+                                .collect::<String>())
                             .unwrap_or_default()
                     ),
                 ),
@@ -453,7 +491,7 @@ impl Receiver {
             }
             Route::Other => unreachable!("answered above"),
         };
-        match self.accept(signal, encoding, request).await {
+        match self.accept(signal, encoding, request, body).await {
             Ok(body) => respond(StatusCode::OK, encoding.content_type(), body),
             Err(refusal) => refuse(refusal, encoding),
         }
@@ -478,9 +516,10 @@ impl Receiver {
         &self,
         signal: Signal,
         encoding: Encoding,
-        request: Request<hyper::body::Incoming>,
+        request: &http::request::Parts,
+        body: &mut Option<hyper::body::Incoming>,
     ) -> Result<Vec<u8>, Refusal> {
-        let headers = request.headers();
+        let headers = &request.headers;
         let allowed = match &self.tokens {
             None => Allowed::Any,
             Some(tokens) => tokens
@@ -537,17 +576,20 @@ impl Receiver {
             http: StatusCode::SERVICE_UNAVAILABLE,
             status,
         })?;
+        let Some(incoming) = body.take() else {
+            unreachable!("the body is read once");
+        };
         let body = match tokio::time::timeout(
             self.request_timeout,
-            Limited::new(request.into_body(), wire_limit).collect(),
+            read(incoming, wire_limit, self.drain_limit()),
         )
         .await
         {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(BodyError::TooLarge)) => {
                 return Err(self.refuse_request("too_large", too_large()));
             }
-            Ok(Err(e)) => {
+            Ok(Err(BodyError::Failed(e))) => {
                 return Err(Refusal::new(
                     StatusCode::BAD_REQUEST,
                     Code::InvalidArgument,
@@ -657,6 +699,56 @@ impl Receiver {
             ),
         }
     }
+}
+
+/// Why a body was not read.
+enum BodyError {
+    /// Past the limit (the rest read and discarded, up to the drain limit).
+    TooLarge,
+    /// The connection failed.
+    Failed(hyper::Error),
+}
+
+/// Reads a body of at most `limit` bytes; past it, reads on (discarding) up to `drain` bytes
+/// so the answer reaches a client still sending.
+async fn read(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    drain: usize,
+) -> Result<Bytes, BodyError> {
+    let mut out = prost::bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Failed)?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                let seen = out.len() + data.len();
+                drop(out);
+                discard(body, drain.saturating_sub(seen)).await;
+                return Err(BodyError::TooLarge);
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Reads and drops a body, up to `limit` bytes; true when it was read to its end.
+async fn discard(mut body: hyper::body::Incoming, limit: usize) -> bool {
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len();
+                    if seen > limit {
+                        return false;
+                    }
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 fn not_found(encoding: Encoding) -> Response<Full<Bytes>> {
