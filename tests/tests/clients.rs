@@ -44,7 +44,7 @@ async fn collector(cors_origins: &[String]) -> (TestDb, TestCollector) {
 fn endpoint(collector: &TestCollector, transport: Transport) -> String {
     match transport {
         Transport::Grpc => collector.endpoint(),
-        Transport::Http => format!("http://{}", collector.http_addr()),
+        Transport::Http => collector.http_endpoint(),
     }
 }
 
