@@ -6,6 +6,8 @@
 //! - [`db`]: creates a uniquely named MariaDB database (dropped afterwards) or a temporary
 //!   SQLite file, and reads rows back as text for column-by-column assertions.
 //! - [`collector`]: starts an in-process collector against a database, waits until it is ready.
+//! - [`clients`]: real OpenTelemetry clients (Python, Node.js, a browser page in headless
+//!   Chromium) run as child processes, and a static page server giving the page its origin.
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
 //! - [`otlp_http`]: an OTLP/HTTP client (protobuf or JSON, gzip), and [`otlp_http::Transport`]
 //!   to send the same request over gRPC or HTTP.
@@ -20,6 +22,7 @@
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 
+pub mod clients;
 pub mod collector;
 pub mod db;
 pub mod exposition;
