@@ -395,3 +395,62 @@ async fn a_backlog_during_an_outage_does_not_grow_memory() {
     drop(collector);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Whether `stream` receives any byte within `limit`.
+async fn answered_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(limit, stream.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_listener_keeps_at_most_max_connections_open() {
+    use usage_pipeline_tests::collector::{TestCollector, settings};
+    let db = TestDb::mysql().await;
+    let mut config = settings(db.url());
+    config.connections.max_connections = 2;
+    let collector = TestCollector::start(config).await;
+    // On each OTLP listener: two connections that started a request and stopped hold both
+    // places; a third connection is not served until one of them closes.
+    let listeners: [(&str, std::net::SocketAddr, &[u8], &[u8]); 2] = [
+        (
+            "OTLP/HTTP",
+            collector.http_addr(),
+            b"POST /v1/logs HTTP/1.1\r\n",
+            b"GET /v1/logs HTTP/1.1\r\nHost: collector\r\n\r\n",
+        ),
+        (
+            "OTLP/gRPC",
+            collector.grpc,
+            b"PRI * HTTP/2.0\r\n",
+            // The HTTP/2 preface and an empty SETTINGS frame: the server answers with its own.
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+        ),
+    ];
+    for (name, addr, partial, whole) in listeners {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            stream.write_all(partial).await.unwrap();
+            held.push(stream);
+        }
+        // The kernel completes the third connection, but the collector does not take it.
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        third.write_all(whole).await.unwrap();
+        assert!(
+            !answered_within(&mut third, Duration::from_secs(1)).await,
+            "{name}: a third connection was served beside two open ones"
+        );
+        drop(held.pop());
+        assert!(
+            answered_within(&mut third, Duration::from_secs(5)).await,
+            "{name}: the third connection was not served once a place was free"
+        );
+    }
+    // The admin listener has its own places: it still answers.
+    let (status, _) = collector.get("/health/live").await;
+    assert_eq!(status, 200);
+    collector.stop().await;
+}

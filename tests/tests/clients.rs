@@ -19,6 +19,7 @@ use usage_collector::config::CorsOrigins;
 use usage_pipeline_tests::clients::{self, PageServer};
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::value;
 
 /// How long a client may take to run (they take about a second).
 const CLIENT_LIMIT: Duration = Duration::from_secs(90);
@@ -667,6 +668,17 @@ async fn browser_page_from_an_unlisted_origin_is_refused() {
         status.text.contains("Failed to fetch"),
         "a CORS refusal reaches the page as a network error: {status:?}"
     );
+    // The failure is the collector's refusal of the preflight, not an unreachable endpoint:
+    // it answered the page's origin 403, and no export reached it.
+    let (_, metrics) = collector.get("/metrics").await;
+    let requests = |code: &str| {
+        value(
+            &metrics,
+            &format!("usage_collector_http_requests_total{{signal=\"logs\",code=\"{code}\"}}"),
+        )
+    };
+    assert_eq!(requests("403"), Some(1.0), "{metrics}");
+    assert_eq!(requests("200"), None, "{metrics}");
     collector.wait_written(Duration::from_secs(10)).await;
     assert_eq!(db.count("page_visits").await, 0, "nothing was delivered");
     assert_eq!(db.count("ide_sessions").await, 0, "nothing was delivered");

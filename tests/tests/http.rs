@@ -842,8 +842,16 @@ async fn a_stopping_collector_answers_503_then_closes() {
     let db = TestDb::mysql().await;
     let collector = TestCollector::start(settings(db.url())).await;
     let http = collector.http_addr();
+    let admin = collector.admin;
     let stopping = tokio::spawn(collector.stop());
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Sent once the collector says it is shutting down (and before it closes its listeners).
+    usage_pipeline_tests::poll::until(
+        "readiness says shutting down",
+        Duration::from_secs(5),
+        || request(admin, "GET", "/health/ready", &[], Vec::new()),
+        |answer| String::from_utf8_lossy(&answer.body).contains("shutting down"),
+    )
+    .await;
     let refused = export_logs(
         http,
         &page_visits("web-ide", "/late", 0..1),

@@ -320,12 +320,27 @@ async fn a_handshake_that_does_not_finish_is_closed_at_the_handshake_timeout() {
     let closed = tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the stalled handshake is closed");
     assert!(rest.is_empty(), "{rest:?}");
-    let timeouts = metric(
-        &collector,
-        "usage_collector_tls_handshake_failures_total{listener=\"otlp\",reason=\"timeout\"}",
-    )
-    .await;
-    assert_eq!(timeouts, 1.0);
+    // A client that sends nothing at all is closed by the first-byte guard; a timeout too.
+    let mut silent = tokio::net::TcpStream::connect(collector.grpc)
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the silent connection is closed");
+    assert!(rest.is_empty(), "{rest:?}");
+    let failure = |reason: &'static str| {
+        let collector = &collector;
+        async move {
+            metric(
+                collector,
+                &format!(
+                    "usage_collector_tls_handshake_failures_total{{listener=\"otlp\",reason=\"{reason}\"}}"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(failure("timeout").await, 2.0);
+    assert_eq!(failure("failed").await, 0.0);
     collector.stop().await;
 }
 
@@ -509,6 +524,21 @@ async fn usage_tracker_sends_over_tls_with_a_token() {
         error.to_string().contains(&bad.display().to_string()),
         "{error}"
     );
+    // An endpoint without a scheme is refused rather than guessed (the exporter would pick TLS
+    // with no trusted roots and ignore the CA file).
+    let bare = endpoint
+        .strip_prefix("https://")
+        .expect("an https endpoint")
+        .to_owned();
+    let error = usage_tracker::TrackerBuilder::new()
+        .endpoint(&bare)
+        .tls_ca_file(&ca_file)
+        .start()
+        .expect_err("an endpoint without a scheme is an error");
+    assert!(
+        error.to_string().contains("has no scheme") && error.to_string().contains(&bare),
+        "{error}"
+    );
     collector.stop().await;
 }
 
@@ -648,6 +678,8 @@ async fn an_unusable_certificate_or_key_stops_the_start_naming_the_file() {
             "--grpc-listen",
             "127.0.0.1:0",
             "--admin-listen",
+            "127.0.0.1:0",
+            "--http-listen",
             "127.0.0.1:0",
         ])
         .arg("--spool-dir")

@@ -361,7 +361,11 @@ impl Application {
         let health = self.ingest.health.clone();
         let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
         let admin = tokio::spawn(crate::health::http::serve(
-            Incoming::new(self.admin, self.connections.handshake_timeout),
+            Incoming::new(
+                self.admin,
+                self.connections.handshake_timeout,
+                self.connections.max_connections,
+            ),
             self.admin_security.clone(),
             admin_router,
             self.connections.admin_timeout,
@@ -369,7 +373,11 @@ impl Application {
         ));
         let http = self.http.map(|listener| {
             tokio::spawn(receiver::http::serve(
-                Incoming::new(listener, self.connections.handshake_timeout),
+                Incoming::new(
+                    listener,
+                    self.connections.handshake_timeout,
+                    self.connections.max_connections,
+                ),
                 self.http_security.clone(),
                 self.ingest.clone(),
                 receiver::http::Serving {
@@ -383,7 +391,11 @@ impl Application {
         });
         let grpc = tokio::spawn(receiver::serve(
             crate::net::tls::Connections::new(
-                Incoming::new(self.grpc, self.connections.handshake_timeout),
+                Incoming::new(
+                    self.grpc,
+                    self.connections.handshake_timeout,
+                    self.connections.max_connections,
+                ),
                 self.otlp_security.clone(),
             ),
             self.ingest,
@@ -410,22 +422,29 @@ impl Application {
         }
         // Requests in flight get the shutdown timeout to finish; a stuck one does not hold the
         // exit (the same deadline bounds the writer).
-        let grpc_result = match tokio::time::timeout_at(deadline, grpc).await {
+        // A server still running at the deadline is stopped (its connections with it), so
+        // nothing answers after the writer and the pool are closed.
+        let mut grpc = grpc;
+        let grpc_result = match tokio::time::timeout_at(deadline, &mut grpc).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::warn!(
                     "requests still in flight at the shutdown timeout; not waiting for them"
                 );
+                grpc.abort();
                 Ok(Ok(()))
             }
         };
-        if let Some(http) = http {
-            match tokio::time::timeout_at(deadline, http).await {
+        if let Some(mut http) = http {
+            match tokio::time::timeout_at(deadline, &mut http).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "OTLP/HTTP server task ended abnormally"),
-                Err(_) => tracing::warn!(
-                    "OTLP/HTTP requests still in flight at the shutdown timeout; not waiting for them"
-                ),
+                Err(_) => {
+                    tracing::warn!(
+                        "OTLP/HTTP requests still in flight at the shutdown timeout; not waiting for them"
+                    );
+                    http.abort();
+                }
             }
         }
         let admin_result = admin.await;

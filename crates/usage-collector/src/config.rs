@@ -406,7 +406,7 @@ pub struct LimitSettings {
     pub row_cache_bytes: usize,
 }
 
-/// How long connections may stay silent, idle or open, on both listeners.
+/// How long connections may stay silent, idle or open, and how many, on every listener.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionSettings {
     /// Seconds a new connection may stay silent before it is closed
@@ -431,6 +431,10 @@ pub struct ConnectionSettings {
     /// slowly is cut off)
     #[arg(id = "connections.http_request_timeout_secs", long = "http-request-timeout-secs", env = "USAGE_HTTP_REQUEST_TIMEOUT_SECS", default_value = "30", value_parser = positive_seconds, global = true)]
     pub http_request_timeout: Duration,
+    /// Most connections open at once on each listener (OTLP/gRPC, OTLP/HTTP, admin), TLS
+    /// handshakes included; past it, new connections wait in the listen backlog
+    #[arg(id = "connections.max_connections", long = "max-connections", env = "USAGE_MAX_CONNECTIONS", default_value = "1024", value_parser = positive::<usize>, global = true)]
+    pub max_connections: usize,
 }
 
 /// How rows are grouped into transactions.

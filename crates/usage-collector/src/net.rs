@@ -1,17 +1,22 @@
-//! Accepting connections on both listeners (OTLP and admin) so that a client that connects and
-//! says nothing cannot hold one: each accepted connection must send its first byte within the
-//! handshake timeout, or it is closed. [`tls`] adds TLS on top, for any listener.
+//! Accepting connections on every listener (OTLP/gRPC, OTLP/HTTP and admin) so that clients
+//! cannot hold more than their share: each accepted connection must send its first byte within
+//! the handshake timeout, or it is closed; and a listener keeps at most `max_connections` open
+//! at once (TLS handshakes in progress included): past it, new connections wait in the kernel's
+//! listen backlog until one closes. [`tls`] adds TLS on top, for any listener.
 
 pub mod tls;
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_util::sync::PollSemaphore;
 
 /// A connection that must start talking before a deadline.
 #[derive(Debug)]
@@ -19,6 +24,8 @@ pub struct Guarded {
     stream: TcpStream,
     /// Until the first byte arrives; `None` after.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// Its place among the listener's open connections, given back when it closes.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Guarded {
@@ -27,6 +34,7 @@ impl Guarded {
         Self {
             stream,
             deadline: Some(Box::pin(tokio::time::sleep(handshake))),
+            _slot: None,
         }
     }
 
@@ -104,34 +112,67 @@ impl tonic::transport::server::Connected for Guarded {
 }
 
 /// The connections a listener accepts, each [`Guarded`], with `TCP_NODELAY` (small gRPC
-/// answers must not wait for Nagle).
+/// answers must not wait for Nagle), at most `max_connections` open at once.
 #[derive(Debug)]
 pub struct Incoming {
     listener: TcpListener,
     handshake: Duration,
+    /// One permit per connection that may be open.
+    slots: PollSemaphore,
+    /// A permit taken for the next connection, held while no connection is waiting.
+    slot: Option<OwnedSemaphorePermit>,
     /// After a failed accept (out of file descriptors, say), no new accept until this passes,
     /// so the server does not spin.
     pause: Option<Pin<Box<Sleep>>>,
 }
 
 /// How long accepting pauses after an error.
-const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 impl Incoming {
-    /// Connections of `listener`, each closed unless it talks within `handshake`.
-    pub fn new(listener: TcpListener, handshake: Duration) -> Self {
+    /// Connections of `listener`, each closed unless it talks within `handshake`, at most
+    /// `max_connections` (at least one) open at once.
+    pub fn new(listener: TcpListener, handshake: Duration, max_connections: usize) -> Self {
         Self {
             listener,
             handshake,
+            slots: PollSemaphore::new(Arc::new(Semaphore::new(max_connections.max(1)))),
+            slot: None,
             pause: None,
         }
     }
 
-    /// The next connection.
-    pub async fn accept(&self) -> io::Result<Guarded> {
-        let (stream, _) = self.listener.accept().await?;
-        stream.set_nodelay(true)?;
-        Ok(Guarded::new(stream, self.handshake))
+    /// Connections that may still be opened before accepting waits.
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
+    }
+
+    /// The next connection, once fewer than `max_connections` are open. An accept error (out
+    /// of file descriptors, say) is logged as `listener`'s and followed by a short pause, so a
+    /// loop that calls this again does not spin.
+    pub async fn accept(&self, listener: &'static str) -> io::Result<Guarded> {
+        let slot = self
+            .slots
+            .clone_inner()
+            .acquire_owned()
+            .await
+            .map_err(|_| io::Error::other("the listener's connection slots are closed"))?;
+        let accepted = self.listener.accept().await.and_then(|(stream, _)| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        });
+        match accepted {
+            Ok(stream) => {
+                let mut guarded = Guarded::new(stream, self.handshake);
+                guarded._slot = Some(slot);
+                Ok(guarded)
+            }
+            Err(e) => {
+                tracing::warn!(listener, error = %e, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+                Err(e)
+            }
+        }
     }
 }
 
@@ -142,6 +183,12 @@ impl futures_core::Stream for Incoming {
         if let Some(pause) = &mut self.pause {
             ready!(pause.as_mut().poll(cx));
             self.pause = None;
+        }
+        if self.slot.is_none() {
+            match ready!(self.slots.poll_acquire(cx)) {
+                Some(slot) => self.slot = Some(slot),
+                None => return Poll::Ready(None),
+            }
         }
         let (stream, _) = match ready!(self.listener.poll_accept(cx)) {
             Ok(accepted) => accepted,
@@ -154,6 +201,8 @@ impl futures_core::Stream for Incoming {
         if let Err(e) = stream.set_nodelay(true) {
             return Poll::Ready(Some(Err(e)));
         }
-        Poll::Ready(Some(Ok(Guarded::new(stream, self.handshake))))
+        let mut guarded = Guarded::new(stream, self.handshake);
+        guarded._slot = self.slot.take();
+        Poll::Ready(Some(Ok(guarded)))
     }
 }

@@ -174,6 +174,15 @@ pub enum StartError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// An endpoint without `http://` or `https://`: whether to use TLS would be a guess (the
+    /// OTLP exporter would pick TLS with no trusted roots).
+    #[error(
+        "the endpoint {endpoint:?} has no scheme: write http://host:4317 (plain) or https://host:4317 (TLS)"
+    )]
+    Endpoint {
+        /// The endpoint.
+        endpoint: String,
+    },
     /// A TLS file (a CA, a client certificate or key) cannot be used.
     #[error("cannot use the TLS {what} file {file}: {problem}")]
     Tls {
@@ -303,6 +312,13 @@ impl Worker {
             move |source| StartError::Exporter { endpoint, source }
         };
         let metadata = metadata(&config, &shared);
+        for endpoint in [&config.logs_endpoint, &config.traces_endpoint] {
+            if scheme_of(endpoint).is_none() {
+                return Err(StartError::Endpoint {
+                    endpoint: endpoint.clone(),
+                });
+            }
+        }
         let logs_tls = client_tls(&config.logs_endpoint, &config.logs_tls)?;
         let traces_tls = client_tls(&config.traces_endpoint, &config.traces_tls)?;
         let mut logs = opentelemetry_otlp::LogExporter::builder()
@@ -426,6 +442,29 @@ impl Worker {
     }
 }
 
+/// An endpoint's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// `endpoint`'s scheme, when it has one of the two.
+fn scheme_of(endpoint: &str) -> Option<Scheme> {
+    let starts = |prefix: &str| {
+        endpoint
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    if starts("https://") {
+        Some(Scheme::Https)
+    } else if starts("http://") {
+        Some(Scheme::Http)
+    } else {
+        None
+    }
+}
+
 /// The TLS settings for `endpoint`: `None` for plain `http://`; for `https://`, the CA file's
 /// certificates (else the system's roots) and the client certificate, each file read and
 /// checked now so that a bad one is an error naming it.
@@ -436,10 +475,7 @@ fn client_tls(
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-    let https = endpoint
-        .get(..8)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
-    if !https {
+    if scheme_of(endpoint) != Some(Scheme::Https) {
         return Ok(None);
     }
     let read = |what: &'static str, file: &std::path::Path| {
@@ -554,6 +590,14 @@ mod tests {
             ca_file: Some(file.to_owned()),
             ..TlsConfig::default()
         }
+    }
+
+    #[test]
+    fn an_endpoint_s_scheme_is_read_case_blind_and_a_bare_one_has_none() {
+        assert_eq!(scheme_of("https://collector:4317"), Some(Scheme::Https));
+        assert_eq!(scheme_of("HTTP://collector:4317"), Some(Scheme::Http));
+        assert_eq!(scheme_of("collector:4317"), None);
+        assert_eq!(scheme_of("http:/collector"), None);
     }
 
     #[test]

@@ -34,14 +34,10 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             () = &mut shutdown => return,
-            accepted = incoming.accept() => match accepted {
+            // An accept error is logged by `accept`, which pauses before the next one.
+            accepted = incoming.accept("admin") => match accepted {
                 Ok(stream) => stream,
-                Err(e) => {
-                    // Out of file descriptors, for example: wait rather than spin.
-                    tracing::warn!(error = %e, "admin listener: cannot accept a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
+                Err(_) => continue,
             },
         };
         let service = TowerToHyperService::new(router.clone());

@@ -70,12 +70,12 @@ label_sets! {
     }
     /// Labels: listener.
     ListenerLabels {
-        /// `otlp` or `admin`.
+        /// `otlp` (gRPC), `otlp_http` or `admin`.
         listener: &'static str,
     }
     /// Labels: listener and reason.
     ListenerReasonLabels {
-        /// `otlp` or `admin`.
+        /// `otlp` (gRPC), `otlp_http` or `admin`.
         listener: &'static str,
         /// Why, as a short fixed word.
         reason: &'static str,

@@ -42,7 +42,7 @@ use crate::health::metrics::{ListenerLabels, ListenerReasonLabels};
 pub const ALPN_H2: &[u8] = b"h2";
 /// The ALPN name of HTTP/1.1.
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
-/// How often the files are read again.
+/// How often watched files (TLS files, the tokens file) are read again.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// Most TLS handshakes in progress on one listener; past it, accepting waits.
 pub const MAX_HANDSHAKES: usize = 1024;
@@ -206,17 +206,29 @@ impl Tls {
     pub fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
         let contents = read_all(&self.files);
         let now: Contents = contents.each_ref().map(|c| c.as_ref().ok().cloned());
-        {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            if *seen == now {
-                return None;
-            }
-            // Tried once per change: a bad set is reported once, not at every poll.
-            *seen = now;
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return None;
         }
-        Some(build(&self.files, &self.alpn, &contents).map(|config| {
-            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-        }))
+        match build(&self.files, &self.alpn, &contents) {
+            Ok(config) => {
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+                *seen = now;
+                Some(Ok(()))
+            }
+            Err(error) => {
+                // The files may have been read across a swap (a Secret volume's new
+                // certificate with its old key): only a set that reads the same twice is a
+                // bad one; otherwise the next poll reads the settled files.
+                let again: Contents = read_all(&self.files).map(|c| c.ok());
+                if again != now {
+                    return None;
+                }
+                // Tried once per change: a bad set is reported once, not at every poll.
+                *seen = now;
+                Some(Err(error))
+            }
+        }
     }
 
     /// Reads the files again every [`RELOAD_EVERY`] until the task is aborted, logging and
@@ -276,6 +288,9 @@ impl Tls {
         let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
         let (reason, error) = match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(stream)) => return Ok(stream),
+            // The connection's own first-byte deadline (the same handshake timeout, started
+            // at accept) can fire first: a client that sent nothing timed out too.
+            Ok(Err(error)) if error.kind() == io::ErrorKind::TimedOut => ("timeout", error),
             Ok(Err(error)) => ("failed", error),
             Err(_) => (
                 "timeout",
@@ -545,33 +560,41 @@ impl futures_core::Stream for Connections {
             let accepted = ready!(Pin::new(&mut this.incoming).poll_next(cx));
             return Poll::Ready(accepted.map(|r| r.map(Conn::Plain)));
         };
-        // Start the handshake of every connection waiting to be accepted.
-        while this.handshakes.len() < MAX_HANDSHAKES {
-            match Pin::new(&mut this.incoming).poll_next(cx) {
-                Poll::Ready(Some(Ok(stream))) => {
-                    let tls = tls.clone();
-                    this.handshakes.spawn(async move {
-                        tls.accept(stream)
-                            .await
-                            .map(|stream| Conn::Tls(Box::new(stream)))
-                    });
-                }
-                // An accept error (out of file descriptors): the server logs it and goes on.
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => break,
-                Poll::Pending => break,
-            }
-        }
         loop {
-            match ready!(this.handshakes.poll_join_next(cx)) {
-                // No handshake in progress: the listener's waker is registered above.
-                None => return Poll::Pending,
-                Some(Ok(Ok(conn))) => return Poll::Ready(Some(Ok(conn))),
-                // Counted and logged by the handshake; the connection is closed.
-                Some(Ok(Err(_))) => continue,
-                Some(Err(e)) => {
+            // Start the handshake of every connection waiting to be accepted. Below the cap,
+            // the listener is polled until it is pending, so it wakes this stream.
+            let mut ended = false;
+            while this.handshakes.len() < MAX_HANDSHAKES {
+                match Pin::new(&mut this.incoming).poll_next(cx) {
+                    Poll::Ready(Some(Ok(stream))) => {
+                        let tls = tls.clone();
+                        this.handshakes.spawn(async move {
+                            tls.accept(stream)
+                                .await
+                                .map(|stream| Conn::Tls(Box::new(stream)))
+                        });
+                    }
+                    // An accept error (out of file descriptors): the server logs it and goes on.
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            match this.handshakes.poll_join_next(cx) {
+                // A handshake in progress wakes this stream when it ends.
+                Poll::Pending => return Poll::Pending,
+                // None in progress: the listener was polled above and wakes this stream.
+                Poll::Ready(None) if ended => return Poll::Ready(None),
+                Poll::Ready(None) => return Poll::Pending,
+                Poll::Ready(Some(Ok(Ok(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                // Counted and logged by the handshake; the connection is closed. There is room
+                // for another handshake now: back to accepting.
+                Poll::Ready(Some(Ok(Err(_)))) => {}
+                Poll::Ready(Some(Err(e))) => {
                     tracing::error!(error = %e, "a TLS handshake task ended abnormally");
-                    continue;
                 }
             }
         }

@@ -20,14 +20,14 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tonic::Status;
 
 /// How often the tokens file is checked for changes.
-pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+pub use crate::net::tls::RELOAD_EVERY;
 
 /// The services a caller may write as.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -889,23 +889,17 @@ pub async fn serve(
         tokio::select! {
             () = &mut shutdown => break,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => log_join(joined),
-            accepted = incoming.accept() => match accepted {
-                Ok(stream) => {
-                    let (security, receiver) = (security.clone(), receiver.clone());
-                    let (connections, stopped) = (connections.clone(), stopped.clone());
-                    tasks.spawn(async move {
-                        // A failed TLS handshake is counted and logged by the handshake.
-                        let Ok(stream) = security.secure(stream).await else {
-                            return;
-                        };
-                        serve_connection(stream, receiver, connections, stopped).await;
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors, for example: wait rather than spin.
-                    tracing::warn!(error = %e, "OTLP/HTTP listener: cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            // An accept error is logged by `accept`, which pauses before returning it.
+            accepted = incoming.accept("otlp_http") => if let Ok(stream) = accepted {
+                let (security, receiver) = (security.clone(), receiver.clone());
+                let (connections, stopped) = (connections.clone(), stopped.clone());
+                tasks.spawn(async move {
+                    // A failed TLS handshake is counted and logged by the handshake.
+                    let Ok(stream) = security.secure(stream).await else {
+                        return;
+                    };
+                    serve_connection(stream, receiver, connections, stopped).await;
+                });
             },
         }
     }
