@@ -5,14 +5,18 @@
 //! [`Ingest::export`]): admission, tokens, decoding on the decode threads, validation, the spool
 //! (answered only once the request is fsynced) and partial success. What is HTTP's own happens
 //! first, cheapest first, before the body is read: the route and method, the content type, the
-//! bearer token, `Content-Length` against the size limit, and the shutdown gate. The body is then
-//! read under a time limit and a byte limit; a gzip body is inflated on a decode thread through a
-//! reader that stops one byte past `max_request_bytes` (a few kilobytes that inflate to
-//! gigabytes cost only the limit); a JSON body is priced ([`json_cost`]) and takes its share of
-//! the in-flight budget while a decode thread turns it into the protobuf bytes the common path
+//! bearer token, `Content-Length` against the size limit, and the shutdown gate. The body then
+//! takes its share of the in-flight budget (its `Content-Length`, or the most a body may be when
+//! chunked) before it is read under a time limit and a byte limit; that share moves with the
+//! request's memory until the request is done: grown by the limit while a gzip body is inflated
+//! on a decode thread through a reader that stops one byte past `max_request_bytes` (a few
+//! kilobytes that inflate to gigabytes cost only the limit); grown to a JSON body's price
+//! ([`json_cost`]) while a decode thread turns it into the protobuf bytes the common path
 //! takes (opentelemetry-proto's serde mapping, which is the OTLP/JSON one: lowerCamelCase
 //! names, hex trace and span ids, 64-bit integers as strings or numbers, enums as integers,
-//! base64 bytes values, unknown fields ignored).
+//! base64 bytes values, unknown fields ignored); then handed to admission, which turns it into
+//! the request's decoded cost. A share is never given back while the memory it stands for is
+//! still held.
 //!
 //! Answers follow the OTLP/HTTP specification, in the request's encoding:
 //!
@@ -25,7 +29,7 @@
 //! | 408 | the body did not arrive within the request timeout | `google.rpc.Status` |
 //! | 413 | over `max_request_bytes` (after decompression) or the record limit | `google.rpc.Status` |
 //! | 415 | another content type or content encoding | `google.rpc.Status` |
-//! | 429 / 503 | in-flight budget / spool full or shutting down; `Retry-After` | `google.rpc.Status` |
+//! | 429 / 503 | in-flight budget (also for the body, before it is read) / spool full or shutting down; `Retry-After` | `google.rpc.Status` |
 //! | 500 | decoding failed unexpectedly (a panic on a decode thread, logged) | `google.rpc.Status` |
 //! | 501 | `/v1/metrics` (this collector takes usage events only) | `google.rpc.Status` |
 //!
