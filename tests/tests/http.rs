@@ -948,3 +948,211 @@ async fn json_as_the_opentelemetry_js_exporters_send_it_becomes_rows() {
     );
     collector.stop().await;
 }
+
+/// Opens a connection and sends a request's head and `sent` bytes of its body (of `declared`
+/// when given, else chunked), then nothing more; the connection stays open while it is held.
+async fn stalled(
+    addr: SocketAddr,
+    content_type: &str,
+    declared: Option<usize>,
+    sent: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let length = match declared {
+        Some(n) => format!("Content-Length: {n}\r\n"),
+        None => "Transfer-Encoding: chunked\r\n".to_owned(),
+    };
+    let mut request = format!(
+        "POST /v1/logs HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n{length}\r\n"
+    )
+    .into_bytes();
+    if declared.is_none() && !sent.is_empty() {
+        request.extend_from_slice(format!("{:x}\r\n", sent.len()).as_bytes());
+        request.extend_from_slice(sent);
+        request.extend_from_slice(b"\r\n");
+    } else {
+        request.extend_from_slice(sent);
+    }
+    stream.write_all(&request).await.unwrap();
+    stream
+}
+
+/// Sends a whole request and closes the connection without waiting for the answer.
+async fn send_and_go(addr: SocketAddr, content_type: &str, body: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = stalled(addr, content_type, Some(body.len()), body).await;
+    stream.shutdown().await.unwrap();
+}
+
+/// A request's body takes its share of the in-flight budget before it is read (so bodies on
+/// their way in cannot hold memory past the budget), and every share comes back: from bodies
+/// that never finish, and from requests whose clients disconnect right after sending (the
+/// share goes with the decoding work, given back when it ends or is skipped).
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_hold_budget_before_they_are_read_and_give_it_back() {
+    let mut config = settings("blackhole://");
+    config.limits.max_request_bytes = 1 << 20;
+    config.limits.max_records_per_request = 1000;
+    config.limits.max_inflight_bytes = 6 << 20;
+    let collector = TestCollector::start_unready(config, false).await;
+    let http = collector.http_addr();
+    let small = Encoding::Protobuf.encode(&page_visits("web-ide", "/small", 0..3));
+
+    // Six bodies of 1 MiB declared, a few bytes sent: the whole budget is theirs.
+    let mut waiting = Vec::new();
+    for _ in 0..6 {
+        waiting.push(stalled(http, PROTOBUF, Some(1 << 20), b"\x0a").await);
+    }
+    let memory = "usage_collector_requests_refused_total{reason=\"memory\"}";
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = post(
+                http,
+                "/v1/logs",
+                &[("content-type", PROTOBUF)],
+                small.clone(),
+            )
+            .await;
+            if answer.status != 200 {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("a request finds the budget held by the bodies on their way in");
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert_eq!(refused.header("retry-after"), Some("2"));
+    assert!(
+        refused.rpc_status().message.contains("max_inflight_bytes"),
+        "{refused:?}"
+    );
+    let metrics = collector.get("/metrics").await.1;
+    assert!(
+        value(&metrics, memory).is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+
+    // Their clients go: the budget comes back.
+    drop(waiting);
+    let back = |body: Vec<u8>, content_type: &'static str| async move {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let answer = post(
+                    http,
+                    "/v1/logs",
+                    &[("content-type", content_type)],
+                    body.clone(),
+                )
+                .await;
+                match answer.status {
+                    200 => return,
+                    429 => tokio::time::sleep(Duration::from_millis(50)).await,
+                    other => panic!("unexpected {other}: {answer:?}"),
+                }
+            }
+        })
+        .await
+        .expect("the budget comes back");
+    };
+    back(small.clone(), PROTOBUF).await;
+
+    // Large requests whose clients disconnect right after sending, many at once, in both
+    // encodings: whatever was decoded or refused, the budget comes back, and a large request
+    // that needs most of it is then admitted.
+    let mut request = large_feature_uses("web-ide");
+    request.resource_logs[0].scope_logs[0]
+        .log_records
+        .truncate(220);
+    let json = Encoding::Json.encode(&request);
+    let protobuf = Encoding::Protobuf.encode(&request);
+    assert!(json.len() < 1 << 20, "{}", json.len());
+    for _round in 0..3 {
+        let sends = (0..16).map(|i| {
+            let (content_type, body) = if i % 2 == 0 {
+                (JSON, json.clone())
+            } else {
+                (PROTOBUF, protobuf.clone())
+            };
+            async move { send_and_go(http, content_type, &body).await }
+        });
+        futures_join(sends).await;
+    }
+    back(json.clone(), JSON).await;
+    back(protobuf.clone(), PROTOBUF).await;
+    // Every 429 answered is a memory refusal counted, by request (before decoding) or by its
+    // records (admission); refusals of clients already gone are counted too.
+    let metrics = collector.get("/metrics").await.1;
+    let count = |series: &str| value(&metrics, series).unwrap_or_else(|| panic!("{series}"));
+    let memory = count(memory)
+        + count("usage_collector_records_refused_total{signal=\"logs\",reason=\"memory\"}");
+    let answered_429 = count("usage_collector_http_requests_total{signal=\"logs\",code=\"429\"}");
+    assert!(answered_429 >= 1.0 && memory >= answered_429, "{metrics}");
+    // The bodies that never finished were refused as such when their clients went.
+    assert_eq!(
+        value(
+            &metrics,
+            "usage_collector_requests_refused_total{reason=\"incomplete_body\"}"
+        ),
+        Some(6.0),
+        "{metrics}"
+    );
+    collector.stop().await;
+}
+
+/// A chunked body (no `Content-Length`) over the limit is refused with 413 once the limit is
+/// passed, and nothing of it is taken.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_the_limit_is_413_and_nothing_is_taken() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = settings("blackhole://");
+    config.limits.max_request_bytes = 64 << 10;
+    let collector = TestCollector::start_unready(config, false).await;
+    let http = collector.http_addr();
+    let body =
+        Encoding::Protobuf.encode(&page_visits("web-ide", "/chunked/over/the/limit", 0..2000));
+    assert!(body.len() > 64 << 10, "{}", body.len());
+    let mut stream = stalled(http, PROTOBUF, None, &[]).await;
+    for chunk in body.chunks(8 << 10) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        stream.write_all(&frame).await.unwrap();
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("max_request_bytes") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let metrics = collector.get("/metrics").await.1;
+    for (series, expected) in [
+        (
+            "usage_collector_requests_refused_total{reason=\"too_large\"}",
+            1.0,
+        ),
+        (
+            "usage_collector_records_received_total{signal=\"logs\"}",
+            0.0,
+        ),
+        (
+            "usage_collector_records_accepted_total{signal=\"logs\"}",
+            0.0,
+        ),
+        (
+            "usage_collector_http_requests_total{signal=\"logs\",code=\"413\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(value(&metrics, series), Some(expected), "{series}");
+    }
+    collector.stop().await;
+}

@@ -170,7 +170,8 @@ metrics! {
     records_rejected: Family<SignalReasonLabels, Counter> = Family::default();
     /// Records of whole requests refused with a retryable or final status.
     records_refused: Family<SignalReasonLabels, Counter> = Family::default();
-    /// Requests refused before their records were counted (too large).
+    /// Requests refused before their records were counted (too large, malformed, no room in the
+    /// in-flight budget for their bytes, and OTLP/HTTP's own refusals), by reason.
     requests_refused: Family<ReasonLabels, Counter> = Family::default();
     /// OTLP/HTTP requests answered, by signal and HTTP status code.
     http_requests: Family<HttpLabels, Counter> = Family::default();

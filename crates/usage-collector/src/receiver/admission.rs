@@ -12,7 +12,15 @@
 //! 4. the memory budget: the request's decoded cost ([`Shape::decoded_bytes`]) must fit in
 //!    `max_inflight_bytes` together with every request in flight; it waits up to
 //!    [`BUDGET_WAIT`] for room, then gets `RESOURCE_EXHAUSTED` with RetryInfo,
-//!    `records_refused{reason="memory"}`.
+//!    `records_refused{reason="memory"}`. An OTLP/HTTP request holds budget earlier, from
+//!    before its body is read (what its body, inflating it and turning JSON into protobuf
+//!    take; a refusal then counts `requests_refused{reason="memory"}`), and that share becomes
+//!    its decoded cost here.
+//!
+//! A request's share of the budget moves with its memory, into the job a decode thread runs,
+//! so it is given back when that memory is gone, also when the client has disconnected. Every
+//! request waiting for a decode thread holds at least one unit of the budget, so the budget
+//! also bounds that queue.
 //!
 //! Records that break a per-record limit (attributes, value size, nesting) are rejected on
 //! their own later, as partial success; the rest of the request is kept.
@@ -38,12 +46,20 @@ pub const RETRY_DELAY: Duration = Duration::from_secs(2);
 const UNIT: usize = 1024;
 
 /// Request-level refusal reasons (before records are counted).
-pub const REQUEST_REASONS: [&str; 5] = [
+pub const REQUEST_REASONS: [&str; 9] = [
     "too_large",
     "too_many_records",
     "malformed",
     "unauthenticated",
     "permission_denied",
+    // The in-flight budget had no room for the request's body before it was read or decoded
+    // (OTLP/HTTP: its bytes on the wire, inflating it, turning JSON into protobuf).
+    "memory",
+    // OTLP/HTTP only: another content type or content encoding (415), a body that did not
+    // arrive in time (408) or whose connection failed while it was read (400).
+    "unsupported_media_type",
+    "timeout",
+    "incomplete_body",
 ];
 /// Record-level refusal reasons added by admission.
 pub const RECORD_REASONS: [&str; 1] = ["memory"];
@@ -67,10 +83,28 @@ pub struct Admission {
     metrics: Arc<Metrics>,
 }
 
-/// A share of the in-flight budget, given back when dropped.
+/// A share of the in-flight budget, given back when dropped. It moves with the memory it
+/// stands for: into the job a decode thread runs, and on into admission, so that the budget
+/// is given back only when that memory is gone (not when a client that disconnected drops its
+/// request's future while a decode thread still works on it).
 #[derive(Debug)]
 pub struct Reserved {
-    _budget: OwnedSemaphorePermit,
+    budget: OwnedSemaphorePermit,
+}
+
+impl Reserved {
+    /// The bytes held.
+    pub fn bytes(&self) -> usize {
+        self.budget.num_permits() * UNIT
+    }
+
+    /// Gives back what is held beyond `bytes` (the memory it stood for is gone).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        let keep = units(bytes) as usize;
+        if let Some(extra) = self.budget.num_permits().checked_sub(keep) {
+            drop(self.budget.split(extra));
+        }
+    }
 }
 
 /// A request let in: its shape, and its share of the memory budget, given back when dropped.
@@ -78,7 +112,21 @@ pub struct Reserved {
 pub struct Admitted {
     /// What the request holds.
     pub shape: Shape,
-    _budget: OwnedSemaphorePermit,
+    _budget: Reserved,
+}
+
+/// Budget units for `cost` bytes: at least one, so that every request waiting for a decode
+/// thread holds some budget and their number is bounded by it.
+fn units(cost: usize) -> u32 {
+    u32::try_from(cost.div_ceil(UNIT).max(1)).unwrap_or(u32::MAX)
+}
+
+/// Why the budget could not be had.
+enum NoRoom {
+    /// More than the whole budget: waiting cannot help.
+    Never,
+    /// In use for [`BUDGET_WAIT`].
+    Busy,
 }
 
 impl Admission {
@@ -136,65 +184,83 @@ impl Admission {
         status
     }
 
-    /// Takes `cost` bytes of the in-flight budget, waiting up to [`BUDGET_WAIT`] for room;
-    /// refusals count `records` under `memory`.
-    async fn acquire(
-        &self,
-        cost: usize,
-        signal: Signal,
-        records: usize,
-    ) -> Result<OwnedSemaphorePermit, Status> {
-        let units = u32::try_from(cost.div_ceil(UNIT)).unwrap_or(u32::MAX);
+    /// Takes `units` more of the in-flight budget, waiting up to [`BUDGET_WAIT`] for room.
+    async fn take(&self, units: u32) -> Result<OwnedSemaphorePermit, NoRoom> {
         if units > self.budget_units {
             // Can never fit, however long it waits (the settings are checked so that a request
             // within the limits always fits; this is a request of tiny values).
-            return Err(self.refuse_records(
-            signal,
-            records,
-            "memory",
-            Status::resource_exhausted(format!(
-                "the request would take about {} MiB to decode, more than the collector's whole \
-                 in-flight budget of {} MiB (max_inflight_bytes); send smaller batches",
-                cost >> 20,
-                (self.budget_units as usize * UNIT) >> 20
-            )),
-        ));
+            return Err(NoRoom::Never);
         }
-        let permit = match tokio::time::timeout(
-            BUDGET_WAIT,
-            self.budget.clone().acquire_many_owned(units),
-        )
-        .await
+        match tokio::time::timeout(BUDGET_WAIT, self.budget.clone().acquire_many_owned(units)).await
         {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => {
-                return Err(self.refuse_records(
-                signal,
-                records,
-                "memory",
-                retryable(
-                    Code::ResourceExhausted,
-                    format!(
-                        "the collector's in-flight budget of {} MiB is in use (max_inflight_bytes); retry later",
-                        (self.budget_units as usize * UNIT) >> 20
-                    ),
-                ),
-            ));
-            }
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) | Err(_) => Err(NoRoom::Busy),
+        }
+    }
+
+    /// Makes `held` (if any) at least `cost` bytes of the budget, waiting up to [`BUDGET_WAIT`]
+    /// for what is missing (keeping what it holds meanwhile), or gives back what it holds
+    /// beyond `cost`.
+    async fn fit(&self, held: Option<Reserved>, cost: usize) -> Result<Reserved, NoRoom> {
+        let need = units(cost);
+        if need > self.budget_units {
+            return Err(NoRoom::Never);
+        }
+        let Some(mut held) = held else {
+            return self.take(need).await.map(|budget| Reserved { budget });
         };
-        Ok(permit)
+        let have = u32::try_from(held.budget.num_permits()).unwrap_or(u32::MAX);
+        if have >= need {
+            held.shrink_to(cost);
+        } else {
+            let more = self.take(need - have).await?;
+            held.budget.merge(more);
+        }
+        Ok(held)
     }
 
-    /// Takes `cost` bytes of the in-flight budget for work before [`Admission::admit`] can
-    /// run (an OTLP/JSON request turned into protobuf), given back when the result is dropped.
-    pub async fn reserve(&self, cost: usize, signal: Signal) -> Result<Reserved, Status> {
-        self.acquire(cost, signal, 0)
-            .await
-            .map(|permit| Reserved { _budget: permit })
+    /// The refusal for `no_room` when `cost` bytes were asked for.
+    fn no_room(&self, no_room: NoRoom, cost: usize, what: &str) -> Status {
+        let budget_mib = (self.budget_units as usize * UNIT) >> 20;
+        match no_room {
+            NoRoom::Never => Status::resource_exhausted(format!(
+                "the request would take about {} MiB {what}, more than the collector's whole \
+                 in-flight budget of {budget_mib} MiB (max_inflight_bytes); send smaller batches",
+                cost >> 20,
+            )),
+            NoRoom::Busy => retryable(
+                Code::ResourceExhausted,
+                format!(
+                    "the collector's in-flight budget of {budget_mib} MiB is in use \
+                     (max_inflight_bytes); retry later"
+                ),
+            ),
+        }
     }
 
-    /// Runs the checks on a request's bytes (already within `max_request_bytes`).
-    pub async fn admit(&self, bytes: &[u8], signal: Signal) -> Result<Admitted, Status> {
+    /// Makes `held` (or a new share) `cost` bytes of the in-flight budget, for work before
+    /// [`Admission::admit`] can run (reading an OTLP/HTTP body, inflating it, turning JSON into
+    /// protobuf), waiting up to [`BUDGET_WAIT`] for room; a refusal counts the request under
+    /// `requests_refused{reason="memory"}` (its records are not known yet).
+    pub async fn reserve(&self, held: Option<Reserved>, cost: usize) -> Result<Reserved, Status> {
+        match self.fit(held, cost).await {
+            Ok(reserved) => Ok(reserved),
+            Err(no_room) => {
+                let status = self.no_room(no_room, cost, "in memory before decoding");
+                Err(self.refuse_request("memory", status))
+            }
+        }
+    }
+
+    /// Runs the checks on a request's bytes (already within `max_request_bytes`). What
+    /// `reserved` holds for the bytes (OTLP/HTTP) becomes the request's decoded cost, growing
+    /// or shrinking, without being given back in between.
+    pub async fn admit(
+        &self,
+        bytes: &[u8],
+        signal: Signal,
+        reserved: Option<Reserved>,
+    ) -> Result<Admitted, Status> {
         let shape = match Shape::of(bytes, signal, &self.limits) {
             Ok(shape) => shape,
             Err(e @ ShapeError::TooManyRecords { .. }) => {
@@ -225,10 +291,15 @@ impl Admission {
             ));
         }
         let cost = shape.decoded_bytes();
-        let permit = self.acquire(cost, signal, shape.records).await?;
-        Ok(Admitted {
-            shape,
-            _budget: permit,
-        })
+        match self.fit(reserved, cost).await {
+            Ok(budget) => Ok(Admitted {
+                shape,
+                _budget: budget,
+            }),
+            Err(no_room) => {
+                let status = self.no_room(no_room, cost, "to decode");
+                Err(self.refuse_records(signal, shape.records, "memory", status))
+            }
+        }
     }
 }

@@ -43,6 +43,7 @@ use tonic::codegen::{BoxFuture, StdError};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 
+use super::admission::Reserved;
 use super::auth::{Allowed, Tokens};
 use super::ingest::Ingest;
 use crate::catalog::convert;
@@ -91,12 +92,25 @@ impl Export for Logs {
         bytes: Bytes,
         allowed: Allowed,
     ) -> Result<ExportLogsServiceResponse, Status> {
+        self.export_reserved(bytes, allowed, None).await
+    }
+}
+
+impl Logs {
+    /// Handles one request whose bytes already hold `reserved` of the in-flight budget.
+    pub async fn export_reserved(
+        &self,
+        bytes: Bytes,
+        allowed: Allowed,
+        reserved: Option<Reserved>,
+    ) -> Result<ExportLogsServiceResponse, Status> {
         let partial = self
             .0
             .export(
                 bytes,
                 Signal::Log,
                 allowed,
+                reserved,
                 |request: ExportLogsServiceRequest, catalog, now, skip| {
                     convert::logs(request, catalog, now, skip)
                 },
@@ -120,12 +134,25 @@ impl Export for Traces {
         bytes: Bytes,
         allowed: Allowed,
     ) -> Result<ExportTraceServiceResponse, Status> {
+        self.export_reserved(bytes, allowed, None).await
+    }
+}
+
+impl Traces {
+    /// Handles one request whose bytes already hold `reserved` of the in-flight budget.
+    pub async fn export_reserved(
+        &self,
+        bytes: Bytes,
+        allowed: Allowed,
+        reserved: Option<Reserved>,
+    ) -> Result<ExportTraceServiceResponse, Status> {
         let partial = self
             .0
             .export(
                 bytes,
                 Signal::Span,
                 allowed,
+                reserved,
                 |request: ExportTraceServiceRequest, catalog, now, skip| {
                     convert::traces(request, catalog, now, skip)
                 },

@@ -5,14 +5,18 @@
 //! [`Ingest::export`]): admission, tokens, decoding on the decode threads, validation, the spool
 //! (answered only once the request is fsynced) and partial success. What is HTTP's own happens
 //! first, cheapest first, before the body is read: the route and method, the content type, the
-//! bearer token, `Content-Length` against the size limit, and the shutdown gate. The body is then
-//! read under a time limit and a byte limit; a gzip body is inflated on a decode thread through a
-//! reader that stops one byte past `max_request_bytes` (a few kilobytes that inflate to
-//! gigabytes cost only the limit); a JSON body is priced ([`json_cost`]) and takes its share of
-//! the in-flight budget while a decode thread turns it into the protobuf bytes the common path
+//! bearer token, `Content-Length` against the size limit, and the shutdown gate. The body then
+//! takes its share of the in-flight budget (its `Content-Length`, or the most a body may be when
+//! chunked) before it is read under a time limit and a byte limit; that share moves with the
+//! request's memory until the request is done: grown by the limit while a gzip body is inflated
+//! on a decode thread through a reader that stops one byte past `max_request_bytes` (a few
+//! kilobytes that inflate to gigabytes cost only the limit); grown to a JSON body's price
+//! ([`json_cost`]) while a decode thread turns it into the protobuf bytes the common path
 //! takes (opentelemetry-proto's serde mapping, which is the OTLP/JSON one: lowerCamelCase
 //! names, hex trace and span ids, 64-bit integers as strings or numbers, enums as integers,
-//! base64 bytes values, unknown fields ignored).
+//! base64 bytes values, unknown fields ignored); then handed to admission, which turns it into
+//! the request's decoded cost. A share is never given back while the memory it stands for is
+//! still held.
 //!
 //! Answers follow the OTLP/HTTP specification, in the request's encoding:
 //!
@@ -25,7 +29,7 @@
 //! | 408 | the body did not arrive within the request timeout | `google.rpc.Status` |
 //! | 413 | over `max_request_bytes` (after decompression) or the record limit | `google.rpc.Status` |
 //! | 415 | another content type or content encoding | `google.rpc.Status` |
-//! | 429 / 503 | in-flight budget / spool full or shutting down; `Retry-After` | `google.rpc.Status` |
+//! | 429 / 503 | in-flight budget (also for the body, before it is read) / spool full or shutting down; `Retry-After` | `google.rpc.Status` |
 //! | 500 | decoding failed unexpectedly (a panic on a decode thread, logged) | `google.rpc.Status` |
 //! | 501 | `/v1/metrics` (this collector takes usage events only) | `google.rpc.Status` |
 //!
@@ -50,9 +54,9 @@ use tokio::sync::watch;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-use super::admission::RETRY_DELAY;
+use super::admission::{RETRY_DELAY, Reserved};
 use super::auth::{Allowed, Tokens};
-use super::grpc::{Export, Logs, Traces};
+use super::grpc::{Logs, Traces};
 use super::ingest::Ingest;
 use crate::config::{ConnectionSettings, CorsOrigins};
 use crate::event::Signal;
@@ -76,6 +80,8 @@ const JSON_OBJECT_COST: usize = 192;
 /// Times a JSON request's own bytes are held while it is turned into protobuf (the body, the
 /// parsed strings, the protobuf bytes).
 const JSON_BYTES_FACTOR: usize = 3;
+/// Most bytes of a refused body read for a client without a valid token or permission.
+const UNTRUSTED_DRAIN: usize = 64 << 10;
 
 /// The bytes of the in-flight budget a JSON request takes while it is turned into protobuf:
 /// every `{` (counted even inside strings, so never too few) priced as a parsed message.
@@ -191,7 +197,7 @@ fn http_status(status: &Status) -> StatusCode {
 
 /// The body of a refusal: `google.rpc.Status` (with its details, such as RetryInfo) as
 /// protobuf or as OTLP/JSON.
-fn status_body(status: &Status, encoding: Encoding) -> Vec<u8> {
+fn status_body(status: &Status, encoding: Encoding) -> Result<Vec<u8>, serde_json::Error> {
     let rpc = tonic_types::pb::Status::decode(status.details())
         .ok()
         .filter(|s| s.code != 0)
@@ -201,7 +207,7 @@ fn status_body(status: &Status, encoding: Encoding) -> Vec<u8> {
             details: Vec::new(),
         });
     match encoding {
-        Encoding::Protobuf => rpc.encode_to_vec(),
+        Encoding::Protobuf => Ok(rpc.encode_to_vec()),
         Encoding::Json => {
             let details: Vec<serde_json::Value> = status
                 .get_details_retry_info()
@@ -219,7 +225,6 @@ fn status_body(status: &Status, encoding: Encoding) -> Vec<u8> {
                 "message": rpc.message,
                 "details": details,
             }))
-            .unwrap_or_default()
         }
     }
 }
@@ -243,13 +248,24 @@ fn respond(http: StatusCode, content_type: &'static str, body: Vec<u8>) -> Respo
     response
 }
 
+/// The answer when an answer's body cannot be made (logged with what it was to say).
+fn unanswerable(error: &serde_json::Error, what: &str) -> Response<Full<Bytes>> {
+    tracing::error!(error = %error, what, "cannot encode an OTLP/HTTP answer; answering 500");
+    respond(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        JSON,
+        br#"{"code":13,"message":"the collector could not encode its answer","details":[]}"#
+            .to_vec(),
+    )
+}
+
 fn refuse(refusal: Refusal, encoding: Encoding) -> Response<Full<Bytes>> {
     let Refusal { http, status } = refusal;
-    let mut response = respond(
-        http,
-        encoding.content_type(),
-        status_body(&status, encoding),
-    );
+    let body = match status_body(&status, encoding) {
+        Ok(body) => body,
+        Err(e) => return unanswerable(&e, status.message()),
+    };
+    let mut response = respond(http, encoding.content_type(), body);
     if matches!(
         http,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
@@ -329,15 +345,18 @@ where
 
 /// The success answer in the request's encoding (a JSON answer without `partialSuccess` is
 /// `{}`, as protobuf's is empty).
-fn success<T: Message + serde::Serialize>(response: &T, encoding: Encoding) -> Vec<u8> {
+fn success<T: Message + serde::Serialize>(
+    response: &T,
+    encoding: Encoding,
+) -> Result<Vec<u8>, serde_json::Error> {
     match encoding {
-        Encoding::Protobuf => response.encode_to_vec(),
+        Encoding::Protobuf => Ok(response.encode_to_vec()),
         Encoding::Json => {
-            let mut value = serde_json::to_value(response).unwrap_or_default();
+            let mut value = serde_json::to_value(response)?;
             if let serde_json::Value::Object(map) = &mut value {
                 map.retain(|_, v| !v.is_null());
             }
-            serde_json::to_vec(&value).unwrap_or_else(|_| b"{}".to_vec())
+            serde_json::to_vec(&value)
         }
     }
 }
@@ -380,10 +399,14 @@ impl Receiver {
                 .headers
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            let drained = if waits {
-                Ok(false)
-            } else {
-                tokio::time::timeout(self.request_timeout, discard(body, self.drain_limit())).await
+            let declared = content_length(&parts.headers);
+            let drain = drain_limit(self.max_request_bytes, response.status(), declared);
+            let drained = match drain {
+                Some(limit) if !waits => {
+                    tokio::time::timeout(self.request_timeout, discard(body, limit)).await
+                }
+                // Told no more, or more than would be read: the connection is closed instead.
+                _ => Ok(false),
             };
             if !matches!(drained, Ok(true)) {
                 response
@@ -451,11 +474,6 @@ impl Receiver {
         response
     }
 
-    /// Most bytes of a refused request's body read and discarded before answering.
-    fn drain_limit(&self) -> usize {
-        self.max_request_bytes.saturating_mul(4).max(1 << 20)
-    }
-
     /// Answers a request; takes its body out of `body` if it reads it.
     async fn answer(
         &self,
@@ -504,6 +522,7 @@ impl Receiver {
                 header::ACCEPT,
                 HeaderValue::from_static("application/x-protobuf, application/json"),
             );
+            self.count_refused("unsupported_media_type");
             return response;
         };
         let signal = match route {
@@ -521,17 +540,22 @@ impl Receiver {
             Route::Other => unreachable!("answered above"),
         };
         match self.accept(signal, encoding, request, body).await {
-            Ok(body) => respond(StatusCode::OK, encoding.content_type(), body),
+            Ok(Ok(body)) => respond(StatusCode::OK, encoding.content_type(), body),
+            Ok(Err(e)) => unanswerable(&e, "the export response"),
             Err(refusal) => refuse(refusal, encoding),
         }
     }
 
-    fn refuse_request(&self, reason: &'static str, refusal: Refusal) -> Refusal {
+    fn count_refused(&self, reason: &'static str) {
         self.ingest
             .metrics
             .requests_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    fn refuse_request(&self, reason: &'static str, refusal: Refusal) -> Refusal {
+        self.count_refused(reason);
         tracing::debug!(
             reason,
             message = refusal.status.message(),
@@ -547,7 +571,7 @@ impl Receiver {
         encoding: Encoding,
         request: &http::request::Parts,
         body: &mut Option<hyper::body::Incoming>,
-    ) -> Result<Vec<u8>, Refusal> {
+    ) -> Result<Result<Vec<u8>, serde_json::Error>, Refusal> {
         let headers = &request.headers;
         let allowed = match &self.tokens {
             None => Allowed::Any,
@@ -571,10 +595,13 @@ impl Receiver {
             None | Some("" | "identity") => false,
             Some("gzip" | "x-gzip") => true,
             Some(other) => {
-                return Err(Refusal::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    Code::InvalidArgument,
-                    format!("unsupported content encoding {other:?}: send gzip or none"),
+                return Err(self.refuse_request(
+                    "unsupported_media_type",
+                    Refusal::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        Code::InvalidArgument,
+                        format!("unsupported content encoding {other:?}: send gzip or none"),
+                    ),
                 ));
             }
         };
@@ -595,9 +622,7 @@ impl Receiver {
                 ),
             )
         };
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = content_length(headers);
         if declared.is_some_and(|n| n > wire_limit as u64) {
             return Err(self.refuse_request("too_large", too_large()));
         }
@@ -605,47 +630,59 @@ impl Receiver {
             http: StatusCode::SERVICE_UNAVAILABLE,
             status,
         })?;
+        // The body's bytes take their share of the in-flight budget before they are read: as
+        // many as declared, or the most a body may have (chunked). Refused, the body is left
+        // unread.
+        let wire_cost = declared.map_or(wire_limit, |n| n as usize);
+        let mut reserved = self.reserve(None, wire_cost).await?;
         let Some(incoming) = body.take() else {
             unreachable!("the body is read once");
         };
-        let body = match tokio::time::timeout(
-            self.request_timeout,
-            read(incoming, wire_limit, self.drain_limit()),
-        )
-        .await
-        {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(BodyError::TooLarge)) => {
-                return Err(self.refuse_request("too_large", too_large()));
-            }
-            Ok(Err(BodyError::Failed(e))) => {
-                return Err(Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    Code::InvalidArgument,
-                    format!("cannot read the request body: {e}"),
-                ));
-            }
-            Err(_) => {
-                return Err(Refusal::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    Code::DeadlineExceeded,
-                    format!(
-                        "the request body did not arrive within {} s",
-                        self.request_timeout.as_secs()
-                    ),
-                ));
-            }
-        };
-        let bytes = self.unpack(signal, encoding, body, gzip).await?;
+        let drain = drain_limit(limit, StatusCode::PAYLOAD_TOO_LARGE, None).unwrap_or_default();
+        let body =
+            match tokio::time::timeout(self.request_timeout, read(incoming, wire_limit, drain))
+                .await
+            {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(BodyError::TooLarge)) => {
+                    return Err(self.refuse_request("too_large", too_large()));
+                }
+                Ok(Err(BodyError::Failed(e))) => {
+                    return Err(self.refuse_request(
+                        "incomplete_body",
+                        Refusal::new(
+                            StatusCode::BAD_REQUEST,
+                            Code::InvalidArgument,
+                            format!("cannot read the request body: {e}"),
+                        ),
+                    ));
+                }
+                Err(_) => {
+                    return Err(self.refuse_request(
+                        "timeout",
+                        Refusal::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            Code::DeadlineExceeded,
+                            format!(
+                                "the request body did not arrive within {} s",
+                                self.request_timeout.as_secs()
+                            ),
+                        ),
+                    ));
+                }
+            };
+        reserved.shrink_to(body.len());
+        let (bytes, reserved) = self.unpack(signal, encoding, body, gzip, reserved).await?;
+        let reserved = Some(reserved);
         match signal {
             Signal::Log => self
                 .logs
-                .export(bytes, allowed)
+                .export_reserved(bytes, allowed, reserved)
                 .await
                 .map(|response| success(&response, encoding)),
             Signal::Span => self
                 .traces
-                .export(bytes, allowed)
+                .export_reserved(bytes, allowed, reserved)
                 .await
                 .map(|response| success(&response, encoding)),
         }
@@ -655,54 +692,72 @@ impl Receiver {
         })
     }
 
+    /// Makes `held` (or a new share) `cost` bytes of the in-flight budget.
+    async fn reserve(&self, held: Option<Reserved>, cost: usize) -> Result<Reserved, Refusal> {
+        self.ingest
+            .admission
+            .reserve(held, cost)
+            .await
+            .map_err(|status| Refusal {
+                http: http_status(&status),
+                status,
+            })
+    }
+
     /// The request's protobuf bytes: inflated when gzip, transcoded when JSON, on a decode
-    /// thread.
+    /// thread; with `reserved`, the budget held for them (what the body took, grown for the
+    /// work, then what the result holds).
     async fn unpack(
         &self,
         signal: Signal,
         encoding: Encoding,
         body: Bytes,
         gzip: bool,
-    ) -> Result<Bytes, Refusal> {
+        reserved: Reserved,
+    ) -> Result<(Bytes, Reserved), Refusal> {
         if !gzip && encoding == Encoding::Protobuf {
             // Already within the limit (the body's own).
-            return Ok(body);
+            return Ok((body, reserved));
         }
         let limit = self.max_request_bytes;
         let decoders = &self.ingest.decoders;
         let failed = |e: super::decoders::Failed| {
-            Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                format!("{e}; retry later"),
-            )
-        };
-        let bytes = if gzip {
-            decoders
-                .run(move || inflate(body, true, limit))
-                .await
-                .map_err(failed)?
-        } else {
-            Ok(body)
-        };
-        let bytes = bytes.map_err(|e| self.unpacked(e))?;
-        if encoding == Encoding::Protobuf {
-            return Ok(bytes);
-        }
-        let _budget = self
-            .ingest
-            .admission
-            .reserve(json_cost(&bytes), signal)
-            .await
-            .map_err(|status| Refusal {
+            let status = e.status();
+            Refusal {
                 http: http_status(&status),
                 status,
-            })?;
-        let transcoded = decoders
-            .run(move || unpack_body(bytes, false, true, signal, limit))
+            }
+        };
+        let (bytes, reserved) = if gzip {
+            // The compressed body and up to `limit` inflated bytes, held together.
+            let mut reserved = self
+                .reserve(Some(reserved), body.len().saturating_add(limit))
+                .await?;
+            let (inflated, reserved) = decoders
+                .run(move || {
+                    let inflated = inflate(body, true, limit);
+                    reserved.shrink_to(inflated.as_ref().map_or(0, Bytes::len));
+                    (inflated, reserved)
+                })
+                .await
+                .map_err(failed)?;
+            (inflated.map_err(|e| self.unpacked(e))?, reserved)
+        } else {
+            (body, reserved)
+        };
+        if encoding == Encoding::Protobuf {
+            return Ok((bytes, reserved));
+        }
+        let mut reserved = self.reserve(Some(reserved), json_cost(&bytes)).await?;
+        let (transcoded, reserved) = decoders
+            .run(move || {
+                let transcoded = unpack_body(bytes, false, true, signal, limit);
+                reserved.shrink_to(transcoded.as_ref().map_or(0, Bytes::len));
+                (transcoded, reserved)
+            })
             .await
             .map_err(failed)?;
-        transcoded.map_err(|e| self.unpacked(e))
+        Ok((transcoded.map_err(|e| self.unpacked(e))?, reserved))
     }
 
     fn unpacked(&self, error: Unpacked) -> Refusal {
@@ -725,6 +780,32 @@ impl Receiver {
             ),
         }
     }
+}
+
+/// Most bytes of a refused request's body read and discarded before answering, so that a
+/// client still sending hears the answer: none when the body is declared longer than that (it
+/// could not be read to its end; the connection is closed instead), a little for a client
+/// without a valid token (no reason to read its bytes), else four times the size limit.
+fn drain_limit(
+    max_request_bytes: usize,
+    status: StatusCode,
+    declared: Option<u64>,
+) -> Option<usize> {
+    let limit = match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => UNTRUSTED_DRAIN,
+        _ => max_request_bytes.saturating_mul(4).max(1 << 20),
+    };
+    match declared {
+        Some(n) if n > limit as u64 => None,
+        _ => Some(limit),
+    }
+}
+
+/// The body length a request declares.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
 }
 
 /// Why a body was not read.
@@ -1015,13 +1096,53 @@ mod tests {
         let retry = retryable(Code::Unavailable, "full".into());
         assert_eq!(retry_after(&retry), "2");
         let json: serde_json::Value =
-            serde_json::from_slice(&status_body(&retry, Encoding::Json)).unwrap();
+            serde_json::from_slice(&status_body(&retry, Encoding::Json).unwrap()).unwrap();
         assert_eq!(json["code"], 14);
         assert_eq!(json["message"], "full");
         assert_eq!(json["details"][0]["retryDelay"], "2s");
         let proto =
-            tonic_types::pb::Status::decode(&status_body(&retry, Encoding::Protobuf)[..]).unwrap();
+            tonic_types::pb::Status::decode(&status_body(&retry, Encoding::Protobuf).unwrap()[..])
+                .unwrap();
         assert_eq!((proto.code, proto.message.as_str()), (14, "full"));
         assert_eq!(proto.details.len(), 1);
+        // A panic on a decode thread is final (500, no Retry-After); a stop is retryable.
+        use super::super::decoders::Failed;
+        assert_eq!(http_status(&Failed::Panicked.status()).as_u16(), 500);
+        assert_eq!(http_status(&Failed::Stopped.status()).as_u16(), 503);
+    }
+
+    #[test]
+    fn a_refused_body_is_drained_only_when_it_can_be_and_little_for_strangers() {
+        let limit = 4 << 20;
+        let big = Some(16 << 20);
+        assert_eq!(
+            drain_limit(limit, StatusCode::PAYLOAD_TOO_LARGE, None),
+            big.map(|n| n as usize)
+        );
+        assert_eq!(
+            drain_limit(limit, StatusCode::PAYLOAD_TOO_LARGE, big),
+            Some(16 << 20)
+        );
+        assert_eq!(
+            drain_limit(limit, StatusCode::PAYLOAD_TOO_LARGE, Some((16 << 20) + 1)),
+            None
+        );
+        assert_eq!(
+            drain_limit(limit, StatusCode::UNAUTHORIZED, Some(1000)),
+            Some(64 << 10)
+        );
+        assert_eq!(
+            drain_limit(limit, StatusCode::FORBIDDEN, None),
+            Some(64 << 10)
+        );
+        assert_eq!(
+            drain_limit(limit, StatusCode::UNAUTHORIZED, Some(1 << 20)),
+            None
+        );
+        // Small limits still drain a megabyte.
+        assert_eq!(
+            drain_limit(1000, StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
+            Some(1 << 20)
+        );
     }
 }

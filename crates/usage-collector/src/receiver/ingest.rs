@@ -8,7 +8,7 @@ use prost::Message;
 use prost::bytes::Bytes;
 use tonic::{Code, Status};
 
-use super::admission::{Admission, retryable};
+use super::admission::{Admission, Reserved, retryable};
 use super::auth::Allowed;
 use super::shape::Violation;
 use crate::catalog::Catalog;
@@ -106,11 +106,14 @@ impl Ingest {
 
     /// Handles one export request's bytes (already decompressed and within
     /// `max_request_bytes`): gate, admission, decode and map off the runtime, spool, answer.
+    /// `reserved` is the budget already held for the bytes (OTLP/HTTP), which admission turns
+    /// into the request's decoded cost.
     pub async fn export<R, F>(
         &self,
         bytes: Bytes,
         signal: Signal,
         allowed: Allowed,
+        reserved: Option<Reserved>,
         convert: F,
     ) -> Result<Partial, Status>
     where
@@ -118,33 +121,36 @@ impl Ingest {
         F: for<'a> FnOnce(R, &Catalog, u64, Violations<'a>) -> Converted + Send + 'static,
     {
         self.gate(signal)?;
-        let admitted = self.admission.admit(&bytes, signal).await?;
+        let admitted = self.admission.admit(&bytes, signal, reserved).await?;
         let now = crate::event::now_unix_nano();
         let catalog = self.catalog.clone();
-        let violations = admitted.shape.violations.clone();
-        let prepared = self
+        // The budget goes with the work: if the client disconnects, its future (here) is
+        // dropped, but the share is given back only when the decode thread is done with the
+        // request (or skips it).
+        let (admitted, prepared) = self
             .decoders
             .run(move || {
-                let request = R::decode(bytes).map_err(|e| {
-                    Status::invalid_argument(format!(
-                        "the request is not a valid OTLP export request: {e}"
-                    ))
-                })?;
-                let converted = convert(request, &catalog, now, Violations::new(&violations));
-                let mut body = Vec::new();
-                if !converted.events.is_empty() {
-                    body.reserve(converted.events.len() * ROW_BYTES_GUESS);
-                    spool::rows::encode(&catalog, &converted.events, &mut body);
-                }
-                Ok::<_, Status>(Prepared { converted, body })
+                let prepared = R::decode(bytes)
+                    .map_err(|e| {
+                        Status::invalid_argument(format!(
+                            "the request is not a valid OTLP export request: {e}"
+                        ))
+                    })
+                    .map(|request| {
+                        let violations = Violations::new(&admitted.shape.violations);
+                        let converted = convert(request, &catalog, now, violations);
+                        let mut body = Vec::new();
+                        if !converted.events.is_empty() {
+                            body.reserve(converted.events.len() * ROW_BYTES_GUESS);
+                            spool::rows::encode(&catalog, &converted.events, &mut body);
+                        }
+                        Prepared { converted, body }
+                    });
+                (admitted, prepared)
             })
             .await
-            .map_err(|e| match e {
-                super::decoders::Failed::Stopped => {
-                    Status::unavailable(format!("{e}; retry against another collector"))
-                }
-                super::decoders::Failed::Panicked => Status::internal(e.to_string()),
-            })??;
+            .map_err(|e| e.status())?;
+        let prepared = prepared?;
         if let Some(service) = prepared
             .converted
             .services
