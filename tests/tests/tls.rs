@@ -829,3 +829,62 @@ async fn otlp_http_takes_the_otlp_listeners_tls() {
     assert!(failed >= 1.0, "the plaintext handshake counted: {failed}");
     collector.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_tracker_presents_its_client_certificate_when_the_collector_asks() {
+    let db = TestDb::mysql().await;
+    let server_ca = Ca::new("usage test server CA");
+    let client_ca = Ca::new("usage test client CA");
+    let secret = SecretDir::new(&server_ca.server());
+    secret.publish_with_ca(&server_ca.server(), &client_ca.pem);
+    let collector = tls_collector(&db, &secret, true).await;
+    let files = |name: &str, contents: &str| {
+        let path = secret.root.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    };
+    let trusted = files("server-ca.pem", &server_ca.pem);
+    let identity = client_ca.client("web-ide");
+    let client_cert = files("client.crt", &identity.cert);
+    let client_key = files("client.key", &identity.key);
+    let endpoint = collector.tls_endpoint();
+    let tracker_config = |with_identity: bool| {
+        let mut variables = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", trusted.clone()),
+            ("OTEL_SERVICE_NAME", "web-ide".to_owned()),
+        ];
+        if with_identity {
+            variables.push(("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", client_cert.clone()));
+            variables.push(("OTEL_EXPORTER_OTLP_CLIENT_KEY", client_key.clone()));
+        }
+        usage_tracker::Config::from_lookup(|name| {
+            variables
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .expect("settings")
+    };
+
+    // Without its certificate, the collector does not let it in: verification fails.
+    let refused = usage_tracker::TrackerBuilder::from_config(tracker_config(false))
+        .verify(Duration::from_secs(5))
+        .start();
+    assert!(refused.is_err(), "no client certificate: accepted");
+
+    let tracker = usage_tracker::TrackerBuilder::from_config(tracker_config(true))
+        .verify(Duration::from_secs(5))
+        .start()
+        .expect("the tracker connects with its client certificate");
+    let subscriber = tracing_subscriber::registry().with(tracker.layer());
+    tracing::subscriber::with_default(subscriber, || {
+        usage_tracker::page_visit(usage_tracker::PageVisit::new("/tracked-with-a-certificate"));
+    });
+    assert!(tracker.flush(Duration::from_secs(10)));
+    collector.wait_written(Duration::from_secs(10)).await;
+    assert_eq!(paths(&db).await, ["/tracked-with-a-certificate"]);
+    assert_eq!(tracker.stats().failed, 0);
+    drop(tracker);
+    collector.stop().await;
+}
