@@ -14,14 +14,14 @@
 //! 2. read the touched sessions' start times, locking the rows that exist (sorted, so every
 //!    transaction locks them in the same order); insert the sessions that do not exist yet with
 //!    a plain INSERT (retried the same way if another transaction created one meanwhile), and
-//!    upsert the others, adding the newly inserted rows to their counters. The session rows'
-//!    locks are held to the commit: two transactions touching one session finish one after the
-//!    other, and only this short tail is serialized;
-//! 3. recount the run counters of the sessions that got program runs in the batch from
-//!    `program_executions` (read-committed: the count, taken after the lock was granted, sees
-//!    this batch's runs and every run committed before). `duration_seconds` follows the
-//!    merged start and end (a late event may move an ended session's start): MySQL sets it in
-//!    the upsert itself, SQLite in an UPDATE of the batch's ended sessions;
+//!    upsert the others, adding the newly inserted rows (runs, lines executed, errors, page
+//!    visits, feature uses) to their counters — never a recount: a session's cost stays the
+//!    same however long it runs. The session rows' locks are held to the commit: two
+//!    transactions touching one session finish one after the other, and only this short tail
+//!    is serialized;
+//! 3. `duration_seconds` follows the merged start and end (a late event may move an ended
+//!    session's start): MySQL sets it in the upsert itself, SQLite in an UPDATE of the batch's
+//!    ended sessions;
 //! 4. add the newly inserted rows, and the sessions created or moved to another day, to
 //!    [`DAILY_ROLLUP`] (sorted by day and service, last, so its hot rows are locked only for
 //!    the tail of the transaction).
@@ -37,7 +37,7 @@ use std::pin::Pin;
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
 use time::{Date, PrimitiveDateTime};
 
-use crate::catalog::tables::{EVENT_COLUMNS, SESSION_COLUMNS, TableKind};
+use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
 use usage_tracker::catalog::tables as names;
 
@@ -99,6 +99,9 @@ impl Dialect for sqlx::MySql {
         user_id = COALESCE(user_id, VALUES(user_id)), \
         user_agent = COALESCE(user_agent, VALUES(user_agent)), \
         ip_address = COALESCE(ip_address, VALUES(ip_address)), \
+        programs_run = programs_run + VALUES(programs_run), \
+        lines_executed = lines_executed + VALUES(lines_executed), \
+        errors_encountered = errors_encountered + VALUES(errors_encountered), \
         page_visits = page_visits + VALUES(page_visits), \
         features_used = features_used + VALUES(features_used), \
         duration_seconds = TIMESTAMPDIFF(SECOND, LEAST(start_time, VALUES(start_time)), \
@@ -128,6 +131,9 @@ impl Dialect for sqlx::Sqlite {
         user_id = COALESCE(user_id, excluded.user_id), \
         user_agent = COALESCE(user_agent, excluded.user_agent), \
         ip_address = COALESCE(ip_address, excluded.ip_address), \
+        programs_run = programs_run + excluded.programs_run, \
+        lines_executed = lines_executed + excluded.lines_executed, \
+        errors_encountered = errors_encountered + excluded.errors_encountered, \
         page_visits = page_visits + excluded.page_visits, \
         features_used = features_used + excluded.features_used";
     const DURATION_UPDATE: Option<&'static str> =
@@ -188,6 +194,12 @@ pub struct DayCounts {
 /// What a batch's newly inserted rows add to one session's counters.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SessionCounts {
+    /// Program runs.
+    pub programs_run: i64,
+    /// Lines the runs executed.
+    pub lines_executed: i64,
+    /// Runs that failed.
+    pub errors_encountered: i64,
     /// Page visits.
     pub page_visits: i64,
     /// Feature uses.
@@ -207,8 +219,8 @@ pub struct Tally<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Counted {
     PageVisits,
-    /// Program runs, with the position of `success`.
-    Programs(Option<usize>),
+    /// Program runs, with the positions of `success` and `lines_executed`.
+    Programs(Option<usize>, Option<usize>),
     Features,
     Other,
     /// A table the summaries do not cover (one from the configuration).
@@ -220,7 +232,8 @@ impl Counted {
         match table.name {
             names::PAGE_VISITS => Counted::PageVisits,
             names::PROGRAM_EXECUTIONS => {
-                Counted::Programs(table.columns.iter().position(|c| c.name == "success"))
+                let column = |name: &str| table.columns.iter().position(|c| c.name == name);
+                Counted::Programs(column("success"), column("lines_executed"))
             }
             names::FEATURE_USAGE => Counted::Features,
             names::USAGE_EVENTS => Counted::Other,
@@ -258,10 +271,16 @@ impl<'a> Tally<'a> {
                         s.page_visits += 1;
                     }
                 }
-                Counted::Programs(success) => {
+                Counted::Programs(success, lines) => {
+                    let failed = matches!(success.map(|i| &row[i]), Some(Value::Bool(false)));
                     day.programs_run += 1;
-                    if let Some(Value::Bool(false)) = success.map(|i| &row[i]) {
-                        day.program_errors += 1;
+                    day.program_errors += i64::from(failed);
+                    if let Some(s) = session {
+                        s.programs_run += 1;
+                        s.errors_encountered += i64::from(failed);
+                        if let Some(Value::Int(n)) = lines.map(|i| &row[i]) {
+                            s.lines_executed += n;
+                        }
                     }
                 }
                 Counted::Features => {
@@ -342,11 +361,9 @@ pub trait Driver: Dialect {
     /// Adds the tally's days to [`DAILY_ROLLUP`].
     fn add_days<'a>(conn: &'a mut Self::Connection, tally: &'a Tally<'_>) -> Boxed<'a, ()>;
 
-    /// Recounts counters for the batch's sessions with new runs, and (where the upsert cannot)
-    /// sets the durations of its ended sessions.
-    fn refresh_sessions<'a>(
+    /// Sets the durations of the batch's ended sessions, where the upsert cannot.
+    fn refresh_durations<'a>(
         conn: &'a mut Self::Connection,
-        catalog: &'a Catalog,
         batch: &'a RowBatch<'_>,
     ) -> Boxed<'a, ()>;
 
@@ -414,7 +431,7 @@ where
             }
             if !batch.sessions.is_empty() {
                 written.sessions = DB::write_sessions(conn, &batch.sessions, &mut tally).await?;
-                DB::refresh_sessions(conn, catalog, batch).await?;
+                DB::refresh_durations(conn, batch).await?;
             }
             DB::add_days(conn, &tally).await?;
             Ok(written)
@@ -670,6 +687,15 @@ where
                             SessionColumn::IpAddress => {
                                 s.ip_address.as_deref().map(SessionValue::Text)
                             }
+                            SessionColumn::ProgramsRun => {
+                                Some(SessionValue::Int(counts.programs_run))
+                            }
+                            SessionColumn::LinesExecuted => {
+                                Some(SessionValue::Int(counts.lines_executed))
+                            }
+                            SessionColumn::ErrorsEncountered => {
+                                Some(SessionValue::Int(counts.errors_encountered))
+                            }
                             SessionColumn::PageVisits => {
                                 Some(SessionValue::Int(counts.page_visits))
                             }
@@ -723,34 +749,11 @@ where
         })
     }
 
-    fn refresh_sessions<'a>(
+    fn refresh_durations<'a>(
         conn: &'a mut DB::Connection,
-        catalog: &'a Catalog,
         batch: &'a RowBatch<'_>,
     ) -> Boxed<'a, ()> {
         Box::pin(async move {
-            // Counters change only for sessions that got program runs in this batch.
-            let runs = catalog
-                .tables()
-                .iter()
-                .position(|t| t.name == usage_tracker::catalog::tables::PROGRAM_EXECUTIONS);
-            let column = |name: &str| EVENT_COLUMNS.iter().position(|c| c.name == name);
-            let mut recount: Vec<(&str, &str)> =
-                match (runs, column("service"), column("session_id")) {
-                    (Some(table), Some(service), Some(session)) => batch.rows[table]
-                        .iter()
-                        .filter_map(|row| match (&row[service], &row[session]) {
-                            (Value::Text(service), Value::Text(id)) => {
-                                Some((service.as_str(), id.as_str()))
-                            }
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-            recount.sort_unstable();
-            recount.dedup();
-            DB::update_in(conn, COUNTERS, &recount, "").await?;
             let Some(duration) = DB::DURATION_UPDATE else {
                 return Ok(());
             };
@@ -790,20 +793,8 @@ where
     }
 }
 
-/// Recounts a session's counters from its service's `program_executions`.
-const COUNTERS: &str = "UPDATE `ide_sessions` SET \
-     programs_run = (SELECT COUNT(*) FROM `program_executions` p \
-         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id), \
-     lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
-         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id), \
-     errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
-         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id \
-         AND NOT p.success) \
-     WHERE (service, session_id) IN (";
-
-/// The `ide_sessions` columns a session insert or upsert writes: every one but the run
-/// counters, which are recounted from `program_executions`; the page visit and feature use
-/// counters carry the batch's increments.
+/// The `ide_sessions` columns a session insert or upsert writes: every one; the counters carry
+/// the increments of the batch's newly inserted rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionColumn {
     SessionId,
@@ -815,11 +806,14 @@ enum SessionColumn {
     DurationSeconds,
     UserAgent,
     IpAddress,
+    ProgramsRun,
+    LinesExecuted,
+    ErrorsEncountered,
     PageVisits,
     FeaturesUsed,
 }
 
-const SESSION_UPSERT: [SessionColumn; 11] = [
+const SESSION_UPSERT: [SessionColumn; 14] = [
     SessionColumn::SessionId,
     SessionColumn::Service,
     SessionColumn::UserId,
@@ -829,6 +823,9 @@ const SESSION_UPSERT: [SessionColumn; 11] = [
     SessionColumn::DurationSeconds,
     SessionColumn::UserAgent,
     SessionColumn::IpAddress,
+    SessionColumn::ProgramsRun,
+    SessionColumn::LinesExecuted,
+    SessionColumn::ErrorsEncountered,
     SessionColumn::PageVisits,
     SessionColumn::FeaturesUsed,
 ];
@@ -846,6 +843,9 @@ impl SessionColumn {
             SessionColumn::DurationSeconds => "duration_seconds",
             SessionColumn::UserAgent => "user_agent",
             SessionColumn::IpAddress => "ip_address",
+            SessionColumn::ProgramsRun => "programs_run",
+            SessionColumn::LinesExecuted => "lines_executed",
+            SessionColumn::ErrorsEncountered => "errors_encountered",
             SessionColumn::PageVisits => "page_visits",
             SessionColumn::FeaturesUsed => "features_used",
         };
@@ -871,15 +871,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_upserted_session_column_is_a_session_column_and_the_counters_are_not() {
+    fn the_common_event_columns_are_where_the_tally_reads_them() {
+        let names = crate::catalog::tables::EVENT_COLUMNS.map(|c| c.name);
+        assert_eq!(names[EVENT_ID], "event_id");
+        assert_eq!(names[SERVICE], "service");
+        assert_eq!(names[SESSION_ID], "session_id");
+        assert_eq!(names[TIMESTAMP], "timestamp");
+    }
+
+    #[test]
+    fn a_session_write_names_every_session_column_once() {
         for column in SESSION_UPSERT {
             assert!(
                 SESSION_COLUMNS.iter().any(|c| c.name == column.name()),
                 "{column:?}"
             );
         }
-        for counter in ["programs_run", "lines_executed", "errors_encountered"] {
-            assert!(!SESSION_UPSERT.iter().any(|c| c.name() == counter));
+        for column in SESSION_COLUMNS {
+            let named = SESSION_UPSERT.iter().filter(|c| c.name() == column.name);
+            assert_eq!(named.count(), 1, "{}", column.name);
         }
     }
 }
