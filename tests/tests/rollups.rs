@@ -120,11 +120,13 @@ const RECOUNT_DAYS: &str = "SELECT CAST(day AS CHAR), service, CAST(SUM(s) AS CH
         GROUP BY DATE(`timestamp`), service \
     ) AS raw GROUP BY day, service ORDER BY 1, 2";
 
-const ROLLUP_DAYS: &str = "SELECT CAST(`date` AS CHAR), service, CAST(sessions AS CHAR), \
-    CAST(page_visits AS CHAR), CAST(programs_run AS CHAR), CAST(program_errors AS CHAR), \
-    CAST(features_used AS CHAR), CAST(other_events AS CHAR) FROM daily_usage_by_service \
-    WHERE sessions <> 0 OR page_visits <> 0 OR programs_run <> 0 OR program_errors <> 0 \
-    OR features_used <> 0 OR other_events <> 0 ORDER BY 1, 2";
+const ROLLUP_DAYS: &str = "SELECT CAST(`date` AS CHAR), service, CAST(SUM(sessions) AS CHAR), \
+    CAST(SUM(page_visits) AS CHAR), CAST(SUM(programs_run) AS CHAR), \
+    CAST(SUM(program_errors) AS CHAR), CAST(SUM(features_used) AS CHAR), \
+    CAST(SUM(other_events) AS CHAR) FROM daily_usage_by_service GROUP BY `date`, service \
+    HAVING SUM(sessions) <> 0 OR SUM(page_visits) <> 0 OR SUM(programs_run) <> 0 \
+    OR SUM(program_errors) <> 0 OR SUM(features_used) <> 0 OR SUM(other_events) <> 0 \
+    ORDER BY 1, 2";
 
 const RECOUNT_SESSIONS: &str = "SELECT s.service, s.session_id, \
     CAST((SELECT COUNT(*) FROM program_executions p WHERE p.service = s.service \

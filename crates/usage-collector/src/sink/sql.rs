@@ -45,6 +45,11 @@ use usage_tracker::catalog::tables as names;
 /// sums it over services).
 pub const DAILY_ROLLUP: &str = "daily_usage_by_service";
 
+/// Rows each (day, service) of [`DAILY_ROLLUP`] is split over. Every transaction adds to that
+/// day's row, and holds its lock to the commit: with one row, concurrent transactions would
+/// commit one at a time; over 8, two rarely meet.
+const ROLLUP_SHARDS: u8 = 8;
+
 /// A migrator for embedded `(description, sql)` migrations, numbered from 1 in order.
 pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
@@ -140,7 +145,7 @@ impl Dialect for sqlx::Sqlite {
         Some("CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)");
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON CONFLICT (instance) DO UPDATE SET last_beat = MAX(last_beat, excluded.last_beat)";
-    const ON_DUPLICATE_ROLLUP: &'static str = " ON CONFLICT (`date`, service) DO UPDATE SET \
+    const ON_DUPLICATE_ROLLUP: &'static str = " ON CONFLICT (`date`, service, shard) DO UPDATE SET \
         sessions = sessions + excluded.sessions, \
         page_visits = page_visits + excluded.page_visits, \
         programs_run = programs_run + excluded.programs_run, \
@@ -358,8 +363,12 @@ pub trait Driver: Dialect {
         upsert: bool,
     ) -> Boxed<'a, ()>;
 
-    /// Adds the tally's days to [`DAILY_ROLLUP`].
-    fn add_days<'a>(conn: &'a mut Self::Connection, tally: &'a Tally<'_>) -> Boxed<'a, ()>;
+    /// Adds the tally's days to [`DAILY_ROLLUP`], in shard `shard`.
+    fn add_days<'a>(
+        conn: &'a mut Self::Connection,
+        tally: &'a Tally<'_>,
+        shard: i64,
+    ) -> Boxed<'a, ()>;
 
     /// Sets the durations of the batch's ended sessions, where the upsert cannot.
     fn refresh_durations<'a>(
@@ -433,7 +442,12 @@ where
                 written.sessions = DB::write_sessions(conn, &batch.sessions, &mut tally).await?;
                 DB::refresh_durations(conn, batch).await?;
             }
-            DB::add_days(conn, &tally).await?;
+            // Any shard will do (the counts add up whichever it is); a hash byte of the first
+            // event's id spreads concurrent batches over them.
+            let shard = batch.rows.iter().flatten().next().map_or(0, |row| {
+                event_key(row).1.last().copied().unwrap_or(0) % ROLLUP_SHARDS
+            });
+            DB::add_days(conn, &tally, i64::from(shard)).await?;
             Ok(written)
         })
     }
@@ -720,21 +734,26 @@ where
         })
     }
 
-    fn add_days<'a>(conn: &'a mut DB::Connection, tally: &'a Tally<'_>) -> Boxed<'a, ()> {
+    fn add_days<'a>(
+        conn: &'a mut DB::Connection,
+        tally: &'a Tally<'_>,
+        shard: i64,
+    ) -> Boxed<'a, ()> {
         Box::pin(async move {
             let days: Vec<_> = tally
                 .days
                 .iter()
                 .filter(|(_, counts)| **counts != DayCounts::default())
                 .collect();
-            for chunk in days.chunks(MAX_BINDS / 8) {
+            for chunk in days.chunks(MAX_BINDS / 9) {
                 let mut query = QueryBuilder::<DB>::new(format!(
-                    "INSERT INTO `{DAILY_ROLLUP}` (`date`, service, sessions, page_visits, \
+                    "INSERT INTO `{DAILY_ROLLUP}` (`date`, service, shard, sessions, page_visits, \
                      programs_run, program_errors, features_used, other_events) "
                 ));
                 query.push_values(chunk, |mut list, ((day, service), c)| {
                     list.push_bind(*day)
                         .push_bind(*service)
+                        .push_bind(shard)
                         .push_bind(c.sessions)
                         .push_bind(c.page_visits)
                         .push_bind(c.programs_run)

@@ -3,18 +3,21 @@
 -- a repeated event (a retry, a replay, a second collector) adds nothing. Reading a summary
 -- reads only the summary.
 --
--- Counts per day and service. `daily_usage_summary` stays a view with its columns and meaning
--- (totals per day over every service), now over this table's few rows per day.
+-- Counts per day and service, each split over a few shards so that concurrent transactions
+-- (several write streams, several collectors) rarely wait for each other's row: a reader sums
+-- the shards. `daily_usage_summary` stays a view with its columns and meaning (totals per day
+-- over every service), now over this table's few rows per day.
 CREATE TABLE IF NOT EXISTS daily_usage_by_service (
     `date` DATE NOT NULL,
     service VARCHAR(128) NOT NULL,
+    shard SMALLINT NOT NULL DEFAULT 0,
     sessions BIGINT NOT NULL DEFAULT 0,
     page_visits BIGINT NOT NULL DEFAULT 0,
     programs_run BIGINT NOT NULL DEFAULT 0,
     program_errors BIGINT NOT NULL DEFAULT 0,
     features_used BIGINT NOT NULL DEFAULT 0,
     other_events BIGINT NOT NULL DEFAULT 0,
-    PRIMARY KEY (`date`, service)
+    PRIMARY KEY (`date`, service, shard)
 );
 
 INSERT INTO daily_usage_by_service
@@ -70,3 +73,6 @@ SELECT s.session_id, s.service, s.user_id, s.start_time, s.last_activity, s.end_
        s.duration_seconds, s.programs_run, s.lines_executed, s.errors_encountered,
        s.page_visits, s.features_used
 FROM ide_sessions s;
+
+-- The dashboard's top features read one service's feature uses of a time range.
+CREATE INDEX ix_feature_usage_service_time ON feature_usage (service, `timestamp`);
