@@ -392,7 +392,7 @@ fn is_duplicate(error: &sqlx::Error) -> bool {
 }
 
 /// The (service, event id) of an event row.
-fn event_key<'r>(row: &'r [Value]) -> (&'r str, &'r [u8]) {
+fn event_key(row: &[Value]) -> (&str, &[u8]) {
     let service = match &row[SERVICE] {
         Value::Text(s) => s.as_str(),
         _ => "",
