@@ -9,7 +9,10 @@
 //!   for the Python SDK), sessions from a pool of 64 per sender; (b') the same with `event.id`;
 //! - (a), (a'), (b), (b') alternate, `USAGE_BENCH_ROUNDS` times (default 3); the table gives
 //!   each round and the median of (b)/(a);
-//! - (c) no database: the collector decoding, mapping and spooling, rows discarded;
+//! - (c) no database: the collector decoding, mapping and spooling, rows discarded; beside it,
+//!   in alternation, rotel (an OTLP collector in Rust, PyPI package `rotel`, installed by the
+//!   bench into a virtual environment under `~/.cache/usage-pipeline/rotel-venv`) receiving
+//!   the same load into its blackhole exporter (`USAGE_BENCH_ROTEL=0` skips it);
 //! - (d) growth: for each size in `USAGE_BENCH_GROWTH` (default `0,1000000,10000000` rows
 //!   already in `page_visits`, preloaded with `INSERT … SELECT` from MariaDB's sequence
 //!   tables, a million rows per statement): the end-to-end rate of (b), (a) and (a') with
@@ -197,6 +200,90 @@ async fn start(config: &ProcessConfig) -> (CollectorProcess, u32) {
     (collector, pid)
 }
 
+/// The rotel version the bench installs.
+const ROTEL: &str = "rotel==0.0.1a15";
+
+/// The `rotel-agent` binary of the `rotel` package, installed into a virtual environment the
+/// bench creates (once); `None` (and why, on stderr) when it cannot be had.
+fn rotel_agent() -> Option<PathBuf> {
+    if std::env::var("USAGE_BENCH_ROTEL").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let home = std::env::var_os("HOME")?;
+    let venv = PathBuf::from(home).join(".cache/usage-pipeline/rotel-venv");
+    let python = venv.join("bin/python");
+    let run = |program: &Path, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                o.status
+                    .success()
+                    .then_some(())
+                    .ok_or_else(|| String::from_utf8_lossy(&o.stderr).into_owned())
+            })
+    };
+    let installed = (|| {
+        if !python.exists() {
+            run(
+                Path::new("python3"),
+                &["-m", "venv", &venv.to_string_lossy()],
+            )?;
+        }
+        run(&python, &["-m", "pip", "install", "--quiet", ROTEL])?;
+        let found = std::fs::read_dir(venv.join("lib")).map_err(|e| e.to_string())?;
+        found
+            .flatten()
+            .map(|d| d.path().join("site-packages/rotel/rotel-agent"))
+            .find(|p| p.exists())
+            .ok_or_else(|| "no rotel-agent in the rotel package".to_owned())
+    })();
+    installed.map_err(|e| eprintln!("rotel skipped: {e}")).ok()
+}
+
+/// rotel receiving `seconds` of the (c) load into its blackhole exporter: (records/s, p50 ms,
+/// p99 ms, CPU s, peak RSS MiB).
+async fn rotel_blackhole(agent: &Path, dir: &Path, seconds: u64) -> (f64, f64, f64, f64, f64) {
+    let (grpc, http) = (
+        usage_pipeline_tests::process::free_addr(),
+        usage_pipeline_tests::process::free_addr(),
+    );
+    let log = std::fs::File::create(dir.join("rotel.log")).expect("rotel log");
+    let mut child = std::process::Command::new(agent)
+        .args(["start", "--exporter", "blackhole"])
+        .args(["--otlp-grpc-endpoint", &grpc.to_string()])
+        .args(["--otlp-http-endpoint", &http.to_string()])
+        .stdout(log.try_clone().expect("rotel log"))
+        .stderr(log)
+        .spawn()
+        .expect("start rotel");
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(grpc).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "rotel did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    settle().await;
+    let cpu_at_start = usage(child.id()).0;
+    let outcome = loadgen::run(plan(format!("http://{grpc}"), 0, seconds, true))
+        .await
+        .expect("load");
+    let (cpu, rss) = usage(child.id());
+    if let Err(e) = child.kill().and_then(|()| child.wait().map(drop)) {
+        eprintln!("could not stop rotel: {e}");
+    }
+    (
+        outcome.records_per_second,
+        outcome.p50_ms,
+        outcome.p99_ms,
+        cpu - cpu_at_start,
+        rss,
+    )
+}
+
 /// One end-to-end measurement.
 struct EndToEnd {
     rows_per_second: f64,
@@ -349,18 +436,52 @@ async fn main() {
     );
 
     // (c) no database, first: the database's deferred flushing after (a) and (b) would slow
-    // the spool's fsyncs.
-    // The blackhole sink: the writer runs as in production and stores nothing.
-    let config = ProcessConfig::new(BIN, "blackhole://", &dir.join("discard"));
-    let (collector, pid) = start(&config).await;
-    settle().await;
-    let cpu_at_start = usage(pid).0;
-    let discard = loadgen::run(plan(config.endpoint(), 0, seconds, true))
-        .await
-        .expect("load");
-    let (discard_cpu, discard_rss) = usage(pid);
-    let discard_cpu = discard_cpu - cpu_at_start;
-    drop(collector);
+    // the spool's fsyncs. The blackhole sink: the writer runs as in production and stores
+    // nothing. rotel's blackhole beside it, in alternation.
+    let rotel = rotel_agent();
+    println!(
+        "| round | receive path, no database, {seconds} s | records/s | vs rotel | p50 ms | p99 ms | CPU s | peak RSS MB |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut receive_ratios = Vec::new();
+    let mut discard_line = String::new();
+    for round in 1..=rounds {
+        let config = ProcessConfig::new(BIN, "blackhole://", &dir.join(format!("discard{round}")));
+        let (collector, pid) = start(&config).await;
+        settle().await;
+        let cpu_at_start = usage(pid).0;
+        let discard = loadgen::run(plan(config.endpoint(), 0, seconds, true))
+            .await
+            .expect("load");
+        let (discard_cpu, discard_rss) = usage(pid);
+        let discard_cpu = discard_cpu - cpu_at_start;
+        drop(collector);
+        discard_line = format!(
+            "| all | (c) decode + map + spool, rows discarded, {seconds} s (last round) | {:.0} | | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} | |",
+            discard.records_per_second, discard.p50_ms, discard.p99_ms
+        );
+        let versus = match &rotel {
+            Some(agent) => {
+                let (rate, p50, p99, cpu, rss) = rotel_blackhole(agent, &dir, seconds).await;
+                receive_ratios.push(discard.records_per_second / rate);
+                println!(
+                    "| {round} | rotel {ROTEL}, blackhole exporter | {rate:.0} | 1.00 | {p50:.1} | {p99:.1} | {cpu:.1} | {rss:.0} |"
+                );
+                format!("{:.2}", discard.records_per_second / rate)
+            }
+            None => String::new(),
+        };
+        println!(
+            "| {round} | (c) this collector: decode, validate, map, fsync to the spool, rows discarded | {:.0} | {versus} | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} |",
+            discard.records_per_second, discard.p50_ms, discard.p99_ms
+        );
+    }
+    if !receive_ratios.is_empty() {
+        println!(
+            "\nmedian over {rounds} rounds: (c)/rotel {:.2}\n",
+            median(&mut receive_ratios)
+        );
+    }
 
     println!(
         "| round | measurement | rows/s | vs (a) | p50 ms | p99 ms | collector CPU s | collector peak RSS MB | database CPU s |"
@@ -429,10 +550,7 @@ async fn main() {
             );
         }
     }
-    println!(
-        "| all | (c) decode + map + spool, rows discarded, {seconds} s | {:.0} | | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} | |",
-        discard.records_per_second, discard.p50_ms, discard.p99_ms
-    );
+    println!("{discard_line}");
     println!(
         "\nmedian over {rounds} rounds: (b)/(a) {:.2}, (b')/(a) {:.2}, (a')/(a) {:.2}; collector peak RSS {peak_rss:.0} MB\n",
         median(&mut ratios),
