@@ -14,6 +14,7 @@ use usage_collector::catalog::Catalog;
 use usage_collector::catalog::convert;
 use usage_collector::spool::{Payload, Spool, SpoolSignal, rows};
 use usage_collector_fuzz::{NOW, TempDir, folder, runtime};
+use usage_pipeline_tests::otlp_http::{Encoding, gzip};
 use usage_pipeline_tests::fixtures::{
     SECOND, T0, event, kv, kvlist, logs_request, page_visits, span, strings, traces_request,
 };
@@ -24,6 +25,21 @@ fn write(target: &str, name: &str, bytes: &[u8]) {
         .join(target);
     std::fs::create_dir_all(&dir).expect("seeds folder");
     std::fs::write(dir.join(name), bytes).expect("write a seed");
+}
+
+/// `otlp_http` seeds of one request: protobuf and JSON, plain and gzip (the first byte's flags:
+/// gzip 1, JSON 2, traces 4).
+fn http_seeds<T: Message + serde::Serialize>(name: &str, request: &T, signal: u8) {
+    for (suffix, flags, body) in [
+        ("protobuf", 0, Encoding::Protobuf.encode(request)),
+        ("json", 2, Encoding::Json.encode(request)),
+        ("protobuf_gzip", 1, gzip(&Encoding::Protobuf.encode(request))),
+        ("json_gzip", 3, gzip(&Encoding::Json.encode(request))),
+    ] {
+        let mut bytes = vec![flags | signal];
+        bytes.extend_from_slice(&body);
+        write("otlp_http", &format!("{name}_{suffix}"), &bytes);
+    }
 }
 
 fn main() {
@@ -84,6 +100,7 @@ fn main() {
     for (name, request) in logs {
         let bytes = request.encode_to_vec();
         write("otlp_logs", name, &bytes);
+        http_seeds(name, &request, 0);
         let converted = convert::logs(request, &catalog, NOW, ());
         let mut body = Vec::new();
         rows::encode(&catalog, &converted.events, &mut body);
@@ -125,6 +142,7 @@ fn main() {
     for (name, request) in traces {
         let bytes = request.encode_to_vec();
         write("otlp_traces", name, &bytes);
+        http_seeds(name, &request, 4);
         let converted = convert::traces(request, &catalog, NOW, ());
         let mut body = Vec::new();
         rows::encode(&catalog, &converted.events, &mut body);

@@ -104,6 +104,53 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
     round_trip(&converted);
 }
 
+/// The size limit the `otlp_http` target inflates to (as `max_request_bytes`).
+pub const HTTP_LIMIT: usize = 1 << 20;
+
+/// An OTLP/HTTP request body, as the receiver unpacks it before the common path: the first byte
+/// chooses gzip (bit 0), JSON (bit 1) and traces rather than logs (bit 2); the rest is the body.
+/// `receiver::http::unpack_body` (inflate within [`HTTP_LIMIT`], OTLP/JSON → protobuf), then,
+/// for what it accepts, the receive path of [`otlp`].
+///
+/// Asserts:
+/// - inflating never yields more than the limit (a gzip bomb stops at it);
+/// - a body within the limit is never refused as too large, and a plain one over it always is;
+/// - the protobuf a JSON body becomes decodes as the request it was made from;
+/// - and everything [`otlp`] asserts about the receive path.
+pub fn otlp_http(data: &[u8]) {
+    use usage_collector::receiver::http::{Unpacked, unpack_body};
+    let Some((&flags, body)) = data.split_first() else {
+        return;
+    };
+    let (gzip, json) = (flags & 1 != 0, flags & 2 != 0);
+    let signal = if flags & 4 != 0 {
+        Signal::Span
+    } else {
+        Signal::Log
+    };
+    let body = prost::bytes::Bytes::copy_from_slice(body);
+    match unpack_body(body.clone(), gzip, json, signal, HTTP_LIMIT) {
+        Ok(bytes) => {
+            if !json {
+                assert!(bytes.len() <= HTTP_LIMIT, "{} bytes past the limit", bytes.len());
+            } else {
+                let decodes = match signal {
+                    Signal::Log => ExportLogs::decode(&bytes[..]).is_ok(),
+                    Signal::Span => ExportTraces::decode(&bytes[..]).is_ok(),
+                };
+                assert!(decodes, "the protobuf made from JSON does not decode");
+            }
+            otlp(&bytes, signal);
+        }
+        Err(Unpacked::TooLarge { .. }) => {
+            assert!(gzip || body.len() > HTTP_LIMIT, "a plain body within the limit refused");
+        }
+        Err(Unpacked::Gzip(_) | Unpacked::Json(_)) => {
+            assert!(gzip || json, "a plain body failed to unpack");
+        }
+    }
+}
+
 type ExportLogs = opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 type ExportTraces = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use usage_collector::config::DatabaseSettings;
+use usage_collector::config::{DatabaseSettings, Listen};
 use usage_collector::health::Metrics;
 use usage_collector::spool::Spool;
 use usage_collector::{Application, Settings};
@@ -18,6 +18,7 @@ pub fn settings(database_url: &str) -> Settings {
     settings.database = DatabaseSettings::new(database_url);
     settings.grpc_listen = "127.0.0.1:0".parse().expect("address");
     settings.admin_listen = "127.0.0.1:0".parse().expect("address");
+    settings.http_listen = Listen(Some("127.0.0.1:0".parse().expect("address")));
     settings.spool.dir = std::env::temp_dir().join(format!(
         "usage_test_spool_{}",
         uuid::Uuid::new_v4().simple()
@@ -50,6 +51,8 @@ pub async fn start_with_mysql() -> (TestDb, TestCollector) {
 pub struct TestCollector {
     /// OTLP/gRPC address.
     pub grpc: SocketAddr,
+    /// OTLP/HTTP address (`None` when switched off).
+    pub http: Option<SocketAddr>,
     /// Admin HTTP address.
     pub admin: SocketAddr,
     /// Its metrics.
@@ -75,8 +78,9 @@ impl TestCollector {
         let app = Application::build(settings, migrate)
             .await
             .expect("collector builds");
-        let (grpc, admin, metrics, spool) = (
+        let (grpc, http, admin, metrics, spool) = (
             app.grpc_addr(),
+            app.http_addr(),
             app.admin_addr(),
             app.metrics(),
             app.spool(),
@@ -92,6 +96,7 @@ impl TestCollector {
         });
         Self {
             grpc,
+            http,
             admin,
             metrics,
             spool,
@@ -104,6 +109,23 @@ impl TestCollector {
     /// The gRPC endpoint as a URL.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The OTLP/HTTP address (panics when OTLP/HTTP is switched off).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.expect("OTLP/HTTP is on")
+    }
+
+    /// The OTLP/HTTP base URL (`http://127.0.0.1:port`), as `OTEL_EXPORTER_OTLP_ENDPOINT` takes
+    /// it for an `http/protobuf` or `http/json` exporter (which adds `/v1/logs`, `/v1/traces`).
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http_addr())
+    }
+
+    /// The gRPC endpoint as an `https://` URL, for a collector with TLS settings
+    /// (`settings.tls`); its certificate must name `127.0.0.1`.
+    pub fn tls_endpoint(&self) -> String {
+        format!("https://{}", self.grpc)
     }
 
     /// GET on the admin port: (status, body).

@@ -6,7 +6,11 @@
 //! - [`db`]: creates a uniquely named MariaDB database (dropped afterwards) or a temporary
 //!   SQLite file, and reads rows back as text for column-by-column assertions.
 //! - [`collector`]: starts an in-process collector against a database, waits until it is ready.
+//! - [`clients`]: real OpenTelemetry clients (Python, Node.js, a browser page in headless
+//!   Chromium) run as child processes, and a static page server giving the page its origin.
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
+//! - [`otlp_http`]: an OTLP/HTTP client (protobuf or JSON, gzip), and [`otlp_http::Transport`]
+//!   to send the same request over gRPC or HTTP.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
@@ -18,6 +22,7 @@
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 
+pub mod clients;
 pub mod collector;
 pub mod db;
 pub mod exposition;
@@ -25,6 +30,7 @@ pub mod fixtures;
 pub mod load;
 pub mod loadgen;
 pub mod measure;
+pub mod otlp_http;
 pub mod poll;
 pub mod process;
 pub mod proxy;

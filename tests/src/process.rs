@@ -28,6 +28,8 @@ pub struct ProcessConfig {
     pub database_url: String,
     /// OTLP/gRPC address (fixed, so clients reconnect after a restart).
     pub grpc: SocketAddr,
+    /// OTLP/HTTP address.
+    pub http: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
     /// Spool folder (kept across restarts).
@@ -50,6 +52,7 @@ impl ProcessConfig {
             binary: PathBuf::from(binary),
             database_url: database_url.to_owned(),
             grpc: free_addr(),
+            http: free_addr(),
             admin: free_addr(),
             spool_dir: dir.join("spool"),
             spool_max_bytes: 1 << 30,
@@ -62,6 +65,11 @@ impl ProcessConfig {
     /// The OTLP endpoint URL.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The OTLP/HTTP base URL.
+    pub fn http_endpoint(&self) -> String {
+        format!("http://{}", self.http)
     }
 
     /// Starts the process and waits until it is live and ready (20 s at most each).
@@ -83,6 +91,7 @@ impl ProcessConfig {
             .args(["serve", "--migrate"])
             .args(["--database-url", &self.database_url])
             .args(["--grpc-listen", &self.grpc.to_string()])
+            .args(["--http-listen", &self.http.to_string()])
             .args(["--admin-listen", &self.admin.to_string()])
             .arg("--spool-dir")
             .arg(&self.spool_dir)

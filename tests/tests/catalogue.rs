@@ -1,11 +1,13 @@
 //! Each catalogue event becomes exactly the expected row, column by column, on MariaDB and on
-//! the embedded SQLite default.
+//! the embedded SQLite default, whichever transport carries it: OTLP/gRPC, OTLP/HTTP with
+//! protobuf, OTLP/HTTP with JSON.
 
 use serde_json::json;
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
+use usage_pipeline_tests::otlp_http::Transport;
 
 const PAGE_ID: &str = "0190f3a8-8c2e-7d41-9a5b-3c2d1e0f4a5b";
 const PATH: &str = "/édition/«quote\"s»\\back'tick";
@@ -111,17 +113,19 @@ fn s(text: &str) -> Option<String> {
 }
 
 /// With `migrate` false the collector must create the schema itself (the embedded default).
-async fn catalogue_roundtrip(db: TestDb, migrate: bool) {
+async fn catalogue_roundtrip(db: TestDb, migrate: bool, transport: Transport) {
     let collector = TestCollector::start_unready(settings(db.url()), migrate).await;
     collector
         .wait_ready(std::time::Duration::from_secs(10))
         .await;
     let (logs, traces) = requests();
-    let answer = send_logs(&collector.endpoint(), logs, false)
+    let answer = transport
+        .send_logs(&collector, logs)
         .await
         .expect("logs accepted");
     assert_eq!(answer.partial_success, None);
-    let answer = send_traces(&collector.endpoint(), traces)
+    let answer = transport
+        .send_traces(&collector, traces)
         .await
         .expect("spans accepted");
     assert_eq!(answer.partial_success, None);
@@ -247,10 +251,25 @@ async fn catalogue_roundtrip(db: TestDb, migrate: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_catalogue_event_becomes_its_row_in_mariadb() {
-    catalogue_roundtrip(TestDb::mysql().await, true).await;
+    catalogue_roundtrip(TestDb::mysql().await, true, Transport::Grpc).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_catalogue_event_becomes_its_row_in_sqlite() {
-    catalogue_roundtrip(TestDb::sqlite().await, false).await;
+    catalogue_roundtrip(TestDb::sqlite().await, false, Transport::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_catalogue_event_becomes_its_row_over_otlp_http_protobuf_in_mariadb() {
+    catalogue_roundtrip(TestDb::mysql().await, true, Transport::HttpProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_catalogue_event_becomes_its_row_over_otlp_http_json_in_mariadb() {
+    catalogue_roundtrip(TestDb::mysql().await, true, Transport::HttpJson).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_catalogue_event_becomes_its_row_over_otlp_http_json_in_sqlite() {
+    catalogue_roundtrip(TestDb::sqlite().await, false, Transport::HttpJson).await;
 }

@@ -54,6 +54,7 @@ async fn a_second_collector_on_the_same_spool_exits_and_the_first_loses_nothing(
     let status = std::process::Command::new(BIN)
         .args(["serve", "--database-url", &url])
         .args(["--grpc-listen", &second.grpc.to_string()])
+        .args(["--http-listen", &second.http.to_string()])
         .args(["--admin-listen", &second.admin.to_string()])
         .arg("--spool-dir")
         .arg(&second.spool_dir)
@@ -88,6 +89,8 @@ fn limits_a_spool_record_could_not_hold_are_refused_at_start() {
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "off",
         ])
         .args(["--max-request-bytes", "300000000"])
         .args(["--max-inflight-bytes", "4000000000"])
@@ -381,6 +384,8 @@ async fn the_kubernetes_settings_start_a_collector() {
             "127.0.0.1:0",
             "--admin-listen",
             &admin.to_string(),
+            "--http-listen",
+            "127.0.0.1:0",
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

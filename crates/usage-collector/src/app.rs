@@ -1,6 +1,6 @@
 //! Wiring: build every stage from the settings, run them, stop them in order.
 //!
-//! [`Application::build`] binds both listeners first (so tests can ask for port 0 and read the
+//! [`Application::build`] binds the listeners first (so tests can ask for port 0 and read the
 //! port back), opens (and recovers) the spool, then starts the writer and the startup
 //! verification, which keeps retrying with backoff until the database is usable. Requests are
 //! accepted into the spool from the start; the writer begins once verification passes.
@@ -22,6 +22,7 @@ use crate::config::{ConnectionSettings, LimitSettings, Settings};
 use crate::health::metrics::KnownLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::net::Incoming;
+use crate::net::tls::{ALPN_H2, ALPN_HTTP1, Security, Tls, TlsFiles};
 use crate::receiver::admission::Admission;
 use crate::receiver::shape::{Limits, Shape};
 use crate::receiver::{self, Ingest};
@@ -74,11 +75,17 @@ pub enum AppError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+    /// A listener's TLS files cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
 }
 
 /// A built collector, listening but not yet serving.
 pub struct Application {
     grpc: TcpListener,
+    /// OTLP/HTTP, unless switched off.
+    http: Option<TcpListener>,
+    cors: crate::config::CorsOrigins,
     admin: TcpListener,
     ingest: Ingest,
     writer: Writer,
@@ -92,6 +99,13 @@ pub struct Application {
     connections: ConnectionSettings,
     tokens: Option<Arc<crate::receiver::auth::Tokens>>,
     token_watch: Option<tokio::task::JoinHandle<()>>,
+    /// TLS (or plain TCP) on the OTLP and admin listeners.
+    otlp_security: Security,
+    /// The OTLP listener's TLS, for OTLP/HTTP (HTTP/1.1 only in ALPN).
+    http_security: Security,
+    admin_security: Security,
+    /// The tasks that read the TLS files again when they change.
+    tls_watch: Vec<tokio::task::JoinHandle<()>>,
     shutdown_timeout: Duration,
 }
 
@@ -107,6 +121,10 @@ impl Application {
                 .map_err(|source| AppError::Bind { addr, source })
         };
         let grpc = bind(settings.grpc_listen).await?;
+        let http = match settings.http_listen.0 {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let admin = bind(settings.admin_listen).await?;
         let catalog = Arc::new(
             Catalog::built_in()
@@ -119,6 +137,24 @@ impl Application {
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
         start_metrics_at_zero(&metrics, &catalog);
+        let handshake = settings.connections.handshake_timeout;
+        let security = |files: Option<TlsFiles>, listener, alpn: &[&[u8]]| {
+            files.map_or(Ok(Security::Plain), |files| {
+                Tls::load(files, listener, alpn, handshake, metrics.clone()).map(Security::Tls)
+            })
+        };
+        // h2 for gRPC, preferred; http/1.1 offered too, as on the OTLP/HTTP listener (a client
+        // that picks it here gets no gRPC: the server speaks HTTP/2 only).
+        let otlp_security = security(settings.tls.otlp()?, "otlp", &[ALPN_H2, ALPN_HTTP1])?;
+        // OTLP/HTTP: the OTLP listener's certificate; HTTP/1.1 only (a client offered h2 would
+        // pick it and find no HTTP/2 server).
+        let http_security = if settings.http_listen.0.is_some() {
+            security(settings.tls.otlp()?, "otlp_http", &[ALPN_HTTP1])?
+        } else {
+            Security::Plain
+        };
+        // The admin server speaks HTTP/1.1 only.
+        let admin_security = security(settings.tls.admin()?, "admin", &[ALPN_HTTP1])?;
         let health = Health::new();
         let dir = settings.spool.dir.clone();
         let max_bytes = settings.spool.max_bytes;
@@ -232,6 +268,8 @@ impl Application {
         );
         Ok(Self {
             grpc,
+            http,
+            cors: settings.http_cors_origins.clone(),
             admin,
             ingest: Ingest {
                 catalog,
@@ -253,6 +291,13 @@ impl Application {
             connections: settings.connections.clone(),
             token_watch: tokens.clone().map(|t| tokio::spawn(t.watch())),
             tokens,
+            tls_watch: [&otlp_security, &http_security, &admin_security]
+                .into_iter()
+                .filter_map(|s| s.tls().map(|tls| tokio::spawn(tls.clone().watch())))
+                .collect(),
+            otlp_security,
+            http_security,
+            admin_security,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -262,6 +307,13 @@ impl Application {
         self.grpc
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The OTLP/HTTP address actually bound, unless OTLP/HTTP is switched off.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+            .as_ref()
+            .map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
     /// The admin HTTP address actually bound.
@@ -293,17 +345,47 @@ impl Application {
             // An error means the sender is gone, which is also a reason to stop.
             let _stopping = rx.wait_for(|stop| *stop).await;
         };
-        tracing::info!(grpc = %self.grpc_addr(), admin = %self.admin_addr(), database = %self.sink.target(), "usage collector listening");
+        let http_addr = self
+            .http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string());
+        tracing::info!(
+            grpc = %self.grpc_addr(),
+            grpc_tls = self.otlp_security.tls().is_some(),
+            http = %http_addr,
+            http_tls = self.http_security.tls().is_some(),
+            admin = %self.admin_addr(),
+            admin_tls = self.admin_security.tls().is_some(),
+            database = %self.sink.target(),
+            "usage collector listening"
+        );
         let health = self.ingest.health.clone();
         let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
         let admin = tokio::spawn(crate::health::http::serve(
             Incoming::new(self.admin, self.connections.handshake_timeout),
+            self.admin_security.clone(),
             admin_router,
             self.connections.admin_timeout,
             wait(stopped.clone()),
         ));
+        let http = self.http.map(|listener| {
+            tokio::spawn(receiver::http::serve(
+                Incoming::new(listener, self.connections.handshake_timeout),
+                self.http_security.clone(),
+                self.ingest.clone(),
+                receiver::http::Serving {
+                    max_request_bytes: self.max_request_bytes,
+                    connections: self.connections.clone(),
+                    tokens: self.tokens.clone(),
+                    cors: self.cors,
+                },
+                wait(stopped.clone()),
+            ))
+        });
         let grpc = tokio::spawn(receiver::serve(
-            Incoming::new(self.grpc, self.connections.handshake_timeout),
+            crate::net::tls::Connections::new(
+                Incoming::new(self.grpc, self.connections.handshake_timeout),
+                self.otlp_security.clone(),
+            ),
             self.ingest,
             receiver::grpc::Serving {
                 max_request_bytes: self.max_request_bytes,
@@ -337,10 +419,22 @@ impl Application {
                 Ok(Ok(()))
             }
         };
+        if let Some(http) = http {
+            match tokio::time::timeout_at(deadline, http).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "OTLP/HTTP server task ended abnormally"),
+                Err(_) => tracing::warn!(
+                    "OTLP/HTTP requests still in flight at the shutdown timeout; not waiting for them"
+                ),
+            }
+        }
         let admin_result = admin.await;
         self.verification.abort();
         self.heartbeat.abort();
         if let Some(watch) = &self.token_watch {
+            watch.abort();
+        }
+        for watch in &self.tls_watch {
             watch.abort();
         }
         if let Some(retention) = self.retention {

@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::config::{ConfigError, LogFormat, Settings};
 use crate::sink::Sink;
 
-/// Receives usage events over OTLP/gRPC and writes them as database rows, exactly once.
+/// Receives usage events over OTLP (gRPC or HTTP) and writes them as database rows, exactly once.
 #[derive(Debug, Parser)]
 #[command(name = "usage-collector", version, about)]
 pub struct Cli {

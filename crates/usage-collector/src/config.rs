@@ -37,6 +37,27 @@ pub struct Settings {
         global = true
     )]
     pub grpc_listen: SocketAddr,
+    /// OTLP/HTTP listen address (`POST /v1/logs`, `/v1/traces`); `off` switches it off
+    #[arg(
+        id = "http_listen",
+        long = "http-listen",
+        env = "USAGE_HTTP_LISTEN",
+        default_value = "0.0.0.0:4318",
+        value_parser = listen_or_off,
+        global = true
+    )]
+    pub http_listen: Listen,
+    /// Browser origins allowed to send OTLP/HTTP (CORS), comma-separated, such as
+    /// `https://ide.example.org`; empty: no CORS headers at all
+    #[arg(
+        id = "http_cors_origins",
+        long = "http-cors-origins",
+        env = "USAGE_HTTP_CORS_ORIGINS",
+        default_value = "",
+        value_parser = cors_origins,
+        global = true
+    )]
+    pub http_cors_origins: CorsOrigins,
     /// Admin HTTP listen address (/metrics, /health/live, /health/ready)
     #[arg(
         id = "admin_listen",
@@ -91,6 +112,149 @@ pub struct Settings {
     /// Who may send events.
     #[command(flatten)]
     pub auth: AuthSettings,
+    /// TLS on the listeners.
+    #[command(flatten)]
+    pub tls: TlsSettings,
+}
+
+/// TLS on the listeners: the OTLP listeners (gRPC and HTTP, one certificate), and (separately)
+/// the admin listener. Each is plain
+/// TCP unless its certificate and key are set; the files are read again when they change.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsSettings {
+    /// Certificate chain (PEM) of the OTLP listeners (gRPC and HTTP); with the key, they take TLS
+    /// only [default: none: plain TCP]
+    #[arg(
+        id = "tls.cert_file",
+        long = "tls-cert-file",
+        env = "USAGE_TLS_CERT_FILE",
+        global = true
+    )]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the OTLP listeners' certificate
+    #[arg(
+        id = "tls.key_file",
+        long = "tls-key-file",
+        env = "USAGE_TLS_KEY_FILE",
+        global = true
+    )]
+    pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM): OTLP clients must present a certificate signed by one of them
+    /// [default: none: no client certificate asked for]
+    #[arg(
+        id = "tls.client_ca_file",
+        long = "tls-client-ca-file",
+        env = "USAGE_TLS_CLIENT_CA_FILE",
+        global = true
+    )]
+    pub client_ca_file: Option<PathBuf>,
+    /// Certificate chain (PEM) of the admin listener [default: none: plain HTTP]
+    #[arg(
+        id = "admin_tls.cert_file",
+        long = "admin-tls-cert-file",
+        env = "USAGE_ADMIN_TLS_CERT_FILE",
+        global = true
+    )]
+    pub admin_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of the admin listener's certificate
+    #[arg(
+        id = "admin_tls.key_file",
+        long = "admin-tls-key-file",
+        env = "USAGE_ADMIN_TLS_KEY_FILE",
+        global = true
+    )]
+    pub admin_key_file: Option<PathBuf>,
+    /// CA certificates (PEM): admin clients (scrapers, probes) must present a certificate
+    /// signed by one of them
+    #[arg(
+        id = "admin_tls.client_ca_file",
+        long = "admin-tls-client-ca-file",
+        env = "USAGE_ADMIN_TLS_CLIENT_CA_FILE",
+        global = true
+    )]
+    pub admin_client_ca_file: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// The OTLP listener's TLS files, if it takes TLS.
+    pub fn otlp(&self) -> Result<Option<crate::net::tls::TlsFiles>, crate::net::tls::TlsError> {
+        crate::net::tls::TlsFiles::from_settings(
+            "tls",
+            self.cert_file.as_deref(),
+            self.key_file.as_deref(),
+            self.client_ca_file.as_deref(),
+        )
+    }
+
+    /// The admin listener's TLS files, if it takes TLS.
+    pub fn admin(&self) -> Result<Option<crate::net::tls::TlsFiles>, crate::net::tls::TlsError> {
+        crate::net::tls::TlsFiles::from_settings(
+            "admin-tls",
+            self.admin_cert_file.as_deref(),
+            self.admin_key_file.as_deref(),
+            self.admin_client_ca_file.as_deref(),
+        )
+    }
+}
+
+/// A listener's address, or none: the listener is switched off (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl Listen {
+    /// The word that switches a listener off.
+    pub const OFF: &'static str = "off";
+}
+
+/// `host:port`, or `off`.
+fn listen_or_off(value: &str) -> Result<Listen, String> {
+    let value = value.trim();
+    if value.eq_ignore_ascii_case(Listen::OFF) {
+        return Ok(Listen(None));
+    }
+    value
+        .parse::<SocketAddr>()
+        .map(|a| Listen(Some(a)))
+        .map_err(|e| format!("`{value}` is neither an address (`0.0.0.0:4318`) nor `off`: {e}"))
+}
+
+/// The browser origins allowed to send events (CORS), each exactly as a browser sends it in
+/// its `Origin` header: `scheme://host[:port]`, no path, no trailing slash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsOrigins(pub Vec<String>);
+
+impl CorsOrigins {
+    /// True when `origin` is one of the allowed origins (compared as browsers send them:
+    /// exactly, except that the scheme and host are case-insensitive).
+    pub fn allows(&self, origin: &str) -> bool {
+        self.0.iter().any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// `https://ide.example.org,http://localhost:8080` (empty: none).
+fn cors_origins(value: &str) -> Result<CorsOrigins, String> {
+    let mut out = Vec::new();
+    for origin in value.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        if origin == "*" {
+            return Err("`*` is not allowed: list each origin (`https://ide.example.org`)".into());
+        }
+        let url =
+            url::Url::parse(origin).map_err(|e| format!("`{origin}` is not an origin: {e}"))?;
+        let serialized = url.origin().ascii_serialization();
+        if !matches!(url.scheme(), "http" | "https") || serialized != origin.to_ascii_lowercase() {
+            return Err(format!(
+                "`{origin}` is not an origin as a browser sends it (`scheme://host[:port]`, \
+                 no path or trailing slash{})",
+                if serialized == "null" {
+                    String::new()
+                } else {
+                    format!("; did you mean `{serialized}`?")
+                }
+            ));
+        }
+        out.push(origin.to_owned());
+    }
+    Ok(CorsOrigins(out))
 }
 
 /// Who may send events.
@@ -263,6 +427,10 @@ pub struct ConnectionSettings {
     /// connection stays open
     #[arg(id = "connections.admin_timeout_secs", long = "admin-timeout-secs", env = "USAGE_ADMIN_TIMEOUT_SECS", default_value = "10", value_parser = positive_seconds, global = true)]
     pub admin_timeout: Duration,
+    /// Seconds an OTLP/HTTP request may take to arrive, headers and body (a client sending
+    /// slowly is cut off)
+    #[arg(id = "connections.http_request_timeout_secs", long = "http-request-timeout-secs", env = "USAGE_HTTP_REQUEST_TIMEOUT_SECS", default_value = "30", value_parser = positive_seconds, global = true)]
+    pub http_request_timeout: Duration,
 }
 
 /// How rows are grouped into transactions.
@@ -931,6 +1099,10 @@ mod tests {
             Some("from-the-file".to_owned())
         );
         assert_eq!(settings.database.tls, TlsMode::Preferred);
+        assert_eq!(
+            settings.http_listen,
+            Listen(Some("0.0.0.0:4318".parse().unwrap()))
+        );
         assert_eq!(settings.database.pool_size, 4);
         assert_eq!(
             settings.spool.dir,
@@ -940,6 +1112,37 @@ mod tests {
         assert_eq!(settings.log.format, LogFormat::Text);
         assert_eq!(settings.log.filter.as_deref(), Some("info"));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tls_files_come_from_the_file_and_flags_and_half_a_pair_is_refused() {
+        let settings = with_file(
+            "[tls]\ncert_file = \"/etc/tls/tls.crt\"\nkey_file = \"/etc/tls/tls.key\"\n\
+             [admin_tls]\ncert_file = \"/etc/admin/tls.crt\"\n",
+            &["--tls-client-ca-file", "/etc/tls/ca.crt"],
+        )
+        .unwrap();
+        let otlp = settings
+            .tls
+            .otlp()
+            .unwrap()
+            .expect("TLS on the OTLP listener");
+        assert_eq!(otlp.cert, Path::new("/etc/tls/tls.crt"));
+        assert_eq!(otlp.key, Path::new("/etc/tls/tls.key"));
+        assert_eq!(
+            otlp.client_ca.as_deref(),
+            Some(Path::new("/etc/tls/ca.crt"))
+        );
+        let half = settings.tls.admin().unwrap_err().to_string();
+        assert!(
+            half.contains("--admin-tls-cert-file needs --admin-tls-key-file"),
+            "{half}"
+        );
+        let plain = Settings::defaults();
+        assert!(plain.tls.otlp().unwrap().is_none() && plain.tls.admin().unwrap().is_none());
+        let mut ca_only = Settings::defaults();
+        ca_only.tls.client_ca_file = Some(PathBuf::from("/etc/tls/ca.crt"));
+        assert!(ca_only.tls.otlp().is_err());
     }
 
     #[test]
@@ -1008,6 +1211,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn otlp_http_is_switched_off_with_off_and_cors_origins_are_checked() {
+        let settings = args(&[]).unwrap();
+        assert_eq!(
+            settings.http_listen,
+            Listen(Some("0.0.0.0:4318".parse().unwrap()))
+        );
+        assert_eq!(settings.http_cors_origins, CorsOrigins::default());
+        assert_eq!(
+            args(&["--http-listen", "off"]).unwrap().http_listen,
+            Listen(None)
+        );
+        let error = args(&["--http-listen", "nowhere"]).unwrap_err().to_string();
+        assert!(error.contains("neither an address"), "{error}");
+        let settings = args(&[
+            "--http-cors-origins",
+            "https://ide.example.org, http://localhost:8080",
+        ])
+        .unwrap();
+        assert!(settings.http_cors_origins.allows("https://ide.example.org"));
+        assert!(settings.http_cors_origins.allows("http://localhost:8080"));
+        assert!(!settings.http_cors_origins.allows("http://localhost:8081"));
+        for (bad, words) in [
+            (
+                "https://ide.example.org/",
+                "did you mean `https://ide.example.org`",
+            ),
+            ("https://ide.example.org/app", "no path"),
+            ("*", "list each origin"),
+            ("ide.example.org", "not an origin"),
+        ] {
+            let error = args(&["--http-cors-origins", bad]).unwrap_err().to_string();
+            assert!(error.contains(words), "{bad}: {error}");
+        }
+        let settings = with_file(
+            "http_listen = \"off\"\nhttp_cors_origins = [\"https://a.example\", \"https://b.example\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(settings.http_listen, Listen(None));
+        assert_eq!(
+            settings.http_cors_origins.0,
+            ["https://a.example", "https://b.example"]
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The usage collector: receives usage events over OTLP/gRPC and writes them as MySQL (or
-//! SQLite) rows, exactly once, reporting its own health as metrics and logs.
+//! The usage collector: receives usage events over OTLP (gRPC, or HTTP with protobuf or JSON)
+//! and writes them as MySQL (or SQLite) rows, exactly once, reporting its own health as metrics and logs.
 //!
 //! # Layout
 //!
@@ -7,9 +7,10 @@
 //! (`receiver` → `catalog`/`event`, `spool`; `writer` → `spool`, `sink`, `catalog`), and every
 //! stage reports to `health`, which uses none of them:
 //!
-//! - [`receiver`]: OTLP/gRPC logs and traces services — admission before decoding (size,
-//!   records, per-record limits, memory budget, spool headroom), decoding on its own threads,
-//!   partial success, the answer once the spool has the request.
+//! - [`receiver`]: OTLP logs and traces over gRPC and over HTTP (protobuf or JSON, gzip, CORS),
+//!   one ingest path for both — admission before decoding (size, records, per-record limits,
+//!   memory budget, spool headroom), decoding on its own threads, partial success, the answer
+//!   once the spool has the request.
 //! - [`event`]: one usage event decoded from a log record or span: name, id, time, service.
 //! - [`catalog`]: which event goes to which table and column; type and range checks; text cut
 //!   to fit; a whole request converted.
@@ -23,7 +24,9 @@
 //!   passed and then every interval.
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
 //! - [`telemetry`]: the collector's own spans and metrics over OTLP.
-//! - [`net`]: accepting connections so that a silent one is closed.
+//! - [`net`]: accepting connections (OTLP/gRPC, OTLP/HTTP, admin) so that a silent one is
+//!   closed; [`net::tls`]: TLS on any listener, from PEM files read again when they change,
+//!   handshakes off the accept loop.
 //! - [`backoff`]: the one backoff schedule every retry loop uses.
 //! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.

@@ -1,6 +1,8 @@
 //! Accepting connections on both listeners (OTLP and admin) so that a client that connects and
 //! says nothing cannot hold one: each accepted connection must send its first byte within the
-//! handshake timeout, or it is closed.
+//! handshake timeout, or it is closed. [`tls`] adds TLS on top, for any listener.
+
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;

@@ -2,6 +2,7 @@
 //! variables or from code.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
@@ -52,6 +53,25 @@ pub struct Config {
     pub verify_timeout: Option<Duration>,
     /// Also export the application's other `tracing` events (off: only usage events).
     pub export_app_logs: bool,
+    /// TLS for an `https://` logs endpoint (`OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE`, …).
+    pub logs_tls: TlsConfig,
+    /// TLS for an `https://` traces endpoint (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, …).
+    pub traces_tls: TlsConfig,
+}
+
+/// TLS for an `https://` endpoint: the CAs the collector's certificate must chain to, and the
+/// client's own certificate when the collector asks for one. An `http://` endpoint is plain
+/// TCP and ignores these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// CA certificates (PEM) to trust instead of the system's roots
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`); `None`: the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`).
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM) (`OTEL_EXPORTER_OTLP_CLIENT_KEY`).
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +89,8 @@ impl Default for Config {
             shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
             verify_timeout: None,
             export_app_logs: false,
+            logs_tls: TlsConfig::default(),
+            traces_tls: TlsConfig::default(),
         }
     }
 }
@@ -93,6 +115,8 @@ impl fmt::Debug for Config {
             .field("shutdown_deadline", &self.shutdown_deadline)
             .field("verify_timeout", &self.verify_timeout)
             .field("export_app_logs", &self.export_app_logs)
+            .field("logs_tls", &self.logs_tls)
+            .field("traces_tls", &self.traces_tls)
             .finish()
     }
 }
@@ -145,6 +169,21 @@ impl Config {
         if let Some(endpoint) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(base) {
             config.traces_endpoint = endpoint;
         }
+        // The signal's own variable wins over the general one.
+        let tls = |signal: &str| {
+            let file = |name: &str| {
+                var(&format!("OTEL_EXPORTER_OTLP_{signal}{name}"))
+                    .or_else(|| var(&format!("OTEL_EXPORTER_OTLP_{name}")))
+                    .map(PathBuf::from)
+            };
+            TlsConfig {
+                ca_file: file("CERTIFICATE"),
+                client_cert_file: file("CLIENT_CERTIFICATE"),
+                client_key_file: file("CLIENT_KEY"),
+            }
+        };
+        config.logs_tls = tls("LOGS_");
+        config.traces_tls = tls("TRACES_");
         if let Some(headers) = var(HEADERS) {
             config.headers = pairs(&headers, HEADERS)?;
         }
@@ -240,6 +279,40 @@ mod tests {
         let named = Config::from_lookup(env(&[("OTEL_SERVICE_NAME", "web-ide")])).unwrap();
         assert_eq!(named.service_name.as_deref(), Some("web-ide"));
         assert_eq!(named.logs_endpoint, DEFAULT_ENDPOINT);
+    }
+
+    #[test]
+    fn certificate_variables_are_read_and_the_signal_one_wins() {
+        let config = Config::from_lookup(env(&[
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "/etc/traces-ca.pem",
+            ),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", "/etc/client.pem"),
+            ("OTEL_EXPORTER_OTLP_LOGS_CLIENT_KEY", "/etc/logs-client.key"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.logs_tls,
+            TlsConfig {
+                ca_file: Some("/etc/ca.pem".into()),
+                client_cert_file: Some("/etc/client.pem".into()),
+                client_key_file: Some("/etc/logs-client.key".into()),
+            }
+        );
+        assert_eq!(
+            config.traces_tls,
+            TlsConfig {
+                ca_file: Some("/etc/traces-ca.pem".into()),
+                client_cert_file: Some("/etc/client.pem".into()),
+                client_key_file: None,
+            }
+        );
+        assert_eq!(
+            Config::from_lookup(env(&[])).unwrap().logs_tls,
+            TlsConfig::default()
+        );
     }
 
     #[test]

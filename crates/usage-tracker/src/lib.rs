@@ -12,6 +12,30 @@
 //! # Ok::<(), usage_tracker::InitError>(())
 //! ```
 //!
+//! # Tokens and TLS
+//!
+//! The tracker sends `authorization: Bearer <token>` with every export request when given a
+//! token, with [`TrackerBuilder::bearer_token`] or the standard
+//! `OTEL_EXPORTER_OTLP_HEADERS=authorization=Bearer%20<token>`. An `https://` endpoint uses TLS
+//! (rustls with ring): the collector's certificate must chain to the system's trusted roots, or
+//! to the CA certificates in the file given with [`TrackerBuilder::tls_ca_file`] or
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE` (the signal's own `OTEL_EXPORTER_OTLP_LOGS_CERTIFICATE` /
+//! `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` wins). A collector that asks for client certificates
+//! gets the one from [`TrackerBuilder::tls_client_identity`] or
+//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `OTEL_EXPORTER_OTLP_CLIENT_KEY`. A file that
+//! cannot be read or holds no certificate (or key) is a [`StartError::Tls`] naming it.
+//!
+//! ```no_run
+//! let tracker = usage_tracker::TrackerBuilder::new()
+//!     .endpoint("https://usage-collector.usage:4317")
+//!     .tls_ca_file("/etc/usage-ca/ca.crt")
+//!     .bearer_token("3f9cb2…e1")
+//!     .service_name("web-ide")
+//!     .start()?;
+//! # drop(tracker);
+//! # Ok::<(), usage_tracker::InitError>(())
+//! ```
+//!
 //! # Layout
 //!
 //! - [`catalog`]: the built-in usage events, their attribute keys and types, and the table and

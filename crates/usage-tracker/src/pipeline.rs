@@ -24,7 +24,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter, SpanProcessor};
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, keys};
-use crate::config::Config;
+use crate::config::{Config, TlsConfig};
 use crate::health::Shared;
 use crate::warning::WarningKind;
 
@@ -174,6 +174,16 @@ pub enum StartError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// A TLS file (a CA, a client certificate or key) cannot be used.
+    #[error("cannot use the TLS {what} file {file}: {problem}")]
+    Tls {
+        /// Which file (`CA`, `client certificate`, `client key`).
+        what: &'static str,
+        /// The file.
+        file: std::path::PathBuf,
+        /// What is wrong (never the key's contents).
+        problem: String,
+    },
     /// `verify` was asked for and the collector did not answer.
     #[error("the collector at {endpoint} did not accept an empty export request: {source}")]
     Unreachable {
@@ -293,24 +303,34 @@ impl Worker {
             move |source| StartError::Exporter { endpoint, source }
         };
         let metadata = metadata(&config, &shared);
+        let logs_tls = client_tls(&config.logs_endpoint, &config.logs_tls)?;
+        let traces_tls = client_tls(&config.traces_endpoint, &config.traces_tls)?;
         let mut logs = opentelemetry_otlp::LogExporter::builder()
             .with_tonic()
             .with_endpoint(config.logs_endpoint.clone())
             .with_timeout(config.timeout)
-            .with_metadata(metadata.clone())
+            .with_metadata(metadata.clone());
+        if let Some(tls) = logs_tls.clone() {
+            logs = logs.with_tls_config(tls);
+        }
+        let mut logs = logs
             .build()
             .map_err(exporter_error(&config.logs_endpoint))?;
         let mut spans = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(config.traces_endpoint.clone())
             .with_timeout(config.timeout)
-            .with_metadata(metadata.clone())
+            .with_metadata(metadata.clone());
+        if let Some(tls) = traces_tls {
+            spans = spans.with_tls_config(tls);
+        }
+        let mut spans = spans
             .build()
             .map_err(exporter_error(&config.traces_endpoint))?;
         logs.set_resource(&resource);
         spans.set_resource(&resource);
         if let Some(timeout) = config.verify_timeout {
-            verify(&config.logs_endpoint, metadata, timeout).await?;
+            verify(&config.logs_endpoint, logs_tls, metadata, timeout).await?;
         }
         Ok(Worker {
             logs,
@@ -406,20 +426,95 @@ impl Worker {
     }
 }
 
+/// The TLS settings for `endpoint`: `None` for plain `http://`; for `https://`, the CA file's
+/// certificates (else the system's roots) and the client certificate, each file read and
+/// checked now so that a bad one is an error naming it.
+fn client_tls(
+    endpoint: &str,
+    tls: &TlsConfig,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, StartError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let https = endpoint
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+    if !https {
+        return Ok(None);
+    }
+    let read = |what: &'static str, file: &std::path::Path| {
+        let error = |problem: String| StartError::Tls {
+            what,
+            file: file.to_owned(),
+            problem,
+        };
+        let bytes = std::fs::read(file).map_err(|e| error(e.to_string()))?;
+        let found = if what == "client key" {
+            match PrivateKeyDer::from_pem_slice(&bytes) {
+                Ok(_) => Ok(true),
+                Err(rustls_pki_types::pem::Error::NoItemsFound) => Ok(false),
+                Err(e) => Err(e),
+            }
+        } else {
+            CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map(|certs| !certs.is_empty())
+        };
+        match found {
+            Ok(true) => Ok(bytes),
+            Ok(false) if what == "client key" => Err(error(
+                "no private key in it (a PEM `PRIVATE KEY` section)".to_owned(),
+            )),
+            Ok(false) => Err(error(
+                "no certificate in it (a PEM `CERTIFICATE` section)".to_owned(),
+            )),
+            Err(e) => Err(error(format!("not valid PEM: {e}"))),
+        }
+    };
+    let mut config = ClientTlsConfig::new();
+    config = match &tls.ca_file {
+        Some(file) => config.ca_certificate(Certificate::from_pem(read("CA", file)?)),
+        None => config.with_native_roots(),
+    };
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => {
+            config = config.identity(Identity::from_pem(
+                read("client certificate", cert)?,
+                read("client key", key)?,
+            ));
+        }
+        (None, None) => {}
+        (Some(file), None) | (None, Some(file)) => {
+            return Err(StartError::Tls {
+                what: if tls.client_cert_file.is_some() {
+                    "client certificate"
+                } else {
+                    "client key"
+                },
+                file: file.clone(),
+                problem: "a client certificate needs its key, and a key its certificate".to_owned(),
+            });
+        }
+    }
+    Ok(Some(config))
+}
+
 /// Sends an empty logs export request and waits for the answer.
 async fn verify(
     endpoint: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     metadata: tonic::metadata::MetadataMap,
     timeout: Duration,
 ) -> Result<(), StartError> {
     use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(VerifyError::InvalidEndpoint)?
-            .connect()
-            .await
-            .map_err(VerifyError::Connect)?;
+        let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(VerifyError::InvalidEndpoint)?;
+        if let Some(tls) = tls {
+            channel = channel.tls_config(tls).map_err(VerifyError::Connect)?;
+        }
+        let channel = channel.connect().await.map_err(VerifyError::Connect)?;
         let mut request = tonic::Request::new(ExportLogsServiceRequest::default());
         *request.metadata_mut() = metadata;
         LogsServiceClient::new(channel)
@@ -448,4 +543,47 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = e.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_with_ca(file: &std::path::Path) -> TlsConfig {
+        TlsConfig {
+            ca_file: Some(file.to_owned()),
+            ..TlsConfig::default()
+        }
+    }
+
+    #[test]
+    fn an_unusable_ca_file_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("usage-tracker-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not-a-ca.pem");
+        std::fs::write(&not_pem, "hello\n").unwrap();
+        let missing = dir.join("missing.pem");
+        for (file, problem) in [
+            (&not_pem, "no certificate in it"),
+            (&missing, "No such file"),
+        ] {
+            let error = client_tls("https://collector:4317", &tls_with_ca(file)).unwrap_err();
+            let text = error.to_string();
+            assert!(text.contains(&file.display().to_string()), "{text}");
+            assert!(text.contains("CA") && text.contains(problem), "{text}");
+        }
+        // A plain endpoint takes no TLS, whatever the files.
+        assert!(
+            client_tls("http://collector:4317", &tls_with_ca(&missing))
+                .unwrap()
+                .is_none()
+        );
+        let half = TlsConfig {
+            client_cert_file: Some(not_pem.clone()),
+            ..TlsConfig::default()
+        };
+        let error = client_tls("HTTPS://collector:4317", &half).unwrap_err();
+        assert!(error.to_string().contains("needs its key"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -83,6 +83,38 @@ impl TrackerBuilder {
         self.header("authorization", format!("Bearer {token}"))
     }
 
+    /// Trusts the CA certificates in `file` (PEM), instead of the system's roots, for an
+    /// `https://` endpoint (as `OTEL_EXPORTER_OTLP_CERTIFICATE` does). A file that cannot be
+    /// read or holds no certificate makes `start` fail, naming it.
+    pub fn tls_ca_file(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        let file = file.into();
+        self.config.logs_tls.ca_file = Some(file.clone());
+        self.config.traces_tls.ca_file = Some(file);
+        self
+    }
+
+    /// Trusts the system's roots for an `https://` endpoint (the default).
+    pub fn tls_system_roots(mut self) -> Self {
+        self.config.logs_tls.ca_file = None;
+        self.config.traces_tls.ca_file = None;
+        self
+    }
+
+    /// Presents this client certificate chain and key (PEM files) to a collector that asks for
+    /// one (mutual TLS; `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `…_CLIENT_KEY`).
+    pub fn tls_client_identity(
+        mut self,
+        cert_file: impl Into<std::path::PathBuf>,
+        key_file: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        let (cert, key) = (cert_file.into(), key_file.into());
+        for tls in [&mut self.config.logs_tls, &mut self.config.traces_tls] {
+            tls.client_cert_file = Some(cert.clone());
+            tls.client_key_file = Some(key.clone());
+        }
+        self
+    }
+
     /// Per-request timeout.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;

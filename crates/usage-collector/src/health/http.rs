@@ -16,11 +16,14 @@ struct AdminState {
     metrics: Arc<Metrics>,
 }
 
-/// Serves the admin routes on `incoming` until `shutdown` completes. Each connection gets
-/// `timeout` for a request's headers (a slowloris client is cut off) and lives at most
-/// `timeout` more than that, so connections cannot pile up.
+/// Serves the admin routes on `incoming`, secured as `security` says (plain HTTP or HTTPS),
+/// until `shutdown` completes. Each connection gets `timeout` for a request's headers (a
+/// slowloris client is cut off) and lives at most `timeout` more than that, so connections
+/// cannot pile up; a TLS handshake runs in the connection's own task, within the handshake
+/// timeout.
 pub async fn serve(
     incoming: crate::net::Incoming,
+    security: crate::net::tls::Security,
     router: Router,
     timeout: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -42,7 +45,12 @@ pub async fn serve(
             },
         };
         let service = TowerToHyperService::new(router.clone());
+        let security = security.clone();
         tokio::spawn(async move {
+            // Counted and logged by the handshake.
+            let Ok(stream) = security.secure(stream).await else {
+                return;
+            };
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)

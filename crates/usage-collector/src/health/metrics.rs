@@ -61,6 +61,25 @@ label_sets! {
         /// `service.name` of the sender.
         service_name: String,
     }
+    /// Labels: an OTLP/HTTP answer.
+    HttpLabels {
+        /// `logs`, `traces`, `metrics`, or `other` (any other path).
+        signal: &'static str,
+        /// The HTTP status code, such as `200` or `429`.
+        code: &'static str,
+    }
+    /// Labels: listener.
+    ListenerLabels {
+        /// `otlp` or `admin`.
+        listener: &'static str,
+    }
+    /// Labels: listener and reason.
+    ListenerReasonLabels {
+        /// `otlp` or `admin`.
+        listener: &'static str,
+        /// Why, as a short fixed word.
+        reason: &'static str,
+    }
     /// Labels: version.
     BuildLabels {
         /// The collector's version.
@@ -153,6 +172,8 @@ metrics! {
     records_refused: Family<SignalReasonLabels, Counter> = Family::default();
     /// Requests refused before their records were counted (too large).
     requests_refused: Family<ReasonLabels, Counter> = Family::default();
+    /// OTLP/HTTP requests answered, by signal and HTTP status code.
+    http_requests: Family<HttpLabels, Counter> = Family::default();
     /// Rows committed, by table (a repeated event is a no-op that counts again).
     rows_written: Family<TableLabels, Counter> = Family::default();
     /// Failed batch write attempts, by reason.
@@ -195,6 +216,13 @@ metrics! {
     heartbeat_last_written_timestamp_seconds: FloatGauge = FloatGauge::default();
     /// Seconds since the last heartbeat reached the database (since start, before the first).
     heartbeat_age_seconds: FloatGauge = FloatGauge::default();
+    /// TLS certificate and key files read again after a change and now in force, by listener.
+    tls_reloads: Family<ListenerLabels, Counter> = Family::default();
+    /// TLS files that changed but cannot be used (the certificate before stays in force).
+    tls_reload_failures: Family<ListenerLabels, Counter> = Family::default();
+    /// TLS handshakes that failed or timed out (plaintext to a TLS port, an untrusted client
+    /// certificate), by listener and reason; the connection is closed.
+    tls_handshake_failures: Family<ListenerReasonLabels, Counter> = Family::default();
     /// Always 1; the version is a label.
     build_info: Family<BuildLabels, Gauge> = Family::default();
     /// CPU time the collector has used, in seconds.

@@ -67,6 +67,12 @@ pub struct Admission {
     metrics: Arc<Metrics>,
 }
 
+/// A share of the in-flight budget, given back when dropped.
+#[derive(Debug)]
+pub struct Reserved {
+    _budget: OwnedSemaphorePermit,
+}
+
 /// A request let in: its shape, and its share of the memory budget, given back when dropped.
 #[derive(Debug)]
 pub struct Admitted {
@@ -130,6 +136,63 @@ impl Admission {
         status
     }
 
+    /// Takes `cost` bytes of the in-flight budget, waiting up to [`BUDGET_WAIT`] for room;
+    /// refusals count `records` under `memory`.
+    async fn acquire(
+        &self,
+        cost: usize,
+        signal: Signal,
+        records: usize,
+    ) -> Result<OwnedSemaphorePermit, Status> {
+        let units = u32::try_from(cost.div_ceil(UNIT)).unwrap_or(u32::MAX);
+        if units > self.budget_units {
+            // Can never fit, however long it waits (the settings are checked so that a request
+            // within the limits always fits; this is a request of tiny values).
+            return Err(self.refuse_records(
+            signal,
+            records,
+            "memory",
+            Status::resource_exhausted(format!(
+                "the request would take about {} MiB to decode, more than the collector's whole \
+                 in-flight budget of {} MiB (max_inflight_bytes); send smaller batches",
+                cost >> 20,
+                (self.budget_units as usize * UNIT) >> 20
+            )),
+        ));
+        }
+        let permit = match tokio::time::timeout(
+            BUDGET_WAIT,
+            self.budget.clone().acquire_many_owned(units),
+        )
+        .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) | Err(_) => {
+                return Err(self.refuse_records(
+                signal,
+                records,
+                "memory",
+                retryable(
+                    Code::ResourceExhausted,
+                    format!(
+                        "the collector's in-flight budget of {} MiB is in use (max_inflight_bytes); retry later",
+                        (self.budget_units as usize * UNIT) >> 20
+                    ),
+                ),
+            ));
+            }
+        };
+        Ok(permit)
+    }
+
+    /// Takes `cost` bytes of the in-flight budget for work before [`Admission::admit`] can
+    /// run (an OTLP/JSON request turned into protobuf), given back when the result is dropped.
+    pub async fn reserve(&self, cost: usize, signal: Signal) -> Result<Reserved, Status> {
+        self.acquire(cost, signal, 0)
+            .await
+            .map(|permit| Reserved { _budget: permit })
+    }
+
     /// Runs the checks on a request's bytes (already within `max_request_bytes`).
     pub async fn admit(&self, bytes: &[u8], signal: Signal) -> Result<Admitted, Status> {
         let shape = match Shape::of(bytes, signal, &self.limits) {
@@ -162,44 +225,7 @@ impl Admission {
             ));
         }
         let cost = shape.decoded_bytes();
-        let units = u32::try_from(cost.div_ceil(UNIT)).unwrap_or(u32::MAX);
-        if units > self.budget_units {
-            // Can never fit, however long it waits (the settings are checked so that a request
-            // within the limits always fits; this is a request of tiny values).
-            return Err(self.refuse_records(
-                signal,
-                shape.records,
-                "memory",
-                Status::resource_exhausted(format!(
-                    "the request would take about {} MiB to decode, more than the collector's whole \
-                     in-flight budget of {} MiB (max_inflight_bytes); send smaller batches",
-                    cost >> 20,
-                    (self.budget_units as usize * UNIT) >> 20
-                )),
-            ));
-        }
-        let permit = match tokio::time::timeout(
-            BUDGET_WAIT,
-            self.budget.clone().acquire_many_owned(units),
-        )
-        .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) | Err(_) => {
-                return Err(self.refuse_records(
-                    signal,
-                    shape.records,
-                    "memory",
-                    retryable(
-                        Code::ResourceExhausted,
-                        format!(
-                            "the collector's in-flight budget of {} MiB is in use (max_inflight_bytes); retry later",
-                            (self.budget_units as usize * UNIT) >> 20
-                        ),
-                    ),
-                ));
-            }
-        };
+        let permit = self.acquire(cost, signal, shape.records).await?;
         Ok(Admitted {
             shape,
             _budget: permit,

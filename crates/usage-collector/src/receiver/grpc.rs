@@ -49,7 +49,7 @@ use crate::catalog::convert;
 use crate::config::ConnectionSettings;
 use crate::event::Signal;
 use crate::health::metrics::ReasonLabels;
-use crate::net::Incoming;
+use crate::net::tls::Connections;
 
 /// gRPC status codes as they appear in the `grpc-status` header.
 const OUT_OF_RANGE: &str = "11";
@@ -146,10 +146,15 @@ impl MetricsService for NoMetrics {
         &self,
         _request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        Err(Status::unimplemented(
-            "this collector takes usage events as OTLP logs or spans; send metrics to a metrics backend",
-        ))
+        Err(no_metrics())
     }
+}
+
+/// The answer to OTLP metrics, on either transport.
+pub fn no_metrics() -> Status {
+    Status::unimplemented(
+        "this collector takes usage events as OTLP logs or spans; send metrics to a metrics backend",
+    )
 }
 
 /// The gRPC codec of an [`Export`] service: hands the request's bytes over undecoded (after
@@ -345,9 +350,9 @@ pub struct Serving {
     pub tokens: Option<Arc<Tokens>>,
 }
 
-/// Serves OTLP/gRPC on `incoming` until `shutdown` completes.
+/// Serves OTLP/gRPC on `incoming` (plain or TLS connections) until `shutdown` completes.
 pub async fn serve(
-    incoming: Incoming,
+    incoming: Connections,
     ingest: Ingest,
     serving: Serving,
     shutdown: impl Future<Output = ()> + Send,
