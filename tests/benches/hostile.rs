@@ -111,6 +111,7 @@ async fn main() {
                     records: 0,
                     duplicates: false,
                     attributes: Attributes::Full,
+                    derived_ids: false,
                 })
                 .await
                 .expect("load");

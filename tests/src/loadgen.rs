@@ -71,6 +71,12 @@ pub struct Plan {
     /// Attribute set of each record.
     #[arg(long, value_enum, default_value = "full")]
     pub attributes: Attributes,
+    /// Send log records without `event.id`, as the Python SDK does: the collector derives each
+    /// id from the record. Each send stamps its records with the current time (so derived ids
+    /// follow time, as real traffic's do) and a fresh `load.id` attribute (so every record is
+    /// a new event).
+    #[arg(long)]
+    pub derived_ids: bool,
 }
 
 /// What a run did.
@@ -161,8 +167,10 @@ fn attributes(kind: Attributes, sender: usize, n: usize) -> Vec<KeyValue> {
 struct Request {
     signal: Signal,
     bytes: Vec<u8>,
-    /// Where each record's 36-character `event.id` value sits in `bytes`.
+    /// Where each record's 36-character `event.id` (or `load.id`) value sits in `bytes`.
     ids: Vec<usize>,
+    /// With derived ids: where each log record's `time_unix_nano` sits in `bytes`.
+    times: Vec<usize>,
 }
 
 impl Request {
@@ -171,9 +179,13 @@ impl Request {
         let placeholders: Vec<String> = (0..args.batch)
             .map(|_| uuid::Uuid::new_v4().hyphenated().to_string())
             .collect();
+        let derived = args.derived_ids && args.signal == Signal::Logs;
         let attributes = |n: usize| {
             let mut attributes = attributes(args.attributes, sender, n);
             set_string(&mut attributes, "event.id", placeholders[n].clone());
+            if derived {
+                attributes[0].key = "load.id".to_owned();
+            }
             attributes
         };
         let bytes = match args.signal {
@@ -204,8 +216,19 @@ impl Request {
             .encode_to_vec(),
         };
         let mut ids = Vec::with_capacity(placeholders.len());
+        let mut times = Vec::new();
         let mut from = 0;
-        for placeholder in &placeholders {
+        for (n, placeholder) in placeholders.iter().enumerate() {
+            if derived {
+                // A record's time comes before its attributes in the encoding (field order).
+                let time = (T0 + n as u64).to_le_bytes();
+                from += bytes[from..]
+                    .windows(time.len())
+                    .position(|w| w == time)
+                    .expect("every record's time is in the encoded request");
+                times.push(from);
+                from += time.len();
+            }
             let at = from
                 + bytes[from..]
                     .windows(placeholder.len())
@@ -218,11 +241,16 @@ impl Request {
             signal: args.signal,
             bytes,
             ids,
+            times,
         }
     }
 
-    /// Fresh event ids for every record.
+    /// Fresh event ids for every record (and, with derived ids, the current time).
     fn renew_ids(&mut self) {
+        let now = usage_collector::event::now_unix_nano();
+        for (n, &at) in self.times.iter().enumerate() {
+            self.bytes[at..at + 8].copy_from_slice(&(now + n as u64).to_le_bytes());
+        }
         for &at in &self.ids {
             uuid::Uuid::now_v7()
                 .hyphenated()
@@ -526,6 +554,7 @@ mod tests {
                 records: 0,
                 duplicates: false,
                 attributes: Attributes::Full,
+                derived_ids: false,
             };
             let mut request = Request::template(&plan, 3);
             let mut seen = HashSet::new();
@@ -538,6 +567,45 @@ mod tests {
                     assert!(seen.insert(id.clone()), "{signal:?}: {id} sent twice");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn derived_id_records_carry_no_event_id_and_the_send_time() {
+        let plan = Plan {
+            endpoint: String::new(),
+            signal: Signal::Logs,
+            batch: 64,
+            in_flight: 1,
+            connections: 1,
+            duration_secs: 1,
+            rate: 0,
+            records: 0,
+            duplicates: false,
+            attributes: Attributes::Full,
+            derived_ids: true,
+        };
+        let mut request = Request::template(&plan, 3);
+        let before = usage_collector::event::now_unix_nano();
+        request.renew_ids();
+        let records: Vec<_> = ExportLogsServiceRequest::decode(&request.bytes[..])
+            .expect("a valid logs request")
+            .resource_logs
+            .into_iter()
+            .flat_map(|r| r.scope_logs)
+            .flat_map(|s| s.log_records)
+            .collect();
+        assert_eq!(records.len(), 64);
+        let mut ids = HashSet::new();
+        for (n, record) in records.iter().enumerate() {
+            assert_eq!(record.time_unix_nano, records[0].time_unix_nano + n as u64);
+            assert!(record.time_unix_nano >= before);
+            assert!(!record.attributes.iter().any(|kv| kv.key == "event.id"));
+            let load_id = record.attributes.iter().find(|kv| kv.key == "load.id");
+            assert!(
+                ids.insert(format!("{load_id:?}")),
+                "a fresh load.id per record"
+            );
         }
     }
 }

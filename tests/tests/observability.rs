@@ -185,7 +185,10 @@ async fn the_usage_dashboard_queries_run_on_the_schema() {
             .unwrap();
     // Grafana's macros, as Grafana would expand them for "all time, service web-ide".
     let expand = |sql: &str| {
-        let mut sql = sql.replace("${service:sqlstring}", "'web-ide'");
+        let mut sql = sql
+            .replace("${service:sqlstring}", "'web-ide'")
+            .replace("$__timeFrom()", "'1970-01-01 00:00:00'")
+            .replace("$__timeTo()", "'9999-12-31 00:00:00'");
         while let Some(at) = sql.find("$__timeFilter(") {
             let end = at + sql[at..].find(')').unwrap();
             let column = sql[at + "$__timeFilter(".len()..end].to_owned();
@@ -211,8 +214,11 @@ async fn the_usage_dashboard_queries_run_on_the_schema() {
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
             let sql = target["rawSql"].as_str().unwrap();
+            // The time range: `$__timeFilter` on a time column, or whole days of a rollup.
             assert!(
-                sql.contains("${service:sqlstring}") && sql.contains("$__timeFilter("),
+                sql.contains("${service:sqlstring}")
+                    && (sql.contains("$__timeFilter(")
+                        || sql.contains("BETWEEN DATE($__timeFrom()) AND DATE($__timeTo())")),
                 "{} ignores the service or the time range: {sql}",
                 panel["title"]
             );

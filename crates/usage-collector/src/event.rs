@@ -14,8 +14,9 @@ use prost::Message;
 use usage_tracker::catalog::keys;
 use uuid::Uuid;
 
-/// Namespace of the name-based (v5) UUIDs the collector derives for events without `event.id`
-/// or whose `event.id` is not a UUID. Changing it would change every derived id: never do.
+/// Namespace of the name-based (v5) UUIDs the collector derives for an `event.id` that is not a
+/// UUID, and of the hashes below the time in derived ids. Changing it would change every
+/// derived id: never do.
 const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_52a3_1c2e_4b8e_9d0a_7e55_3c8f_2a10);
 
 /// Instrumentation scope of everything a usage collector sends about itself (its own spans and
@@ -207,6 +208,25 @@ fn id_from_attribute(event_id: &str) -> Uuid {
         .unwrap_or_else(|_| Uuid::new_v5(&EVENT_ID_NAMESPACE, event_id.as_bytes()))
 }
 
+/// A derived id that sorts by time: a UUID version 8 holding the record's time in milliseconds
+/// since the Unix epoch in its high 48 bits, the millisecond's fraction in the 12 bits after the
+/// version, and 62 bits of `hash` below the variant. The same record always gets the same id
+/// (the time is the record's own, never the receive time), and ids of records written in time
+/// order append to the unique index's right edge instead of landing on random pages.
+pub fn time_ordered_id(time_unix_nano: u64, hash: &Uuid) -> Uuid {
+    let ms = time_unix_nano / 1_000_000;
+    // Below 4096: (n % 10^6) * 4096 / 10^6.
+    let fraction = ((time_unix_nano % 1_000_000) * 4096 / 1_000_000) as u16;
+    let mut bytes = [0_u8; 16];
+    // A u64 of nanoseconds is at most 1.9e13 ms, which fits 48 bits.
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    bytes[6] = 0x80 | (fraction >> 8) as u8;
+    bytes[7] = fraction as u8;
+    bytes[8..].copy_from_slice(&hash.as_bytes()[8..]);
+    bytes[8] = 0x80 | (bytes[8] & 0x3f);
+    Uuid::from_bytes(bytes)
+}
+
 fn trace_id(bytes: &[u8]) -> Option<[u8; 16]> {
     <[u8; 16]>::try_from(bytes).ok().filter(|id| id != &[0; 16])
 }
@@ -223,8 +243,10 @@ pub struct Origin<'a> {
     pub service: &'a Arc<str>,
     /// Receive time, used when the record carries no time at all.
     pub now_unix_nano: u64,
-    /// A digest of the resource and the scope, computed once for all their records, so that
-    /// deriving an id costs the record's bytes, not the resource's again for every record.
+    /// A digest of the service, the resource and the scope, computed once for all their
+    /// records, so that deriving an id costs the record's bytes, not the resource's again for
+    /// every record. The service is in it even when the resource does not name it (a token
+    /// may bind the service): one service's derived ids never collide with another's.
     digest: [u8; 16],
 }
 
@@ -237,6 +259,8 @@ impl<'a> Origin<'a> {
         now_unix_nano: u64,
     ) -> Self {
         let mut bytes = Vec::with_capacity(256);
+        bytes.extend_from_slice(service.as_bytes());
+        bytes.push(0);
         for kv in resource {
             kv.encode(&mut bytes).expect("a Vec grows as needed");
         }
@@ -264,13 +288,14 @@ impl<'a> Origin<'a> {
         }
     }
 
-    /// The record's bytes after the origin's digest, hashed: the same record from the same
-    /// origin always gets the same id.
-    fn hashed_id(&self, record: &impl Message) -> Uuid {
+    /// The record's time (0 when it has none: the receive time would differ on a retry) above
+    /// a hash of the origin's digest and the record's bytes: the same record from the same
+    /// origin always gets the same id, and ids sort by time ([`time_ordered_id`]).
+    fn hashed_id(&self, record: &impl Message, time_unix_nano: u64) -> Uuid {
         let mut bytes = Vec::with_capacity(self.digest.len() + record.encoded_len());
         bytes.extend_from_slice(&self.digest);
         record.encode(&mut bytes).expect("a Vec grows as needed");
-        Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes)
+        time_ordered_id(time_unix_nano, &Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes))
     }
 }
 
@@ -284,14 +309,14 @@ impl UsageEvent {
         } else {
             record.event_name.clone()
         };
+        let record_time = [record.time_unix_nano, record.observed_time_unix_nano]
+            .into_iter()
+            .find(|t| *t != 0);
         let id = match identity_attr(&record.attributes, keys::EVENT_ID)? {
             Some(event_id) => id_from_attribute(event_id),
-            None => origin.hashed_id(&record),
+            None => origin.hashed_id(&record, record_time.unwrap_or(0)),
         };
-        let time_unix_nano = [record.time_unix_nano, record.observed_time_unix_nano]
-            .into_iter()
-            .find(|t| *t != 0)
-            .unwrap_or(origin.now_unix_nano);
+        let time_unix_nano = record_time.unwrap_or(origin.now_unix_nano);
         Ok(UsageEvent {
             id,
             name,
@@ -330,9 +355,12 @@ impl UsageEvent {
                     key.extend_from_slice(&t);
                     key.extend_from_slice(&s);
                     key.extend_from_slice(origin.service.as_bytes());
-                    Uuid::new_v5(&EVENT_ID_NAMESPACE, &key)
+                    time_ordered_id(
+                        span.start_time_unix_nano,
+                        &Uuid::new_v5(&EVENT_ID_NAMESPACE, &key),
+                    )
                 }
-                _ => origin.hashed_id(&span),
+                _ => origin.hashed_id(&span, span.start_time_unix_nano),
             },
         };
         let duration_ns = span.end_time_unix_nano - span.start_time_unix_nano;
@@ -451,6 +479,83 @@ mod tests {
             a,
             UsageEvent::from_log(other, &origin(&service)).unwrap().id
         );
+    }
+
+    fn derived(service: &str, time_unix_nano: u64, body: &str) -> Uuid {
+        let service = Arc::from(service);
+        let record = LogRecord {
+            event_name: "page_visit".into(),
+            time_unix_nano,
+            attributes: vec![string_attr("url.path", body)],
+            ..Default::default()
+        };
+        UsageEvent::from_log(record, &origin(&service)).unwrap().id
+    }
+
+    #[test]
+    fn derived_ids_are_deterministic_per_service_and_sort_by_time() {
+        let t = 1_764_504_000_123_456_789; // 2025-11-30T12:00:00.123456789Z
+        let id = derived("ide", t, "/a");
+        assert_eq!(id, derived("ide", t, "/a"), "the same record, the same id");
+        assert_eq!(id.get_version_num(), 8);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        assert_ne!(id, derived("shop", t, "/a"), "another service, another id");
+        assert_ne!(id, derived("ide", t, "/b"), "another record, another id");
+        // Time in the high bits: milliseconds, then the millisecond's fraction.
+        assert_eq!(
+            u64::from_be_bytes([
+                0,
+                0,
+                id.as_bytes()[0],
+                id.as_bytes()[1],
+                id.as_bytes()[2],
+                id.as_bytes()[3],
+                id.as_bytes()[4],
+                id.as_bytes()[5]
+            ]),
+            t / 1_000_000
+        );
+        let mut ids: Vec<(u64, Uuid)> = (0..200_u64)
+            .map(|n| {
+                // Times out of order and as close as 300 µs apart; different bodies so the
+                // hash bits differ in every order.
+                let time = t + ((n * 7919) % 200) * 300_000;
+                (time, derived("ide", time, &format!("/{n}")))
+            })
+            .collect();
+        ids.sort_by_key(|(_, id)| *id);
+        assert!(
+            ids.windows(2).all(|w| w[0].0 < w[1].0),
+            "ids sort by their records' times"
+        );
+        // A record without any time still gets a stable id (never the receive time).
+        let timeless = LogRecord {
+            event_name: "x".into(),
+            ..Default::default()
+        };
+        let service = Arc::from("ide");
+        let a = UsageEvent::from_log(timeless.clone(), &Origin::new(&[], None, &service, 1));
+        let b = UsageEvent::from_log(timeless, &Origin::new(&[], None, &service, 2));
+        assert_eq!(a.unwrap().id, b.unwrap().id);
+    }
+
+    #[test]
+    fn span_ids_without_event_id_include_the_service_and_sort_by_start() {
+        let span = |start: u64| Span {
+            name: "program_execution".into(),
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + 5,
+            ..Default::default()
+        };
+        let (ide, shop) = (Arc::from("ide"), Arc::from("shop"));
+        let id =
+            |s: Span, service: &Arc<str>| UsageEvent::from_span(s, &origin(service)).unwrap().id;
+        let early = id(span(1_764_504_000_000_000_000), &ide);
+        assert_eq!(early, id(span(1_764_504_000_000_000_000), &ide));
+        assert_ne!(early, id(span(1_764_504_000_000_000_000), &shop));
+        assert!(early < id(span(1_764_504_000_001_000_000), &ide));
     }
 
     #[test]

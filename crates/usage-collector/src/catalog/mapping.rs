@@ -6,8 +6,8 @@
 //!   attributes they override ([`SpanOverride`]);
 //! - a program run without `program.success` succeeded unless it carries `error.message`;
 //! - an event that names no catalogue entry goes to `usage_events` with its attributes as JSON;
-//! - every event with `session.id` updates that session's row (the sink recounts its counters
-//!   from `program_executions`).
+//! - every event with `session.id` updates that session's row (the sink adds the rows it
+//!   inserts to the session's counters).
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use time::{OffsetDateTime, PrimitiveDateTime};

@@ -87,8 +87,8 @@ pub const USAGE_EVENT_COLUMNS: [Column; 5] = [
 ];
 
 /// Columns of `ide_sessions`, in the order a [`crate::catalog::SessionRow`] is written;
-/// the last three are counters derived from `program_executions`.
-pub const SESSION_COLUMNS: [Column; 12] = [
+/// the last five are counters the writer adds the session's newly inserted rows to.
+pub const SESSION_COLUMNS: [Column; 14] = [
     text("session_id", catalog::SESSION_ID_CHARS),
     text("service", catalog::SERVICE_CHARS),
     text("user_id", catalog::USER_ID_CHARS),
@@ -101,6 +101,8 @@ pub const SESSION_COLUMNS: [Column; 12] = [
     col("programs_run", ColumnType::Int),
     col("lines_executed", ColumnType::Int),
     col("errors_encountered", ColumnType::Int),
+    col("page_visits", ColumnType::Int),
+    col("features_used", ColumnType::Int),
 ];
 
 /// Columns the schema declares as 32-bit `INT` (every other whole number is a `BIGINT`).
@@ -190,7 +192,7 @@ mod tests {
             names("feature_usage")[5..],
             ["feature_name", "feature_data"]
         );
-        assert_eq!(names("ide_sessions").len(), 12);
+        assert_eq!(names("ide_sessions").len(), 14);
         assert_eq!(tables.last().unwrap().name, "usage_events");
     }
 }

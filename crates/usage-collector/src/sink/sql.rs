@@ -1,28 +1,54 @@
 //! The SQL both databases share, generic over the sqlx driver; each dialect supplies only the
 //! clauses where MySQL and SQLite differ.
 //!
-//! One batch is one transaction, in this order — the order is what keeps the session counters
-//! right under concurrent writers:
-//! 1. insert the event rows, idempotently on `event_id` (distinct events take no common locks,
-//!    so concurrent transactions overlap here);
-//! 2. upsert every touched session, sorted by id. This takes the session rows' locks, in the
-//!    same order in every transaction, and holds them to the commit: two transactions touching
-//!    one session finish one after the other, and only this short tail is serialized;
-//! 3. recount the counters of the sessions that got program runs in the batch from
-//!    `program_executions` (read-committed: the count, taken after the lock was granted, sees
-//!    this batch's runs and every run committed before). `duration_seconds` follows the
-//!    merged start and end (a late event may move an ended session's start): MySQL sets it in
-//!    the upsert itself, SQLite in an UPDATE of the batch's ended sessions.
+//! One batch is one transaction, in this order — the order is what keeps the counters right
+//! under concurrent writers:
+//! 1. insert the event rows with plain multi-row INSERTs (distinct events take no common
+//!    locks, so concurrent transactions overlap here). A statement that succeeds inserted every
+//!    row it carried: that is what makes the summaries exact. One that meets an event already
+//!    written (a retry, a replay, another collector) fails whole on the unique key and changes
+//!    nothing; then the rows already present are read (a locking read, which waits for a
+//!    concurrent writer of the same event to finish) and only the others are inserted, again
+//!    until a statement succeeds. So the writer knows exactly which rows this transaction
+//!    inserted;
+//! 2. read the touched sessions' start times, locking the rows that exist (sorted, so every
+//!    transaction locks them in the same order); insert the sessions that do not exist yet with
+//!    a plain INSERT (retried the same way if another transaction created one meanwhile), and
+//!    upsert the others, adding the newly inserted rows (runs, lines executed, errors, page
+//!    visits, feature uses) to their counters — never a recount: a session's cost stays the
+//!    same however long it runs. The session rows' locks are held to the commit: two
+//!    transactions touching one session finish one after the other, and only this short tail
+//!    is serialized;
+//! 3. `duration_seconds` follows the merged start and end (a late event may move an ended
+//!    session's start): MySQL sets it in the upsert itself, SQLite in an UPDATE of the batch's
+//!    ended sessions;
+//! 4. add the newly inserted rows, and the sessions created or moved to another day, to
+//!    [`DAILY_ROLLUP`] (sorted by day and service, last, so its hot rows are locked only for
+//!    the tail of the transaction).
+//!
+//! A rolled-back transaction takes its counts with it, and a committed one counted exactly the
+//! rows it inserted: the summaries equal a recount from the raw rows however often events are
+//! retried, replayed or written by several collectors at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 
-use sqlx::{Database, Encode, Executor, IntoArguments, QueryBuilder, Type};
-use time::PrimitiveDateTime;
+use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, QueryBuilder, Type};
+use time::{Date, PrimitiveDateTime};
 
-use crate::catalog::tables::{EVENT_COLUMNS, SESSION_COLUMNS, TableKind};
+use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
+use usage_tracker::catalog::tables as names;
+
+/// The table of daily counts per service the collector keeps (the `daily_usage_summary` view
+/// sums it over services).
+pub const DAILY_ROLLUP: &str = "daily_usage_by_service";
+
+/// Rows each (day, service) of [`DAILY_ROLLUP`] is split over. Every transaction adds to that
+/// day's row, and holds its lock to the commit: with one row, concurrent transactions would
+/// commit one at a time; over 8, two rarely meet.
+const ROLLUP_SHARDS: u8 = 8;
 
 /// A migrator for embedded `(description, sql)` migrations, numbered from 1 in order.
 pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::Migrator {
@@ -49,22 +75,27 @@ const MAX_BINDS: usize = 32_766;
 
 /// What differs between the dialects.
 pub trait Dialect: Database {
-    /// Appended to a multi-row event INSERT so a repeated (`service`, `event_id`) is a no-op.
-    const ON_DUPLICATE_EVENT: &'static str;
+    /// Appended to a SELECT of rows a transaction is about to decide on: it waits for a
+    /// concurrent writer of the same rows and keeps them until the commit (SQLite has one
+    /// writer at a time and needs nothing).
+    const LOCKING_READ: &'static str;
     /// Appended to a dead letter's INSERT so a repeated `event_id` is a no-op.
     const ON_DUPLICATE_DEAD_LETTER: &'static str;
-    /// Appended to the session INSERT: how an existing row merges the new values.
+    /// Appended to the session upsert: how an existing row merges the new values, and adds the
+    /// counters' increments.
     const ON_DUPLICATE_SESSION: &'static str;
     /// `SET` expression for `duration_seconds` from `start_time` and `end_time`, run as an
     /// UPDATE after the upsert; `None` when [`Self::ON_DUPLICATE_SESSION`] sets it itself.
     const DURATION_UPDATE: Option<&'static str>;
     /// Appended to the heartbeat INSERT: an existing row only moves forward.
     const ON_DUPLICATE_HEARTBEAT: &'static str;
+    /// Appended to the daily rollup's INSERT: an existing row adds the new counts.
+    const ON_DUPLICATE_ROLLUP: &'static str;
 }
 
 impl Dialect for sqlx::MySql {
+    const LOCKING_READ: &'static str = " FOR UPDATE";
     // Not INSERT IGNORE: that would also turn real errors (bad values) into warnings.
-    const ON_DUPLICATE_EVENT: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
     const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
     const ON_DUPLICATE_SESSION: &'static str = " ON DUPLICATE KEY UPDATE \
         start_time = LEAST(start_time, VALUES(start_time)), \
@@ -73,6 +104,11 @@ impl Dialect for sqlx::MySql {
         user_id = COALESCE(user_id, VALUES(user_id)), \
         user_agent = COALESCE(user_agent, VALUES(user_agent)), \
         ip_address = COALESCE(ip_address, VALUES(ip_address)), \
+        programs_run = programs_run + VALUES(programs_run), \
+        lines_executed = lines_executed + VALUES(lines_executed), \
+        errors_encountered = errors_encountered + VALUES(errors_encountered), \
+        page_visits = page_visits + VALUES(page_visits), \
+        features_used = features_used + VALUES(features_used), \
         duration_seconds = TIMESTAMPDIFF(SECOND, LEAST(start_time, VALUES(start_time)), \
             COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)))";
     // The upsert sets the duration itself, repeating the merge expressions, so it is right
@@ -81,10 +117,17 @@ impl Dialect for sqlx::MySql {
     const DURATION_UPDATE: Option<&'static str> = None;
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON DUPLICATE KEY UPDATE last_beat = GREATEST(last_beat, VALUES(last_beat))";
+    const ON_DUPLICATE_ROLLUP: &'static str = " ON DUPLICATE KEY UPDATE \
+        sessions = sessions + VALUES(sessions), \
+        page_visits = page_visits + VALUES(page_visits), \
+        programs_run = programs_run + VALUES(programs_run), \
+        program_errors = program_errors + VALUES(program_errors), \
+        features_used = features_used + VALUES(features_used), \
+        other_events = other_events + VALUES(other_events)";
 }
 
 impl Dialect for sqlx::Sqlite {
-    const ON_DUPLICATE_EVENT: &'static str = " ON CONFLICT (service, event_id) DO NOTHING";
+    const LOCKING_READ: &'static str = "";
     const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (event_id) DO NOTHING";
     const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET \
         start_time = MIN(start_time, excluded.start_time), \
@@ -92,16 +135,27 @@ impl Dialect for sqlx::Sqlite {
         end_time = COALESCE(MAX(end_time, excluded.end_time), end_time, excluded.end_time), \
         user_id = COALESCE(user_id, excluded.user_id), \
         user_agent = COALESCE(user_agent, excluded.user_agent), \
-        ip_address = COALESCE(ip_address, excluded.ip_address)";
+        ip_address = COALESCE(ip_address, excluded.ip_address), \
+        programs_run = programs_run + excluded.programs_run, \
+        lines_executed = lines_executed + excluded.lines_executed, \
+        errors_encountered = errors_encountered + excluded.errors_encountered, \
+        page_visits = page_visits + excluded.page_visits, \
+        features_used = features_used + excluded.features_used";
     const DURATION_UPDATE: Option<&'static str> =
         Some("CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)");
     const ON_DUPLICATE_HEARTBEAT: &'static str =
         " ON CONFLICT (instance) DO UPDATE SET last_beat = MAX(last_beat, excluded.last_beat)";
+    const ON_DUPLICATE_ROLLUP: &'static str = " ON CONFLICT (`date`, service, shard) DO UPDATE SET \
+        sessions = sessions + excluded.sessions, \
+        page_visits = page_visits + excluded.page_visits, \
+        programs_run = programs_run + excluded.programs_run, \
+        program_errors = program_errors + excluded.program_errors, \
+        features_used = features_used + excluded.features_used, \
+        other_events = other_events + excluded.other_events";
 }
 
 /// Rows a batch committed, per table. A repeat of an already written event counts too: its
-/// insert is a no-op, and counting it keeps `accepted = written + rejected` true. (MySQL's
-/// affected-rows cannot tell the two apart under the FOUND_ROWS flag the driver sets.)
+/// insert is a no-op, and counting it keeps `accepted = written + rejected` true.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
     /// (table, new rows) for each table the batch touched.
@@ -112,6 +166,140 @@ pub struct Written {
 
 /// A future the shared SQL returns.
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = Result<T, sqlx::Error>> + Send + 'a>>;
+
+/// Position of each common event column in an event row ([`crate::catalog::tables::EVENT_COLUMNS`]).
+const EVENT_ID: usize = 0;
+const SERVICE: usize = 1;
+const SESSION_ID: usize = 2;
+const TIMESTAMP: usize = 4;
+
+/// How often a chunk's insert is tried again after another transaction wrote one of its events
+/// between the read of what exists and the insert (each time, that other transaction finished:
+/// the next read sees its rows). Past this the batch fails and the writer retries it.
+const INSERT_ATTEMPTS: usize = 8;
+
+/// Counts of one day and service, added to [`DAILY_ROLLUP`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DayCounts {
+    /// Sessions started that day (−1 when a late event moved a session's start to an earlier
+    /// day).
+    pub sessions: i64,
+    /// Page visits.
+    pub page_visits: i64,
+    /// Program runs.
+    pub programs_run: i64,
+    /// Program runs that failed.
+    pub program_errors: i64,
+    /// Feature uses.
+    pub features_used: i64,
+    /// Other events (`usage_events`).
+    pub other_events: i64,
+}
+
+/// What a batch's newly inserted rows add to one session's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCounts {
+    /// Program runs.
+    pub programs_run: i64,
+    /// Lines the runs executed.
+    pub lines_executed: i64,
+    /// Runs that failed.
+    pub errors_encountered: i64,
+    /// Page visits.
+    pub page_visits: i64,
+    /// Feature uses.
+    pub features_used: i64,
+}
+
+/// What the rows a transaction really inserted add to the summaries.
+#[derive(Debug, Default)]
+pub struct Tally<'a> {
+    /// By (day, service), sorted: the order the rollup rows are locked in.
+    pub days: BTreeMap<(Date, &'a str), DayCounts>,
+    /// By (service, session id).
+    pub sessions: BTreeMap<(&'a str, &'a str), SessionCounts>,
+}
+
+/// Which summary column an event table's rows count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    PageVisits,
+    /// Program runs, with the positions of `success` and `lines_executed`.
+    Programs(Option<usize>, Option<usize>),
+    Features,
+    Other,
+    /// A table the summaries do not cover (one from the configuration).
+    Nothing,
+}
+
+impl Counted {
+    fn of(table: &crate::catalog::tables::Table) -> Self {
+        match table.name {
+            names::PAGE_VISITS => Counted::PageVisits,
+            names::PROGRAM_EXECUTIONS => {
+                let column = |name: &str| table.columns.iter().position(|c| c.name == name);
+                Counted::Programs(column("success"), column("lines_executed"))
+            }
+            names::FEATURE_USAGE => Counted::Features,
+            names::USAGE_EVENTS => Counted::Other,
+            _ => Counted::Nothing,
+        }
+    }
+}
+
+impl<'a> Tally<'a> {
+    /// Counts rows of a table that this transaction inserted.
+    fn add(&mut self, counted: Counted, rows: &[&'a [Value]]) {
+        if counted == Counted::Nothing {
+            return;
+        }
+        for row in rows {
+            let (Value::Text(service), Value::Time(time)) = (&row[SERVICE], &row[TIMESTAMP]) else {
+                continue;
+            };
+            let day = self
+                .days
+                .entry((time.date(), service.as_str()))
+                .or_default();
+            let session = match &row[SESSION_ID] {
+                Value::Text(id) => Some(
+                    self.sessions
+                        .entry((service.as_str(), id.as_str()))
+                        .or_default(),
+                ),
+                _ => None,
+            };
+            match counted {
+                Counted::PageVisits => {
+                    day.page_visits += 1;
+                    if let Some(s) = session {
+                        s.page_visits += 1;
+                    }
+                }
+                Counted::Programs(success, lines) => {
+                    let failed = matches!(success.map(|i| &row[i]), Some(Value::Bool(false)));
+                    day.programs_run += 1;
+                    day.program_errors += i64::from(failed);
+                    if let Some(s) = session {
+                        s.programs_run += 1;
+                        s.errors_encountered += i64::from(failed);
+                        if let Some(Value::Int(n)) = lines.map(|i| &row[i]) {
+                            s.lines_executed += n;
+                        }
+                    }
+                }
+                Counted::Features => {
+                    day.features_used += 1;
+                    if let Some(s) = session {
+                        s.features_used += 1;
+                    }
+                }
+                Counted::Other => day.other_events += 1,
+                Counted::Nothing => {}
+            }
+        }
+    }
+}
 
 /// A sqlx driver the shared SQL runs on: a [`Dialect`] whose connections execute queries and
 /// whose arguments take every value type a row holds. MySQL and SQLite are both, through the
@@ -124,17 +312,67 @@ pub trait Driver: Dialect {
         batch: &'a RowBatch<'_>,
     ) -> Boxed<'a, Written>;
 
-    /// Upserts the batch's sessions (every session column but the derived counters).
-    fn upsert_sessions<'a>(
+    /// Inserts the rows of one table that are not written yet; returns the rows it inserted.
+    fn insert_new<'a, 'r>(
         conn: &'a mut Self::Connection,
-        sessions: &'a BTreeMap<(&str, &str), SessionRow>,
-    ) -> Boxed<'a, u64>;
+        table: &'a str,
+        columns: &'a str,
+        rows: &'a [&'r [Value]],
+    ) -> Boxed<'a, Vec<&'r [Value]>>
+    where
+        'r: 'a;
 
-    /// Recounts counters for the batch's sessions with new runs, and (where the upsert cannot)
-    /// sets the durations of its ended sessions.
-    fn refresh_sessions<'a>(
+    /// Runs one multi-row INSERT of `rows` (`suffix` after the values).
+    fn insert_rows<'a>(
         conn: &'a mut Self::Connection,
-        catalog: &'a Catalog,
+        table: &'a str,
+        columns: &'a str,
+        rows: &'a [&[Value]],
+        suffix: &'a str,
+    ) -> Boxed<'a, ()>;
+
+    /// The ids of `rows` (all of one service) already in `table`, read with a lock.
+    fn existing_ids<'a>(
+        conn: &'a mut Self::Connection,
+        table: &'a str,
+        service: &'a str,
+        rows: &'a [&[Value]],
+    ) -> Boxed<'a, HashSet<Vec<u8>>>;
+
+    /// Writes the batch's sessions and adds what they change to `tally`'s days; returns the
+    /// sessions written.
+    fn write_sessions<'a, 'b>(
+        conn: &'a mut Self::Connection,
+        sessions: &'a BTreeMap<(&'b str, &'b str), SessionRow>,
+        tally: &'a mut Tally<'b>,
+    ) -> Boxed<'a, u64>
+    where
+        'b: 'a;
+
+    /// The start times of the sessions of `keys` (all of one service) that exist, locked.
+    fn session_starts<'a>(
+        conn: &'a mut Self::Connection,
+        service: &'a str,
+        keys: &'a [&str],
+    ) -> Boxed<'a, BTreeMap<String, PrimitiveDateTime>>;
+
+    /// Inserts (or, with `upsert`, merges) sessions with their counters' increments.
+    fn put_sessions<'a>(
+        conn: &'a mut Self::Connection,
+        sessions: &'a [(&str, &str, &SessionRow, SessionCounts)],
+        upsert: bool,
+    ) -> Boxed<'a, ()>;
+
+    /// Adds the tally's days to [`DAILY_ROLLUP`], in shard `shard`.
+    fn add_days<'a>(
+        conn: &'a mut Self::Connection,
+        tally: &'a Tally<'_>,
+        shard: i64,
+    ) -> Boxed<'a, ()>;
+
+    /// Sets the durations of the batch's ended sessions, where the upsert cannot.
+    fn refresh_durations<'a>(
+        conn: &'a mut Self::Connection,
         batch: &'a RowBatch<'_>,
     ) -> Boxed<'a, ()>;
 
@@ -148,6 +386,24 @@ pub trait Driver: Dialect {
     ) -> Boxed<'a, ()>;
 }
 
+/// True for a unique-key violation: the statement changed nothing and the transaction goes on.
+fn is_duplicate(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// The (service, event id) of an event row.
+fn event_key(row: &[Value]) -> (&str, &[u8]) {
+    let service = match &row[SERVICE] {
+        Value::Text(s) => s.as_str(),
+        _ => "",
+    };
+    let id: &[u8] = match &row[EVENT_ID] {
+        Value::Id(id) => id,
+        _ => &[],
+    };
+    (service, id)
+}
+
 impl<DB> Driver for DB
 where
     DB: Dialect,
@@ -158,6 +414,9 @@ where
     i64: for<'q> Encode<'q, DB> + Type<DB>,
     bool: for<'q> Encode<'q, DB> + Type<DB>,
     PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
+    Date: for<'q> Encode<'q, DB> + Type<DB>,
+    (Vec<u8>,): for<'r> FromRow<'r, DB::Row>,
+    (String, PrimitiveDateTime): for<'r> FromRow<'r, DB::Row>,
 {
     fn write_in<'a>(
         conn: &'a mut DB::Connection,
@@ -166,63 +425,267 @@ where
     ) -> Boxed<'a, Written> {
         Box::pin(async move {
             let mut written = Written::default();
+            let mut tally = Tally::default();
             for (table_id, rows) in batch.tables() {
                 let table = &catalog.tables()[table_id];
                 debug_assert_eq!(table.kind, TableKind::Events);
+                let columns = column_list(table.columns.iter().map(|c| c.name));
                 let per_statement = (MAX_BINDS / table.columns.len()).max(1);
-                let mut inserted = 0;
+                let counted = Counted::of(table);
                 for chunk in rows.chunks(per_statement) {
-                    let mut query = QueryBuilder::<DB>::new(format!(
-                        "INSERT INTO `{}` ({}) ",
-                        table.name,
-                        column_list(table.columns.iter().map(|c| c.name))
-                    ));
-                    query.push_values(chunk, |mut list, row| {
-                        for value in row.iter() {
-                            match value {
-                                Value::Null => list.push("NULL"),
-                                Value::Id(id) => list.push_bind(&id[..]),
-                                Value::Text(text) | Value::Json(text) => {
-                                    list.push_bind(text.as_str())
-                                }
-                                Value::Int(int) => list.push_bind(*int),
-                                Value::Bool(b) => list.push_bind(*b),
-                                Value::Time(time) => list.push_bind(*time),
-                            };
-                        }
-                    });
-                    query.push(DB::ON_DUPLICATE_EVENT);
-                    query.build().execute(&mut *conn).await?;
-                    inserted += chunk.len() as u64;
+                    let inserted = DB::insert_new(conn, table.name, &columns, chunk).await?;
+                    tally.add(counted, &inserted);
                 }
-                written.rows.push((table.name, inserted));
+                written.rows.push((table.name, rows.len() as u64));
             }
             if !batch.sessions.is_empty() {
-                written.sessions = DB::upsert_sessions(conn, &batch.sessions).await?;
-                DB::refresh_sessions(conn, catalog, batch).await?;
+                written.sessions = DB::write_sessions(conn, &batch.sessions, &mut tally).await?;
+                DB::refresh_durations(conn, batch).await?;
             }
+            // Any shard will do (the counts add up whichever it is); a hash byte of the first
+            // event's id spreads concurrent batches over them.
+            let shard = batch.rows.iter().flatten().next().map_or(0, |row| {
+                event_key(row).1.last().copied().unwrap_or(0) % ROLLUP_SHARDS
+            });
+            DB::add_days(conn, &tally, i64::from(shard)).await?;
             Ok(written)
         })
     }
 
-    fn upsert_sessions<'a>(
+    fn insert_new<'a, 'r>(
         conn: &'a mut DB::Connection,
-        sessions: &'a BTreeMap<(&str, &str), SessionRow>,
-    ) -> Boxed<'a, u64> {
+        table: &'a str,
+        columns: &'a str,
+        rows: &'a [&'r [Value]],
+    ) -> Boxed<'a, Vec<&'r [Value]>>
+    where
+        'r: 'a,
+    {
         Box::pin(async move {
-            let entries: Vec<_> = sessions.iter().collect();
-            for chunk in entries.chunks(MAX_BINDS / SESSION_UPSERT.len()) {
+            // Nearly always nothing is written yet and one statement inserts every row.
+            match DB::insert_rows(conn, table, columns, rows, "").await {
+                Ok(()) => return Ok(rows.to_vec()),
+                Err(e) if is_duplicate(&e) => {}
+                Err(e) => return Err(e),
+            }
+            // Some event is written already (or twice in this batch): insert the others.
+            let mut seen = HashSet::with_capacity(rows.len());
+            let mut pending: Vec<&'r [Value]> = rows
+                .iter()
+                .copied()
+                .filter(|row| seen.insert(event_key(row)))
+                .collect();
+            let mut attempt = 1;
+            loop {
+                let mut existing: HashSet<(String, Vec<u8>)> = HashSet::new();
+                let mut by_service: Vec<&'r [Value]> = pending.clone();
+                by_service.sort_by(|a, b| event_key(a).cmp(&event_key(b)));
+                for group in by_service.chunk_by(|a, b| event_key(a).0 == event_key(b).0) {
+                    let service = event_key(group[0]).0;
+                    for chunk in group.chunks(MAX_BINDS - 1) {
+                        for id in DB::existing_ids(conn, table, service, chunk).await? {
+                            existing.insert((service.to_owned(), id));
+                        }
+                    }
+                }
+                pending.retain(|row| {
+                    let (service, id) = event_key(row);
+                    !existing.contains(&(service.to_owned(), id.to_vec()))
+                });
+                if pending.is_empty() {
+                    return Ok(pending);
+                }
+                match DB::insert_rows(conn, table, columns, &pending, "").await {
+                    Ok(()) => return Ok(pending),
+                    Err(e) if is_duplicate(&e) && attempt < INSERT_ATTEMPTS => attempt += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+
+    fn insert_rows<'a>(
+        conn: &'a mut DB::Connection,
+        table: &'a str,
+        columns: &'a str,
+        rows: &'a [&[Value]],
+        suffix: &'a str,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            let mut query = QueryBuilder::<DB>::new(format!("INSERT INTO `{table}` ({columns}) "));
+            query.push_values(rows, |mut list, row| {
+                for value in row.iter() {
+                    match value {
+                        Value::Null => list.push("NULL"),
+                        Value::Id(id) => list.push_bind(&id[..]),
+                        Value::Text(text) | Value::Json(text) => list.push_bind(text.as_str()),
+                        Value::Int(int) => list.push_bind(*int),
+                        Value::Bool(b) => list.push_bind(*b),
+                        Value::Time(time) => list.push_bind(*time),
+                    };
+                }
+            });
+            query.push(suffix);
+            query.build().execute(&mut *conn).await?;
+            Ok(())
+        })
+    }
+
+    fn existing_ids<'a>(
+        conn: &'a mut DB::Connection,
+        table: &'a str,
+        service: &'a str,
+        rows: &'a [&[Value]],
+    ) -> Boxed<'a, HashSet<Vec<u8>>> {
+        Box::pin(async move {
+            let mut query =
+                QueryBuilder::<DB>::new(format!("SELECT event_id FROM `{table}` WHERE service = "));
+            query.push_bind(service);
+            query.push(" AND event_id IN (");
+            let mut ids = query.separated(", ");
+            for row in rows {
+                ids.push_bind(event_key(row).1);
+            }
+            query.push(")");
+            query.push(DB::LOCKING_READ);
+            let found: Vec<(Vec<u8>,)> = query.build_query_as().fetch_all(&mut *conn).await?;
+            Ok(found.into_iter().map(|(id,)| id).collect())
+        })
+    }
+
+    fn write_sessions<'a, 'b>(
+        conn: &'a mut DB::Connection,
+        sessions: &'a BTreeMap<(&'b str, &'b str), SessionRow>,
+        tally: &'a mut Tally<'b>,
+    ) -> Boxed<'a, u64>
+    where
+        'b: 'a,
+    {
+        Box::pin(async move {
+            let entries: Vec<(&'b str, &'b str, &SessionRow)> = sessions
+                .iter()
+                .map(|((service, id), row)| (*service, *id, row))
+                .collect();
+            let counts = |service: &str, id: &str| {
+                tally
+                    .sessions
+                    .get(&(service, id))
+                    .copied()
+                    .unwrap_or_default()
+            };
+            let mut starts: BTreeMap<(&'b str, &'b str), PrimitiveDateTime> = BTreeMap::new();
+            let mut pending: Vec<(&'b str, &'b str, &SessionRow)> = entries.clone();
+            let mut attempt = 1;
+            loop {
+                // The sessions that exist, locked (in key order) to the commit: their start
+                // cannot move under this transaction.
+                for group in pending.chunk_by(|a, b| a.0 == b.0) {
+                    let service = group[0].0;
+                    let ids: Vec<&str> = group.iter().map(|(_, id, _)| *id).collect();
+                    for chunk in ids.chunks(MAX_BINDS - 1) {
+                        for (id, start) in DB::session_starts(conn, service, chunk).await? {
+                            if let Some((_, key, _)) = group.iter().find(|(_, k, _)| *k == id) {
+                                starts.insert((service, key), start);
+                            }
+                        }
+                    }
+                }
+                let new: Vec<_> = pending
+                    .iter()
+                    .filter(|(service, id, _)| !starts.contains_key(&(*service, *id)))
+                    .map(|(service, id, row)| (*service, *id, *row, counts(service, id)))
+                    .collect();
+                if new.is_empty() {
+                    break;
+                }
+                match DB::put_sessions(conn, &new, false).await {
+                    Ok(()) => {
+                        for (service, _, row, _) in &new {
+                            tally
+                                .days
+                                .entry((row.start_time.date(), service))
+                                .or_default()
+                                .sessions += 1;
+                        }
+                        pending.retain(|(service, id, _)| starts.contains_key(&(*service, *id)));
+                        break;
+                    }
+                    // Another transaction created one of them meanwhile: read again.
+                    Err(e) if is_duplicate(&e) && attempt < INSERT_ATTEMPTS => {
+                        attempt += 1;
+                        pending.retain(|(service, id, _)| !starts.contains_key(&(*service, *id)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let existing: Vec<_> = entries
+                .iter()
+                .filter_map(|(service, id, row)| {
+                    let old = starts.get(&(*service, *id))?;
+                    // A late event moves the session's start to an earlier day.
+                    if row.start_time.date() < old.date() {
+                        tally
+                            .days
+                            .entry((old.date(), service))
+                            .or_default()
+                            .sessions -= 1;
+                        tally
+                            .days
+                            .entry((row.start_time.date(), service))
+                            .or_default()
+                            .sessions += 1;
+                    }
+                    Some((*service, *id, *row, counts(service, id)))
+                })
+                .collect();
+            if !existing.is_empty() {
+                DB::put_sessions(conn, &existing, true).await?;
+            }
+            Ok(sessions.len() as u64)
+        })
+    }
+
+    fn session_starts<'a>(
+        conn: &'a mut DB::Connection,
+        service: &'a str,
+        keys: &'a [&str],
+    ) -> Boxed<'a, BTreeMap<String, PrimitiveDateTime>> {
+        Box::pin(async move {
+            let mut query = QueryBuilder::<DB>::new(
+                "SELECT session_id, start_time FROM `ide_sessions` WHERE service = ",
+            );
+            query.push_bind(service);
+            query.push(" AND session_id IN (");
+            let mut ids = query.separated(", ");
+            for id in keys {
+                ids.push_bind(*id);
+            }
+            query.push(")");
+            query.push(DB::LOCKING_READ);
+            let found: Vec<(String, PrimitiveDateTime)> =
+                query.build_query_as().fetch_all(&mut *conn).await?;
+            Ok(found.into_iter().collect())
+        })
+    }
+
+    fn put_sessions<'a>(
+        conn: &'a mut DB::Connection,
+        sessions: &'a [(&str, &str, &SessionRow, SessionCounts)],
+        upsert: bool,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            for chunk in sessions.chunks(MAX_BINDS / SESSION_UPSERT.len()) {
                 let mut query = QueryBuilder::<DB>::new(format!(
                     "INSERT INTO `ide_sessions` ({}) ",
                     column_list(SESSION_UPSERT.iter().map(|c| c.name()))
                 ));
-                query.push_values(chunk, |mut list, ((_, id), s)| {
+                query.push_values(chunk, |mut list, (service, id, s, counts)| {
                     // Each value is chosen by its column's name, so the column list and the
                     // values cannot drift apart.
                     for column in SESSION_UPSERT {
                         let bound: Option<SessionValue<'_>> = match column {
                             SessionColumn::SessionId => Some(SessionValue::Text(id)),
-                            SessionColumn::Service => Some(SessionValue::Text(s.service.as_str())),
+                            SessionColumn::Service => Some(SessionValue::Text(service)),
                             SessionColumn::UserId => s.user_id.as_deref().map(SessionValue::Text),
                             SessionColumn::StartTime => Some(SessionValue::Time(s.start_time)),
                             SessionColumn::LastActivity => {
@@ -238,6 +701,21 @@ where
                             SessionColumn::IpAddress => {
                                 s.ip_address.as_deref().map(SessionValue::Text)
                             }
+                            SessionColumn::ProgramsRun => {
+                                Some(SessionValue::Int(counts.programs_run))
+                            }
+                            SessionColumn::LinesExecuted => {
+                                Some(SessionValue::Int(counts.lines_executed))
+                            }
+                            SessionColumn::ErrorsEncountered => {
+                                Some(SessionValue::Int(counts.errors_encountered))
+                            }
+                            SessionColumn::PageVisits => {
+                                Some(SessionValue::Int(counts.page_visits))
+                            }
+                            SessionColumn::FeaturesUsed => {
+                                Some(SessionValue::Int(counts.features_used))
+                            }
                         };
                         match bound {
                             None => list.push("NULL"),
@@ -247,41 +725,54 @@ where
                         };
                     }
                 });
-                query.push(DB::ON_DUPLICATE_SESSION);
+                if upsert {
+                    query.push(DB::ON_DUPLICATE_SESSION);
+                }
                 query.build().execute(&mut *conn).await?;
             }
-            Ok(sessions.len() as u64)
+            Ok(())
         })
     }
 
-    fn refresh_sessions<'a>(
+    fn add_days<'a>(
         conn: &'a mut DB::Connection,
-        catalog: &'a Catalog,
+        tally: &'a Tally<'_>,
+        shard: i64,
+    ) -> Boxed<'a, ()> {
+        Box::pin(async move {
+            let days: Vec<_> = tally
+                .days
+                .iter()
+                .filter(|(_, counts)| **counts != DayCounts::default())
+                .collect();
+            for chunk in days.chunks(MAX_BINDS / 9) {
+                let mut query = QueryBuilder::<DB>::new(format!(
+                    "INSERT INTO `{DAILY_ROLLUP}` (`date`, service, shard, sessions, page_visits, \
+                     programs_run, program_errors, features_used, other_events) "
+                ));
+                query.push_values(chunk, |mut list, ((day, service), c)| {
+                    list.push_bind(*day)
+                        .push_bind(*service)
+                        .push_bind(shard)
+                        .push_bind(c.sessions)
+                        .push_bind(c.page_visits)
+                        .push_bind(c.programs_run)
+                        .push_bind(c.program_errors)
+                        .push_bind(c.features_used)
+                        .push_bind(c.other_events);
+                });
+                query.push(DB::ON_DUPLICATE_ROLLUP);
+                query.build().execute(&mut *conn).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn refresh_durations<'a>(
+        conn: &'a mut DB::Connection,
         batch: &'a RowBatch<'_>,
     ) -> Boxed<'a, ()> {
         Box::pin(async move {
-            // Counters change only for sessions that got program runs in this batch.
-            let runs = catalog
-                .tables()
-                .iter()
-                .position(|t| t.name == usage_tracker::catalog::tables::PROGRAM_EXECUTIONS);
-            let column = |name: &str| EVENT_COLUMNS.iter().position(|c| c.name == name);
-            let mut recount: Vec<(&str, &str)> =
-                match (runs, column("service"), column("session_id")) {
-                    (Some(table), Some(service), Some(session)) => batch.rows[table]
-                        .iter()
-                        .filter_map(|row| match (&row[service], &row[session]) {
-                            (Value::Text(service), Value::Text(id)) => {
-                                Some((service.as_str(), id.as_str()))
-                            }
-                            _ => None,
-                        })
-                        .collect(),
-                    _ => Vec::new(),
-                };
-            recount.sort_unstable();
-            recount.dedup();
-            DB::update_in(conn, COUNTERS, &recount, "").await?;
             let Some(duration) = DB::DURATION_UPDATE else {
                 return Ok(());
             };
@@ -321,19 +812,8 @@ where
     }
 }
 
-/// Recounts a session's counters from its service's `program_executions`.
-const COUNTERS: &str = "UPDATE `ide_sessions` SET \
-     programs_run = (SELECT COUNT(*) FROM `program_executions` p \
-         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id), \
-     lines_executed = (SELECT COALESCE(SUM(p.lines_executed), 0) FROM `program_executions` p \
-         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id), \
-     errors_encountered = (SELECT COUNT(*) FROM `program_executions` p \
-         WHERE p.service = ide_sessions.service AND p.session_id = ide_sessions.session_id \
-         AND NOT p.success) \
-     WHERE (service, session_id) IN (";
-
-/// The `ide_sessions` columns a session upsert writes: every one but the counters, which are
-/// derived from `program_executions`.
+/// The `ide_sessions` columns a session insert or upsert writes: every one; the counters carry
+/// the increments of the batch's newly inserted rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SessionColumn {
     SessionId,
@@ -345,9 +825,14 @@ enum SessionColumn {
     DurationSeconds,
     UserAgent,
     IpAddress,
+    ProgramsRun,
+    LinesExecuted,
+    ErrorsEncountered,
+    PageVisits,
+    FeaturesUsed,
 }
 
-const SESSION_UPSERT: [SessionColumn; 9] = [
+const SESSION_UPSERT: [SessionColumn; 14] = [
     SessionColumn::SessionId,
     SessionColumn::Service,
     SessionColumn::UserId,
@@ -357,6 +842,11 @@ const SESSION_UPSERT: [SessionColumn; 9] = [
     SessionColumn::DurationSeconds,
     SessionColumn::UserAgent,
     SessionColumn::IpAddress,
+    SessionColumn::ProgramsRun,
+    SessionColumn::LinesExecuted,
+    SessionColumn::ErrorsEncountered,
+    SessionColumn::PageVisits,
+    SessionColumn::FeaturesUsed,
 ];
 
 impl SessionColumn {
@@ -372,6 +862,11 @@ impl SessionColumn {
             SessionColumn::DurationSeconds => "duration_seconds",
             SessionColumn::UserAgent => "user_agent",
             SessionColumn::IpAddress => "ip_address",
+            SessionColumn::ProgramsRun => "programs_run",
+            SessionColumn::LinesExecuted => "lines_executed",
+            SessionColumn::ErrorsEncountered => "errors_encountered",
+            SessionColumn::PageVisits => "page_visits",
+            SessionColumn::FeaturesUsed => "features_used",
         };
         debug_assert!(SESSION_COLUMNS.iter().any(|c| c.name == name));
         name
@@ -395,15 +890,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_upserted_session_column_is_a_session_column_and_the_counters_are_not() {
+    fn the_common_event_columns_are_where_the_tally_reads_them() {
+        let names = crate::catalog::tables::EVENT_COLUMNS.map(|c| c.name);
+        assert_eq!(names[EVENT_ID], "event_id");
+        assert_eq!(names[SERVICE], "service");
+        assert_eq!(names[SESSION_ID], "session_id");
+        assert_eq!(names[TIMESTAMP], "timestamp");
+    }
+
+    #[test]
+    fn a_session_write_names_every_session_column_once() {
         for column in SESSION_UPSERT {
             assert!(
                 SESSION_COLUMNS.iter().any(|c| c.name == column.name()),
                 "{column:?}"
             );
         }
-        for counter in ["programs_run", "lines_executed", "errors_encountered"] {
-            assert!(!SESSION_UPSERT.iter().any(|c| c.name() == counter));
+        for column in SESSION_COLUMNS {
+            let named = SESSION_UPSERT.iter().filter(|c| c.name() == column.name);
+            assert_eq!(named.count(), 1, "{}", column.name);
         }
     }
 }

@@ -241,7 +241,11 @@ impl Sink {
 }
 
 /// Tables the collector writes besides the catalogue's (created by its migrations).
-pub const SYSTEM_TABLES: [&str; 2] = ["dead_letters", "collector_heartbeats"];
+pub const SYSTEM_TABLES: [&str; 3] = [
+    "dead_letters",
+    "collector_heartbeats",
+    crate::sink::sql::DAILY_ROLLUP,
+];
 
 /// `VARCHAR(128)` → (`varchar`, Some(128)).
 fn split_declared(declared: &str) -> (String, Option<i64>) {

@@ -7,8 +7,9 @@ use sqlx::{ConnectOptions, Executor};
 use crate::config::{DatabaseSettings, TlsMode};
 use crate::sink::handle::{OpenError, Target};
 
-/// Each transaction sees what others committed before it, so counters recounted after a
-/// session's row lock is granted include every run committed before (see `sink::sql`).
+/// Each statement sees what others committed before it, and reads take no gap locks: after an
+/// insert met an event another transaction wrote, the read of what exists sees that row, and
+/// writers appending to the same index end do not block each other (see `sink::sql`).
 const SESSION_SETUP: &str = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED";
 
 /// A lazily connecting pool for `url`, and the target it describes.

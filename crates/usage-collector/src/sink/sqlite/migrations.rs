@@ -21,5 +21,9 @@ pub fn migrator() -> Migrator {
             "keys per service",
             include_str!("../migrations/sqlite/0004_keys_per_service.sql"),
         ),
+        (
+            "rollups",
+            include_str!("../migrations/sqlite/0005_rollups.sql"),
+        ),
     ])
 }

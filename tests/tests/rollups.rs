@@ -1,0 +1,310 @@
+//! The summaries the collector keeps — `daily_usage_by_service` (and the `daily_usage_summary`
+//! view over it) and each session's counters — equal a recount from the raw rows, whatever
+//! happens to the events on their way: a batch written again (a retry after a lost commit
+//! answer), every event replayed in other batches (a crash before the checkpoint moved), two
+//! collectors writing the same events at the same moment, days arriving out of order (a late
+//! event moving a session's start to an earlier day), and an event twice in one batch.
+//!
+//! The writes go through the collector's own sink (the code the writer runs), so each test can
+//! place batches and races exactly; one test runs two whole collectors.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
+use usage_collector::catalog::{Catalog, Mapped, RowBatch};
+use usage_collector::config::DatabaseSettings;
+use usage_collector::event::{Origin, UsageEvent};
+use usage_collector::sink::Sink;
+use usage_pipeline_tests::collector::{TestCollector, settings};
+use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::fixtures::{event, kv, logs_request, send_logs};
+
+const DAY: u64 = 86_400_000_000_000;
+const HOUR: u64 = 3_600_000_000_000;
+
+/// Noon, two days ago (inside any retention), in ns since the epoch.
+fn base() -> u64 {
+    let now = usage_collector::event::now_unix_nano();
+    now - now % DAY - 2 * DAY + 12 * HOUR
+}
+
+/// Page visits, program runs (some failed), feature uses, other events and session starts of
+/// two services over three days; half the events carry `event.id`, half get derived ids.
+fn records(service: &str) -> Vec<LogRecord> {
+    let base = base();
+    let mut out = Vec::new();
+    for n in 0..240_u64 {
+        let day = n % 3;
+        let session = format!("s{}", n % 7);
+        let time = base + day * DAY + n * 1_000_000;
+        let mut attributes = vec![kv("session.id", session.as_str())];
+        if n % 2 == 0 {
+            attributes.push(kv("event.id", format!("{service}-event-{n}").as_str()));
+        }
+        let name = match n % 5 {
+            0 | 1 => {
+                attributes.push(kv("url.path", format!("/p/{n}").as_str()));
+                "page_visit"
+            }
+            2 => {
+                attributes.push(kv("program.lines_executed", (n * 3) as i64));
+                attributes.push(kv("program.success", n % 4 != 0));
+                "program_execution"
+            }
+            3 => {
+                attributes.push(kv("feature.name", "debugger"));
+                "feature_use"
+            }
+            _ if n % 10 == 4 => "session_start",
+            _ => "editor_opened",
+        };
+        out.push(event(name, time, attributes));
+    }
+    out
+}
+
+/// The records of both services, mapped by the collector's catalogue.
+fn mapped(catalog: &Catalog) -> Vec<Mapped> {
+    let mut out = Vec::new();
+    for service in ["ide", "shop"] {
+        let name: Arc<str> = Arc::from(service);
+        let resource = vec![kv("service.name", service)];
+        let origin = Origin::new(&resource, None, &name, base());
+        for record in records(service) {
+            let mut event = UsageEvent::from_log(record, &origin).expect("a valid record");
+            out.push(catalog.map(&mut event).expect("a mappable event"));
+        }
+    }
+    out
+}
+
+async fn sink(db: &TestDb) -> Sink {
+    let sink = Sink::open(
+        &DatabaseSettings::new(db.url()),
+        Arc::new(Catalog::built_in()),
+    )
+    .expect("open the sink");
+    sink.migrate().await.expect("migrate");
+    sink
+}
+
+/// Writes `events` in batches of `size`, retrying a batch the database refused for the moment
+/// (a deadlock between two writers is retried by the writer too).
+async fn write(sink: &Sink, events: &[Mapped], size: usize) {
+    let tables = sink.catalog().tables().len();
+    for chunk in events.chunks(size) {
+        let batch = RowBatch::of(tables, chunk);
+        let mut attempts = 0;
+        while let Err(e) = sink.write(&batch).await {
+            attempts += 1;
+            assert!(attempts < 20, "batch keeps failing: {e}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const RECOUNT_DAYS: &str = "SELECT CAST(day AS CHAR), service, CAST(SUM(s) AS CHAR), \
+    CAST(SUM(p) AS CHAR), CAST(SUM(r) AS CHAR), CAST(SUM(e) AS CHAR), CAST(SUM(f) AS CHAR), \
+    CAST(SUM(o) AS CHAR) FROM ( \
+    SELECT DATE(start_time) AS day, service, COUNT(*) AS s, 0 AS p, 0 AS r, 0 AS e, 0 AS f, \
+        0 AS o FROM ide_sessions GROUP BY DATE(start_time), service \
+    UNION ALL SELECT DATE(`timestamp`), service, 0, COUNT(*), 0, 0, 0, 0 FROM page_visits \
+        GROUP BY DATE(`timestamp`), service \
+    UNION ALL SELECT DATE(`timestamp`), service, 0, 0, COUNT(*), \
+        SUM(CASE WHEN success THEN 0 ELSE 1 END), 0, 0 FROM program_executions \
+        GROUP BY DATE(`timestamp`), service \
+    UNION ALL SELECT DATE(`timestamp`), service, 0, 0, 0, 0, COUNT(*), 0 FROM feature_usage \
+        GROUP BY DATE(`timestamp`), service \
+    UNION ALL SELECT DATE(`timestamp`), service, 0, 0, 0, 0, 0, COUNT(*) FROM usage_events \
+        GROUP BY DATE(`timestamp`), service \
+    ) AS raw GROUP BY day, service ORDER BY 1, 2";
+
+const ROLLUP_DAYS: &str = "SELECT CAST(`date` AS CHAR), service, CAST(SUM(sessions) AS CHAR), \
+    CAST(SUM(page_visits) AS CHAR), CAST(SUM(programs_run) AS CHAR), \
+    CAST(SUM(program_errors) AS CHAR), CAST(SUM(features_used) AS CHAR), \
+    CAST(SUM(other_events) AS CHAR) FROM daily_usage_by_service GROUP BY `date`, service \
+    HAVING SUM(sessions) <> 0 OR SUM(page_visits) <> 0 OR SUM(programs_run) <> 0 \
+    OR SUM(program_errors) <> 0 OR SUM(features_used) <> 0 OR SUM(other_events) <> 0 \
+    ORDER BY 1, 2";
+
+const RECOUNT_SESSIONS: &str = "SELECT s.service, s.session_id, \
+    CAST((SELECT COUNT(*) FROM program_executions p WHERE p.service = s.service \
+        AND p.session_id = s.session_id) AS CHAR), \
+    CAST((SELECT COALESCE(SUM(p.lines_executed), 0) FROM program_executions p \
+        WHERE p.service = s.service AND p.session_id = s.session_id) AS CHAR), \
+    CAST((SELECT COUNT(*) FROM program_executions p WHERE p.service = s.service \
+        AND p.session_id = s.session_id AND NOT p.success) AS CHAR), \
+    CAST((SELECT COUNT(*) FROM page_visits p WHERE p.service = s.service \
+        AND p.session_id = s.session_id) AS CHAR), \
+    CAST((SELECT COUNT(*) FROM feature_usage f WHERE f.service = s.service \
+        AND f.session_id = s.session_id) AS CHAR), \
+    CAST((SELECT MIN(t) FROM (SELECT `timestamp` AS t, service, session_id FROM page_visits \
+        UNION ALL SELECT `timestamp`, service, session_id FROM program_executions \
+        UNION ALL SELECT `timestamp`, service, session_id FROM feature_usage \
+        UNION ALL SELECT `timestamp`, service, session_id FROM usage_events) AS e \
+        WHERE e.service = s.service AND e.session_id = s.session_id) AS CHAR) \
+    FROM ide_sessions s ORDER BY 1, 2";
+
+const SESSION_COUNTERS: &str = "SELECT service, session_id, CAST(programs_run AS CHAR), \
+    CAST(lines_executed AS CHAR), CAST(errors_encountered AS CHAR), CAST(page_visits AS CHAR), \
+    CAST(features_used AS CHAR), CAST(start_time AS CHAR) FROM ide_sessions ORDER BY 1, 2";
+
+/// Asserts the summaries equal a recount from the raw rows, and that the raw rows hold each
+/// event once.
+async fn assert_exact(db: &TestDb, events: usize) {
+    let rows = db.count("page_visits").await
+        + db.count("program_executions").await
+        + db.count("feature_usage").await
+        + db.count("usage_events").await;
+    // Session starts have no row of their own.
+    let session_starts = 2 * (0..240).filter(|n| n % 5 == 4 && n % 10 == 4).count();
+    assert_eq!(rows as usize, events - session_starts, "each event once");
+    let recount = db.texts(RECOUNT_DAYS).await;
+    assert!(!recount.is_empty());
+    assert_eq!(
+        db.texts(ROLLUP_DAYS).await,
+        recount,
+        "daily rollup = recount"
+    );
+    let sessions = db.texts(SESSION_COUNTERS).await;
+    let recount = db.texts(RECOUNT_SESSIONS).await;
+    assert_eq!(sessions.len(), 14, "7 sessions in each of 2 services");
+    for (kept, counted) in sessions.iter().zip(&recount) {
+        assert_eq!(kept[..7], counted[..7], "session counters = recount");
+        // The start is the earliest event (compared to the second: the two databases print
+        // fractions differently).
+        assert_eq!(
+            kept[7].as_deref().map(|t| &t[..19]),
+            counted[7].as_deref().map(|t| &t[..19]),
+            "session start"
+        );
+    }
+    // The view keeps its columns and its meaning: totals per day over every service.
+    let view = db
+        .texts(
+            "SELECT CAST(`date` AS CHAR), CAST(sessions AS CHAR), CAST(page_visits AS CHAR), \
+             CAST(programs_run AS CHAR), CAST(program_errors AS CHAR), \
+             CAST(features_used AS CHAR) FROM daily_usage_summary ORDER BY 1",
+        )
+        .await;
+    assert_eq!(view.len(), 3, "three days");
+    let page_visits: i64 = view
+        .iter()
+        .map(|r| r[2].as_deref().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(page_visits, db.count("page_visits").await);
+}
+
+async fn retries_and_replays(db: TestDb) {
+    let sink = sink(&db).await;
+    let events = mapped(sink.catalog());
+    // A batch written twice, as after a commit whose answer was lost.
+    write(&sink, &events[..100], 100).await;
+    write(&sink, &events[..100], 100).await;
+    // The rest, then everything replayed in other batches (a crash before the checkpoint).
+    write(&sink, &events[100..], 64).await;
+    write(&sink, &events, 37).await;
+    // A batch holding events already written and one event twice.
+    let mut mixed: Vec<Mapped> = events[200..260].to_vec();
+    mixed.push(events[250].clone());
+    write(&sink, &mixed, mixed.len()).await;
+    assert_exact(&db, events.len()).await;
+}
+
+#[tokio::test]
+async fn retries_and_replays_count_once_on_mariadb() {
+    retries_and_replays(TestDb::mysql().await).await;
+}
+
+#[tokio::test]
+async fn retries_and_replays_count_once_on_sqlite() {
+    retries_and_replays(TestDb::sqlite().await).await;
+}
+
+async fn out_of_order_days(db: TestDb) {
+    let sink = sink(&db).await;
+    let mut events = mapped(sink.catalog());
+    // The latest day first, then the day before, then the first: each session's start moves
+    // back a day twice, and its count with it.
+    let day = |m: &Mapped| match &m.row {
+        Some((_, row)) => match &row[4] {
+            usage_collector::catalog::Value::Time(t) => t.date(),
+            _ => unreachable!(),
+        },
+        None => m.session.as_ref().unwrap().1.start_time.date(),
+    };
+    events.sort_by_key(|m| std::cmp::Reverse(day(m)));
+    write(&sink, &events, 50).await;
+    assert_exact(&db, events.len()).await;
+    // And replayed oldest first.
+    events.reverse();
+    write(&sink, &events, 80).await;
+    assert_exact(&db, events.len()).await;
+}
+
+#[tokio::test]
+async fn out_of_order_days_move_sessions_on_mariadb() {
+    out_of_order_days(TestDb::mysql().await).await;
+}
+
+#[tokio::test]
+async fn out_of_order_days_move_sessions_on_sqlite() {
+    out_of_order_days(TestDb::sqlite().await).await;
+}
+
+/// Two collectors (two sinks, each with its pool) write the same events at the same moment,
+/// in different batch sizes and orders, four transactions at a time.
+#[tokio::test]
+async fn two_writers_of_the_same_events_count_once_on_mariadb() {
+    let db = TestDb::mysql().await;
+    let (a, b) = (sink(&db).await, sink(&db).await);
+    let events = mapped(a.catalog());
+    let mut reversed = events.clone();
+    reversed.reverse();
+    let halves = events.split_at(events.len() / 2);
+    tokio::join!(
+        write(&a, &events, 40),
+        write(&b, &events, 64),
+        write(&a, &reversed, 50),
+        write(&b, halves.1, 30),
+        write(&b, halves.0, 30),
+    );
+    assert_exact(&db, events.len()).await;
+}
+
+/// Two whole collectors receive the same requests (a client that retried against another
+/// replica) at the same time.
+#[tokio::test]
+async fn two_collectors_receiving_the_same_requests_count_once() {
+    let db = TestDb::mysql().await;
+    let one = TestCollector::start(settings(db.url())).await;
+    let two = TestCollector::start(settings(db.url())).await;
+    let requests: Vec<_> = ["ide", "shop"]
+        .into_iter()
+        .flat_map(|service| {
+            records(service)
+                .chunks(48)
+                .map(|chunk| logs_request(service, chunk.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let send_all = |endpoint: String, requests: Vec<_>| async move {
+        for request in requests {
+            send_logs(&endpoint, request, false)
+                .await
+                .expect("accepted");
+        }
+    };
+    let mut reversed = requests.clone();
+    reversed.reverse();
+    tokio::join!(
+        send_all(one.endpoint(), requests.clone()),
+        send_all(two.endpoint(), reversed),
+    );
+    one.wait_written(Duration::from_secs(20)).await;
+    two.wait_written(Duration::from_secs(20)).await;
+    assert_exact(&db, 480).await;
+    one.stop().await;
+    two.stop().await;
+}
