@@ -212,7 +212,12 @@ impl Catalog {
             }
             Ok::<_, MapError>(value)
         });
-        let (session_id, user_id) = (session_id?, user_id?);
+        let (mut session_id, user_id) = (session_id?, user_id?);
+        // Trailing spaces are not part of a session's id: MySQL compares strings without them,
+        // so `s1 ` and `s1` are one session there, and so they are everywhere.
+        if let Some(id) = session_id.as_mut() {
+            id.truncate(id.trim_end_matches(' ').len());
+        }
         // Before the row takes the event's attributes.
         let (user_agent, ip_address) = (
             session_text(event, keys::USER_AGENT),

@@ -79,6 +79,10 @@ pub trait Dialect: Database {
     /// concurrent writer of the same rows and keeps them until the commit (SQLite has one
     /// writer at a time and needs nothing).
     const LOCKING_READ: &'static str;
+    /// Appended to a SELECT of events that an INSERT found written already: it waits for a
+    /// concurrent inserter of them to commit or roll back, with a shared lock, so two writers
+    /// reading the same committed event do not deadlock over upgrading their locks.
+    const SHARED_READ: &'static str;
     /// Appended to a dead letter's INSERT so a repeated `event_id` is a no-op.
     const ON_DUPLICATE_DEAD_LETTER: &'static str;
     /// Appended to the session upsert: how an existing row merges the new values, and adds the
@@ -95,6 +99,7 @@ pub trait Dialect: Database {
 
 impl Dialect for sqlx::MySql {
     const LOCKING_READ: &'static str = " FOR UPDATE";
+    const SHARED_READ: &'static str = " LOCK IN SHARE MODE";
     // Not INSERT IGNORE: that would also turn real errors (bad values) into warnings.
     const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
     const ON_DUPLICATE_SESSION: &'static str = " ON DUPLICATE KEY UPDATE \
@@ -128,6 +133,7 @@ impl Dialect for sqlx::MySql {
 
 impl Dialect for sqlx::Sqlite {
     const LOCKING_READ: &'static str = "";
+    const SHARED_READ: &'static str = "";
     const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (event_id) DO NOTHING";
     const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET \
         start_time = MIN(start_time, excluded.start_time), \
@@ -547,7 +553,7 @@ where
                 ids.push_bind(event_key(row).1);
             }
             query.push(")");
-            query.push(DB::LOCKING_READ);
+            query.push(DB::SHARED_READ);
             let found: Vec<(Vec<u8>,)> = query.build_query_as().fetch_all(&mut *conn).await?;
             Ok(found.into_iter().map(|(id,)| id).collect())
         })

@@ -25,5 +25,9 @@ pub fn migrator() -> Migrator {
             "rollups",
             include_str!("../migrations/mysql/0005_rollups.sql"),
         ),
+        (
+            "session keys compared byte for byte",
+            include_str!("../migrations/mysql/0006_session_keys_binary.sql"),
+        ),
     ])
 }

@@ -43,7 +43,12 @@ FROM (
     SELECT DATE(`timestamp`), service, 0, 0, 0, 0, 0, COUNT(*)
     FROM usage_events GROUP BY DATE(`timestamp`), service
 ) AS raw
-GROUP BY day, service;
+GROUP BY day, service
+-- Re-runnable: a second run (after a failure further on) sets the same recount again.
+ON DUPLICATE KEY UPDATE
+    sessions = VALUES(sessions), page_visits = VALUES(page_visits),
+    programs_run = VALUES(programs_run), program_errors = VALUES(program_errors),
+    features_used = VALUES(features_used), other_events = VALUES(other_events);
 
 CREATE OR REPLACE VIEW daily_usage_summary AS
 SELECT `date`,
