@@ -3,7 +3,8 @@
 //! happens to the events on their way: a batch written again (a retry after a lost commit
 //! answer), every event replayed in other batches (a crash before the checkpoint moved), two
 //! collectors writing the same events at the same moment, days arriving out of order (a late
-//! event moving a session's start to an earlier day), and an event twice in one batch.
+//! event moving a session's start to an earlier day), an event twice in one batch, and a
+//! session insert that meets another writer's row after part of the batch's sessions went in.
 //!
 //! The writes go through the collector's own sink (the code the writer runs), so each test can
 //! place batches and races exactly; one test runs two whole collectors.
@@ -15,9 +16,10 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use usage_collector::catalog::{Catalog, Mapped, RowBatch};
 use usage_collector::config::DatabaseSettings;
 use usage_collector::event::{Origin, UsageEvent};
-use usage_collector::sink::Sink;
+use usage_collector::sink::{ErrorKind, Sink};
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
+use usage_pipeline_tests::exposition::{sum, value};
 use usage_pipeline_tests::fixtures::{event, kv, logs_request, send_logs};
 
 const DAY: u64 = 86_400_000_000_000;
@@ -90,13 +92,19 @@ async fn sink(db: &TestDb) -> Sink {
 }
 
 /// Writes `events` in batches of `size`, retrying a batch the database refused for the moment
-/// (a deadlock between two writers is retried by the writer too).
+/// (a deadlock between two writers is retried by the writer too). A failure the writer would
+/// take for a row's own value (and dead-letter) fails the test.
 async fn write(sink: &Sink, events: &[Mapped], size: usize) {
     let tables = sink.catalog().tables().len();
     for chunk in events.chunks(size) {
         let batch = RowBatch::of(tables, chunk);
         let mut attempts = 0;
         while let Err(e) = sink.write(&batch).await {
+            assert_ne!(
+                e.kind,
+                ErrorKind::RowValue,
+                "the writer would dead-letter rows: {e}"
+            );
             attempts += 1;
             assert!(attempts < 20, "batch keeps failing: {e}");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -222,6 +230,28 @@ async fn retries_and_replays_count_once_on_sqlite() {
     retries_and_replays(TestDb::sqlite().await).await;
 }
 
+/// The same event twice in one batch, nothing written yet: one row, counted once.
+async fn twice_in_one_batch(db: TestDb) {
+    let sink = sink(&db).await;
+    let events = mapped(sink.catalog());
+    let mut first: Vec<Mapped> = events[..60].to_vec();
+    first.push(events[31].clone());
+    first.push(events[40].clone());
+    write(&sink, &first, first.len()).await;
+    write(&sink, &events[60..], 100).await;
+    assert_exact(&db, events.len()).await;
+}
+
+#[tokio::test]
+async fn an_event_twice_in_one_batch_counts_once_on_mariadb() {
+    twice_in_one_batch(TestDb::mysql().await).await;
+}
+
+#[tokio::test]
+async fn an_event_twice_in_one_batch_counts_once_on_sqlite() {
+    twice_in_one_batch(TestDb::sqlite().await).await;
+}
+
 async fn out_of_order_days(db: TestDb) {
     let sink = sink(&db).await;
     let mut events = mapped(sink.catalog());
@@ -271,6 +301,7 @@ async fn two_writers_of_the_same_events_count_once_on_mariadb() {
         write(&b, halves.0, 30),
     );
     assert_exact(&db, events.len()).await;
+    assert_eq!(db.count("dead_letters").await, 0, "no dead letters");
 }
 
 /// Two whole collectors receive the same requests (a client that retried against another
@@ -305,6 +336,107 @@ async fn two_collectors_receiving_the_same_requests_count_once() {
     one.wait_written(Duration::from_secs(20)).await;
     two.wait_written(Duration::from_secs(20)).await;
     assert_exact(&db, 480).await;
+    assert_eq!(db.count("dead_letters").await, 0, "no dead letters");
+    for collector in [&one, &two] {
+        let (_, metrics) = collector.get("/metrics").await;
+        let refused = r#"usage_collector_write_failures_total{reason="row_value"}"#;
+        assert_eq!(value(&metrics, refused), Some(0.0), "{refused}");
+        let dead = sum(&metrics, "usage_collector_dead_letters_total");
+        assert_eq!(dead, 0.0, "usage_collector_dead_letters_total");
+    }
     one.stop().await;
     two.stop().await;
+}
+
+/// A batch of more new sessions than one INSERT statement holds, whose last statement meets a
+/// session another writer created meanwhile (a trigger answers "duplicate entry" once): the
+/// sessions the earlier statements inserted are counted once, each with its one page visit.
+#[tokio::test]
+async fn a_session_race_after_part_of_a_batch_went_in_counts_once_on_mariadb() {
+    let db = TestDb::mysql().await;
+    let sink = sink(&db).await;
+    // Non-transactional, so the trigger fires once although its statement is rolled back.
+    db.execute("CREATE TABLE race_once (n INT) ENGINE=MEMORY")
+        .await;
+    db.execute("INSERT INTO race_once VALUES (1)").await;
+    const SESSIONS: u64 = 2_400;
+    let last = format!("r{:04}", SESSIONS - 1);
+    db.execute(&format!(
+        "CREATE TRIGGER race BEFORE INSERT ON ide_sessions FOR EACH ROW BEGIN \
+         IF NEW.session_id = '{last}' THEN \
+         UPDATE race_once SET n = n - 1 WHERE n > 0; \
+         IF ROW_COUNT() > 0 THEN SIGNAL SQLSTATE '23000' SET MYSQL_ERRNO = 1062, \
+         MESSAGE_TEXT = 'Duplicate entry for key PRIMARY'; END IF; \
+         END IF; END"
+    ))
+    .await;
+    let name: Arc<str> = Arc::from("ide");
+    let resource = vec![kv("service.name", "ide")];
+    let origin = Origin::new(&resource, None, &name, base());
+    let events: Vec<Mapped> = (0..SESSIONS)
+        .map(|n| {
+            let session = format!("r{n:04}");
+            let record = event(
+                "page_visit",
+                base() + n * 1_000_000,
+                vec![
+                    kv("session.id", session.as_str()),
+                    kv("url.path", format!("/p/{n}").as_str()),
+                ],
+            );
+            let mut event = UsageEvent::from_log(record, &origin).expect("a valid record");
+            sink.catalog().map(&mut event).expect("a mappable event")
+        })
+        .collect();
+    write(&sink, &events, events.len()).await;
+    assert_eq!(
+        db.texts("SELECT CAST(n AS CHAR) FROM race_once").await[0][0].as_deref(),
+        Some("0"),
+        "the trigger raced once"
+    );
+    assert_eq!(db.count("ide_sessions").await, SESSIONS as i64);
+    assert_eq!(
+        db.texts("SELECT CAST(COUNT(*) AS CHAR) FROM ide_sessions WHERE page_visits <> 1")
+            .await[0][0]
+            .as_deref(),
+        Some("0"),
+        "each session counts its one page visit once"
+    );
+    let sessions = SESSIONS.to_string();
+    assert_eq!(
+        db.texts(
+            "SELECT CAST(SUM(sessions) AS CHAR), CAST(SUM(page_visits) AS CHAR) \
+             FROM daily_usage_by_service"
+        )
+        .await,
+        vec![vec![Some(sessions.clone()), Some(sessions)]],
+        "every new session and visit in the daily rollup once"
+    );
+}
+
+/// An insert that keeps meeting another writer's rows (a trigger answers "duplicate entry"
+/// every time) fails as a conflict the writer retries, never as a row the database refuses.
+#[tokio::test]
+async fn an_insert_race_that_lasts_is_retried_not_refused_on_mariadb() {
+    let db = TestDb::mysql().await;
+    let sink = sink(&db).await;
+    db.execute(
+        "CREATE TRIGGER race BEFORE INSERT ON page_visits FOR EACH ROW \
+         SIGNAL SQLSTATE '23000' SET MYSQL_ERRNO = 1062, \
+         MESSAGE_TEXT = 'Duplicate entry for key PRIMARY'",
+    )
+    .await;
+    let events = mapped(sink.catalog());
+    let batch = RowBatch::of(sink.catalog().tables().len(), &events[..20]);
+    let e = sink.write(&batch).await.expect_err("every insert races");
+    assert_eq!(e.kind, ErrorKind::Conflict, "{e}");
+    assert_eq!(e.reason, "insert_race", "{e}");
+    assert!(
+        e.message
+            .contains("another writer kept inserting the same events into `page_visits`"),
+        "{e}"
+    );
+    db.execute("DROP TRIGGER race").await;
+    write(&sink, &events, 100).await;
+    assert_exact(&db, events.len()).await;
 }

@@ -558,6 +558,57 @@ mod tests {
         assert!(early < id(span(1_764_504_000_001_000_000), &ide));
     }
 
+    /// Stored ids are compared with the ids of records sent again: any change to how an id is
+    /// derived (the encoding hashed, the hash, the namespace, the layout) makes a retried
+    /// record a second row. These values are pinned; a change here is a breaking change that
+    /// needs an upgrade note.
+    #[test]
+    fn derived_ids_are_pinned() {
+        let (ide, shop) = (Arc::from("ide"), Arc::from("shop"));
+        let log = LogRecord {
+            event_name: "page_visit".into(),
+            time_unix_nano: 1_764_504_000_123_456_789,
+            attributes: vec![
+                string_attr("url.path", "/a"),
+                string_attr("session.id", "s-1"),
+            ],
+            ..Default::default()
+        };
+        let log_id = |service: &Arc<str>| {
+            UsageEvent::from_log(log.clone(), &origin(service))
+                .unwrap()
+                .id
+                .to_string()
+        };
+        let (ide_log, shop_log) = (log_id(&ide), log_id(&shop));
+        let span = Span {
+            name: "program_execution".into(),
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            start_time_unix_nano: 1_764_504_000_000_000_000,
+            end_time_unix_nano: 1_764_504_000_000_000_005,
+            ..Default::default()
+        };
+        let span_id = UsageEvent::from_span(span, &origin(&ide)).unwrap().id;
+        // An `event.id` that is not a UUID becomes a name-based one.
+        let named = LogRecord {
+            event_name: "page_visit".into(),
+            time_unix_nano: 1_764_504_000_123_456_789,
+            attributes: vec![string_attr(keys::EVENT_ID, "order-42")],
+            ..Default::default()
+        };
+        let named_id = UsageEvent::from_log(named, &origin(&ide)).unwrap().id;
+        assert_eq!(
+            [ide_log, shop_log, span_id.to_string(), named_id.to_string()],
+            [
+                "019ad4a2-567b-874f-8db6-28246971fa80",
+                "019ad4a2-567b-874f-8a9c-1a2d49d2d2a8",
+                "019ad4a2-5600-8000-a134-ab5d6ceca854",
+                "12912c4c-6c49-500d-ad65-9292ccd04b30",
+            ]
+        );
+    }
+
     #[test]
     fn the_longest_span_does_not_wrap_to_zero() {
         let service = Arc::from("ide");

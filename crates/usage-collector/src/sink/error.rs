@@ -42,7 +42,7 @@ pub struct SinkError {
 }
 
 /// Every reason label a [`SinkError`] carries (so metrics can start each at zero).
-pub const REASONS: [&str; 22] = [
+pub const REASONS: [&str; 23] = [
     "connection",
     "tls",
     "pool_timeout",
@@ -54,6 +54,7 @@ pub const REASONS: [&str; 22] = [
     "lock_wait_timeout",
     "query_killed",
     "deadlock",
+    "insert_race",
     "read_only",
     "table_full",
     "disk_full",
@@ -101,6 +102,9 @@ impl SinkError {
 /// MySQL server error numbers and SQLSTATEs; SQLite primary result codes.
 fn classify_database(error: &dyn DatabaseError) -> (ErrorKind, &'static str) {
     use ErrorKind::*;
+    if error.try_downcast_ref::<InsertRace>().is_some() {
+        return (Conflict, "insert_race");
+    }
     if let Some(mysql) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
         let by_number = match mysql.number() {
             1040 | 1203 => Some((Connection, "too_many_connections")),
@@ -146,6 +150,52 @@ fn classify_database(error: &dyn DatabaseError) -> (ErrorKind, &'static str) {
         Some(1) if error.message().contains("no such table") => (Schema, "missing_table"),
         Some(1) if error.message().contains("no such column") => (Schema, "missing_column"),
         _ => (Unknown, "unknown"),
+    }
+}
+
+/// An insert kept meeting rows that another writer inserted between this transaction's read of
+/// what exists and its insert, as many times as the sink tries (two collectors writing the same
+/// events at once). Nothing is wrong with the rows: the writer retries the batch with backoff
+/// ([`ErrorKind::Conflict`], reason `insert_race`), and the other writer is done by then.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "another writer kept inserting the same events into `{table}` ({attempts} attempts); retrying"
+)]
+pub struct InsertRace {
+    /// The table the inserts went to.
+    pub table: String,
+    /// How many inserts met another writer's rows.
+    pub attempts: usize,
+}
+
+impl InsertRace {
+    /// The race as a driver error, so it travels the sink's `sqlx::Error` paths and is
+    /// classified by [`SinkError::classify`].
+    pub fn into_sqlx(self) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(self))
+    }
+}
+
+impl DatabaseError for InsertRace {
+    fn message(&self) -> &str {
+        "another writer kept inserting the same events; retrying"
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        // Not a unique violation: the sink's own duplicate handling must not take it for one.
+        sqlx::error::ErrorKind::Other
     }
 }
 
@@ -198,6 +248,29 @@ mod tests {
         let w = SinkError::classify(&e, &Redactor::default());
         assert_eq!(w.kind, ErrorKind::Connection);
         assert_eq!(w.reason, "connection");
+    }
+
+    #[test]
+    fn a_lasting_insert_race_is_a_conflict_the_writer_retries() {
+        let e = InsertRace {
+            table: "page_visits".into(),
+            attempts: 8,
+        }
+        .into_sqlx();
+        let w = SinkError::classify(&e, &Redactor::default());
+        assert_eq!(w.kind, ErrorKind::Conflict);
+        assert_eq!(w.reason, "insert_race");
+        assert!(REASONS.contains(&w.reason));
+        assert!(
+            w.message
+                .contains("another writer kept inserting the same events into `page_visits`"),
+            "{}",
+            w.message
+        );
+        assert_eq!(
+            crate::writer::retry::decide(w.kind),
+            crate::writer::retry::Decision::Retry
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use time::{Date, PrimitiveDateTime};
 
 use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
+use crate::sink::error::InsertRace;
 use usage_tracker::catalog::tables as names;
 
 /// The table of daily counts per service the collector keeps (the `daily_usage_summary` view
@@ -183,6 +184,9 @@ const TIMESTAMP: usize = 4;
 /// between the read of what exists and the insert (each time, that other transaction finished:
 /// the next read sees its rows). Past this the batch fails and the writer retries it.
 const INSERT_ATTEMPTS: usize = 8;
+
+/// Sessions in one session INSERT statement (within the bind limit).
+const SESSION_CHUNK: usize = MAX_BINDS / SESSION_UPSERT.len();
 
 /// Counts of one day and service, added to [`DAILY_ROLLUP`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -397,6 +401,15 @@ fn is_duplicate(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.kind() == sqlx::error::ErrorKind::UniqueViolation)
 }
 
+/// The error for inserts into `table` that kept meeting another writer's rows.
+fn race(table: &str, attempts: usize) -> sqlx::Error {
+    InsertRace {
+        table: table.to_owned(),
+        attempts,
+    }
+    .into_sqlx()
+}
+
 /// The (service, event id) of an event row.
 fn event_key(row: &[Value]) -> (&str, &[u8]) {
     let service = match &row[SERVICE] {
@@ -504,6 +517,8 @@ where
                 match DB::insert_rows(conn, table, columns, &pending, "").await {
                     Ok(()) => return Ok(pending),
                     Err(e) if is_duplicate(&e) && attempt < INSERT_ATTEMPTS => attempt += 1,
+                    // Not the rows' fault: the writer retries the batch, with backoff.
+                    Err(e) if is_duplicate(&e) => return Err(race(table, attempt)),
                     Err(e) => return Err(e),
                 }
             }
@@ -581,6 +596,7 @@ where
             };
             let mut starts: BTreeMap<(&'b str, &'b str), PrimitiveDateTime> = BTreeMap::new();
             let mut pending: Vec<(&'b str, &'b str, &SessionRow)> = entries.clone();
+            let mut created: HashSet<(&'b str, &'b str)> = HashSet::new();
             let mut attempt = 1;
             loop {
                 // The sessions that exist, locked (in key order) to the commit: their start
@@ -604,25 +620,42 @@ where
                 if new.is_empty() {
                     break;
                 }
-                match DB::put_sessions(conn, &new, false).await {
-                    Ok(()) => {
-                        for (service, _, row, _) in &new {
-                            tally
-                                .days
-                                .entry((row.start_time.date(), service))
-                                .or_default()
-                                .sessions += 1;
+                // One statement per chunk, so that a duplicate in one chunk leaves the earlier
+                // chunks known as inserted by this transaction: they are tallied here and not
+                // read back as existing (which would add their counts twice).
+                let mut duplicate = false;
+                for chunk in new.chunks(SESSION_CHUNK) {
+                    match DB::put_sessions(conn, chunk, false).await {
+                        Ok(()) => {
+                            for (service, id, row, _) in chunk {
+                                tally
+                                    .days
+                                    .entry((row.start_time.date(), service))
+                                    .or_default()
+                                    .sessions += 1;
+                                created.insert((*service, *id));
+                            }
                         }
-                        pending.retain(|(service, id, _)| starts.contains_key(&(*service, *id)));
-                        break;
+                        // Another transaction created one of them meanwhile: read again.
+                        Err(e) if is_duplicate(&e) => {
+                            duplicate = true;
+                            break;
+                        }
+                        Err(e) => return Err(e),
                     }
-                    // Another transaction created one of them meanwhile: read again.
-                    Err(e) if is_duplicate(&e) && attempt < INSERT_ATTEMPTS => {
-                        attempt += 1;
-                        pending.retain(|(service, id, _)| !starts.contains_key(&(*service, *id)));
-                    }
-                    Err(e) => return Err(e),
                 }
+                // What is left: the sessions neither created here nor known to exist.
+                pending.retain(|(service, id, _)| {
+                    !created.contains(&(*service, *id)) && !starts.contains_key(&(*service, *id))
+                });
+                if !duplicate {
+                    break;
+                }
+                if attempt >= INSERT_ATTEMPTS {
+                    // Not the rows' fault: the writer retries the batch, with backoff.
+                    return Err(race("ide_sessions", attempt));
+                }
+                attempt += 1;
             }
             let existing: Vec<_> = entries
                 .iter()
@@ -680,7 +713,7 @@ where
         upsert: bool,
     ) -> Boxed<'a, ()> {
         Box::pin(async move {
-            for chunk in sessions.chunks(MAX_BINDS / SESSION_UPSERT.len()) {
+            for chunk in sessions.chunks(SESSION_CHUNK) {
                 let mut query = QueryBuilder::<DB>::new(format!(
                     "INSERT INTO `ide_sessions` ({}) ",
                     column_list(SESSION_UPSERT.iter().map(|c| c.name()))
