@@ -78,3 +78,43 @@ async fn on_mariadb() {
 async fn on_sqlite() {
     ids_differing_only_in_case_are_separate_sessions(TestDb::sqlite().await).await;
 }
+
+/// One request carrying the same event id under two spellings of a service that MariaDB's
+/// key calls equal (`web-ide`, `WEB-IDE`): the first is written, the second counts as written
+/// already, nothing is set aside and the writer goes on (it does not retry the batch forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_event_under_two_spellings_of_a_service_is_written_once_on_mariadb() {
+    let db = TestDb::mysql().await;
+    let collector = TestCollector::start(settings(db.url())).await;
+    let visit = |service: &str| {
+        logs_request(
+            service,
+            vec![event(
+                "page_visit",
+                T0,
+                vec![
+                    kv("url.path", "/p"),
+                    kv("event.id", "7d4f3f0e-2b6a-4c55-9a31-0c1f4a9e8b21"),
+                ],
+            )],
+        )
+    };
+    let mut request = visit("web-ide");
+    request.resource_logs.extend(visit("WEB-IDE").resource_logs);
+    send_logs(&collector.endpoint(), request, false)
+        .await
+        .expect("accepted");
+    collector.wait_written(Duration::from_secs(10)).await;
+    // Then another event, to show the writer is not stuck on the first request.
+    send_logs(
+        &collector.endpoint(),
+        page_visits("web-ide", "/next", 5..6),
+        false,
+    )
+    .await
+    .expect("accepted");
+    collector.wait_written(Duration::from_secs(10)).await;
+    assert_eq!(db.count("page_visits").await, 2);
+    assert_eq!(db.count("dead_letters").await, 0);
+    collector.stop().await;
+}

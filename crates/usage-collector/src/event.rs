@@ -137,9 +137,14 @@ impl DecodeError {
     }
 }
 
-/// The service named by a resource's attributes.
+/// The service named by a resource's attributes, without trailing spaces (MySQL compares
+/// strings without them, so `web-ide ` and `web-ide` are one service there, and so they are
+/// everywhere: in keys, derived ids and token checks).
 pub fn service_name(resource_attributes: &[KeyValue]) -> Arc<str> {
-    match find(resource_attributes, keys::SERVICE_NAME).and_then(as_str) {
+    match find(resource_attributes, keys::SERVICE_NAME)
+        .and_then(as_str)
+        .map(|name| name.trim_end_matches(' '))
+    {
         Some(name) if !name.is_empty() => Arc::from(name),
         _ => Arc::from(UNKNOWN_SERVICE),
     }

@@ -153,9 +153,10 @@ fn classify_database(error: &dyn DatabaseError) -> (ErrorKind, &'static str) {
     }
 }
 
-/// An insert kept meeting rows that another writer inserted between this transaction's read of
-/// what exists and its insert, as many times as the sink tries (two collectors writing the same
-/// events at once). Nothing is wrong with the rows: the writer retries the batch with backoff
+/// An insert of new sessions kept meeting sessions that another writer created between this
+/// transaction's read of what exists and its insert, as many times as the sink tries (two
+/// collectors writing the same sessions at once; event rows fall back to one row at a time
+/// instead). Nothing is wrong with the rows: the writer retries the batch with backoff
 /// ([`ErrorKind::Conflict`], reason `insert_race`), and the other writer is done by then.
 #[derive(Debug, thiserror::Error)]
 #[error(

@@ -495,6 +495,7 @@ where
                 .filter(|row| seen.insert(event_key(row)))
                 .collect();
             let mut attempt = 1;
+            let mut tried = usize::MAX;
             loop {
                 let mut existing: HashSet<(String, Vec<u8>)> = HashSet::new();
                 let mut by_service: Vec<&'r [Value]> = pending.clone();
@@ -514,14 +515,39 @@ where
                 if pending.is_empty() {
                     return Ok(pending);
                 }
+                // Nothing new found written since the last try (the rows collide with each
+                // other as the table's key compares them, e.g. service names differing only in
+                // case), or still colliding after several tries: one row at a time.
+                if pending.len() == tried || attempt >= INSERT_ATTEMPTS {
+                    break;
+                }
+                tried = pending.len();
                 match DB::insert_rows(conn, table, columns, &pending, "").await {
                     Ok(()) => return Ok(pending),
-                    Err(e) if is_duplicate(&e) && attempt < INSERT_ATTEMPTS => attempt += 1,
-                    // Not the rows' fault: the writer retries the batch, with backoff.
-                    Err(e) if is_duplicate(&e) => return Err(race(table, attempt)),
+                    Err(e) if is_duplicate(&e) => attempt += 1,
                     Err(e) => return Err(e),
                 }
             }
+            // A row that collides is written already if the table's key finds it (then it is
+            // neither inserted nor counted); one that collides with something else (another
+            // unique key) is the row's own fault, and the writer sets it aside.
+            let mut inserted = Vec::with_capacity(pending.len());
+            for row in pending {
+                match DB::insert_rows(conn, table, columns, &[row], "").await {
+                    Ok(()) => inserted.push(row),
+                    Err(e) if is_duplicate(&e) => {
+                        let service = event_key(row).0;
+                        if DB::existing_ids(conn, table, service, &[row])
+                            .await?
+                            .is_empty()
+                        {
+                            return Err(e);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(inserted)
         })
     }
 
