@@ -147,3 +147,37 @@ async fn a_wrong_password_is_reported_with_host_port_and_user_but_never_the_pass
     assert!(!ok && out.contains("Access denied"), "{out}");
     assert!(out.contains("(using password: NO)"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_names_migrations_not_applied_and_one_left_half_applied() {
+    let db = TestDb::mysql().await;
+    let pool = sqlx::MySqlPool::connect(db.url()).await.unwrap();
+    let migrator = usage_collector::sink::mysql::migrations::migrator();
+    migrator.run_to(5, &pool).await.expect("schema version 5");
+    // Every column the collector writes is there; the last version is not.
+    let (ok, out) = collector(&["check", "--database-url", db.url()]);
+    assert!(
+        !ok,
+        "check must fail on a schema behind this collector:\n{out}"
+    );
+    assert!(
+        out.contains("migrations not applied: 6 (session keys compared byte for byte)")
+            && out.contains("usage-collector migrate"),
+        "{out}"
+    );
+    migrator.run(&pool).await.expect("the last version");
+    let (ok, out) = collector(&["check", "--database-url", db.url()]);
+    assert!(ok, "{out}");
+    // A version recorded as failed halfway (DDL commits on its own on MySQL).
+    sqlx::query("UPDATE _sqlx_migrations SET success = FALSE WHERE version = 6")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let (ok, out) = collector(&["check", "--database-url", db.url()]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("migration 6 (session keys compared byte for byte) was left half-applied"),
+        "{out}"
+    );
+}

@@ -213,6 +213,9 @@ impl Sink {
                         row.try_get(3)?,
                     ));
                 }
+                if live.iter().any(|(table, ..)| table == MIGRATIONS_TABLE) {
+                    return Ok(self.compare_all(&live, migration_problems(pool).await?));
+                }
             }
             PoolRef::Blackhole => return Ok(Vec::new()),
             PoolRef::Sqlite(pool) => {
@@ -230,14 +233,57 @@ impl Sink {
                 }
             }
         }
-        let mut problems = compare(self.catalog(), &live);
+        Ok(self.compare_all(&live, Vec::new()))
+    }
+
+    /// `problems`, then what the live columns lack of the catalogue's and the system tables.
+    fn compare_all(
+        &self,
+        live: &[(String, String, String, Option<i64>)],
+        mut problems: Vec<String>,
+    ) -> Vec<String> {
+        problems.extend(compare(self.catalog(), live));
         for table in SYSTEM_TABLES {
             if !live.iter().any(|(t, ..)| t == table) {
                 problems.push(format!("table `{table}` is missing"));
             }
         }
-        Ok(problems)
+        problems
     }
+}
+
+/// The table sqlx records applied migrations in.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// What the migrations record of a MySQL schema that this collector cannot use as it is: a
+/// version left half-applied (DDL commits on its own, so a failed migration leaves its first
+/// steps done), or versions this collector has that were never applied. A schema made
+/// without the collector's migrations (no `_sqlx_migrations`) is judged by its columns alone.
+async fn migration_problems(pool: &sqlx::MySqlPool) -> Result<Vec<String>, sqlx::Error> {
+    let applied: Vec<(i64, String, bool)> = sqlx::query_as(
+        "SELECT version, CAST(description AS CHAR), success FROM _sqlx_migrations ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut problems = Vec::new();
+    for (version, description, _) in applied.iter().filter(|(.., success)| !success) {
+        problems.push(format!(
+            "migration {version} ({description}) was left half-applied: see the README's \
+             Upgrading section to finish it"
+        ));
+    }
+    let missing: Vec<String> = crate::sink::mysql::migrations::migrator()
+        .iter()
+        .filter(|m| !applied.iter().any(|(version, ..)| *version == m.version))
+        .map(|m| format!("{} ({})", m.version, m.description))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "migrations not applied: {}; run `usage-collector migrate`",
+            missing.join(", ")
+        ));
+    }
+    Ok(problems)
 }
 
 /// Tables the collector writes besides the catalogue's (created by its migrations).
