@@ -382,22 +382,43 @@ async fn assert_python_session(db: &TestDb, run: &Run) {
     }
 }
 
-/// The Python program of the migration guide, with the exporter `protocol` names.
-async fn python_client_delivers_its_session(transport: Transport, protocol: &str, gzip: bool) {
-    let python = clients::python();
+/// Runs `program` (under `clients/`) with `interpreter` against a new collector, with the
+/// exporter `protocol` names (gzip if asked), as `service` playing `session`.
+async fn run_client(
+    who: &str,
+    interpreter: impl AsRef<std::ffi::OsStr>,
+    program: &str,
+    (transport, protocol, gzip): (Transport, &str, bool),
+    service: &str,
+    session: &str,
+) -> (TestDb, TestCollector, Run) {
     let (db, collector) = collector(&[]).await;
-    let mut command = client_command(python);
-    command.arg(clients::client_path("python/web_ide.py"));
+    let mut command = client_command(interpreter);
+    command.arg(clients::client_path(program));
     if gzip {
         command.env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
     }
     let run = Run::client(
-        format!("the Python client ({protocol})"),
+        format!("the {who} client ({protocol})"),
         command,
         &collector,
         transport,
         protocol,
-        &format!("web-ide-python-{}", protocol.replace('/', "-")),
+        &format!("{service}-{}", protocol.replace('/', "-")),
+        session,
+    )
+    .await;
+    (db, collector, run)
+}
+
+/// The Python program of the migration guide, with the exporter `protocol` names.
+async fn python_client_delivers_its_session(transport: Transport, protocol: &str, gzip: bool) {
+    let (db, collector, run) = run_client(
+        "Python",
+        clients::python(),
+        "python/web_ide.py",
+        (transport, protocol, gzip),
+        "web-ide-python",
         "py-session-1",
     )
     .await;
@@ -515,20 +536,12 @@ async fn assert_node_session(db: &TestDb, run: &Run) {
 
 /// The Node.js program with the log exporter `protocol` names.
 async fn node_client_delivers_its_session(transport: Transport, protocol: &str, gzip: bool) {
-    let node = clients::node();
-    let (db, collector) = collector(&[]).await;
-    let mut command = client_command(node);
-    command.arg(clients::client_path("node/web_ide.mjs"));
-    if gzip {
-        command.env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip");
-    }
-    let run = Run::client(
-        format!("the Node.js client ({protocol})"),
-        command,
-        &collector,
-        transport,
-        protocol,
-        &format!("web-ide-node-{}", protocol.replace('/', "-")),
+    let (db, collector, run) = run_client(
+        "Node.js",
+        clients::node(),
+        "node/web_ide.mjs",
+        (transport, protocol, gzip),
+        "web-ide-node",
         "node-session-1",
     )
     .await;

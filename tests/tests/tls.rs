@@ -544,43 +544,13 @@ async fn usage_tracker_sends_over_tls_with_a_token() {
 
 /// GET over HTTPS, trusting `ca`: (status, body).
 async fn https_get(addr: SocketAddr, path: &str, ca: &Ca) -> Result<(u16, String), String> {
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap();
-    roots.add(der).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (alpn, response) = https_exchange(addr, request.as_bytes(), ca).await?;
     assert_eq!(
-        stream.get_ref().1.alpn_protocol(),
+        alpn.as_deref(),
         Some(&b"http/1.1"[..]),
         "the admin listener speaks HTTP/1.1"
     );
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    // A server may close without close_notify; what was read is the answer.
-    if let Err(e) = stream.read_to_string(&mut response).await
-        && response.is_empty()
-    {
-        return Err(e.to_string());
-    }
     let status = response
         .split(' ')
         .nth(1)

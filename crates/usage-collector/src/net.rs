@@ -142,11 +142,6 @@ impl Incoming {
         }
     }
 
-    /// Connections that may still be opened before accepting waits.
-    pub fn free_slots(&self) -> usize {
-        self.slots.available_permits()
-    }
-
     /// The next connection, once fewer than `max_connections` are open. An accept error (out
     /// of file descriptors, say) is logged as `listener`'s and followed by a short pause, so a
     /// loop that calls this again does not spin.
