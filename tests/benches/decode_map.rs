@@ -18,12 +18,37 @@
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message as _;
+use prost::bytes::Bytes;
 use usage_collector::catalog::Catalog;
 use usage_collector::catalog::convert;
+use usage_collector::event::Signal;
+use usage_collector::receiver::ingest::Violations;
+use usage_collector::receiver::shape::{Limits, Shape};
 use usage_pipeline_tests::fixtures::*;
 
 /// 512 records: page visits, program runs, feature use and custom events, each with an id.
 fn request(records: u64) -> ExportLogsServiceRequest {
+    request_with(records, true)
+}
+
+/// As [`request`], with `event.id` on every record or on none (the collector derives it).
+fn request_with(records: u64, ids: bool) -> ExportLogsServiceRequest {
+    let mut request = request_of(records);
+    if !ids {
+        for record in request
+            .resource_logs
+            .iter_mut()
+            .flat_map(|r| &mut r.scope_logs)
+            .flat_map(|s| &mut s.log_records)
+        {
+            record.attributes.retain(|kv| kv.key != "event.id");
+        }
+    }
+    request
+}
+
+fn request_of(records: u64) -> ExportLogsServiceRequest {
     let events = (0..records)
         .map(|i| {
             let session = format!("session-{}", i % 64);
@@ -98,6 +123,39 @@ fn decode_and_map(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the receiver does with a request's bytes before the spool: read its shape, decode it,
+/// derive ids and map every record; with `event.id` sent, and without it (derived ids), the
+/// record's bytes as received hashed or encoded again for the hash.
+fn receive(c: &mut Criterion) {
+    let catalog = Catalog::built_in();
+    let limits = Limits {
+        max_records: 10_000,
+        max_attributes: 128,
+        max_value_bytes: 64 * 1024,
+    };
+    let mut group = c.benchmark_group("receive");
+    group.throughput(Throughput::Elements(512));
+    for (name, ids, hash_received) in [
+        ("512_records_with_ids", true, true),
+        ("512_records_derived_ids", false, true),
+        ("512_records_derived_ids_encoded_again", false, false),
+    ] {
+        let bytes = Bytes::from(request_with(512, ids).encode_to_vec());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let shape = Shape::of(&bytes, Signal::Log, &limits).expect("shape");
+                let request = ExportLogsServiceRequest::decode(bytes.clone()).expect("request");
+                if hash_received {
+                    convert::logs(request, &catalog, 500, Violations::new(&shape, &bytes))
+                } else {
+                    convert::logs(request, &catalog, 500, ())
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
 fn spool_rows(c: &mut Criterion) {
     let catalog = Catalog::built_in();
     let events = convert::logs(request(512), &catalog, 500, ()).events;
@@ -118,5 +176,5 @@ fn spool_rows(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_and_map, spool_rows);
+criterion_group!(benches, decode_and_map, receive, spool_rows);
 criterion_main!(benches);

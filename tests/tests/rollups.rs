@@ -74,7 +74,7 @@ fn mapped(catalog: &Catalog) -> Vec<Mapped> {
         let resource = vec![kv("service.name", service)];
         let origin = Origin::new(&resource, None, &name, base());
         for record in records(service) {
-            let mut event = UsageEvent::from_log(record, &origin).expect("a valid record");
+            let mut event = UsageEvent::from_log(record, None, &origin).expect("a valid record");
             out.push(catalog.map(&mut event).expect("a mappable event"));
         }
     }
@@ -384,7 +384,7 @@ async fn a_session_race_after_part_of_a_batch_went_in_counts_once_on_mariadb() {
                     kv("url.path", format!("/p/{n}").as_str()),
                 ],
             );
-            let mut event = UsageEvent::from_log(record, &origin).expect("a valid record");
+            let mut event = UsageEvent::from_log(record, None, &origin).expect("a valid record");
             sink.catalog().map(&mut event).expect("a mappable event")
         })
         .collect();

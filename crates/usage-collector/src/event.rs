@@ -11,6 +11,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 use prost::Message;
+use sha1::{Digest, Sha1};
 use usage_tracker::catalog::keys;
 use uuid::Uuid;
 
@@ -208,6 +209,16 @@ fn identity_attr<'a>(
     }
 }
 
+/// The name-based (v5) UUID of what `sha1` has read after the namespace: what
+/// `Uuid::new_v5(&EVENT_ID_NAMESPACE, name)` gives, without first copying the name into one
+/// buffer (and with the processor's SHA instructions where it has them).
+fn name_based(sha1: Sha1) -> Uuid {
+    let digest = sha1.finalize();
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+}
+
 fn id_from_attribute(event_id: &str) -> Uuid {
     Uuid::parse_str(event_id)
         .unwrap_or_else(|_| Uuid::new_v5(&EVENT_ID_NAMESPACE, event_id.as_bytes()))
@@ -296,17 +307,37 @@ impl<'a> Origin<'a> {
     /// The record's time (0 when it has none: the receive time would differ on a retry) above
     /// a hash of the origin's digest and the record's bytes: the same record from the same
     /// origin always gets the same id, and ids sort by time ([`time_ordered_id`]).
-    fn hashed_id(&self, record: &impl Message, time_unix_nano: u64) -> Uuid {
-        let mut bytes = Vec::with_capacity(self.digest.len() + record.encoded_len());
-        bytes.extend_from_slice(&self.digest);
-        record.encode(&mut bytes).expect("a Vec grows as needed");
-        time_ordered_id(time_unix_nano, &Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes))
+    ///
+    /// `received` is the record's bytes as they arrived, when the receiver has them: hashing
+    /// them saves encoding the decoded record again (a third of deriving an id), and fields
+    /// this collector does not know still tell two records apart (re-encoding drops them). A
+    /// canonical encoder's bytes (every OTLP SDK's, and what OTLP/JSON is turned into) are the
+    /// encoding of the decoded record, so both give the same id.
+    fn hashed_id(
+        &self,
+        record: &impl Message,
+        received: Option<&[u8]>,
+        time_unix_nano: u64,
+    ) -> Uuid {
+        let mut sha1 = Sha1::new();
+        sha1.update(EVENT_ID_NAMESPACE.as_bytes());
+        sha1.update(self.digest);
+        match received {
+            Some(bytes) => sha1.update(bytes),
+            None => sha1.update(record.encode_to_vec()),
+        }
+        time_ordered_id(time_unix_nano, &name_based(sha1))
     }
 }
 
 impl UsageEvent {
-    /// Decodes a log record.
-    pub fn from_log(record: LogRecord, origin: &Origin<'_>) -> Result<Self, DecodeError> {
+    /// Decodes a log record; `received` is its bytes as they arrived, when known (see
+    /// [`Origin`]'s derived ids).
+    pub fn from_log(
+        record: LogRecord,
+        received: Option<&[u8]>,
+        origin: &Origin<'_>,
+    ) -> Result<Self, DecodeError> {
         origin.check_not_own()?;
         let attr_name = identity_attr(&record.attributes, keys::EVENT_NAME)?;
         let name = if record.event_name.is_empty() {
@@ -319,7 +350,7 @@ impl UsageEvent {
             .find(|t| *t != 0);
         let id = match identity_attr(&record.attributes, keys::EVENT_ID)? {
             Some(event_id) => id_from_attribute(event_id),
-            None => origin.hashed_id(&record, record_time.unwrap_or(0)),
+            None => origin.hashed_id(&record, received, record_time.unwrap_or(0)),
         };
         let time_unix_nano = record_time.unwrap_or(origin.now_unix_nano);
         Ok(UsageEvent {
@@ -335,8 +366,13 @@ impl UsageEvent {
         })
     }
 
-    /// Decodes a span: its start is the event's time, end − start its duration.
-    pub fn from_span(span: Span, origin: &Origin<'_>) -> Result<Self, DecodeError> {
+    /// Decodes a span: its start is the event's time, end − start its duration. `received` is
+    /// its bytes as they arrived, when known.
+    pub fn from_span(
+        span: Span,
+        received: Option<&[u8]>,
+        origin: &Origin<'_>,
+    ) -> Result<Self, DecodeError> {
         origin.check_not_own()?;
         let name = match identity_attr(&span.attributes, keys::EVENT_NAME)? {
             Some(name) => name.to_owned(),
@@ -365,7 +401,7 @@ impl UsageEvent {
                         &Uuid::new_v5(&EVENT_ID_NAMESPACE, &key),
                     )
                 }
-                _ => origin.hashed_id(&span, span.start_time_unix_nano),
+                _ => origin.hashed_id(&span, received, span.start_time_unix_nano),
             },
         };
         let duration_ns = span.end_time_unix_nano - span.start_time_unix_nano;
@@ -434,19 +470,19 @@ mod tests {
             time_unix_nano: 5,
             ..Default::default()
         };
-        let event = UsageEvent::from_log(record.clone(), &origin(&service)).unwrap();
+        let event = UsageEvent::from_log(record.clone(), None, &origin(&service)).unwrap();
         assert_eq!(event.name, "page_visit");
         assert_eq!(event.time_unix_nano, 5);
         record.event_name.clear();
         assert_eq!(
-            UsageEvent::from_log(record.clone(), &origin(&service))
+            UsageEvent::from_log(record.clone(), None, &origin(&service))
                 .unwrap()
                 .name,
             "other"
         );
         record.attributes.clear();
         assert_eq!(
-            UsageEvent::from_log(record, &origin(&service)).unwrap_err(),
+            UsageEvent::from_log(record, None, &origin(&service)).unwrap_err(),
             DecodeError::NoName
         );
     }
@@ -460,7 +496,7 @@ mod tests {
             attributes: vec![string_attr(keys::EVENT_ID, uuid)],
             ..Default::default()
         };
-        let event = UsageEvent::from_log(record, &origin(&service)).unwrap();
+        let event = UsageEvent::from_log(record, None, &origin(&service)).unwrap();
         assert_eq!(event.id.to_string(), uuid);
         assert_eq!(event.time_unix_nano, 7, "falls back to receive time");
 
@@ -469,10 +505,10 @@ mod tests {
             time_unix_nano: 1,
             ..Default::default()
         };
-        let a = UsageEvent::from_log(plain.clone(), &origin(&service))
+        let a = UsageEvent::from_log(plain.clone(), None, &origin(&service))
             .unwrap()
             .id;
-        let b = UsageEvent::from_log(plain.clone(), &origin(&service))
+        let b = UsageEvent::from_log(plain.clone(), None, &origin(&service))
             .unwrap()
             .id;
         assert_eq!(a, b, "a retried record keeps its id");
@@ -482,7 +518,9 @@ mod tests {
         };
         assert_ne!(
             a,
-            UsageEvent::from_log(other, &origin(&service)).unwrap().id
+            UsageEvent::from_log(other, None, &origin(&service))
+                .unwrap()
+                .id
         );
     }
 
@@ -494,7 +532,9 @@ mod tests {
             attributes: vec![string_attr("url.path", body)],
             ..Default::default()
         };
-        UsageEvent::from_log(record, &origin(&service)).unwrap().id
+        UsageEvent::from_log(record, None, &origin(&service))
+            .unwrap()
+            .id
     }
 
     #[test]
@@ -539,8 +579,8 @@ mod tests {
             ..Default::default()
         };
         let service = Arc::from("ide");
-        let a = UsageEvent::from_log(timeless.clone(), &Origin::new(&[], None, &service, 1));
-        let b = UsageEvent::from_log(timeless, &Origin::new(&[], None, &service, 2));
+        let a = UsageEvent::from_log(timeless.clone(), None, &Origin::new(&[], None, &service, 1));
+        let b = UsageEvent::from_log(timeless, None, &Origin::new(&[], None, &service, 2));
         assert_eq!(a.unwrap().id, b.unwrap().id);
     }
 
@@ -555,8 +595,9 @@ mod tests {
             ..Default::default()
         };
         let (ide, shop) = (Arc::from("ide"), Arc::from("shop"));
-        let id =
-            |s: Span, service: &Arc<str>| UsageEvent::from_span(s, &origin(service)).unwrap().id;
+        let id = |s: Span, service: &Arc<str>| {
+            UsageEvent::from_span(s, None, &origin(service)).unwrap().id
+        };
         let early = id(span(1_764_504_000_000_000_000), &ide);
         assert_eq!(early, id(span(1_764_504_000_000_000_000), &ide));
         assert_ne!(early, id(span(1_764_504_000_000_000_000), &shop));
@@ -580,7 +621,7 @@ mod tests {
             ..Default::default()
         };
         let log_id = |service: &Arc<str>| {
-            UsageEvent::from_log(log.clone(), &origin(service))
+            UsageEvent::from_log(log.clone(), None, &origin(service))
                 .unwrap()
                 .id
                 .to_string()
@@ -594,7 +635,7 @@ mod tests {
             end_time_unix_nano: 1_764_504_000_000_000_005,
             ..Default::default()
         };
-        let span_id = UsageEvent::from_span(span, &origin(&ide)).unwrap().id;
+        let span_id = UsageEvent::from_span(span, None, &origin(&ide)).unwrap().id;
         // An `event.id` that is not a UUID becomes a name-based one.
         let named = LogRecord {
             event_name: "page_visit".into(),
@@ -602,7 +643,7 @@ mod tests {
             attributes: vec![string_attr(keys::EVENT_ID, "order-42")],
             ..Default::default()
         };
-        let named_id = UsageEvent::from_log(named, &origin(&ide)).unwrap().id;
+        let named_id = UsageEvent::from_log(named, None, &origin(&ide)).unwrap().id;
         assert_eq!(
             [ide_log, shop_log, span_id.to_string(), named_id.to_string()],
             [
@@ -614,6 +655,45 @@ mod tests {
         );
     }
 
+    /// The bytes a record arrived as give the id its encoding gives (for a canonical encoder),
+    /// while a field this collector does not know still tells two records apart.
+    #[test]
+    fn received_bytes_give_the_same_id_and_unknown_fields_count() {
+        let service = Arc::from("ide");
+        let log = LogRecord {
+            event_name: "page_visit".into(),
+            time_unix_nano: 1_764_504_000_123_456_789,
+            attributes: vec![string_attr("url.path", "/a")],
+            ..Default::default()
+        };
+        let bytes = log.encode_to_vec();
+        let id = |received: Option<&[u8]>| {
+            UsageEvent::from_log(log.clone(), received, &origin(&service))
+                .unwrap()
+                .id
+        };
+        assert_eq!(id(Some(&bytes)), id(None));
+        // Field 99, a string: unknown to this collector's protocol version.
+        let mut newer = bytes.clone();
+        newer.extend_from_slice(&[0x9a, 0x06, 0x01, b'x']);
+        let decoded = LogRecord::decode(newer.as_slice()).unwrap();
+        assert_eq!(decoded, log, "the unknown field is dropped when decoded");
+        assert_ne!(id(Some(&newer)), id(Some(&bytes)));
+        let span = Span {
+            name: "program_execution".into(),
+            start_time_unix_nano: 1_764_504_000_000_000_000,
+            end_time_unix_nano: 1_764_504_000_000_000_005,
+            ..Default::default()
+        };
+        let span_bytes = span.encode_to_vec();
+        let span_id = |received: Option<&[u8]>| {
+            UsageEvent::from_span(span.clone(), received, &origin(&service))
+                .unwrap()
+                .id
+        };
+        assert_eq!(span_id(Some(&span_bytes)), span_id(None));
+    }
+
     #[test]
     fn the_longest_span_does_not_wrap_to_zero() {
         let service = Arc::from("ide");
@@ -623,7 +703,7 @@ mod tests {
             end_time_unix_nano: u64::MAX,
             ..Default::default()
         };
-        let event = UsageEvent::from_span(span, &origin(&service)).unwrap();
+        let event = UsageEvent::from_span(span, None, &origin(&service)).unwrap();
         assert_eq!(
             event.span.unwrap().duration_ms,
             (u64::MAX / 1_000_000) as i64
@@ -645,19 +725,19 @@ mod tests {
             }),
             ..Default::default()
         };
-        let event = UsageEvent::from_span(span.clone(), &origin(&service)).unwrap();
+        let event = UsageEvent::from_span(span.clone(), None, &origin(&service)).unwrap();
         let facts = event.span.unwrap();
         assert_eq!(facts.duration_ms, 250);
         assert_eq!(facts.error.as_deref(), Some("SYNTAX ERROR IN 20"));
         assert_eq!(event.time_unix_nano, 1_000_000_000);
-        let again = UsageEvent::from_span(span.clone(), &origin(&service)).unwrap();
+        let again = UsageEvent::from_span(span.clone(), None, &origin(&service)).unwrap();
         assert_eq!(event.id, again.id);
         let backwards = Span {
             end_time_unix_nano: 1,
             ..span
         };
         assert!(matches!(
-            UsageEvent::from_span(backwards, &origin(&service)),
+            UsageEvent::from_span(backwards, None, &origin(&service)),
             Err(DecodeError::NegativeDuration { .. })
         ));
     }

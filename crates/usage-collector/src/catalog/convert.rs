@@ -60,13 +60,20 @@ pub struct Converted {
     pub services: std::collections::BTreeSet<Arc<str>>,
 }
 
-/// A record refused before it was decoded (it broke a per-record limit), with its reason.
+/// What the receiver learnt of each record before decoding: whether it is refused (it broke a
+/// per-record limit), and the bytes it arrived as.
 pub trait Skip {
     /// Why the `index`-th record of the request is refused, if it is.
     fn refused(&mut self, index: usize) -> Option<(&'static str, String)>;
+
+    /// The `index`-th record's bytes as received, if known: derived ids hash them instead of
+    /// encoding the decoded record again ([`UsageEvent::from_log`]).
+    fn received(&self, _index: usize) -> Option<&[u8]> {
+        None
+    }
 }
 
-/// Nothing is refused before decoding.
+/// Nothing is refused before decoding, and the records' bytes are not known.
 impl Skip for () {
     fn refused(&mut self, _index: usize) -> Option<(&'static str, String)> {
         None
@@ -91,7 +98,7 @@ impl<'a, S: Skip> Builder<'a, S> {
     /// Adds the next record: refused before decoding, or decoded by `decode` and mapped.
     fn add(
         &mut self,
-        decode: impl FnOnce() -> Result<UsageEvent, crate::event::DecodeError>,
+        decode: impl FnOnce(Option<&[u8]>) -> Result<UsageEvent, crate::event::DecodeError>,
         position: impl Fn() -> String,
     ) {
         let index = self.out.received as usize;
@@ -102,7 +109,7 @@ impl<'a, S: Skip> Builder<'a, S> {
                 .rejected
                 .add(reason, || format!("{}: {why}", position()));
         }
-        let mut event = match decode() {
+        let mut event = match decode(self.skip.received(index)) {
             Ok(event) => event,
             Err(e) => {
                 return self
@@ -154,7 +161,7 @@ pub fn logs<S: Skip>(
             );
             for (i, record) in scope_logs.log_records.into_iter().enumerate() {
                 builder.add(
-                    || UsageEvent::from_log(record, &origin),
+                    |received| UsageEvent::from_log(record, received, &origin),
                     || format!("log record {i} of resource {r}, scope {s}"),
                 );
             }
@@ -185,7 +192,7 @@ pub fn traces<S: Skip>(
             );
             for (i, span) in scope_spans.spans.into_iter().enumerate() {
                 builder.add(
-                    || UsageEvent::from_span(span, &origin),
+                    |received| UsageEvent::from_span(span, received, &origin),
                     || format!("span {i} of resource {r}, scope {s}"),
                 );
             }

@@ -2,6 +2,7 @@
 //! decoding and mapping on the decode threads (so a large request never stalls the runtime's
 //! workers, `/health/live` or other clients), the spool append, the counts, and the answer.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use prost::Message;
@@ -10,7 +11,7 @@ use tonic::{Code, Status};
 
 use super::admission::{Admission, Reserved, retryable};
 use super::auth::Allowed;
-use super::shape::Violation;
+use super::shape::{Shape, Violation};
 use crate::catalog::Catalog;
 use crate::catalog::convert::{Converted, Skip};
 use crate::event::Signal;
@@ -51,17 +52,26 @@ pub struct Ingest {
     pub decoders: super::decoders::Decoders,
 }
 
-/// The records refused before decoding, by their position in the request.
+/// The records refused before decoding, by their position in the request, and where each
+/// record's bytes are.
 #[derive(Debug)]
 pub struct Violations<'a> {
     list: &'a [(usize, Violation)],
     next: usize,
+    request: &'a [u8],
+    records: &'a [Range<usize>],
 }
 
 impl<'a> Violations<'a> {
-    /// Records refused per `list` (sorted by position).
-    pub fn new(list: &'a [(usize, Violation)]) -> Self {
-        Self { list, next: 0 }
+    /// Records refused per `shape` (its violations, sorted by position), and their bytes in
+    /// `request`, the bytes `shape` was read from.
+    pub fn new(shape: &'a Shape, request: &'a [u8]) -> Self {
+        Self {
+            list: &shape.violations,
+            next: 0,
+            request,
+            records: &shape.record_bytes,
+        }
     }
 }
 
@@ -76,6 +86,10 @@ impl Skip for Violations<'_> {
             }
             _ => None,
         }
+    }
+
+    fn received(&self, index: usize) -> Option<&[u8]> {
+        self.request.get(self.records.get(index)?.clone())
     }
 }
 
@@ -130,14 +144,14 @@ impl Ingest {
         let (admitted, prepared) = self
             .decoders
             .run(move || {
-                let prepared = R::decode(bytes)
+                let prepared = R::decode(bytes.clone())
                     .map_err(|e| {
                         Status::invalid_argument(format!(
                             "the request is not a valid OTLP export request: {e}"
                         ))
                     })
                     .map(|request| {
-                        let violations = Violations::new(&admitted.shape.violations);
+                        let violations = Violations::new(&admitted.shape, &bytes);
                         let converted = convert(request, &catalog, now, violations);
                         let mut body = Vec::new();
                         if !converted.events.is_empty() {
