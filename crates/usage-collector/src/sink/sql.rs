@@ -86,11 +86,13 @@ pub trait Dialect: Database {
     const SHARED_READ: &'static str;
     /// Appended to a dead letter's INSERT so a repeated `event_id` is a no-op.
     const ON_DUPLICATE_DEAD_LETTER: &'static str;
-    /// Appended to the session upsert: how an existing row merges the new values, and adds the
-    /// counters' increments.
+    /// Appended to the session upsert, before the merges of the columns it writes.
     const ON_DUPLICATE_SESSION: &'static str;
+    /// How an existing session row merges a new value, by column: `column = expression`.
+    /// The upsert lists only the merges that can change the row (see [`SessionWrite`]).
+    const SESSION_MERGES: &'static [(&'static str, &'static str)];
     /// `SET` expression for `duration_seconds` from `start_time` and `end_time`, run as an
-    /// UPDATE after the upsert; `None` when [`Self::ON_DUPLICATE_SESSION`] sets it itself.
+    /// UPDATE after the upsert; `None` when [`Self::SESSION_MERGES`] set it themselves.
     const DURATION_UPDATE: Option<&'static str>;
     /// Appended to the heartbeat INSERT: an existing row only moves forward.
     const ON_DUPLICATE_HEARTBEAT: &'static str;
@@ -103,20 +105,55 @@ impl Dialect for sqlx::MySql {
     const SHARED_READ: &'static str = " LOCK IN SHARE MODE";
     // Not INSERT IGNORE: that would also turn real errors (bad values) into warnings.
     const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON DUPLICATE KEY UPDATE event_id = event_id";
-    const ON_DUPLICATE_SESSION: &'static str = " ON DUPLICATE KEY UPDATE \
-        start_time = LEAST(start_time, VALUES(start_time)), \
-        last_activity = GREATEST(last_activity, VALUES(last_activity)), \
-        end_time = COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)), \
-        user_id = COALESCE(user_id, VALUES(user_id)), \
-        user_agent = COALESCE(user_agent, VALUES(user_agent)), \
-        ip_address = COALESCE(ip_address, VALUES(ip_address)), \
-        programs_run = programs_run + VALUES(programs_run), \
-        lines_executed = lines_executed + VALUES(lines_executed), \
-        errors_encountered = errors_encountered + VALUES(errors_encountered), \
-        page_visits = page_visits + VALUES(page_visits), \
-        features_used = features_used + VALUES(features_used), \
-        duration_seconds = TIMESTAMPDIFF(SECOND, LEAST(start_time, VALUES(start_time)), \
-            COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)))";
+    const ON_DUPLICATE_SESSION: &'static str = " ON DUPLICATE KEY UPDATE ";
+    const SESSION_MERGES: &'static [(&'static str, &'static str)] = &[
+        (
+            "start_time",
+            "start_time = LEAST(start_time, VALUES(start_time))",
+        ),
+        (
+            "last_activity",
+            "last_activity = GREATEST(last_activity, VALUES(last_activity))",
+        ),
+        (
+            "end_time",
+            "end_time = COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time))",
+        ),
+        ("user_id", "user_id = COALESCE(user_id, VALUES(user_id))"),
+        (
+            "user_agent",
+            "user_agent = COALESCE(user_agent, VALUES(user_agent))",
+        ),
+        (
+            "ip_address",
+            "ip_address = COALESCE(ip_address, VALUES(ip_address))",
+        ),
+        (
+            "programs_run",
+            "programs_run = programs_run + VALUES(programs_run)",
+        ),
+        (
+            "lines_executed",
+            "lines_executed = lines_executed + VALUES(lines_executed)",
+        ),
+        (
+            "errors_encountered",
+            "errors_encountered = errors_encountered + VALUES(errors_encountered)",
+        ),
+        (
+            "page_visits",
+            "page_visits = page_visits + VALUES(page_visits)",
+        ),
+        (
+            "features_used",
+            "features_used = features_used + VALUES(features_used)",
+        ),
+        (
+            "duration_seconds",
+            "duration_seconds = TIMESTAMPDIFF(SECOND, LEAST(start_time, VALUES(start_time)), \
+             COALESCE(GREATEST(end_time, VALUES(end_time)), end_time, VALUES(end_time)))",
+        ),
+    ];
     // The upsert sets the duration itself, repeating the merge expressions, so it is right
     // whether the assignments before it are seen updated (MySQL, MariaDB by default) or not
     // (SIMULTANEOUS_ASSIGNMENT).
@@ -136,18 +173,50 @@ impl Dialect for sqlx::Sqlite {
     const LOCKING_READ: &'static str = "";
     const SHARED_READ: &'static str = "";
     const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (event_id) DO NOTHING";
-    const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET \
-        start_time = MIN(start_time, excluded.start_time), \
-        last_activity = MAX(last_activity, excluded.last_activity), \
-        end_time = COALESCE(MAX(end_time, excluded.end_time), end_time, excluded.end_time), \
-        user_id = COALESCE(user_id, excluded.user_id), \
-        user_agent = COALESCE(user_agent, excluded.user_agent), \
-        ip_address = COALESCE(ip_address, excluded.ip_address), \
-        programs_run = programs_run + excluded.programs_run, \
-        lines_executed = lines_executed + excluded.lines_executed, \
-        errors_encountered = errors_encountered + excluded.errors_encountered, \
-        page_visits = page_visits + excluded.page_visits, \
-        features_used = features_used + excluded.features_used";
+    const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET ";
+    const SESSION_MERGES: &'static [(&'static str, &'static str)] = &[
+        (
+            "start_time",
+            "start_time = MIN(start_time, excluded.start_time)",
+        ),
+        (
+            "last_activity",
+            "last_activity = MAX(last_activity, excluded.last_activity)",
+        ),
+        (
+            "end_time",
+            "end_time = COALESCE(MAX(end_time, excluded.end_time), end_time, excluded.end_time)",
+        ),
+        ("user_id", "user_id = COALESCE(user_id, excluded.user_id)"),
+        (
+            "user_agent",
+            "user_agent = COALESCE(user_agent, excluded.user_agent)",
+        ),
+        (
+            "ip_address",
+            "ip_address = COALESCE(ip_address, excluded.ip_address)",
+        ),
+        (
+            "programs_run",
+            "programs_run = programs_run + excluded.programs_run",
+        ),
+        (
+            "lines_executed",
+            "lines_executed = lines_executed + excluded.lines_executed",
+        ),
+        (
+            "errors_encountered",
+            "errors_encountered = errors_encountered + excluded.errors_encountered",
+        ),
+        (
+            "page_visits",
+            "page_visits = page_visits + excluded.page_visits",
+        ),
+        (
+            "features_used",
+            "features_used = features_used + excluded.features_used",
+        ),
+    ];
     const DURATION_UPDATE: Option<&'static str> =
         Some("CAST(ROUND((julianday(end_time) - julianday(start_time)) * 86400) AS INTEGER)");
     const ON_DUPLICATE_HEARTBEAT: &'static str =
@@ -366,11 +435,11 @@ pub trait Driver: Dialect {
         keys: &'a [&str],
     ) -> Boxed<'a, BTreeMap<String, PrimitiveDateTime>>;
 
-    /// Inserts (or, with `upsert`, merges) sessions with their counters' increments.
+    /// Inserts (or merges, per `write`) sessions with their counters' increments.
     fn put_sessions<'a>(
         conn: &'a mut Self::Connection,
         sessions: &'a [(&str, &str, &SessionRow, SessionCounts)],
-        upsert: bool,
+        write: SessionWrite,
     ) -> Boxed<'a, ()>;
 
     /// Adds the tally's days to [`DAILY_ROLLUP`], in shard `shard`.
@@ -651,7 +720,7 @@ where
                 // read back as existing (which would add their counts twice).
                 let mut duplicate = false;
                 for chunk in new.chunks(SESSION_CHUNK) {
-                    match DB::put_sessions(conn, chunk, false).await {
+                    match DB::put_sessions(conn, chunk, SessionWrite::Insert).await {
                         Ok(()) => {
                             for (service, id, row, _) in chunk {
                                 tally
@@ -683,10 +752,12 @@ where
                 }
                 attempt += 1;
             }
+            let mut start_moves = false;
             let existing: Vec<_> = entries
                 .iter()
                 .filter_map(|(service, id, row)| {
                     let old = starts.get(&(*service, *id))?;
+                    start_moves |= row.start_time < *old;
                     // A late event moves the session's start to an earlier day.
                     if row.start_time.date() < old.date() {
                         tally
@@ -704,7 +775,7 @@ where
                 })
                 .collect();
             if !existing.is_empty() {
-                DB::put_sessions(conn, &existing, true).await?;
+                DB::put_sessions(conn, &existing, SessionWrite::Merge { start_moves }).await?;
             }
             Ok(sessions.len() as u64)
         })
@@ -736,18 +807,19 @@ where
     fn put_sessions<'a>(
         conn: &'a mut DB::Connection,
         sessions: &'a [(&str, &str, &SessionRow, SessionCounts)],
-        upsert: bool,
+        write: SessionWrite,
     ) -> Boxed<'a, ()> {
         Box::pin(async move {
             for chunk in sessions.chunks(SESSION_CHUNK) {
+                let columns = write.columns(chunk);
                 let mut query = QueryBuilder::<DB>::new(format!(
                     "INSERT INTO `ide_sessions` ({}) ",
-                    column_list(SESSION_UPSERT.iter().map(|c| c.name()))
+                    column_list(columns.iter().map(|c| c.name()))
                 ));
                 query.push_values(chunk, |mut list, (service, id, s, counts)| {
                     // Each value is chosen by its column's name, so the column list and the
                     // values cannot drift apart.
-                    for column in SESSION_UPSERT {
+                    for column in &columns {
                         let bound: Option<SessionValue<'_>> = match column {
                             SessionColumn::SessionId => Some(SessionValue::Text(id)),
                             SessionColumn::Service => Some(SessionValue::Text(service)),
@@ -790,8 +862,17 @@ where
                         };
                     }
                 });
-                if upsert {
+                if let SessionWrite::Merge { start_moves } = write {
+                    let merges: Vec<&str> = columns
+                        .iter()
+                        .filter(|c| **c != SessionColumn::StartTime || start_moves)
+                        .filter_map(|c| {
+                            let merge = DB::SESSION_MERGES.iter().find(|(n, _)| *n == c.name());
+                            merge.map(|(_, merge)| *merge)
+                        })
+                        .collect();
                     query.push(DB::ON_DUPLICATE_SESSION);
+                    query.push(merges.join(", "));
                 }
                 query.build().execute(&mut *conn).await?;
             }
@@ -938,6 +1019,54 @@ impl SessionColumn {
     }
 }
 
+/// How a session statement treats sessions that exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionWrite {
+    /// New sessions: every column; a session that exists fails the statement.
+    Insert,
+    /// Sessions this transaction found and locked: only the columns whose merge can change
+    /// them are written and merged (a page visit adds to `page_visits` and moves
+    /// `last_activity`; it cannot change `end_time` or the other counters), which leaves the
+    /// server less to parse, bind and evaluate per session.
+    Merge {
+        /// Whether some session's start moves earlier (a late event): then its start, end and
+        /// duration are merged as well.
+        start_moves: bool,
+    },
+}
+
+impl SessionWrite {
+    /// The columns a statement for `chunk` writes, in [`SESSION_UPSERT`]'s order.
+    fn columns(self, chunk: &[(&str, &str, &SessionRow, SessionCounts)]) -> Vec<SessionColumn> {
+        let SessionWrite::Merge { start_moves } = self else {
+            return SESSION_UPSERT.to_vec();
+        };
+        let any = |f: &dyn Fn(&SessionRow, &SessionCounts) -> bool| {
+            chunk.iter().any(|(_, _, row, counts)| f(row, counts))
+        };
+        let ends = any(&|row, _| row.end_time.is_some());
+        SESSION_UPSERT
+            .into_iter()
+            .filter(|column| match column {
+                // The key, and what an INSERT needs even when the row exists.
+                SessionColumn::SessionId
+                | SessionColumn::Service
+                | SessionColumn::StartTime
+                | SessionColumn::LastActivity => true,
+                SessionColumn::EndTime | SessionColumn::DurationSeconds => ends || start_moves,
+                SessionColumn::UserId => any(&|row, _| row.user_id.is_some()),
+                SessionColumn::UserAgent => any(&|row, _| row.user_agent.is_some()),
+                SessionColumn::IpAddress => any(&|row, _| row.ip_address.is_some()),
+                SessionColumn::ProgramsRun => any(&|_, c| c.programs_run != 0),
+                SessionColumn::LinesExecuted => any(&|_, c| c.lines_executed != 0),
+                SessionColumn::ErrorsEncountered => any(&|_, c| c.errors_encountered != 0),
+                SessionColumn::PageVisits => any(&|_, c| c.page_visits != 0),
+                SessionColumn::FeaturesUsed => any(&|_, c| c.features_used != 0),
+            })
+            .collect()
+    }
+}
+
 /// One bound session value.
 enum SessionValue<'a> {
     Text(&'a str),
@@ -961,6 +1090,100 @@ mod tests {
         assert_eq!(names[SERVICE], "service");
         assert_eq!(names[SESSION_ID], "session_id");
         assert_eq!(names[TIMESTAMP], "timestamp");
+    }
+
+    #[test]
+    fn every_merge_names_a_session_column_and_every_merged_column_has_one() {
+        fn check<DB: Dialect>(duration_merged: bool) {
+            for (column, merge) in DB::SESSION_MERGES {
+                assert!(
+                    SESSION_UPSERT.iter().any(|c| c.name() == *column),
+                    "{column}"
+                );
+                assert!(merge.starts_with(&format!("{column} = ")), "{merge}");
+            }
+            for column in SESSION_UPSERT {
+                let key = matches!(column, SessionColumn::SessionId | SessionColumn::Service);
+                let merged = DB::SESSION_MERGES.iter().any(|(c, _)| *c == column.name());
+                let expected =
+                    !key && (column != SessionColumn::DurationSeconds || duration_merged);
+                assert_eq!(merged, expected, "{column:?}");
+            }
+        }
+        check::<sqlx::MySql>(true);
+        check::<sqlx::Sqlite>(false);
+    }
+
+    #[test]
+    fn a_merge_writes_only_the_columns_that_can_change_the_session() {
+        use time::macros::datetime;
+        let at = datetime!(2026-11-30 12:00);
+        let visit = SessionRow {
+            service: "ide".into(),
+            user_id: None,
+            start_time: at,
+            last_activity: at,
+            end_time: None,
+            user_agent: Some("Firefox".into()),
+            ip_address: None,
+        };
+        let visits = SessionCounts {
+            page_visits: 3,
+            ..SessionCounts::default()
+        };
+        let chunk = [("ide", "s1", &visit, visits)];
+        use SessionColumn::*;
+        assert_eq!(
+            SessionWrite::Merge { start_moves: false }.columns(&chunk),
+            [
+                SessionId,
+                Service,
+                StartTime,
+                LastActivity,
+                UserAgent,
+                PageVisits
+            ]
+        );
+        // A late event: the start, end and duration are merged too.
+        assert_eq!(
+            SessionWrite::Merge { start_moves: true }.columns(&chunk),
+            [
+                SessionId,
+                Service,
+                StartTime,
+                LastActivity,
+                EndTime,
+                DurationSeconds,
+                UserAgent,
+                PageVisits
+            ]
+        );
+        let ended = SessionRow {
+            end_time: Some(at),
+            ..visit.clone()
+        };
+        let run = SessionCounts {
+            programs_run: 1,
+            errors_encountered: 1,
+            ..SessionCounts::default()
+        };
+        let chunk = [("ide", "s1", &visit, visits), ("ide", "s2", &ended, run)];
+        assert_eq!(
+            SessionWrite::Merge { start_moves: false }.columns(&chunk),
+            [
+                SessionId,
+                Service,
+                StartTime,
+                LastActivity,
+                EndTime,
+                DurationSeconds,
+                UserAgent,
+                ProgramsRun,
+                ErrorsEncountered,
+                PageVisits
+            ]
+        );
+        assert_eq!(SessionWrite::Insert.columns(&chunk), SESSION_UPSERT);
     }
 
     #[test]
