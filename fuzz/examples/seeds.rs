@@ -14,10 +14,10 @@ use usage_collector::catalog::Catalog;
 use usage_collector::catalog::convert;
 use usage_collector::spool::{Payload, Spool, SpoolSignal, rows};
 use usage_collector_fuzz::{NOW, TempDir, folder, runtime};
-use usage_pipeline_tests::otlp_http::{Encoding, gzip};
 use usage_pipeline_tests::fixtures::{
     SECOND, T0, event, kv, kvlist, logs_request, page_visits, span, strings, traces_request,
 };
+use usage_pipeline_tests::otlp_http::{Encoding, gzip};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +33,11 @@ fn http_seeds<T: Message + serde::Serialize>(name: &str, request: &T, signal: u8
     for (suffix, flags, body) in [
         ("protobuf", 0, Encoding::Protobuf.encode(request)),
         ("json", 2, Encoding::Json.encode(request)),
-        ("protobuf_gzip", 1, gzip(&Encoding::Protobuf.encode(request))),
+        (
+            "protobuf_gzip",
+            1,
+            gzip(&Encoding::Protobuf.encode(request)),
+        ),
         ("json_gzip", 3, gzip(&Encoding::Json.encode(request))),
     ] {
         let mut bytes = vec![flags | signal];

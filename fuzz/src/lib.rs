@@ -50,6 +50,8 @@ fn limits() -> &'static Limits {
 ///   cost (the admission budget relies on it);
 /// - the shape counts the same records prost decodes, and names only records that exist (the
 ///   refusals are applied by position, so a disagreement would refuse the wrong records);
+/// - each record's bytes, where the shape found them, decode to that record (derived ids hash
+///   them);
 /// - a record the shape did not refuse has at most `max_attributes` attributes;
 /// - every record is either mapped or rejected, never lost;
 /// - the rows body decodes to exactly the mapped events (cut-text notes aside, which are not
@@ -70,19 +72,20 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
         "violations out of order: {:?}",
         shape.violations
     );
-    let skip = Violations::new(&shape.violations);
+    let skip = Violations::new(&shape, bytes);
     let converted = match signal {
         Signal::Log => {
             let Ok(request) = ExportLogs::decode(bytes) else {
                 return;
             };
-            let attributes = request
+            let records: Vec<_> = request
                 .resource_logs
                 .iter()
                 .flat_map(|r| &r.scope_logs)
                 .flat_map(|s| &s.log_records)
-                .map(|r| r.attributes.len())
                 .collect();
+            check_record_bytes(&shape, bytes, &records);
+            let attributes = records.iter().map(|r| r.attributes.len()).collect();
             check_shape(&shape, attributes, limits);
             convert::logs(request, catalog(), NOW, skip)
         }
@@ -90,18 +93,33 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
             let Ok(request) = ExportTraces::decode(bytes) else {
                 return;
             };
-            let attributes = request
+            let spans: Vec<_> = request
                 .resource_spans
                 .iter()
                 .flat_map(|r| &r.scope_spans)
                 .flat_map(|s| &s.spans)
-                .map(|s| s.attributes.len())
                 .collect();
+            check_record_bytes(&shape, bytes, &spans);
+            let attributes = spans.iter().map(|s| s.attributes.len()).collect();
             check_shape(&shape, attributes, limits);
             convert::traces(request, catalog(), NOW, skip)
         }
     };
     round_trip(&converted);
+}
+
+/// Each record's bytes, where the shape found them, decode to that record (derived ids hash
+/// those bytes, so they must be the record's and no other's).
+fn check_record_bytes<M: Message + Default + PartialEq + std::fmt::Debug>(
+    shape: &Shape,
+    bytes: &[u8],
+    records: &[&M],
+) {
+    assert_eq!(shape.record_bytes.len(), records.len(), "records found");
+    for (i, (range, record)) in shape.record_bytes.iter().zip(records).enumerate() {
+        let found = M::decode(&bytes[range.clone()]).expect("a decoded request's record decodes");
+        assert_eq!(&found, *record, "record {i} at {range:?}");
+    }
 }
 
 /// The size limit the `otlp_http` target inflates to (as `max_request_bytes`).
@@ -132,7 +150,11 @@ pub fn otlp_http(data: &[u8]) {
     match unpack_body(body.clone(), gzip, json, signal, HTTP_LIMIT) {
         Ok(bytes) => {
             if !json {
-                assert!(bytes.len() <= HTTP_LIMIT, "{} bytes past the limit", bytes.len());
+                assert!(
+                    bytes.len() <= HTTP_LIMIT,
+                    "{} bytes past the limit",
+                    bytes.len()
+                );
             } else {
                 let decodes = match signal {
                     Signal::Log => ExportLogs::decode(&bytes[..]).is_ok(),
@@ -143,7 +165,10 @@ pub fn otlp_http(data: &[u8]) {
             otlp(&bytes, signal);
         }
         Err(Unpacked::TooLarge { .. }) => {
-            assert!(gzip || body.len() > HTTP_LIMIT, "a plain body within the limit refused");
+            assert!(
+                gzip || body.len() > HTTP_LIMIT,
+                "a plain body within the limit refused"
+            );
         }
         Err(Unpacked::Gzip(_) | Unpacked::Json(_)) => {
             assert!(gzip || json, "a plain body failed to unpack");
