@@ -1,8 +1,8 @@
 //! What the fuzz targets share: each target is a few lines calling one of these, so the seed
 //! generator (`examples/seeds.rs`) and the targets agree on the input formats.
 //!
-//! Every function here drives the collector's real code path (shape check, prost decode,
-//! catalogue mapping, spool record encoding, spool recovery, settings parsing); nothing is a
+//! Every function here drives the collector's real code path (shape check, reading records in
+//! place, catalogue mapping, spool record encoding, spool recovery, settings parsing); nothing is a
 //! copy. The assertions are properties the collector promises, not only "no panic".
 
 use std::path::{Path, PathBuf};
@@ -41,13 +41,14 @@ fn limits() -> &'static Limits {
 }
 
 /// The receive path of one export request's bytes, as `receiver::ingest` runs it: shape check
-/// with the default limits, prost decode, validate and map with the built-in catalogue (the
-/// records the shape refused skipped), encode the spool record's rows body; then the writer's
-/// side, decoding that body again.
+/// with the default limits, read each record in place, validate and map it with the built-in
+/// catalogue (the records the shape refused skipped), encode the spool record's rows body; then
+/// the writer's side, decoding that body again.
 ///
 /// Asserts:
 /// - the shape prices at most what [`Shape::worst_case_bytes`] says a request of its size can
 ///   cost (the admission budget relies on it);
+/// - the receiver refuses exactly the requests prost refuses;
 /// - the shape counts the same records prost decodes, and names only records that exist (the
 ///   refusals are applied by position, so a disagreement would refuse the wrong records);
 /// - a record the shape did not refuse has at most `max_attributes` attributes;
@@ -70,10 +71,13 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
         "violations out of order: {:?}",
         shape.violations
     );
-    let skip = Violations::new(&shape.violations);
+    let skip = Violations::new(&shape);
     let converted = match signal {
         Signal::Log => {
-            let Ok(request) = ExportLogs::decode(bytes) else {
+            let walked = convert::logs(bytes, catalog(), NOW, skip);
+            let decoded = ExportLogs::decode(bytes);
+            agree(decoded.is_ok(), &walked);
+            let (Ok(request), Ok(converted)) = (decoded, walked) else {
                 return;
             };
             let attributes = request
@@ -84,10 +88,13 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
                 .map(|r| r.attributes.len())
                 .collect();
             check_shape(&shape, attributes, limits);
-            convert::logs(request, catalog(), NOW, skip)
+            converted
         }
         Signal::Span => {
-            let Ok(request) = ExportTraces::decode(bytes) else {
+            let walked = convert::traces(bytes, catalog(), NOW, skip);
+            let decoded = ExportTraces::decode(bytes);
+            agree(decoded.is_ok(), &walked);
+            let (Ok(request), Ok(converted)) = (decoded, walked) else {
                 return;
             };
             let attributes = request
@@ -98,10 +105,21 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
                 .map(|s| s.attributes.len())
                 .collect();
             check_shape(&shape, attributes, limits);
-            convert::traces(request, catalog(), NOW, skip)
+            converted
         }
     };
     round_trip(&converted);
+}
+
+/// The receiver refuses a request exactly when prost's decoder does.
+fn agree<T, E: std::fmt::Display>(prost_decodes: bool, walked: &Result<T, E>) {
+    if let (true, Err(e)) = (prost_decodes, walked) {
+        panic!("prost decodes the request, the receiver refuses it: {e}");
+    }
+    assert!(
+        prost_decodes || walked.is_err(),
+        "prost refuses the request, the receiver takes it"
+    );
 }
 
 /// The size limit the `otlp_http` target inflates to (as `max_request_bytes`).
