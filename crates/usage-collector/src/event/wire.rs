@@ -629,31 +629,37 @@ mod tests {
         }
     }
 
+    /// A log record's bytes, times, event name, body, attributes, trace and span ids.
+    type SeenLog = (
+        Vec<u8>,
+        u64,
+        u64,
+        String,
+        Option<PAnyValue>,
+        Vec<PKeyValue>,
+        Vec<u8>,
+        Vec<u8>,
+    );
+
+    /// A span's name, ids, times, status and attributes.
+    type SeenSpan = (
+        String,
+        Vec<u8>,
+        Vec<u8>,
+        u64,
+        u64,
+        Option<(String, i32)>,
+        Vec<PKeyValue>,
+    );
+
     /// What the walk reads of a request, in prost's types: prost's decoding of the same bytes
     /// must give the same.
     #[derive(Debug, Default)]
     struct Seen {
         resources: Vec<Vec<PKeyValue>>,
         scopes: Vec<Option<(String, String)>>,
-        logs: Vec<(
-            Vec<u8>,
-            u64,
-            u64,
-            String,
-            Option<PAnyValue>,
-            Vec<PKeyValue>,
-            Vec<u8>,
-            Vec<u8>,
-        )>,
-        spans: Vec<(
-            String,
-            Vec<u8>,
-            Vec<u8>,
-            u64,
-            u64,
-            Option<(String, i32)>,
-            Vec<PKeyValue>,
-        )>,
+        logs: Vec<SeenLog>,
+        spans: Vec<SeenSpan>,
     }
 
     fn prost_attributes(attributes: &[KeyValue<'_>]) -> Vec<PKeyValue> {
