@@ -22,10 +22,10 @@
 //! times swing by a third between runs; the instruction counts, from `valgrind --tool=callgrind`
 //! on `examples/receive_cost.rs`, do not):
 //!
-//! | case | µs per request, before → after | instructions per request, before → after |
+//! | case | µs per request (medians of 4 runs), before → after | instructions per request, before → after |
 //! | --- | --- | --- |
-//! | `receive/512_records_with_ids` | 1417–1497 → 863–1395 | 8.74 M → 6.40 M (−27 %) |
-//! | `receive/512_records_derived_ids` | 1200–1422 → 1230–1263 | 9.91 M → 8.15 M (−18 %) |
+//! | `receive/512_records_with_ids` | 1362–1637 → 863–1395 | 8.74 M → 6.40 M (−27 %) |
+//! | `receive/512_records_derived_ids` | 1115–1492 → 1139–1357 | 9.91 M → 8.15 M (−18 %) |
 //!
 //! After the change, of the 6.40 M instructions (with ids): mapping (`Catalog::map`, which now
 //! copies the values rows keep) 2.3 M, reading the records and deciding each event 2.6 M, the
