@@ -105,7 +105,7 @@ fn main() {
         let bytes = request.encode_to_vec();
         write("otlp_logs", name, &bytes);
         http_seeds(name, &request, 0);
-        let converted = convert::logs(request, &catalog, NOW, ());
+        let converted = convert::logs_request(&request, &catalog, NOW, ()).expect("a request");
         let mut body = Vec::new();
         rows::encode(&catalog, &converted.events, &mut body);
         bodies.push(body);
@@ -147,7 +147,7 @@ fn main() {
         let bytes = request.encode_to_vec();
         write("otlp_traces", name, &bytes);
         http_seeds(name, &request, 4);
-        let converted = convert::traces(request, &catalog, NOW, ());
+        let converted = convert::traces_request(&request, &catalog, NOW, ()).expect("a request");
         let mut body = Vec::new();
         rows::encode(&catalog, &converted.events, &mut body);
         bodies.push(body);

@@ -1,8 +1,8 @@
 //! What the fuzz targets share: each target is a few lines calling one of these, so the seed
 //! generator (`examples/seeds.rs`) and the targets agree on the input formats.
 //!
-//! Every function here drives the collector's real code path (shape check, prost decode,
-//! catalogue mapping, spool record encoding, spool recovery, settings parsing); nothing is a
+//! Every function here drives the collector's real code path (shape check, reading records in
+//! place, catalogue mapping, spool record encoding, spool recovery, settings parsing); nothing is a
 //! copy. The assertions are properties the collector promises, not only "no panic".
 
 use std::path::{Path, PathBuf};
@@ -41,17 +41,16 @@ fn limits() -> &'static Limits {
 }
 
 /// The receive path of one export request's bytes, as `receiver::ingest` runs it: shape check
-/// with the default limits, prost decode, validate and map with the built-in catalogue (the
-/// records the shape refused skipped), encode the spool record's rows body; then the writer's
-/// side, decoding that body again.
+/// with the default limits, read each record in place, validate and map it with the built-in
+/// catalogue (the records the shape refused skipped), encode the spool record's rows body; then
+/// the writer's side, decoding that body again.
 ///
 /// Asserts:
 /// - the shape prices at most what [`Shape::worst_case_bytes`] says a request of its size can
 ///   cost (the admission budget relies on it);
+/// - the receiver refuses exactly the requests prost refuses;
 /// - the shape counts the same records prost decodes, and names only records that exist (the
 ///   refusals are applied by position, so a disagreement would refuse the wrong records);
-/// - each record's bytes, where the shape found them, decode to that record (derived ids hash
-///   them);
 /// - a record the shape did not refuse has at most `max_attributes` attributes;
 /// - every record is either mapped or rejected, never lost;
 /// - the rows body decodes to exactly the mapped events (cut-text notes aside, which are not
@@ -72,54 +71,55 @@ pub fn otlp(bytes: &[u8], signal: Signal) {
         "violations out of order: {:?}",
         shape.violations
     );
-    let skip = Violations::new(&shape, bytes);
+    let skip = Violations::new(&shape);
     let converted = match signal {
         Signal::Log => {
-            let Ok(request) = ExportLogs::decode(bytes) else {
+            let walked = convert::logs(bytes, catalog(), NOW, skip);
+            let decoded = ExportLogs::decode(bytes);
+            agree(decoded.is_ok(), &walked);
+            let (Ok(request), Ok(converted)) = (decoded, walked) else {
                 return;
             };
-            let records: Vec<_> = request
+            let attributes = request
                 .resource_logs
                 .iter()
                 .flat_map(|r| &r.scope_logs)
                 .flat_map(|s| &s.log_records)
+                .map(|r| r.attributes.len())
                 .collect();
-            check_record_bytes(&shape, bytes, &records);
-            let attributes = records.iter().map(|r| r.attributes.len()).collect();
             check_shape(&shape, attributes, limits);
-            convert::logs(request, catalog(), NOW, skip)
+            converted
         }
         Signal::Span => {
-            let Ok(request) = ExportTraces::decode(bytes) else {
+            let walked = convert::traces(bytes, catalog(), NOW, skip);
+            let decoded = ExportTraces::decode(bytes);
+            agree(decoded.is_ok(), &walked);
+            let (Ok(request), Ok(converted)) = (decoded, walked) else {
                 return;
             };
-            let spans: Vec<_> = request
+            let attributes = request
                 .resource_spans
                 .iter()
                 .flat_map(|r| &r.scope_spans)
                 .flat_map(|s| &s.spans)
+                .map(|s| s.attributes.len())
                 .collect();
-            check_record_bytes(&shape, bytes, &spans);
-            let attributes = spans.iter().map(|s| s.attributes.len()).collect();
             check_shape(&shape, attributes, limits);
-            convert::traces(request, catalog(), NOW, skip)
+            converted
         }
     };
     round_trip(&converted);
 }
 
-/// Each record's bytes, where the shape found them, decode to that record (derived ids hash
-/// those bytes, so they must be the record's and no other's).
-fn check_record_bytes<M: Message + Default + PartialEq + std::fmt::Debug>(
-    shape: &Shape,
-    bytes: &[u8],
-    records: &[&M],
-) {
-    assert_eq!(shape.record_bytes.len(), records.len(), "records found");
-    for (i, (range, record)) in shape.record_bytes.iter().zip(records).enumerate() {
-        let found = M::decode(&bytes[range.clone()]).expect("a decoded request's record decodes");
-        assert_eq!(&found, *record, "record {i} at {range:?}");
+/// The receiver refuses a request exactly when prost's decoder does.
+fn agree<T, E: std::fmt::Display>(prost_decodes: bool, walked: &Result<T, E>) {
+    if let (true, Err(e)) = (prost_decodes, walked) {
+        panic!("prost decodes the request, the receiver refuses it: {e}");
     }
+    assert!(
+        prost_decodes || walked.is_err(),
+        "prost refuses the request, the receiver takes it"
+    );
 }
 
 /// The size limit the `otlp_http` target inflates to (as `max_request_bytes`).
@@ -150,11 +150,7 @@ pub fn otlp_http(data: &[u8]) {
     match unpack_body(body.clone(), gzip, json, signal, HTTP_LIMIT) {
         Ok(bytes) => {
             if !json {
-                assert!(
-                    bytes.len() <= HTTP_LIMIT,
-                    "{} bytes past the limit",
-                    bytes.len()
-                );
+                assert!(bytes.len() <= HTTP_LIMIT, "{} bytes past the limit", bytes.len());
             } else {
                 let decodes = match signal {
                     Signal::Log => ExportLogs::decode(&bytes[..]).is_ok(),
@@ -165,10 +161,7 @@ pub fn otlp_http(data: &[u8]) {
             otlp(&bytes, signal);
         }
         Err(Unpacked::TooLarge { .. }) => {
-            assert!(
-                gzip || body.len() > HTTP_LIMIT,
-                "a plain body within the limit refused"
-            );
+            assert!(gzip || body.len() > HTTP_LIMIT, "a plain body within the limit refused");
         }
         Err(Unpacked::Gzip(_) | Unpacked::Json(_)) => {
             assert!(gzip || json, "a plain body failed to unpack");

@@ -12,10 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use usage_collector::catalog::{Catalog, Mapped, RowBatch};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use usage_collector::catalog::{Catalog, Mapped, RowBatch, convert};
 use usage_collector::config::DatabaseSettings;
-use usage_collector::event::{Origin, UsageEvent};
 use usage_collector::sink::{ErrorKind, Sink};
 use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
@@ -70,15 +71,35 @@ fn records(service: &str) -> Vec<LogRecord> {
 fn mapped(catalog: &Catalog) -> Vec<Mapped> {
     let mut out = Vec::new();
     for service in ["ide", "shop"] {
-        let name: Arc<str> = Arc::from(service);
-        let resource = vec![kv("service.name", service)];
-        let origin = Origin::new(&resource, None, &name, base());
-        for record in records(service) {
-            let mut event = UsageEvent::from_log(record, None, &origin).expect("a valid record");
-            out.push(catalog.map(&mut event).expect("a mappable event"));
-        }
+        out.extend(map_records(catalog, service, records(service)));
     }
     out
+}
+
+/// `records` of `service` (a resource naming only the service, no scope), mapped by the
+/// collector's own conversion, every one valid.
+fn map_records(catalog: &Catalog, service: &str, records: Vec<LogRecord>) -> Vec<Mapped> {
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", service)],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let converted =
+        convert::logs_request(&request, catalog, base(), ()).expect("prost's encoding decodes");
+    assert_eq!(
+        converted.rejected.count, 0,
+        "every record valid and mappable: {:?}",
+        converted.rejected.first
+    );
+    converted.events
 }
 
 async fn sink(db: &TestDb) -> Sink {
@@ -370,24 +391,20 @@ async fn a_session_race_after_part_of_a_batch_went_in_counts_once_on_mariadb() {
          END IF; END"
     ))
     .await;
-    let name: Arc<str> = Arc::from("ide");
-    let resource = vec![kv("service.name", "ide")];
-    let origin = Origin::new(&resource, None, &name, base());
-    let events: Vec<Mapped> = (0..SESSIONS)
+    let records = (0..SESSIONS)
         .map(|n| {
             let session = format!("r{n:04}");
-            let record = event(
+            event(
                 "page_visit",
                 base() + n * 1_000_000,
                 vec![
                     kv("session.id", session.as_str()),
                     kv("url.path", format!("/p/{n}").as_str()),
                 ],
-            );
-            let mut event = UsageEvent::from_log(record, None, &origin).expect("a valid record");
-            sink.catalog().map(&mut event).expect("a mappable event")
+            )
         })
         .collect();
+    let events = map_records(sink.catalog(), "ide", records);
     write(&sink, &events, events.len()).await;
     assert_eq!(
         db.texts("SELECT CAST(n AS CHAR) FROM race_once").await[0][0].as_deref(),

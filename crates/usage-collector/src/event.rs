@@ -4,16 +4,24 @@
 //! duration and status — by the contract in DESIGN.md. What the attributes must contain is the
 //! catalogue's business ([`crate::catalog`]); a [`UsageEvent`] only promises that it has a name,
 //! a stable id and a time.
+//!
+//! Records are read as borrowed views of the request's bytes ([`wire`]): an event borrows its
+//! name from them, and its attributes stay there for the catalogue to read.
 
+pub mod wire;
+
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
 use prost::Message;
 use sha1::{Digest, Sha1};
 use usage_tracker::catalog::keys;
 use uuid::Uuid;
+
+use wire::{Scope, Value};
 
 /// Namespace of the name-based (v5) UUIDs the collector derives for an `event.id` that is not a
 /// UUID, and of the hashes below the time in derived ids. Changing it would change every
@@ -66,13 +74,15 @@ pub struct SpanFacts {
     pub status_set: bool,
 }
 
-/// A usage event: named, identified and timed.
-#[derive(Debug, Clone)]
-pub struct UsageEvent {
+/// A usage event: named, identified and timed. Its attributes stay in the record it was read
+/// from ([`wire::LogRecord::attributes`], [`wire::Span::attributes`]), which the catalogue
+/// maps with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageEvent<'a> {
     /// Stable across client retries: from `event.id`, else the span's ids, else a hash.
     pub id: Uuid,
-    /// The event's name, which selects its table.
-    pub name: String,
+    /// The event's name, which selects its table (borrowed from the record).
+    pub name: Cow<'a, str>,
     /// When it happened, in nanoseconds since the Unix epoch.
     pub time_unix_nano: u64,
     /// The resource's `service.name`.
@@ -85,8 +95,6 @@ pub struct UsageEvent {
     pub span_id: Option<[u8; 8]>,
     /// Duration and status, for events that arrived as spans.
     pub span: Option<SpanFacts>,
-    /// The record's attributes, as sent.
-    pub attributes: Vec<KeyValue>,
 }
 
 /// Why a record could not become an event.
@@ -141,7 +149,7 @@ impl DecodeError {
 /// The service named by a resource's attributes, without trailing spaces (MySQL compares
 /// strings without them, so `web-ide ` and `web-ide` are one service there, and so they are
 /// everywhere: in keys, derived ids and token checks).
-pub fn service_name(resource_attributes: &[KeyValue]) -> Arc<str> {
+pub fn service_name(resource_attributes: &[wire::KeyValue<'_>]) -> Arc<str> {
     match find(resource_attributes, keys::SERVICE_NAME)
         .and_then(as_str)
         .map(|name| name.trim_end_matches(' '))
@@ -151,57 +159,49 @@ pub fn service_name(resource_attributes: &[KeyValue]) -> Arc<str> {
     }
 }
 
-/// Finds an attribute's value by key.
-pub fn find<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a any_value::Value> {
+/// Finds the value of the first attribute named `key` (`None` when that attribute has no
+/// value, or an empty one).
+pub fn find<'v, 'a>(attributes: &'v [wire::KeyValue<'a>], key: &str) -> Option<&'v Value<'a>> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref())
-        .and_then(|v| v.value.as_ref())
-}
-
-/// The value of the first attribute named `key`, to take its contents.
-pub fn find_mut<'a>(attributes: &'a mut [KeyValue], key: &str) -> Option<&'a mut any_value::Value> {
-    attributes
-        .iter_mut()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.as_mut())
-        .and_then(|v| v.value.as_mut())
+        .filter(|value| **value != Value::Empty)
 }
 
 /// The value as a string slice, if it is a string.
-pub fn as_str(value: &any_value::Value) -> Option<&str> {
+pub fn as_str<'a>(value: &Value<'a>) -> Option<&'a str> {
     match value {
-        any_value::Value::StringValue(s) => Some(s),
+        Value::Str(s) => Some(s),
         _ => None,
     }
 }
 
 /// A short description of a value's type and content, for error messages.
-pub fn describe(value: &any_value::Value) -> String {
-    use any_value::Value as V;
+pub fn describe(value: &Value<'_>) -> String {
     match value {
-        V::StringValue(s) if s.chars().count() > 40 => {
+        Value::Str(s) if s.chars().count() > 40 => {
             format!("string {:?}…", s.chars().take(40).collect::<String>())
         }
-        V::StringValue(s) => format!("string {s:?}"),
-        V::BoolValue(b) => format!("bool {b}"),
-        V::IntValue(i) => format!("int {i}"),
-        V::DoubleValue(d) => format!("double {d}"),
-        V::ArrayValue(a) => format!("array of {}", a.values.len()),
-        V::KvlistValue(l) => format!("key-value list of {}", l.values.len()),
-        V::BytesValue(b) => format!("{} bytes", b.len()),
-        V::StringValueStrindex(_) => "string table reference".to_owned(),
+        Value::Str(s) => format!("string {s:?}"),
+        Value::Bool(b) => format!("bool {b}"),
+        Value::Int(i) => format!("int {i}"),
+        Value::Double(d) => format!("double {d}"),
+        Value::Array(a) => format!("array of {}", a.len()),
+        Value::KvList(l) => format!("key-value list of {}", l.len()),
+        Value::Bytes(b) => format!("{} bytes", b.len()),
+        Value::StrIndex(_) => "string table reference".to_owned(),
+        Value::Empty => "no value".to_owned(),
     }
 }
 
 fn identity_attr<'a>(
-    attributes: &'a [KeyValue],
+    attributes: &[wire::KeyValue<'a>],
     key: &'static str,
 ) -> Result<Option<&'a str>, DecodeError> {
     match find(attributes, key) {
         None => Ok(None),
-        Some(any_value::Value::StringValue(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(Value::Str(s)) if !s.is_empty() => Ok(Some(s)),
         Some(other) => Err(DecodeError::BadIdentity {
             key,
             got: describe(other),
@@ -252,13 +252,14 @@ fn span_id(bytes: &[u8]) -> Option<[u8; 8]> {
 }
 
 /// Where a record came from, for the deterministic id of records without `event.id`.
+#[derive(Debug, Clone)]
 pub struct Origin<'a> {
     /// The instrumentation scope.
-    pub scope: Option<&'a InstrumentationScope>,
+    scope: Option<Scope<'a>>,
     /// The service, from the resource.
-    pub service: &'a Arc<str>,
+    service: Arc<str>,
     /// Receive time, used when the record carries no time at all.
-    pub now_unix_nano: u64,
+    now_unix_nano: u64,
     /// A digest of the service, the resource and the scope, computed once for all their
     /// records, so that deriving an id costs the record's bytes, not the resource's again for
     /// every record. The service is in it even when the resource does not name it (a token
@@ -269,16 +270,20 @@ pub struct Origin<'a> {
 impl<'a> Origin<'a> {
     /// The origin of the records of one resource and scope.
     pub fn new(
-        resource: &[KeyValue],
-        scope: Option<&'a InstrumentationScope>,
-        service: &'a Arc<str>,
+        resource: &[wire::KeyValue<'_>],
+        scope: Option<Scope<'a>>,
+        service: &Arc<str>,
         now_unix_nano: u64,
     ) -> Self {
         let mut bytes = Vec::with_capacity(256);
         bytes.extend_from_slice(service.as_bytes());
         bytes.push(0);
+        // Prost's encoding of each attribute, whatever encoding the client sent: ids stay
+        // those the collector derived when it decoded requests with prost.
         for kv in resource {
-            kv.encode(&mut bytes).expect("a Vec grows as needed");
+            wire::to_prost(kv)
+                .encode(&mut bytes)
+                .expect("a Vec grows as needed");
         }
         if let Some(scope) = scope {
             bytes.extend_from_slice(scope.name.as_bytes());
@@ -288,7 +293,7 @@ impl<'a> Origin<'a> {
         }
         Origin {
             scope,
-            service,
+            service: service.clone(),
             now_unix_nano,
             digest: *Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes).as_bytes(),
         }
@@ -298,85 +303,64 @@ impl<'a> Origin<'a> {
     fn check_not_own(&self) -> Result<(), DecodeError> {
         match self.scope {
             Some(scope) if scope.name == SELF_SCOPE => Err(DecodeError::OwnTelemetry {
-                scope: scope.name.clone(),
+                scope: scope.name.to_owned(),
             }),
             _ => Ok(()),
         }
     }
 
     /// The record's time (0 when it has none: the receive time would differ on a retry) above
-    /// a hash of the origin's digest and the record's bytes: the same record from the same
-    /// origin always gets the same id, and ids sort by time ([`time_ordered_id`]).
-    ///
-    /// `received` is the record's bytes as they arrived, when the receiver has them: hashing
-    /// them saves encoding the decoded record again (a third of deriving an id), and fields
-    /// this collector does not know still tell two records apart (re-encoding drops them). A
-    /// canonical encoder's bytes (every OTLP SDK's, and what OTLP/JSON is turned into) are the
-    /// encoding of the decoded record, so both give the same id.
-    fn hashed_id(
-        &self,
-        record: &impl Message,
-        received: Option<&[u8]>,
-        time_unix_nano: u64,
-    ) -> Uuid {
+    /// a hash of the origin's digest and the record's bytes as received: the same record from
+    /// the same origin always gets the same id, and ids sort by time ([`time_ordered_id`]).
+    /// Fields this collector does not know still tell two records apart, and a canonical
+    /// encoder's bytes (every OTLP SDK's, and what OTLP/JSON is turned into) are prost's
+    /// encoding of the record.
+    fn hashed_id(&self, received: &[u8], time_unix_nano: u64) -> Uuid {
         let mut sha1 = Sha1::new();
         sha1.update(EVENT_ID_NAMESPACE.as_bytes());
         sha1.update(self.digest);
-        match received {
-            Some(bytes) => sha1.update(bytes),
-            None => sha1.update(record.encode_to_vec()),
-        }
+        sha1.update(received);
         time_ordered_id(time_unix_nano, &name_based(sha1))
     }
 }
 
-impl UsageEvent {
-    /// Decodes a log record; `received` is its bytes as they arrived, when known (see
-    /// [`Origin`]'s derived ids).
-    pub fn from_log(
-        record: LogRecord,
-        received: Option<&[u8]>,
-        origin: &Origin<'_>,
-    ) -> Result<Self, DecodeError> {
+impl<'a> UsageEvent<'a> {
+    /// Decodes a log record read from a request.
+    pub fn of_log(record: &wire::LogRecord<'a>, origin: &Origin<'_>) -> Result<Self, DecodeError> {
         origin.check_not_own()?;
         let attr_name = identity_attr(&record.attributes, keys::EVENT_NAME)?;
         let name = if record.event_name.is_empty() {
-            attr_name.ok_or(DecodeError::NoName)?.to_owned()
+            attr_name.ok_or(DecodeError::NoName)?
         } else {
-            record.event_name.clone()
+            record.event_name
         };
         let record_time = [record.time_unix_nano, record.observed_time_unix_nano]
             .into_iter()
             .find(|t| *t != 0);
         let id = match identity_attr(&record.attributes, keys::EVENT_ID)? {
             Some(event_id) => id_from_attribute(event_id),
-            None => origin.hashed_id(&record, received, record_time.unwrap_or(0)),
+            None => origin.hashed_id(record.bytes, record_time.unwrap_or(0)),
         };
         let time_unix_nano = record_time.unwrap_or(origin.now_unix_nano);
         Ok(UsageEvent {
             id,
-            name,
+            name: Cow::Borrowed(name),
             time_unix_nano,
             service: origin.service.clone(),
             signal: Signal::Log,
-            trace_id: trace_id(&record.trace_id),
-            span_id: span_id(&record.span_id),
+            trace_id: trace_id(record.trace_id),
+            span_id: span_id(record.span_id),
             span: None,
-            attributes: record.attributes,
         })
     }
 
-    /// Decodes a span: its start is the event's time, end − start its duration. `received` is
-    /// its bytes as they arrived, when known.
-    pub fn from_span(
-        span: Span,
-        received: Option<&[u8]>,
-        origin: &Origin<'_>,
-    ) -> Result<Self, DecodeError> {
+    /// Decodes a span read from a request: its start is the event's time, end − start its
+    /// duration.
+    pub fn of_span(span: &wire::Span<'a>, origin: &Origin<'_>) -> Result<Self, DecodeError> {
         origin.check_not_own()?;
         let name = match identity_attr(&span.attributes, keys::EVENT_NAME)? {
-            Some(name) => name.to_owned(),
-            None if !span.name.is_empty() => span.name.clone(),
+            Some(name) => name,
+            None if !span.name.is_empty() => span.name,
             None => return Err(DecodeError::NoName),
         };
         if span.end_time_unix_nano < span.start_time_unix_nano {
@@ -385,7 +369,7 @@ impl UsageEvent {
                 end: span.end_time_unix_nano,
             });
         }
-        let (trace, own_span) = (trace_id(&span.trace_id), span_id(&span.span_id));
+        let (trace, own_span) = (trace_id(span.trace_id), span_id(span.span_id));
         let id = match identity_attr(&span.attributes, keys::EVENT_ID)? {
             Some(event_id) => id_from_attribute(event_id),
             None => match (trace, own_span) {
@@ -401,7 +385,7 @@ impl UsageEvent {
                         &Uuid::new_v5(&EVENT_ID_NAMESPACE, &key),
                     )
                 }
-                _ => origin.hashed_id(&span, received, span.start_time_unix_nano),
+                _ => origin.hashed_id(span.bytes, span.start_time_unix_nano),
             },
         };
         let duration_ns = span.end_time_unix_nano - span.start_time_unix_nano;
@@ -410,7 +394,7 @@ impl UsageEvent {
                 let message = if status.message.is_empty() {
                     "span status is error".to_owned()
                 } else {
-                    status.message.clone()
+                    status.message.to_owned()
                 };
                 (Some(message), true)
             }
@@ -424,7 +408,7 @@ impl UsageEvent {
         };
         Ok(UsageEvent {
             id,
-            name,
+            name: Cow::Borrowed(name),
             time_unix_nano,
             service: origin.service.clone(),
             signal: Signal::Span,
@@ -436,8 +420,47 @@ impl UsageEvent {
                 error,
                 status_set,
             }),
-            attributes: span.attributes,
         })
+    }
+
+    /// The event, owning its name.
+    pub fn into_owned(self) -> UsageEvent<'static> {
+        UsageEvent {
+            name: Cow::Owned(self.name.into_owned()),
+            ..self
+        }
+    }
+}
+
+impl UsageEvent<'static> {
+    /// Decodes a log record built in memory (tests, benches, fixtures), through prost's
+    /// encoding of it and [`UsageEvent::of_log`]; `received` stands for its bytes as they
+    /// arrived, when they differ from that encoding.
+    pub fn from_log(
+        record: LogRecord,
+        received: Option<&[u8]>,
+        origin: &Origin<'_>,
+    ) -> Result<Self, DecodeError> {
+        let encoded = record.encode_to_vec();
+        let mut view = wire::LogRecord::default();
+        wire::Record::decode(&mut view, &encoded, wire::RECURSION_LIMIT)
+            .expect("prost's encoding of a record nested as deep as prost decodes");
+        view.bytes = received.unwrap_or(&encoded);
+        UsageEvent::of_log(&view, origin).map(UsageEvent::into_owned)
+    }
+
+    /// Decodes a span built in memory, as [`UsageEvent::from_log`] does a log record.
+    pub fn from_span(
+        span: Span,
+        received: Option<&[u8]>,
+        origin: &Origin<'_>,
+    ) -> Result<Self, DecodeError> {
+        let encoded = span.encode_to_vec();
+        let mut view = wire::Span::default();
+        wire::Record::decode(&mut view, &encoded, wire::RECURSION_LIMIT)
+            .expect("prost's encoding of a span nested as deep as prost decodes");
+        view.bytes = received.unwrap_or(&encoded);
+        UsageEvent::of_span(&view, origin).map(UsageEvent::into_owned)
     }
 }
 

@@ -11,7 +11,8 @@
 //!   one ingest path for both — admission before decoding (size, records, per-record limits,
 //!   memory budget, spool headroom), decoding on its own threads, partial success, the answer
 //!   once the spool has the request.
-//! - [`event`]: one usage event decoded from a log record or span: name, id, time, service.
+//! - [`event`]: one usage event decoded from a log record or span: name, id, time, service;
+//!   [`event::wire`] reads the records in place from the request's protobuf bytes.
 //! - [`catalog`]: which event goes to which table and column; type and range checks; text cut
 //!   to fit; a whole request converted.
 //! - [`spool`]: the durable write-ahead log an accepted request is `fsync`ed to before OK, and

@@ -1,14 +1,18 @@
-//! From an OTLP export request to mapped events: each record decoded ([`crate::event`]) and
-//! mapped ([`super::mapping`]) on its own, with a count and description of those refused.
+//! From an OTLP export request's bytes to mapped events: each record read in place
+//! ([`crate::event::wire`]), decoded ([`crate::event`]) and mapped ([`super::mapping`]) on its
+//! own, with a count and description of those refused. Nothing of a record is copied but the
+//! values its row keeps.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
 
 use crate::catalog::{Catalog, Mapped};
-use crate::event::{Origin, UsageEvent, service_name};
+use crate::event::wire::{self, KeyValue, Malformed, Scope};
+use crate::event::{DecodeError, Origin, UsageEvent, service_name};
 
 /// The records of one request that could not become rows.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -60,56 +64,74 @@ pub struct Converted {
     pub services: std::collections::BTreeSet<Arc<str>>,
 }
 
-/// What the receiver learnt of each record before decoding: whether it is refused (it broke a
-/// per-record limit), and the bytes it arrived as.
+/// Which records the receiver refuses before decoding (they broke a per-record limit).
 pub trait Skip {
     /// Why the `index`-th record of the request is refused, if it is.
     fn refused(&mut self, index: usize) -> Option<(&'static str, String)>;
-
-    /// The `index`-th record's bytes as received, if known: derived ids hash them instead of
-    /// encoding the decoded record again ([`UsageEvent::from_log`]).
-    fn received(&self, _index: usize) -> Option<&[u8]> {
-        None
-    }
 }
 
-/// Nothing is refused before decoding, and the records' bytes are not known.
+/// Nothing is refused before decoding.
 impl Skip for () {
     fn refused(&mut self, _index: usize) -> Option<(&'static str, String)> {
         None
     }
 }
 
-struct Builder<'a, S> {
-    catalog: &'a Catalog,
+/// Converts the records a walk over a request shows it.
+struct Builder<'c, 'a, S> {
+    catalog: &'c Catalog,
     skip: S,
+    now: u64,
     out: Converted,
+    /// The current resource's service and the current scope's origin.
+    service: Arc<str>,
+    origin: Option<Origin<'a>>,
+    /// Resource groups so far, scope groups of the current one, records of the current scope.
+    resources: usize,
+    scopes: usize,
+    records: usize,
+    /// Valid events by service and name, looked up without allocating a key per event.
+    tally: HashMap<Arc<str>, HashMap<String, u64>>,
 }
 
-impl<'a, S: Skip> Builder<'a, S> {
-    fn new(catalog: &'a Catalog, skip: S) -> Self {
+impl<'c, 'a, S: Skip> Builder<'c, 'a, S> {
+    fn new(catalog: &'c Catalog, now: u64, skip: S) -> Self {
         Self {
             catalog,
             skip,
+            now,
             out: Converted::default(),
+            service: Arc::from(""),
+            origin: None,
+            resources: 0,
+            scopes: 0,
+            records: 0,
+            tally: HashMap::new(),
         }
     }
 
-    /// Adds the next record: refused before decoding, or decoded by `decode` and mapped.
+    /// Adds the next record: refused before decoding, or decoded by `decode` and mapped with
+    /// its `attributes`.
     fn add(
         &mut self,
-        decode: impl FnOnce(Option<&[u8]>) -> Result<UsageEvent, crate::event::DecodeError>,
+        attributes: &[KeyValue<'_>],
+        decode: impl FnOnce(&Origin<'_>) -> Result<UsageEvent<'a>, DecodeError>,
         position: impl Fn() -> String,
     ) {
         let index = self.out.received as usize;
         self.out.received += 1;
+        self.records += 1;
         if let Some((reason, why)) = self.skip.refused(index) {
             return self
                 .out
                 .rejected
                 .add(reason, || format!("{}: {why}", position()));
         }
-        let mut event = match decode(self.skip.received(index)) {
+        let origin = self
+            .origin
+            .as_ref()
+            .expect("a walk shows a record's scope before the record");
+        let event = match decode(origin) {
             Ok(event) => event,
             Err(e) => {
                 return self
@@ -118,15 +140,20 @@ impl<'a, S: Skip> Builder<'a, S> {
                     .add(e.reason(), || format!("{}: {e}", position()));
             }
         };
-        match self.catalog.map(&mut event) {
+        match self.catalog.map(&event, attributes) {
             Ok(mut mapped) => {
                 self.out.truncated.append(&mut mapped.truncated);
                 self.out.events.push(mapped);
-                *self
-                    .out
-                    .tally
-                    .entry((event.service, event.name))
-                    .or_default() += 1;
+                let names = match self.tally.get_mut(&event.service) {
+                    Some(names) => names,
+                    None => self.tally.entry(event.service.clone()).or_default(),
+                };
+                match names.get_mut(event.name.as_ref()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        names.insert(event.name.into_owned(), 1);
+                    }
+                }
             }
             Err(e) => self.out.rejected.add(e.reason(), || {
                 format!("{} (event `{}`): {e}", position(), event.name)
@@ -134,69 +161,133 @@ impl<'a, S: Skip> Builder<'a, S> {
         }
     }
 
-    fn finish(self) -> Converted {
+    fn finish(mut self) -> Converted {
+        for (service, names) in self.tally {
+            for (name, n) in names {
+                self.out.tally.insert((service.clone(), name), n);
+            }
+        }
         self.out
     }
+
+    fn next_resource(&mut self, attributes: &[KeyValue<'a>]) {
+        self.service = service_name(attributes);
+        self.out.services.insert(self.service.clone());
+        self.resources += 1;
+        self.scopes = 0;
+    }
+
+    fn next_scope(&mut self, resource: &[KeyValue<'a>], scope: Option<Scope<'a>>) {
+        self.origin = Some(Origin::new(resource, scope, &self.service, self.now));
+        self.scopes += 1;
+        self.records = 0;
+    }
+
+    /// (resource, scope, record) of the next record, for messages.
+    fn position(&self) -> (usize, usize, usize) {
+        (
+            self.resources.saturating_sub(1),
+            self.scopes.saturating_sub(1),
+            self.records,
+        )
+    }
 }
 
-/// Converts a logs request received at `now`; each record is decoded and mapped on its own,
-/// except those `skip` refuses.
+impl<'a, S: Skip> wire::Visit<'a, wire::LogRecord<'a>> for Builder<'_, 'a, S> {
+    fn resource(&mut self, attributes: &[KeyValue<'a>]) {
+        self.next_resource(attributes);
+    }
+
+    fn scope(&mut self, resource: &[KeyValue<'a>], scope: Option<Scope<'a>>) {
+        self.next_scope(resource, scope);
+    }
+
+    fn record(&mut self, record: &wire::LogRecord<'a>) {
+        let (r, s, i) = self.position();
+        self.add(
+            &record.attributes,
+            |origin| UsageEvent::of_log(record, origin),
+            || format!("log record {i} of resource {r}, scope {s}"),
+        );
+    }
+}
+
+impl<'a, S: Skip> wire::Visit<'a, wire::Span<'a>> for Builder<'_, 'a, S> {
+    fn resource(&mut self, attributes: &[KeyValue<'a>]) {
+        self.next_resource(attributes);
+    }
+
+    fn scope(&mut self, resource: &[KeyValue<'a>], scope: Option<Scope<'a>>) {
+        self.next_scope(resource, scope);
+    }
+
+    fn record(&mut self, span: &wire::Span<'a>) {
+        let (r, s, i) = self.position();
+        self.add(
+            &span.attributes,
+            |origin| UsageEvent::of_span(span, origin),
+            || format!("span {i} of resource {r}, scope {s}"),
+        );
+    }
+}
+
+/// Converts a logs request's protobuf bytes received at `now`; each record is decoded and
+/// mapped on its own, except those `skip` refuses. Bytes that are not a logs export request
+/// are refused whole, with prost's description of what is wrong.
 pub fn logs<S: Skip>(
-    request: ExportLogsServiceRequest,
+    request: &[u8],
     catalog: &Catalog,
     now: u64,
     skip: S,
-) -> Converted {
-    let mut builder = Builder::new(catalog, skip);
-    for (r, resource_logs) in request.resource_logs.into_iter().enumerate() {
-        let resource = resource_logs.resource.unwrap_or_default();
-        let service: Arc<str> = service_name(&resource.attributes);
-        builder.out.services.insert(service.clone());
-        for (s, scope_logs) in resource_logs.scope_logs.into_iter().enumerate() {
-            let origin = Origin::new(
-                &resource.attributes,
-                scope_logs.scope.as_ref(),
-                &service,
-                now,
-            );
-            for (i, record) in scope_logs.log_records.into_iter().enumerate() {
-                builder.add(
-                    |received| UsageEvent::from_log(record, received, &origin),
-                    || format!("log record {i} of resource {r}, scope {s}"),
-                );
-            }
-        }
+) -> Result<Converted, Malformed> {
+    let mut builder = Builder::new(catalog, now, skip);
+    match wire::request::<wire::LogRecord<'_>>(request, &mut builder) {
+        Ok(()) => Ok(builder.finish()),
+        Err(e) => Err(described::<ExportLogsServiceRequest>(request, e)),
     }
-    builder.finish()
 }
 
-/// Converts a traces request received at `now`; each span is decoded and mapped on its own,
-/// except those `skip` refuses.
+/// Converts a traces request's protobuf bytes received at `now`, as [`logs`] does.
 pub fn traces<S: Skip>(
-    request: ExportTraceServiceRequest,
+    request: &[u8],
     catalog: &Catalog,
     now: u64,
     skip: S,
-) -> Converted {
-    let mut builder = Builder::new(catalog, skip);
-    for (r, resource_spans) in request.resource_spans.into_iter().enumerate() {
-        let resource = resource_spans.resource.unwrap_or_default();
-        let service: Arc<str> = service_name(&resource.attributes);
-        builder.out.services.insert(service.clone());
-        for (s, scope_spans) in resource_spans.scope_spans.into_iter().enumerate() {
-            let origin = Origin::new(
-                &resource.attributes,
-                scope_spans.scope.as_ref(),
-                &service,
-                now,
-            );
-            for (i, span) in scope_spans.spans.into_iter().enumerate() {
-                builder.add(
-                    |received| UsageEvent::from_span(span, received, &origin),
-                    || format!("span {i} of resource {r}, scope {s}"),
-                );
-            }
-        }
+) -> Result<Converted, Malformed> {
+    let mut builder = Builder::new(catalog, now, skip);
+    match wire::request::<wire::Span<'_>>(request, &mut builder) {
+        Ok(()) => Ok(builder.finish()),
+        Err(e) => Err(described::<ExportTraceServiceRequest>(request, e)),
     }
-    builder.finish()
+}
+
+/// The error prost's decoder gives for bytes the walk refused: the same words clients have
+/// always been answered with (prost names the message and field path; the walk does not
+/// build one). Only the refused request pays for it.
+fn described<R: Message + Default>(request: &[u8], walked: Malformed) -> Malformed {
+    match R::decode(request) {
+        Err(e) => Malformed::Wire(e),
+        Ok(_) => walked,
+    }
+}
+
+/// Converts a logs request built in memory (or decoded by prost, as the writer does with
+/// requests an earlier collector spooled), through its prost encoding.
+pub fn logs_request<S: Skip>(
+    request: &ExportLogsServiceRequest,
+    catalog: &Catalog,
+    now: u64,
+    skip: S,
+) -> Result<Converted, Malformed> {
+    logs(&request.encode_to_vec(), catalog, now, skip)
+}
+
+/// Converts a traces request built in memory, as [`logs_request`] does.
+pub fn traces_request<S: Skip>(
+    request: &ExportTraceServiceRequest,
+    catalog: &Catalog,
+    now: u64,
+    skip: S,
+) -> Result<Converted, Malformed> {
+    traces(&request.encode_to_vec(), catalog, now, skip)
 }

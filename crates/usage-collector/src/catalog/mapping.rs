@@ -9,14 +9,14 @@
 //! - every event with `session.id` updates that session's row (the sink adds the rows it
 //!   inserts to the session's counters).
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use time::{OffsetDateTime, PrimitiveDateTime};
 use usage_tracker::catalog::{self, AttrType, Attribute, SpanOverride, events, keys, tables};
 
 use super::rows::{SessionRow, Value};
 use super::tables::{self as table_defs, Column, ColumnType, Table, TableId};
 use crate::config::IpAnonymization;
-use crate::event::{UsageEvent, describe, find_mut};
+use crate::event::wire::{KeyValue, Value as V};
+use crate::event::{UsageEvent, describe, find};
 
 /// Why an event could not be mapped to a row.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -189,9 +189,13 @@ impl Catalog {
         &self.tables
     }
 
-    /// Maps one event, moving its attribute strings into the row instead of copying them
-    /// (the event keeps its name, service, ids and span facts).
-    pub fn map(&self, event: &mut UsageEvent) -> Result<Mapped, MapError> {
+    /// Maps one event with the attributes of the record it was read from, copying only the
+    /// values the row keeps.
+    pub fn map(
+        &self,
+        event: &UsageEvent<'_>,
+        attributes: &[KeyValue<'_>],
+    ) -> Result<Mapped, MapError> {
         let mut truncated = Vec::new();
         let time = timestamp(event.time_unix_nano)?;
         let spec = catalog::event(&event.name);
@@ -204,7 +208,7 @@ impl Catalog {
         self.check_retention(table_name, event.time_unix_nano)?;
         // Cut once here so the event row and the session row agree on the session's id.
         let [session_id, user_id] = [&catalog::COMMON[0], &catalog::COMMON[1]].map(|attribute| {
-            let mut value = text_attr(&mut event.attributes, attribute)?;
+            let mut value = text_attr(attributes, attribute)?;
             if let (Some(text), Some(width)) = (value.as_mut(), attribute.max_chars)
                 && cut(text, width)
             {
@@ -218,10 +222,9 @@ impl Catalog {
         if let Some(id) = session_id.as_mut() {
             id.truncate(id.trim_end_matches(' ').len());
         }
-        // Before the row takes the event's attributes.
         let (user_agent, ip_address) = (
-            session_text(event, keys::USER_AGENT),
-            session_text(event, keys::CLIENT_ADDRESS),
+            session_text(event, attributes, keys::USER_AGENT),
+            session_text(event, attributes, keys::CLIENT_ADDRESS),
         );
         let row = match table_id {
             Some(id) => {
@@ -233,8 +236,10 @@ impl Catalog {
                 values.push(user_id.clone().map_or(Value::Null, Value::Text));
                 values.push(Value::Time(time));
                 match spec {
-                    Some(spec) => self.fill_catalogue(event, spec, table, &mut values)?,
-                    None => fill_usage_event(event, self.ip, &mut values),
+                    Some(spec) => {
+                        self.fill_catalogue(event, attributes, spec, table, &mut values)?
+                    }
+                    None => fill_usage_event(event, attributes, self.ip, &mut values),
                 }
                 self.anonymize(table, &mut values);
                 cut_to_fit(table, &mut values, &mut truncated);
@@ -243,7 +248,7 @@ impl Catalog {
             None => {
                 // A session event's own attributes are checked even though it has no row.
                 for attribute in spec.map_or(&[][..], |s| s.attributes) {
-                    attribute_value(event, attribute, spec.map_or("", |s| s.name))?;
+                    attribute_value(event, attributes, attribute, spec.map_or("", |s| s.name))?;
                 }
                 None
             }
@@ -286,14 +291,15 @@ impl Catalog {
 
     fn fill_catalogue(
         &self,
-        event: &mut UsageEvent,
+        event: &UsageEvent<'_>,
+        attributes: &[KeyValue<'_>],
         spec: &'static catalog::Event,
         table: &Table,
         values: &mut Vec<Value>,
     ) -> Result<(), MapError> {
         for column in &table.columns[table_defs::EVENT_COLUMNS.len()..] {
             let value = match spec.attributes.iter().find(|a| a.column == column.name) {
-                Some(attribute) => attribute_value(event, attribute, spec.name)?,
+                Some(attribute) => attribute_value(event, attributes, attribute, spec.name)?,
                 None => Value::Null,
             };
             if let (ColumnType::Int32, Value::Int(int), Some(attribute)) = (
@@ -346,28 +352,28 @@ fn timestamp(unix_nano: u64) -> Result<PrimitiveDateTime, MapError> {
 }
 
 fn text_attr(
-    attributes: &mut [KeyValue],
+    attributes: &[KeyValue<'_>],
     attribute: &Attribute,
 ) -> Result<Option<String>, MapError> {
-    match find_mut(attributes, attribute.key) {
+    match find(attributes, attribute.key) {
         None => Ok(None),
-        Some(any_value::Value::StringValue(s)) => Ok(Some(std::mem::take(s))),
+        Some(V::Str(s)) => Ok(Some((*s).to_owned())),
         Some(other) => Err(wrong_type(attribute.key, "a string", other)),
     }
 }
 
 /// The session's user agent and address come from `session_start`, as the catalogue maps them.
-fn session_text(event: &mut UsageEvent, key: &str) -> Option<String> {
+fn session_text(event: &UsageEvent<'_>, attributes: &[KeyValue<'_>], key: &str) -> Option<String> {
     if event.name != events::SESSION_START {
         return None;
     }
-    match find_mut(&mut event.attributes, key) {
-        Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(std::mem::take(s)),
+    match find(attributes, key) {
+        Some(V::Str(s)) if !s.is_empty() => Some((*s).to_owned()),
         _ => None,
     }
 }
 
-fn wrong_type(key: &'static str, expected: &'static str, got: &any_value::Value) -> MapError {
+fn wrong_type(key: &'static str, expected: &'static str, got: &V<'_>) -> MapError {
     MapError::WrongType {
         key,
         expected,
@@ -375,10 +381,10 @@ fn wrong_type(key: &'static str, expected: &'static str, got: &any_value::Value)
     }
 }
 
-/// The attribute's value for its column; a string is moved out of the event (each attribute
-/// key is mapped to one column at most).
+/// The attribute's value for its column.
 fn attribute_value(
-    event: &mut UsageEvent,
+    event: &UsageEvent<'_>,
+    attributes: &[KeyValue<'_>],
     attribute: &Attribute,
     event_name: &'static str,
 ) -> Result<Value, MapError> {
@@ -394,7 +400,7 @@ fn attribute_value(
             _ => {}
         }
     }
-    let Some(value) = find_mut(&mut event.attributes, attribute.key) else {
+    let Some(value) = find(attributes, attribute.key) else {
         return if attribute.required {
             Err(MapError::MissingAttribute {
                 event: event_name,
@@ -404,33 +410,26 @@ fn attribute_value(
             Ok(Value::Null)
         };
     };
-    use any_value::Value as V;
     let key = attribute.key;
     Ok(match (attribute.ty, value) {
-        (AttrType::Str | AttrType::StrOrFirstOfArray, V::StringValue(s)) => {
-            Value::Text(std::mem::take(s))
-        }
-        (AttrType::StrOrFirstOfArray, V::ArrayValue(array)) => {
-            match array.values.first_mut().and_then(|v| v.value.as_mut()) {
-                None => Value::Null,
-                Some(V::StringValue(s)) => Value::Text(std::mem::take(s)),
-                Some(other) => return Err(wrong_type(key, "a string or string array", other)),
-            }
-        }
+        (AttrType::Str | AttrType::StrOrFirstOfArray, V::Str(s)) => Value::Text((*s).to_owned()),
+        (AttrType::StrOrFirstOfArray, V::Array(values)) => match values.first() {
+            None | Some(V::Empty) => Value::Null,
+            Some(V::Str(s)) => Value::Text((*s).to_owned()),
+            Some(other) => return Err(wrong_type(key, "a string or string array", other)),
+        },
         (AttrType::Str, other) => return Err(wrong_type(key, "a string", other)),
         (AttrType::StrOrFirstOfArray, other) => {
             return Err(wrong_type(key, "a string or string array", other));
         }
-        (AttrType::Int, V::IntValue(i)) => Value::Int(*i),
-        (AttrType::Int, V::DoubleValue(d))
-            if d.fract() == 0.0 && d.abs() < 9_007_199_254_740_992.0 =>
-        {
+        (AttrType::Int, V::Int(i)) => Value::Int(*i),
+        (AttrType::Int, V::Double(d)) if d.fract() == 0.0 && d.abs() < 9_007_199_254_740_992.0 => {
             Value::Int(*d as i64)
         }
         (AttrType::Int, other) => return Err(wrong_type(key, "an integer", other)),
-        (AttrType::Bool, V::BoolValue(b)) => Value::Bool(*b),
+        (AttrType::Bool, V::Bool(b)) => Value::Bool(*b),
         (AttrType::Bool, other) => return Err(wrong_type(key, "a boolean", other)),
-        (AttrType::Json, V::StringValue(s)) => {
+        (AttrType::Json, V::Str(s)) => {
             serde_json::from_str::<serde::de::IgnoredAny>(s).map_err(|e| MapError::BadJson {
                 key,
                 error: e.to_string(),
@@ -444,9 +443,9 @@ fn attribute_value(
                     ),
                 });
             }
-            Value::Json(std::mem::take(s))
+            Value::Json((*s).to_owned())
         }
-        (AttrType::Json, nested @ (V::KvlistValue(_) | V::ArrayValue(_))) => {
+        (AttrType::Json, nested @ (V::KvList(_) | V::Array(_))) => {
             Value::Json(to_json(nested).to_string())
         }
         (AttrType::Json, other) => {
@@ -489,14 +488,19 @@ fn json_depth(text: &str) -> usize {
 }
 
 /// `usage_events`: name, trace and span id, duration, and every other attribute as JSON.
-fn fill_usage_event(event: &UsageEvent, ip: IpAnonymization, values: &mut Vec<Value>) {
+fn fill_usage_event(
+    event: &UsageEvent<'_>,
+    attributes: &[KeyValue<'_>],
+    ip: IpAnonymization,
+    values: &mut Vec<Value>,
+) {
     const OWN_COLUMNS: [&str; 4] = [
         keys::EVENT_NAME,
         keys::EVENT_ID,
         keys::SESSION_ID,
         keys::USER_ID,
     ];
-    values.push(Value::Text(event.name.clone()));
+    values.push(Value::Text(event.name.to_string()));
     values.push(
         event
             .trace_id
@@ -513,15 +517,11 @@ fn fill_usage_event(event: &UsageEvent, ip: IpAnonymization, values: &mut Vec<Va
             .as_ref()
             .map_or(Value::Null, |s| Value::Int(s.duration_ms)),
     );
-    let attributes: serde_json::Map<String, serde_json::Value> = event
-        .attributes
+    let attributes: serde_json::Map<String, serde_json::Value> = attributes
         .iter()
-        .filter(|kv| !OWN_COLUMNS.contains(&kv.key.as_str()))
+        .filter(|kv| !OWN_COLUMNS.contains(&kv.key))
         .map(|kv| {
-            let value = kv
-                .value
-                .as_ref()
-                .map_or(serde_json::Value::Null, any_to_json);
+            let value = kv.value.as_ref().map_or(serde_json::Value::Null, to_json);
             // A client address is kept as the privacy setting says, here as in its columns.
             let value = match value {
                 serde_json::Value::String(address) if kv.key == keys::CLIENT_ADDRESS => ip
@@ -529,7 +529,7 @@ fn fill_usage_event(event: &UsageEvent, ip: IpAnonymization, values: &mut Vec<Va
                     .map_or(serde_json::Value::Null, serde_json::Value::String),
                 other => other,
             };
-            (kv.key.clone(), value)
+            (kv.key.to_owned(), value)
         })
         .collect();
     values.push(Value::Json(
@@ -547,36 +547,28 @@ fn hex(bytes: &[u8]) -> String {
     out
 }
 
-fn any_to_json(value: &AnyValue) -> serde_json::Value {
-    value
-        .value
-        .as_ref()
-        .map_or(serde_json::Value::Null, to_json)
-}
-
 /// An OTLP value as JSON: lists become arrays, key-value lists objects, bytes hex strings.
-pub fn to_json(value: &any_value::Value) -> serde_json::Value {
-    use any_value::Value as V;
+pub fn to_json(value: &V<'_>) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
-        V::StringValue(s) => J::String(s.clone()),
-        V::BoolValue(b) => J::Bool(*b),
-        V::IntValue(i) => J::from(*i),
-        V::DoubleValue(d) => serde_json::Number::from_f64(*d).map_or(J::Null, J::Number),
-        V::ArrayValue(a) => J::Array(a.values.iter().map(any_to_json).collect()),
-        V::KvlistValue(l) => J::Object(
-            l.values
+        V::Str(s) => J::String((*s).to_owned()),
+        V::Bool(b) => J::Bool(*b),
+        V::Int(i) => J::from(*i),
+        V::Double(d) => serde_json::Number::from_f64(*d).map_or(J::Null, J::Number),
+        V::Array(values) => J::Array(values.iter().map(to_json).collect()),
+        V::KvList(values) => J::Object(
+            values
                 .iter()
                 .map(|kv| {
                     (
-                        kv.key.clone(),
-                        kv.value.as_ref().map_or(J::Null, any_to_json),
+                        kv.key.to_owned(),
+                        kv.value.as_ref().map_or(J::Null, to_json),
                     )
                 })
                 .collect(),
         ),
-        V::BytesValue(b) => J::String(hex(b)),
-        V::StringValueStrindex(_) => J::Null,
+        V::Bytes(b) => J::String(hex(b)),
+        V::StrIndex(_) | V::Empty => J::Null,
     }
 }
 
@@ -641,28 +633,47 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::event::{Signal, string_attr};
+    use crate::event::Signal;
 
-    fn event(name: &str, attributes: Vec<KeyValue>) -> UsageEvent {
-        UsageEvent {
-            id: uuid::Uuid::nil(),
-            name: name.to_owned(),
-            time_unix_nano: 1_700_000_000_123_456_789,
-            service: Arc::from("ide"),
-            signal: Signal::Log,
-            trace_id: None,
-            span_id: None,
-            span: None,
+    /// An event and the attributes of its record.
+    #[derive(Clone)]
+    struct Event<'a> {
+        event: UsageEvent<'static>,
+        attributes: Vec<KeyValue<'a>>,
+    }
+
+    impl Event<'_> {
+        fn map(&self, catalog: &Catalog) -> Result<Mapped, MapError> {
+            catalog.map(&self.event, &self.attributes)
+        }
+    }
+
+    fn event<'a>(name: &'static str, attributes: Vec<KeyValue<'a>>) -> Event<'a> {
+        Event {
+            event: UsageEvent {
+                id: uuid::Uuid::nil(),
+                name: name.into(),
+                time_unix_nano: 1_700_000_000_123_456_789,
+                service: Arc::from("ide"),
+                signal: Signal::Log,
+                trace_id: None,
+                span_id: None,
+                span: None,
+            },
             attributes,
         }
     }
 
-    fn attr(key: &str, value: any_value::Value) -> KeyValue {
+    fn attr<'a>(key: &'a str, value: V<'a>) -> KeyValue<'a> {
         KeyValue {
-            key: key.to_owned(),
-            value: Some(AnyValue { value: Some(value) }),
-            ..Default::default()
+            key,
+            value: Some(value),
+            key_strindex: 0,
         }
+    }
+
+    fn string_attr<'a>(key: &'a str, value: &'a str) -> KeyValue<'a> {
+        attr(key, V::Str(value))
     }
 
     #[test]
@@ -670,12 +681,9 @@ mod tests {
         let catalog = Catalog::built_in();
         let huge = event(
             "program_execution",
-            vec![attr(
-                keys::PROGRAM_LINES,
-                any_value::Value::IntValue(1 << 40),
-            )],
+            vec![attr(keys::PROGRAM_LINES, V::Int(1 << 40))],
         );
-        let error = catalog.map(&mut huge.clone()).unwrap_err();
+        let error = huge.map(&catalog).unwrap_err();
         assert_eq!(error.reason(), "out_of_range");
         assert!(error.to_string().contains("program.lines"), "{error}");
         let deep = format!("{}1{}", "[".repeat(32), "]".repeat(32));
@@ -686,7 +694,7 @@ mod tests {
                 string_attr(keys::FEATURE_DATA, &deep),
             ],
         );
-        let error = catalog.map(&mut feature.clone()).unwrap_err();
+        let error = feature.map(&catalog).unwrap_err();
         assert!(error.to_string().contains("nested 32 levels"), "{error}");
         assert_eq!(json_depth(r#"{"a":"[[[[","b":[1,{"c":2}]}"#), 3);
         assert_eq!(json_depth("1"), 0);
@@ -696,23 +704,18 @@ mod tests {
     fn events_older_than_their_table_keeps_are_rejected() {
         let catalog =
             Catalog::built_in().with_retention(|table| if table == "page_visits" { 30 } else { 0 });
-        let visit = |time_unix_nano| UsageEvent {
-            time_unix_nano,
-            ..event("page_visit", vec![string_attr(keys::URL_PATH, "/")])
+        let visit = |time_unix_nano| {
+            let mut visit = event("page_visit", vec![string_attr(keys::URL_PATH, "/")]);
+            visit.event.time_unix_nano = time_unix_nano;
+            visit
         };
         let old = crate::event::now_unix_nano() - 31 * 86_400 * 1_000_000_000;
-        let error = catalog.map(&mut visit(old)).unwrap_err();
+        let error = visit(old).map(&catalog).unwrap_err();
         assert_eq!(error.reason(), "past_retention");
-        assert!(
-            catalog
-                .map(&mut visit(crate::event::now_unix_nano()))
-                .is_ok()
-        );
-        let feature = UsageEvent {
-            time_unix_nano: old,
-            ..event("feature_use", vec![string_attr(keys::FEATURE_NAME, "x")])
-        };
-        assert!(catalog.map(&mut feature.clone()).is_ok(), "kept forever");
+        assert!(visit(crate::event::now_unix_nano()).map(&catalog).is_ok());
+        let mut feature = event("feature_use", vec![string_attr(keys::FEATURE_NAME, "x")]);
+        feature.event.time_unix_nano = old;
+        assert!(feature.map(&catalog).is_ok(), "kept forever");
     }
 
     #[test]
@@ -728,12 +731,9 @@ mod tests {
         let catalog = Catalog::built_in();
         let ok = event(
             "program_execution",
-            vec![attr(
-                keys::PROGRAM_LINES,
-                any_value::Value::DoubleValue(12.0),
-            )],
+            vec![attr(keys::PROGRAM_LINES, V::Double(12.0))],
         );
-        let (table, row) = catalog.map(&mut ok.clone()).unwrap().row.unwrap();
+        let (table, row) = ok.map(&catalog).unwrap().row.unwrap();
         let table = &catalog.tables()[table];
         assert_eq!(table.name, "program_executions");
         // The row holds its values in the order of the table's columns.
@@ -758,18 +758,15 @@ mod tests {
 
         let bad = event(
             "program_execution",
-            vec![attr(
-                keys::PROGRAM_LINES,
-                any_value::Value::DoubleValue(1.5),
-            )],
+            vec![attr(keys::PROGRAM_LINES, V::Double(1.5))],
         );
         assert_eq!(
-            catalog.map(&mut bad.clone()).unwrap_err().to_string(),
+            bad.map(&catalog).unwrap_err().to_string(),
             "attribute `program.lines` must be an integer, got double 1.5"
         );
         let missing = event("feature_use", vec![string_attr(keys::SESSION_ID, "s")]);
         assert_eq!(
-            catalog.map(&mut missing.clone()).unwrap_err(),
+            missing.map(&catalog).unwrap_err(),
             MapError::MissingAttribute {
                 event: "feature_use",
                 key: keys::FEATURE_NAME
@@ -787,7 +784,7 @@ mod tests {
                 string_attr(keys::CLIENT_ADDRESS, "10.1.2.3"),
             ],
         );
-        let mapped = catalog.map(&mut start.clone()).unwrap();
+        let mapped = start.map(&catalog).unwrap();
         assert!(mapped.row.is_none());
         let (id, session) = mapped.session.unwrap();
         assert_eq!(id, "s");

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 
 use http::HeaderValue;
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
@@ -34,7 +34,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
 };
 use prost::Message;
 use prost::bytes::{Buf, Bytes};
@@ -111,9 +111,7 @@ impl Logs {
                 Signal::Log,
                 allowed,
                 reserved,
-                |request: ExportLogsServiceRequest, catalog, now, skip| {
-                    convert::logs(request, catalog, now, skip)
-                },
+                |request, catalog, now, skip| convert::logs(request, catalog, now, skip),
             )
             .await?;
         Ok(ExportLogsServiceResponse {
@@ -153,9 +151,7 @@ impl Traces {
                 Signal::Span,
                 allowed,
                 reserved,
-                |request: ExportTraceServiceRequest, catalog, now, skip| {
-                    convert::traces(request, catalog, now, skip)
-                },
+                |request, catalog, now, skip| convert::traces(request, catalog, now, skip),
             )
             .await?;
         Ok(ExportTraceServiceResponse {

@@ -2,10 +2,8 @@
 //! decoding and mapping on the decode threads (so a large request never stalls the runtime's
 //! workers, `/health/live` or other clients), the spool append, the counts, and the answer.
 
-use std::ops::Range;
 use std::sync::Arc;
 
-use prost::Message;
 use prost::bytes::Bytes;
 use tonic::{Code, Status};
 
@@ -15,6 +13,7 @@ use super::shape::{Shape, Violation};
 use crate::catalog::Catalog;
 use crate::catalog::convert::{Converted, Skip};
 use crate::event::Signal;
+use crate::event::wire::Malformed;
 use crate::health::metrics::{ColumnLabels, ReasonLabels, SignalLabels, SignalReasonLabels};
 use crate::health::{Check, Health, Metrics};
 use crate::spool::cache::RowCache;
@@ -52,25 +51,19 @@ pub struct Ingest {
     pub decoders: super::decoders::Decoders,
 }
 
-/// The records refused before decoding, by their position in the request, and where each
-/// record's bytes are.
+/// The records refused before decoding, by their position in the request.
 #[derive(Debug)]
 pub struct Violations<'a> {
     list: &'a [(usize, Violation)],
     next: usize,
-    request: &'a [u8],
-    records: &'a [Range<usize>],
 }
 
 impl<'a> Violations<'a> {
-    /// Records refused per `shape` (its violations, sorted by position), and their bytes in
-    /// `request`, the bytes `shape` was read from.
-    pub fn new(shape: &'a Shape, request: &'a [u8]) -> Self {
+    /// Records refused per `shape` (its violations, sorted by position).
+    pub fn new(shape: &'a Shape) -> Self {
         Self {
             list: &shape.violations,
             next: 0,
-            request,
-            records: &shape.record_bytes,
         }
     }
 }
@@ -86,10 +79,6 @@ impl Skip for Violations<'_> {
             }
             _ => None,
         }
-    }
-
-    fn received(&self, index: usize) -> Option<&[u8]> {
-        self.request.get(self.records.get(index)?.clone())
     }
 }
 
@@ -121,8 +110,9 @@ impl Ingest {
     /// Handles one export request's bytes (already decompressed and within
     /// `max_request_bytes`): gate, admission, decode and map off the runtime, spool, answer.
     /// `reserved` is the budget already held for the bytes (OTLP/HTTP), which admission turns
-    /// into the request's decoded cost.
-    pub async fn export<R, F>(
+    /// into the request's decoded cost. `convert` reads the request's records in place, on a
+    /// decode thread, while the bytes are held for it.
+    pub async fn export<F>(
         &self,
         bytes: Bytes,
         signal: Signal,
@@ -131,8 +121,9 @@ impl Ingest {
         convert: F,
     ) -> Result<Partial, Status>
     where
-        R: Message + Default + Send + 'static,
-        F: for<'a> FnOnce(R, &Catalog, u64, Violations<'a>) -> Converted + Send + 'static,
+        F: for<'a> FnOnce(&'a [u8], &Catalog, u64, Violations<'a>) -> Result<Converted, Malformed>
+            + Send
+            + 'static,
     {
         self.gate(signal)?;
         let admitted = self.admission.admit(&bytes, signal, reserved).await?;
@@ -144,15 +135,14 @@ impl Ingest {
         let (admitted, prepared) = self
             .decoders
             .run(move || {
-                let prepared = R::decode(bytes.clone())
+                let violations = Violations::new(&admitted.shape);
+                let prepared = convert(&bytes, &catalog, now, violations)
                     .map_err(|e| {
                         Status::invalid_argument(format!(
                             "the request is not a valid OTLP export request: {e}"
                         ))
                     })
-                    .map(|request| {
-                        let violations = Violations::new(&admitted.shape, &bytes);
-                        let converted = convert(request, &catalog, now, violations);
+                    .map(|converted| {
                         let mut body = Vec::new();
                         if !converted.events.is_empty() {
                             body.reserve(converted.events.len() * ROW_BYTES_GUESS);

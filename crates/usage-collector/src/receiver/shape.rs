@@ -7,8 +7,6 @@
 //! empty records, and each decoded record or value costs a struct whatever its bytes; the shape
 //! prices the decoded request before it exists (see [`Shape::decoded_bytes`]).
 
-use std::ops::Range;
-
 use prost::bytes::Buf;
 use prost::encoding::{WireType, decode_key, decode_varint};
 
@@ -122,8 +120,6 @@ pub struct Shape {
     pub items: usize,
     /// (position among the request's records, what is wrong), in order.
     pub violations: Vec<(usize, Violation)>,
-    /// Where each record's bytes are in the request, in order (derived ids hash them).
-    pub record_bytes: Vec<Range<usize>>,
 }
 
 impl Shape {
@@ -132,7 +128,6 @@ impl Shape {
         let mut walk = Walk {
             limits,
             signal,
-            start: bytes.as_ptr() as usize,
             shape: Shape {
                 bytes: bytes.len(),
                 ..Shape::default()
@@ -170,8 +165,6 @@ impl Shape {
 struct Walk<'a> {
     limits: &'a Limits,
     signal: Signal,
-    /// The address of the request's first byte: every slice the walk sees is part of it.
-    start: usize,
     shape: Shape,
 }
 
@@ -253,8 +246,6 @@ impl Walk<'_> {
                 limit: self.limits.max_records,
             });
         }
-        let offset = buf.as_ptr() as usize - self.start;
-        self.shape.record_bytes.push(offset..offset + buf.len());
         let (attribute_field, name_field) = match self.signal {
             Signal::Log => (6, 12),
             Signal::Span => (9, 5),
@@ -416,43 +407,6 @@ mod tests {
             };
         }
         value
-    }
-
-    #[test]
-    fn each_record_s_bytes_are_found_in_order_across_resources_and_scopes() {
-        let record = |name: &str| LogRecord {
-            event_name: name.into(),
-            attributes: vec![string_attr("a", name)],
-            ..Default::default()
-        };
-        let scope = |names: &[&str]| ScopeLogs {
-            log_records: names.iter().map(|n| record(n)).collect(),
-            ..Default::default()
-        };
-        let bytes = ExportLogsServiceRequest {
-            resource_logs: vec![
-                ResourceLogs {
-                    scope_logs: vec![scope(&["one", "two"]), scope(&["three"])],
-                    ..Default::default()
-                },
-                ResourceLogs {
-                    scope_logs: vec![scope(&["four"])],
-                    ..Default::default()
-                },
-            ],
-        }
-        .encode_to_vec();
-        let shape = Shape::of(&bytes, Signal::Log, &LIMITS).unwrap();
-        let found: Vec<LogRecord> = shape
-            .record_bytes
-            .iter()
-            .map(|range| LogRecord::decode(&bytes[range.clone()]).unwrap())
-            .collect();
-        let expected: Vec<LogRecord> = ["one", "two", "three", "four"].map(record).into();
-        assert_eq!(found, expected);
-        for (range, record) in shape.record_bytes.iter().zip(&expected) {
-            assert_eq!(&bytes[range.clone()], record.encode_to_vec().as_slice());
-        }
     }
 
     #[test]

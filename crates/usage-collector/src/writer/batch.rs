@@ -170,26 +170,24 @@ impl Reader {
                 SpoolSignal::Rows => {
                     spool::rows::decode(&self.catalog, &record.body).map_err(|e| e.to_string())
                 }
+                // Through prost's encoding of the request, as an earlier collector derived
+                // ids from it.
                 SpoolSignal::Logs => ExportLogsServiceRequest::decode(&record.body[..])
-                    .map(|r| {
-                        otlp(convert::logs(
-                            r,
-                            &self.catalog,
-                            record.received_unix_nano,
-                            (),
-                        ))
-                    })
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        let now = record.received_unix_nano;
+                        convert::logs_request(&r, &self.catalog, now, ())
+                            .map(otlp)
+                            .map_err(|e| e.to_string())
+                    }),
                 SpoolSignal::Traces => ExportTraceServiceRequest::decode(&record.body[..])
-                    .map(|r| {
-                        otlp(convert::traces(
-                            r,
-                            &self.catalog,
-                            record.received_unix_nano,
-                            (),
-                        ))
-                    })
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        let now = record.received_unix_nano;
+                        convert::traces_request(&r, &self.catalog, now, ())
+                            .map(otlp)
+                            .map_err(|e| e.to_string())
+                    }),
                 SpoolSignal::Heartbeat => {
                     let instance = String::from_utf8_lossy(&record.body).into_owned();
                     heartbeats.push((instance, record.received_unix_nano));
