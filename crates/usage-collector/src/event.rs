@@ -267,35 +267,60 @@ pub struct Origin<'a> {
     digest: [u8; 16],
 }
 
+/// What a resource adds to the digest of its records' origin ([`Origin`]): hashed once per
+/// resource, however many scope groups follow it (a request of one large resource and a
+/// million empty scope groups costs the resource's bytes once, not a million times).
+#[derive(Clone)]
+pub struct ResourceDigest(Sha1);
+
+impl std::fmt::Debug for ResourceDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResourceDigest")
+    }
+}
+
+impl ResourceDigest {
+    /// The digest of `service` and the resource's attributes.
+    pub fn new(resource: &[wire::KeyValue<'_>], service: &Arc<str>) -> Self {
+        let mut sha1 = Sha1::new();
+        sha1.update(EVENT_ID_NAMESPACE.as_bytes());
+        sha1.update(service.as_bytes());
+        sha1.update([0]);
+        // Prost's encoding of each attribute, whatever encoding the client sent: ids stay
+        // those the collector derived when it decoded requests with prost.
+        let mut bytes = Vec::with_capacity(256);
+        for kv in resource {
+            bytes.clear();
+            wire::to_prost(kv)
+                .encode(&mut bytes)
+                .expect("a Vec grows as needed");
+            sha1.update(&bytes);
+        }
+        ResourceDigest(sha1)
+    }
+}
+
 impl<'a> Origin<'a> {
-    /// The origin of the records of one resource and scope.
+    /// The origin of the records of one resource (its digest) and scope.
     pub fn new(
-        resource: &[wire::KeyValue<'_>],
+        resource: &ResourceDigest,
         scope: Option<Scope<'a>>,
         service: &Arc<str>,
         now_unix_nano: u64,
     ) -> Self {
-        let mut bytes = Vec::with_capacity(256);
-        bytes.extend_from_slice(service.as_bytes());
-        bytes.push(0);
-        // Prost's encoding of each attribute, whatever encoding the client sent: ids stay
-        // those the collector derived when it decoded requests with prost.
-        for kv in resource {
-            wire::to_prost(kv)
-                .encode(&mut bytes)
-                .expect("a Vec grows as needed");
-        }
+        let mut sha1 = resource.0.clone();
         if let Some(scope) = scope {
-            bytes.extend_from_slice(scope.name.as_bytes());
-            bytes.push(0);
-            bytes.extend_from_slice(scope.version.as_bytes());
-            bytes.push(0);
+            sha1.update(scope.name.as_bytes());
+            sha1.update([0]);
+            sha1.update(scope.version.as_bytes());
+            sha1.update([0]);
         }
+        // `Uuid::new_v5(&EVENT_ID_NAMESPACE, service ‖ 0 ‖ resource ‖ scope)`, streamed.
         Origin {
             scope,
             service: service.clone(),
             now_unix_nano,
-            digest: *Uuid::new_v5(&EVENT_ID_NAMESPACE, &bytes).as_bytes(),
+            digest: *name_based(sha1).as_bytes(),
         }
     }
 
@@ -432,8 +457,10 @@ impl<'a> UsageEvent<'a> {
     }
 }
 
+/// For this module's tests: the receive path and the writer decode requests, not records.
+#[cfg(test)]
 impl UsageEvent<'static> {
-    /// Decodes a log record built in memory (tests, benches, fixtures), through prost's
+    /// Decodes a log record built in memory, through prost's
     /// encoding of it and [`UsageEvent::of_log`]; `received` stands for its bytes as they
     /// arrived, when they differ from that encoding.
     pub fn from_log(
@@ -481,7 +508,59 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::Status;
 
     fn origin(service: &Arc<str>) -> Origin<'_> {
-        Origin::new(&[], None, service, 7)
+        Origin::new(&ResourceDigest::new(&[], service), None, service, 7)
+    }
+
+    /// The digest of a resource and scope, hashed as a stream once per resource, is the name-based
+    /// UUID of their concatenation that derived ids have always used.
+    #[test]
+    fn the_origin_digest_is_the_hash_of_service_resource_and_scope() {
+        let service: Arc<str> = Arc::from("ide");
+        let resource = [
+            wire::KeyValue {
+                key: "service.name",
+                value: Some(wire::Value::Str("ide")),
+                key_strindex: 0,
+            },
+            wire::KeyValue {
+                key: "nested",
+                value: Some(wire::Value::Array(vec![
+                    wire::Value::Int(7),
+                    wire::Value::Empty,
+                    wire::Value::Double(0.5),
+                ])),
+                key_strindex: 3,
+            },
+            wire::KeyValue {
+                key: "unset",
+                value: None,
+                key_strindex: 0,
+            },
+        ];
+        let scope = Scope {
+            name: "web",
+            version: "1.2",
+        };
+        let mut concatenated = b"ide\0".to_vec();
+        for kv in &resource {
+            wire::to_prost(kv).encode(&mut concatenated).unwrap();
+        }
+        concatenated.extend_from_slice(b"web\x001.2\0");
+        let digest = ResourceDigest::new(&resource, &service);
+        // Every scope of the resource starts from the same resource digest.
+        for _ in 0..2 {
+            let origin = Origin::new(&digest, Some(scope), &service, 7);
+            assert_eq!(
+                origin.digest,
+                *Uuid::new_v5(&EVENT_ID_NAMESPACE, &concatenated).as_bytes()
+            );
+        }
+        let without_scope = Origin::new(&digest, None, &service, 7);
+        let resource_only = concatenated.len() - b"web\x001.2\0".len();
+        assert_eq!(
+            without_scope.digest,
+            *Uuid::new_v5(&EVENT_ID_NAMESPACE, &concatenated[..resource_only]).as_bytes()
+        );
     }
 
     #[test]
@@ -602,8 +681,16 @@ mod tests {
             ..Default::default()
         };
         let service = Arc::from("ide");
-        let a = UsageEvent::from_log(timeless.clone(), None, &Origin::new(&[], None, &service, 1));
-        let b = UsageEvent::from_log(timeless, None, &Origin::new(&[], None, &service, 2));
+        let a = UsageEvent::from_log(
+            timeless.clone(),
+            None,
+            &Origin::new(&ResourceDigest::new(&[], &service), None, &service, 1),
+        );
+        let b = UsageEvent::from_log(
+            timeless,
+            None,
+            &Origin::new(&ResourceDigest::new(&[], &service), None, &service, 2),
+        );
         assert_eq!(a.unwrap().id, b.unwrap().id);
     }
 

@@ -12,7 +12,7 @@ use prost::Message;
 
 use crate::catalog::{Catalog, Mapped};
 use crate::event::wire::{self, KeyValue, Malformed, Scope};
-use crate::event::{DecodeError, Origin, UsageEvent, service_name};
+use crate::event::{DecodeError, Origin, ResourceDigest, UsageEvent, service_name};
 
 /// The records of one request that could not become rows.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -83,8 +83,9 @@ struct Builder<'c, 'a, S> {
     skip: S,
     now: u64,
     out: Converted,
-    /// The current resource's service and the current scope's origin.
+    /// The current resource's service and digest, and the current scope's origin.
     service: Arc<str>,
+    resource: Option<ResourceDigest>,
     origin: Option<Origin<'a>>,
     /// Resource groups so far, scope groups of the current one, records of the current scope.
     resources: usize,
@@ -102,6 +103,7 @@ impl<'c, 'a, S: Skip> Builder<'c, 'a, S> {
             now,
             out: Converted::default(),
             service: Arc::from(""),
+            resource: None,
             origin: None,
             resources: 0,
             scopes: 0,
@@ -172,13 +174,21 @@ impl<'c, 'a, S: Skip> Builder<'c, 'a, S> {
 
     fn next_resource(&mut self, attributes: &[KeyValue<'a>]) {
         self.service = service_name(attributes);
+        self.resource = Some(ResourceDigest::new(attributes, &self.service));
         self.out.services.insert(self.service.clone());
         self.resources += 1;
         self.scopes = 0;
     }
 
     fn next_scope(&mut self, resource: &[KeyValue<'a>], scope: Option<Scope<'a>>) {
-        self.origin = Some(Origin::new(resource, scope, &self.service, self.now));
+        let digest = match &self.resource {
+            Some(digest) => digest,
+            // A walk shows a resource before its scopes; should it not, hash this one.
+            None => self
+                .resource
+                .insert(ResourceDigest::new(resource, &self.service)),
+        };
+        self.origin = Some(Origin::new(digest, scope, &self.service, self.now));
         self.scopes += 1;
         self.records = 0;
     }
@@ -243,7 +253,12 @@ pub fn logs<S: Skip>(
     let mut builder = Builder::new(catalog, now, skip);
     match wire::request::<wire::LogRecord<'_>>(request, &mut builder) {
         Ok(()) => Ok(builder.finish()),
-        Err(e) => Err(described::<ExportLogsServiceRequest>(request, e)),
+        Err(e) => {
+            // What the walk mapped before the malformed field is thrown away before prost
+            // reads the request again.
+            drop(builder);
+            Err(described::<ExportLogsServiceRequest>(request, e))
+        }
     }
 }
 
@@ -257,7 +272,12 @@ pub fn traces<S: Skip>(
     let mut builder = Builder::new(catalog, now, skip);
     match wire::request::<wire::Span<'_>>(request, &mut builder) {
         Ok(()) => Ok(builder.finish()),
-        Err(e) => Err(described::<ExportTraceServiceRequest>(request, e)),
+        Err(e) => {
+            // What the walk mapped before the malformed field is thrown away before prost
+            // reads the request again.
+            drop(builder);
+            Err(described::<ExportTraceServiceRequest>(request, e))
+        }
     }
 }
 
@@ -267,7 +287,16 @@ pub fn traces<S: Skip>(
 fn described<R: Message + Default>(request: &[u8], walked: Malformed) -> Malformed {
     match R::decode(request) {
         Err(e) => Malformed::Wire(e),
-        Ok(_) => walked,
+        Ok(_) => {
+            // The walk is meant to refuse exactly what prost refuses: a request it refuses
+            // alone is a defect of the walk, and the client's records are not written.
+            tracing::error!(
+                error = %walked,
+                bytes = request.len(),
+                "the receiver refused a request prost's decoder accepts; please report this"
+            );
+            walked
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //! prices the decoded request before it exists (see [`Shape::decoded_bytes`]).
 
 use prost::bytes::Buf;
-use prost::encoding::{WireType, decode_key, decode_varint};
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 
 use crate::event::Signal;
 
@@ -199,8 +199,15 @@ fn fields(
                 buf = rest;
                 on(tag, Some(field))?;
             }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(ShapeError::Malformed("unexpected group".to_owned()));
+            // A group (a deprecated encoding, only ever in fields this collector does not
+            // know) is skipped whole, as the decoder skips it; stopping here instead would
+            // hide the rest of the message — an attribute's value after one — from the limits.
+            WireType::StartGroup => {
+                skip_field(wire, tag, &mut buf, DecodeContext::default()).map_err(malformed)?;
+                on(tag, None)?;
+            }
+            WireType::EndGroup => {
+                return Err(ShapeError::Malformed("unexpected end group tag".to_owned()));
             }
         }
     }
@@ -407,6 +414,52 @@ mod tests {
             };
         }
         value
+    }
+
+    /// A group in an unknown field (legal protobuf, skipped by the decoder) neither hides the
+    /// value after it from the limits nor gets the request refused.
+    #[test]
+    fn a_group_is_skipped_and_the_value_after_it_still_checked() {
+        fn field(number: u32, bytes: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            prost::encoding::encode_key(number, WireType::LengthDelimited, &mut out);
+            prost::encoding::encode_varint(bytes.len() as u64, &mut out);
+            out.extend_from_slice(bytes);
+            out
+        }
+        // An empty group in field 4 (start 0x23, end 0x24), holding a varint field.
+        let group = [0x23, 0x08, 0x01, 0x24];
+        let value = field(1, "x".repeat(200).as_bytes()); // AnyValue { string_value }
+        let mut key_value = field(1, b"k");
+        key_value.extend_from_slice(&group);
+        key_value.extend(field(2, &value));
+        let mut record = group.to_vec();
+        record.extend(field(6, &key_value));
+        let bytes = field(1, &field(2, &field(2, &record)));
+        let decoded = ExportLogsServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
+        let attributes = &decoded.resource_logs[0].scope_logs[0].log_records[0].attributes;
+        assert_eq!(attributes[0].key, "k");
+        let shape = Shape::of(&bytes, Signal::Log, &LIMITS).expect("not refused");
+        assert_eq!(shape.records, 1);
+        assert_eq!(
+            shape.violations,
+            [(
+                0,
+                Violation::ValueTooLarge {
+                    bytes: value.len(),
+                    limit: 100
+                }
+            )]
+        );
+        // An end-group key that closes nothing is refused, as the decoder refuses it.
+        let mut stray = field(6, &field(1, b"k"));
+        stray.push(0x24);
+        let bytes = field(1, &field(2, &field(2, &stray)));
+        assert!(ExportLogsServiceRequest::decode(bytes.as_slice()).is_err());
+        assert!(matches!(
+            Shape::of(&bytes, Signal::Log, &LIMITS),
+            Err(ShapeError::Malformed(_))
+        ));
     }
 
     #[test]
