@@ -720,7 +720,8 @@ mod tests {
     }
 
     /// What prost decodes of the same bytes, as [`Seen`] (the record bytes from the walk, which
-    /// prost does not keep).
+    /// prost does not keep, once prost decodes them to that same record: derived ids hash them,
+    /// so they must be the record's own, in order, across resources and scopes).
     fn prost_logs(bytes: &[u8], walked: &Seen) -> Seen {
         let request = ExportLogsServiceRequest::decode(bytes).expect("prost decodes it");
         let mut seen = Seen::default();
@@ -731,6 +732,14 @@ mod tests {
             for scope in group.scope_logs {
                 seen.scopes.push(scope.scope.map(|s| (s.name, s.version)));
                 for r in scope.log_records {
+                    // Compared as prost encodes them (a NaN body is not equal to itself).
+                    let own = PLogRecord::decode(walked.logs[n].0.as_slice())
+                        .map(|own| own.encode_to_vec());
+                    assert_eq!(
+                        own,
+                        Ok(r.encode_to_vec()),
+                        "record {n}'s bytes are another's"
+                    );
                     seen.logs.push((
                         walked.logs[n].0.clone(),
                         r.time_unix_nano,
