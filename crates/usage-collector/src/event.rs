@@ -14,8 +14,11 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+#[cfg(test)]
 use opentelemetry_proto::tonic::logs::v1::LogRecord;
-use opentelemetry_proto::tonic::trace::v1::{Span, status::StatusCode};
+#[cfg(test)]
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use prost::Message;
 use sha1::{Digest, Sha1};
 use usage_tracker::catalog::keys;
