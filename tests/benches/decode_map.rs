@@ -18,7 +18,7 @@
 //!
 //! The receive path (`receive/*`: shape, then decode and map every record) before and after
 //! the records were read in place from the request's bytes instead of decoded by prost into
-//! owned structs (same VM, same session, the other engineer's builds sharing the cores, so the
+//! owned structs (same VM, the same hour, other builds sharing the cores, so the
 //! times swing by a third between runs; the instruction counts, from `valgrind --tool=callgrind`
 //! on `examples/receive_cost.rs`, do not):
 //!
