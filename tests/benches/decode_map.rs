@@ -42,83 +42,9 @@ use usage_collector::receiver::ingest::Violations;
 use usage_collector::receiver::shape::{Limits, Shape};
 use usage_pipeline_tests::fixtures::*;
 
-/// 512 records: page visits, program runs, feature use and custom events, each with an id.
+/// Page visits, program runs, feature use and custom events, each with an id.
 fn request(records: u64) -> ExportLogsServiceRequest {
-    request_with(records, true)
-}
-
-/// As [`request`], with `event.id` on every record or on none (the collector derives it).
-fn request_with(records: u64, ids: bool) -> ExportLogsServiceRequest {
-    let mut request = request_of(records);
-    if !ids {
-        for record in request
-            .resource_logs
-            .iter_mut()
-            .flat_map(|r| &mut r.scope_logs)
-            .flat_map(|s| &mut s.log_records)
-        {
-            record.attributes.retain(|kv| kv.key != "event.id");
-        }
-    }
-    request
-}
-
-fn request_of(records: u64) -> ExportLogsServiceRequest {
-    let events = (0..records)
-        .map(|i| {
-            let session = format!("session-{}", i % 64);
-            let id = uuid::Uuid::now_v7().to_string();
-            let time = T0 + i * 1_000_000;
-            match i % 4 {
-                0 => event(
-                    "page_visit",
-                    time,
-                    vec![
-                        kv("event.id", id.as_str()),
-                        kv("session.id", session.as_str()),
-                        kv("url.path", "/ide/programs/42"),
-                        kv(
-                            "user_agent.original",
-                            "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0",
-                        ),
-                        kv("client.address", "203.0.113.7"),
-                    ],
-                ),
-                1 => event(
-                    "program_execution",
-                    time,
-                    vec![
-                        kv("event.id", id.as_str()),
-                        kv("session.id", session.as_str()),
-                        kv("program.lines", 40i64),
-                        kv("program.lines_executed", 1200i64),
-                        kv("program.duration_ms", 12i64),
-                        kv("program.success", true),
-                    ],
-                ),
-                2 => event(
-                    "feature_use",
-                    time,
-                    vec![
-                        kv("event.id", id.as_str()),
-                        kv("session.id", session.as_str()),
-                        kv("feature.name", "autosave"),
-                        kv("feature.data", "{\"interval\":30}"),
-                    ],
-                ),
-                _ => event(
-                    "export_pdf",
-                    time,
-                    vec![
-                        kv("event.id", id.as_str()),
-                        kv("pages", 3i64),
-                        kv("format", "a4"),
-                    ],
-                ),
-            }
-        })
-        .collect();
-    logs_request("web-ide", events)
+    mixed_usage(records, true)
 }
 
 fn decode_and_map(c: &mut Criterion) {
@@ -154,7 +80,7 @@ fn receive(c: &mut Criterion) {
         ("512_records_with_ids", true),
         ("512_records_derived_ids", false),
     ] {
-        let bytes = Bytes::from(request_with(512, ids).encode_to_vec());
+        let bytes = Bytes::from(mixed_usage(512, ids).encode_to_vec());
         group.bench_function(name, |b| {
             b.iter(|| {
                 let shape = Shape::of(&bytes, Signal::Log, &limits).expect("shape");

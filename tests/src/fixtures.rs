@@ -113,6 +113,54 @@ pub fn page_visits(
     logs_request(service, visits)
 }
 
+/// A logs request from `web-ide` of `records` mixed events, as the receive-path benchmarks
+/// send them: page visits, program runs, feature use and custom events in turn, 64 sessions,
+/// a millisecond apart, with `event.id` on every record (`ids`) or on none (derived ids).
+pub fn mixed_usage(records: u64, ids: bool) -> ExportLogsServiceRequest {
+    let events = (0..records)
+        .map(|i| {
+            let session = format!("session-{}", i % 64);
+            let time = T0 + i * 1_000_000;
+            let mut attributes = match i % 4 {
+                0 => vec![
+                    kv("session.id", session.as_str()),
+                    kv("url.path", "/ide/programs/42"),
+                    kv(
+                        "user_agent.original",
+                        "Mozilla/5.0 (X11; Linux x86_64) Firefox/130.0",
+                    ),
+                    kv("client.address", "203.0.113.7"),
+                ],
+                1 => vec![
+                    kv("session.id", session.as_str()),
+                    kv("program.lines", 40i64),
+                    kv("program.lines_executed", 1200i64),
+                    kv("program.duration_ms", 12i64),
+                    kv("program.success", true),
+                ],
+                2 => vec![
+                    kv("session.id", session.as_str()),
+                    kv("feature.name", "autosave"),
+                    kv("feature.data", "{\"interval\":30}"),
+                ],
+                _ => vec![kv("pages", 3i64), kv("format", "a4")],
+            };
+            if ids {
+                let id = uuid::Uuid::now_v7().to_string();
+                attributes.insert(0, kv("event.id", id.as_str()));
+            }
+            let name = [
+                "page_visit",
+                "program_execution",
+                "feature_use",
+                "export_pdf",
+            ];
+            event(name[(i % 4) as usize], time, attributes)
+        })
+        .collect();
+    logs_request("web-ide", events)
+}
+
 /// A span; `error` sets an error status with that message.
 pub fn span(
     name: &str,
