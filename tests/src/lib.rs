@@ -13,6 +13,8 @@
 //!   to send the same request over gRPC or HTTP.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
+//! - [`service`]: a server a test starts (Prometheus, an OpenTelemetry Collector, Jaeger, a
+//!   database node) with its own log; a failure to come up quotes that log.
 //! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
 //! - [`exposition`]: numbers read back from a collector's `/metrics`, and the accounting of
 //!   accepted records.
@@ -34,3 +36,4 @@ pub mod otlp_http;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod service;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use usage_pipeline_tests::collector::{TestCollector, settings, start_with_mysql};
@@ -11,6 +11,7 @@ use usage_pipeline_tests::db::{TestDb, server_url_as};
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::poll;
 use usage_pipeline_tests::process::free_addr;
+use usage_pipeline_tests::service::Service;
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -279,13 +280,13 @@ fn every_pipeline_panel_follows_the_dashboard_variables() {
 
 /// A Prometheus server on loopback that scrapes `targets` every second; killed when dropped.
 struct Prometheus {
-    child: Child,
+    server: Service,
     addr: std::net::SocketAddr,
     dir: PathBuf,
 }
 
 impl Prometheus {
-    fn start(targets: &[std::net::SocketAddr]) -> Self {
+    async fn start(targets: &[std::net::SocketAddr]) -> Self {
         let binary = require("prometheus");
         let dir = std::env::temp_dir().join(format!(
             "usage_prometheus_{}",
@@ -302,7 +303,8 @@ impl Prometheus {
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
         let addr = free_addr();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -311,12 +313,23 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("start prometheus");
-        Self { child, addr, dir }
+            .arg(format!("--web.listen-address={addr}"));
+        let mut server = Service::spawn("Prometheus", command, &dir.join("prometheus.log"));
+        // Its readiness endpoint answers once the rules and the storage are loaded.
+        server
+            .wait_until(
+                "/-/ready answers 200",
+                Duration::from_secs(30),
+                || async move {
+                    tokio::net::TcpStream::connect(addr).await.is_ok()
+                        && usage_pipeline_tests::fixtures::http_get(addr, "/-/ready")
+                            .await
+                            .0
+                            == 200
+                },
+            )
+            .await;
+        Self { server, addr, dir }
     }
 
     /// Polls an instant query until `accept` takes its JSON result, for at most 30 s.
@@ -357,10 +370,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        if let Err(e) = self.child.kill() {
-            eprintln!("could not stop prometheus: {e}");
-        }
-        self.child.wait().ok();
+        self.server.kill();
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("could not remove {}: {e}", self.dir.display());
         }
@@ -402,7 +412,7 @@ async fn prometheus_scrapes_the_expected_series_and_sees_a_database_down() {
         db.name()
     );
     let broken = TestCollector::start_unready(settings(&bad_url), false).await;
-    let prometheus = Prometheus::start(&[healthy.admin, broken.admin]);
+    let prometheus = Prometheus::start(&[healthy.admin, broken.admin]).await;
 
     send_logs(
         &healthy.endpoint(),
