@@ -137,6 +137,17 @@ impl Application {
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
         start_metrics_at_zero(&metrics, &catalog);
+        if sink.hosts().is_some() {
+            let sink = sink.clone();
+            metrics.attach_database(Arc::new(move || {
+                let (hosts, current) = sink.hosts().unwrap_or_default();
+                crate::health::metrics::DatabaseHosts {
+                    hosts,
+                    current,
+                    failovers: sink.moves(),
+                }
+            }));
+        }
         let handshake = settings.connections.handshake_timeout;
         let security = |files: Option<TlsFiles>, listener, alpn: &[&[u8]]| {
             files.map_or(Ok(Security::Plain), |files| {

@@ -80,6 +80,11 @@ label_sets! {
         /// Why, as a short fixed word.
         reason: &'static str,
     }
+    /// Labels: a database host.
+    HostLabels {
+        /// `host:port`, as the database URL names it.
+        host: String,
+    }
     /// Labels: version.
     BuildLabels {
         /// The collector's version.
@@ -128,6 +133,10 @@ macro_rules! metrics {
             seen: Mutex<SeenLabels>,
             /// Read at each scrape for the spool gauges.
             spool: OnceLock<SpoolGauge>,
+            /// Read at each scrape for the database host gauge and the failover count.
+            database: OnceLock<DatabaseGauge>,
+            /// Failovers already added to the counter (concurrent scrapes add each once).
+            failovers_counted: std::sync::atomic::AtomicU64,
             registry: Registry,
         }
 
@@ -142,6 +151,8 @@ macro_rules! metrics {
                     started: SystemTime::now(),
                     seen: Mutex::default(),
                     spool: OnceLock::new(),
+                    database: OnceLock::new(),
+                    failovers_counted: Default::default(),
                     registry,
                 }
             }
@@ -187,6 +198,11 @@ metrics! {
     database_up: Gauge = Gauge::default();
     /// 1 while the schema check passes.
     schema_ok: Gauge = Gauge::default();
+    /// 1 for the host of the database URL the collector writes to, 0 for its other hosts.
+    database_host: Family<HostLabels, Gauge> = Family::default();
+    /// Times the collector moved to the next host of the database URL because the node in
+    /// use failed or left the cluster.
+    database_failovers: Counter = Counter::default();
     /// Unix time of the last successful batch write.
     last_write_timestamp_seconds: FloatGauge = FloatGauge::default();
     /// Requests (spool records) in the spool, not yet in the database.
@@ -241,6 +257,20 @@ type SeenLabels = (HashSet<(String, String)>, HashSet<String>);
 
 /// The spool's depth at this moment: (requests, bytes), read at each scrape.
 pub type SpoolGauge = Arc<dyn Fn() -> (u64, u64) + Send + Sync>;
+
+/// The database's hosts at this moment, read at each scrape.
+pub type DatabaseGauge = Arc<dyn Fn() -> DatabaseHosts + Send + Sync>;
+
+/// The hosts a database URL names and which is in use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatabaseHosts {
+    /// `host:port` of each, in the URL's order.
+    pub hosts: Vec<String>,
+    /// The one in use (an index into `hosts`).
+    pub current: usize,
+    /// Moves to another host so far.
+    pub failovers: u64,
+}
 
 /// Label values the collector's stages know up front, so their series start at zero.
 #[derive(Debug, Clone, Copy, Default)]
@@ -403,10 +433,39 @@ impl Metrics {
         }
     }
 
+    /// Where the database gauges read the hosts and the one in use at each scrape.
+    pub fn attach_database(&self, hosts: DatabaseGauge) {
+        if self.database.set(hosts).is_err() {
+            tracing::debug!("database already attached to the metrics");
+        }
+        self.refresh_database();
+    }
+
+    /// The host gauge and the failover count, from the sink's own state (so the count and
+    /// the log line of each move come from one place and cannot drift apart).
+    fn refresh_database(&self) {
+        let Some(read) = self.database.get() else {
+            return;
+        };
+        let now = read();
+        for (i, host) in now.hosts.iter().enumerate() {
+            self.database_host
+                .get_or_create(&HostLabels { host: host.clone() })
+                .set(i64::from(i == now.current));
+        }
+        let counted = self
+            .failovers_counted
+            .fetch_max(now.failovers, std::sync::atomic::Ordering::SeqCst);
+        if now.failovers > counted {
+            self.database_failovers.inc_by(now.failovers - counted);
+        }
+    }
+
     /// Brings the gauges computed at read time up to date (heartbeat age, spool depth, the
-    /// process's own figures).
+    /// database host, the process's own figures).
     fn refresh(&self) {
         self.refresh_process();
+        self.refresh_database();
         let now = unix_now();
         let since = match self.heartbeat_last_written_timestamp_seconds.get() {
             last if last > 0.0 => last,

@@ -14,8 +14,13 @@ pub enum ErrorKind {
     /// The operation took too long: the collector's own timeout, the server's statement
     /// timeout, a lock wait timeout, or the query was killed.
     Timeout,
-    /// Two transactions collided (a deadlock); the same batch normally passes at once.
+    /// Two transactions collided (a deadlock, or on a Galera cluster a certification
+    /// conflict between transactions of two nodes); the same batch normally passes at once.
     Conflict,
+    /// The transaction is larger than the database takes in one (a Galera cluster's write-set
+    /// limits, `wsrep_max_ws_rows` and `wsrep_max_ws_size`): nothing is wrong with the rows,
+    /// and the same rows pass in smaller transactions.
+    TooLarge,
     /// The server cannot take writes for now: read-only, table or disk full, a failed commit,
     /// a busy or locked SQLite file, an I/O error.
     ServerState,
@@ -42,8 +47,9 @@ pub struct SinkError {
 }
 
 /// Every reason label a [`SinkError`] carries (so metrics can start each at zero).
-pub const REASONS: [&str; 23] = [
+pub const REASONS: [&str; 26] = [
     "connection",
+    "node_not_ready",
     "tls",
     "pool_timeout",
     "shutdown",
@@ -54,7 +60,9 @@ pub const REASONS: [&str; 23] = [
     "lock_wait_timeout",
     "query_killed",
     "deadlock",
+    "certification_conflict",
     "insert_race",
+    "write_set_too_large",
     "read_only",
     "table_full",
     "disk_full",
@@ -68,9 +76,25 @@ pub const REASONS: [&str; 23] = [
     "unknown",
 ];
 
+/// Which server the error came from, where that changes what an error number means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Server {
+    /// One server (or not known yet).
+    #[default]
+    Single,
+    /// A node of a Galera cluster (`@@wsrep_on`): a deadlock error at a transaction's
+    /// statements or its COMMIT is a certification conflict with another node's transaction.
+    Galera,
+}
+
 impl SinkError {
     /// Describes a driver error, with `redactor` removing secrets from its text.
     pub fn classify(error: &sqlx::Error, redactor: &Redactor) -> Self {
+        Self::classify_on(error, redactor, Server::Single)
+    }
+
+    /// [`SinkError::classify`] for an error from `server`.
+    pub fn classify_on(error: &sqlx::Error, redactor: &Redactor, server: Server) -> Self {
         let (kind, reason) = match error {
             sqlx::Error::Io(_) => (ErrorKind::Connection, "connection"),
             sqlx::Error::Tls(_) => (ErrorKind::Connection, "tls"),
@@ -79,7 +103,7 @@ impl SinkError {
                 (ErrorKind::Connection, "shutdown")
             }
             sqlx::Error::Protocol(_) => (ErrorKind::Connection, "protocol"),
-            sqlx::Error::Database(db) => classify_database(db.as_ref()),
+            sqlx::Error::Database(db) => classify_database(db.as_ref(), server),
             _ => (ErrorKind::Unknown, "unknown"),
         };
         SinkError {
@@ -100,12 +124,18 @@ impl SinkError {
 }
 
 /// MySQL server error numbers and SQLSTATEs; SQLite primary result codes.
-fn classify_database(error: &dyn DatabaseError) -> (ErrorKind, &'static str) {
+fn classify_database(error: &dyn DatabaseError, server: Server) -> (ErrorKind, &'static str) {
     use ErrorKind::*;
     if error.try_downcast_ref::<InsertRace>().is_some() {
         return (Conflict, "insert_race");
     }
+    if error.try_downcast_ref::<NodeNotReady>().is_some() {
+        return (Connection, "node_not_ready");
+    }
     if let Some(mysql) = error.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        if let Some(class) = classify_galera(mysql.number(), mysql.message(), server) {
+            return class;
+        }
         let by_number = match mysql.number() {
             1040 | 1203 => Some((Connection, "too_many_connections")),
             1053 | 1077 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157 | 1158 | 1159 | 1160 | 1161
@@ -150,6 +180,84 @@ fn classify_database(error: &dyn DatabaseError) -> (ErrorKind, &'static str) {
         Some(1) if error.message().contains("no such table") => (Schema, "missing_table"),
         Some(1) if error.message().contains("no such column") => (Schema, "missing_column"),
         _ => (Unknown, "unknown"),
+    }
+}
+
+/// What a Galera node's answers mean (the error numbers they reuse are told apart by their
+/// text, which the server fixes):
+/// - 1047 `WSREP has not yet prepared node for application use`: the node is out of the
+///   primary component (isolated, or still joining), and refuses every statement that reads
+///   or writes a table until it is back: `node_not_ready`, a connection failure (retried, and
+///   a reason to move to another node);
+/// - 1180 `… Not connected to Primary Component` (the moments between losing the group and
+///   knowing it): the same;
+/// - 1180 `wsrep_max_ws_rows exceeded` and 1105 `Maximum writeset size exceeded`: the
+///   transaction's write set is over the cluster's limits: `write_set_too_large`;
+/// - 1213 on a Galera node: a certification conflict (two nodes' transactions changed the
+///   same rows; the later one is refused at COMMIT or aborted by the earlier one's
+///   replication), not a lock cycle: `certification_conflict`.
+fn classify_galera(
+    number: u16,
+    message: &str,
+    server: Server,
+) -> Option<(ErrorKind, &'static str)> {
+    let wsrep = message.contains("WSREP") || message.contains("wsrep");
+    Some(match number {
+        1047 if wsrep => (ErrorKind::Connection, "node_not_ready"),
+        1180 if message.contains("wsrep_max_ws_rows") => {
+            (ErrorKind::TooLarge, "write_set_too_large")
+        }
+        1180 if message.contains("Primary Component") || wsrep => {
+            (ErrorKind::Connection, "node_not_ready")
+        }
+        1105 if message.contains("Maximum writeset size exceeded") => {
+            (ErrorKind::TooLarge, "write_set_too_large")
+        }
+        1213 if server == Server::Galera => (ErrorKind::Conflict, "certification_conflict"),
+        _ => return None,
+    })
+}
+
+/// The node a connection reached is not ready for the collector's statements: a Galera node
+/// outside the primary component (`wsrep_ready` is `OFF`), found by the collector's own check
+/// rather than by an error the server gave. Classified as `node_not_ready`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the database node {node} is not ready: it is not part of the cluster's primary component (wsrep_ready = {ready})"
+)]
+pub struct NodeNotReady {
+    /// `host:port` of the node.
+    pub node: String,
+    /// What `wsrep_ready` said.
+    pub ready: String,
+}
+
+impl NodeNotReady {
+    /// The answer as a driver error, so it travels the sink's `sqlx::Error` paths.
+    pub fn into_sqlx(self) -> sqlx::Error {
+        sqlx::Error::Database(Box::new(self))
+    }
+}
+
+impl DatabaseError for NodeNotReady {
+    fn message(&self) -> &str {
+        "the database node is not part of the cluster's primary component"
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
     }
 }
 
@@ -272,6 +380,65 @@ mod tests {
             crate::writer::retry::decide(w.kind),
             crate::writer::retry::Decision::Retry
         );
+    }
+
+    /// The texts are what MariaDB 10.11 with Galera 4 answered in the cluster tests.
+    #[test]
+    fn galera_answers_are_told_apart_by_their_text() {
+        use ErrorKind::*;
+        let galera = |number, message: &str| classify_galera(number, message, Server::Galera);
+        assert_eq!(
+            galera(1047, "WSREP has not yet prepared node for application use"),
+            Some((Connection, "node_not_ready"))
+        );
+        assert_eq!(
+            galera(
+                1180,
+                "Error while appending streaming replication fragment(provider status: Not \
+                 connected to Primary Component)"
+            ),
+            Some((Connection, "node_not_ready"))
+        );
+        assert_eq!(
+            galera(1180, "wsrep_max_ws_rows exceeded"),
+            Some((TooLarge, "write_set_too_large"))
+        );
+        assert_eq!(
+            galera(1105, "Maximum writeset size exceeded"),
+            Some((TooLarge, "write_set_too_large"))
+        );
+        assert_eq!(
+            galera(
+                1213,
+                "Deadlock found when trying to get lock; try restarting transaction"
+            ),
+            Some((Conflict, "certification_conflict"))
+        );
+        // On one server a deadlock is a deadlock, and other texts keep their old meaning.
+        let single = |number, message: &str| classify_galera(number, message, Server::Single);
+        assert_eq!(single(1213, "Deadlock found"), None);
+        assert_eq!(single(1180, "Got error 6 during COMMIT"), None);
+        assert_eq!(single(1047, "Unknown command"), None);
+        assert_eq!(single(1105, "Unknown error"), None);
+        let not_ready = NodeNotReady {
+            node: "db-2:3306".into(),
+            ready: "OFF".into(),
+        };
+        let w = SinkError::classify(&not_ready.into_sqlx(), &Redactor::default());
+        assert_eq!((w.kind, w.reason), (Connection, "node_not_ready"));
+        assert!(w.message.contains("db-2:3306"), "{}", w.message);
+        for (kind, reason) in [
+            (Connection, "node_not_ready"),
+            (TooLarge, "write_set_too_large"),
+            (Conflict, "certification_conflict"),
+        ] {
+            assert!(REASONS.contains(&reason), "{reason}");
+            assert_ne!(
+                crate::writer::retry::decide(kind),
+                crate::writer::retry::Decision::Refused,
+                "{reason} is never final"
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use secrecy::ExposeSecret;
 use sqlx::{MySqlPool, SqlitePool};
 
-use super::error::{Redactor, SinkError};
+use super::cluster::{Cluster, WriteSetLimits, split_hosts};
+use super::error::{NodeNotReady, Redactor, Server, SinkError};
 use super::sql::{self, Written};
 use super::{blackhole, mysql, sqlite};
 use crate::catalog::{Catalog, RowBatch};
@@ -27,16 +28,21 @@ pub struct Target {
     pub user: Option<String>,
     /// TLS mode (MySQL).
     pub tls: Option<TlsMode>,
+    /// `host:port` of the other hosts a MySQL URL names, in order (the sink moves to the next
+    /// when the node in use fails).
+    pub more_hosts: Vec<String>,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.user, self.port, self.tls) {
-            (Some(user), Some(port), Some(tls)) => write!(
-                f,
-                "{}://{user}@{}:{port}/{} (tls {tls})",
-                self.backend, self.host, self.database
-            ),
+            (Some(user), Some(port), Some(tls)) => {
+                write!(f, "{}://{user}@{}:{port}", self.backend, self.host)?;
+                for host in &self.more_hosts {
+                    write!(f, ",{host}")?;
+                }
+                write!(f, "/{} (tls {tls})", self.database)
+            }
             _ => write!(f, "{}://{}", self.backend, self.database),
         }
     }
@@ -81,6 +87,8 @@ pub struct Sink {
     catalog: Arc<Catalog>,
     target: Arc<Target>,
     redactor: Redactor,
+    /// Galera facts and the hosts of the URL (empty for SQLite and the blackhole).
+    cluster: Arc<Cluster>,
 }
 
 impl fmt::Debug for Sink {
@@ -129,9 +137,17 @@ impl Sink {
             secrets.push(password.expose_secret().to_owned());
         }
         let scheme = raw.split_once(':').map_or("", |(scheme, _)| scheme);
+        let mut cluster = Arc::new(Cluster::default());
         let (pool, target) = match scheme {
             "mysql" | "mariadb" => {
-                let url = url::Url::parse(raw).map_err(|e| OpenError::Url {
+                // The URL parser takes one host: it reads the URL naming the first, and the
+                // sink keeps the list.
+                let (first, hosts) = split_hosts(raw).ok_or_else(|| OpenError::Url {
+                    message: "the host list is malformed: name each host once, as \
+                              host:port,host:port (mysql://user@db-1:3306,db-2:3306/usage)"
+                        .to_owned(),
+                })?;
+                let url = url::Url::parse(&first).map_err(|e| OpenError::Url {
                     message: e.to_string(),
                 })?;
                 if let Some(password) = url.password() {
@@ -143,7 +159,8 @@ impl Sink {
                         secrets.push(decoded.into_owned());
                     }
                 }
-                let (pool, target) = mysql::config::pool(settings, &url)?;
+                let (pool, target, hosts) = mysql::config::pool(settings, &url, hosts)?;
+                cluster = hosts;
                 (Pool::MySql(pool), target)
             }
             "sqlite" => {
@@ -159,6 +176,7 @@ impl Sink {
                     database: "nothing is stored".to_owned(),
                     user: None,
                     tls: None,
+                    more_hosts: Vec::new(),
                 },
             ),
             other => {
@@ -172,6 +190,7 @@ impl Sink {
             catalog,
             target: Arc::new(target),
             redactor: Redactor::new(secrets),
+            cluster,
         })
     }
 
@@ -200,11 +219,60 @@ impl Sink {
         &self.redactor
     }
 
+    /// What verification learnt of the server's clustering.
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The write-set limits a transaction must stay within (a Galera cluster's
+    /// `wsrep_max_ws_rows` and `wsrep_max_ws_size`, as verification read them), if any.
+    pub fn write_set_limits(&self) -> Option<WriteSetLimits> {
+        self.cluster.write_set_limits()
+    }
+
+    /// True once verification found a Galera node.
+    pub fn is_galera(&self) -> bool {
+        self.cluster.server() == Server::Galera
+    }
+
+    /// `host:port` of every host the URL names, and which one is in use (MySQL only).
+    pub fn hosts(&self) -> Option<(Vec<String>, usize)> {
+        self.cluster.hosts().map(|h| (h.all(), h.current()))
+    }
+
+    /// `host:port` of the host in use (MySQL only).
+    pub fn host_in_use(&self) -> Option<String> {
+        self.cluster.hosts().map(|h| h.in_use())
+    }
+
+    /// How many times the sink moved to another host: an operation notes it as it begins,
+    /// and passes it to [`Sink::after_failure`] if it fails.
+    pub fn moves(&self) -> u64 {
+        self.cluster.moves()
+    }
+
+    /// After `error` in an operation that began at [`Sink::moves`] `began`: moves to the next
+    /// host of the URL if the error says the node in use is gone (see [`super::cluster`]).
+    pub fn after_failure(&self, began: u64, error: &SinkError) {
+        if let Pool::MySql(pool) = &self.pool {
+            self.cluster.after_failure(began, error, pool);
+        }
+    }
+
+    /// Describes a driver error from an operation that began at move count `began`, as the
+    /// server in use means it, and moves to another host if it says the node is gone.
+    pub(crate) fn failed(&self, began: u64, error: &sqlx::Error) -> SinkError {
+        let error = SinkError::classify_on(error, &self.redactor, self.cluster.server());
+        self.after_failure(began, &error);
+        error
+    }
+
     /// Writes a batch in one transaction.
     pub async fn write(&self, batch: &RowBatch<'_>) -> Result<Written, SinkError> {
+        let began = self.moves();
         self.transaction(batch, true)
             .await
-            .map_err(|e| SinkError::classify(&e, &self.redactor))
+            .map_err(|e| self.failed(began, &e))
     }
 
     /// Runs a batch's statements and commits them, or rolls them back (the write check).
@@ -237,6 +305,7 @@ impl Sink {
             "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?)";
         let mut reason = reason.to_owned();
         crate::catalog::mapping::cut(&mut reason, 2048);
+        let began = self.moves();
         let result = with_pool!(self, |pool, Db| {
             let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_DEAD_LETTER;
             sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
@@ -248,7 +317,7 @@ impl Sink {
                 .await
                 .map(drop)
         }, blackhole => Ok(()));
-        result.map_err(|e| SinkError::classify(&e, &self.redactor))
+        result.map_err(|e| self.failed(began, &e))
     }
 
     /// Moves this collector's heartbeat row forward to `beat`.
@@ -258,6 +327,7 @@ impl Sink {
         beat: time::PrimitiveDateTime,
     ) -> Result<(), SinkError> {
         const INSERT: &str = "INSERT INTO collector_heartbeats (instance, last_beat) VALUES (?, ?)";
+        let began = self.moves();
         let result = with_pool!(self, |pool, Db| {
             let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_HEARTBEAT;
             sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
@@ -267,22 +337,47 @@ impl Sink {
                 .await
                 .map(drop)
         }, blackhole => Ok(()));
-        result.map_err(|e| SinkError::classify(&e, &self.redactor))
+        result.map_err(|e| self.failed(began, &e))
     }
 
-    /// Runs `SELECT 1` on a pooled connection.
+    /// Runs `SELECT 1` on a pooled connection; on a Galera node, asks instead whether the
+    /// node is part of the primary component (`wsrep_ready`), since one that is not still
+    /// answers `SELECT 1` but refuses every statement on a table.
     pub async fn ping(&self) -> Result<(), SinkError> {
-        let result = with_pool!(
-            self,
-            |pool, _Db| sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            blackhole => Ok(())
-        );
-        result.map_err(|e| SinkError::classify(&e, &self.redactor))
+        let began = self.moves();
+        let result = match &self.pool {
+            Pool::MySql(pool) if self.is_galera() => self.node_ready(pool).await,
+            _ => with_pool!(
+                self,
+                |pool, _Db| sqlx::query("SELECT 1").execute(pool).await.map(drop),
+                blackhole => Ok(())
+            ),
+        };
+        result.map_err(|e| self.failed(began, &e))
+    }
+
+    /// `Ok` when the Galera node a pooled connection reaches is ready (`wsrep_ready = ON`).
+    async fn node_ready(&self, pool: &MySqlPool) -> Result<(), sqlx::Error> {
+        let ready: Option<(String, String)> =
+            sqlx::query_as("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+                .fetch_optional(pool)
+                .await?;
+        match ready {
+            Some((_, value)) if value.eq_ignore_ascii_case("ON") => Ok(()),
+            other => Err(NodeNotReady {
+                node: self.host_in_use().unwrap_or_default(),
+                ready: other.map_or_else(|| "missing".to_owned(), |(_, value)| value),
+            }
+            .into_sqlx()),
+        }
     }
 
     /// Applies the embedded migrations (under the migrator's lock, so several collectors
     /// starting at once apply them once).
     pub async fn migrate(&self) -> Result<(), String> {
+        // Reach the database first: a host that cannot be reached is passed over (with
+        // several hosts) by a failure that says so, not by a migrator's error text.
+        self.ping().await.map_err(|e| e.message)?;
         let result = match &self.pool {
             Pool::MySql(pool) => mysql::migrations::migrator().run(pool).await,
             Pool::Sqlite(pool) => sqlite::migrations::migrator().run(pool).await,

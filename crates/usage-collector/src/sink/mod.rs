@@ -6,6 +6,8 @@
 //!   written in.
 //! - [`verify`]: startup verification — connect, test query, server facts, schema, write
 //!   permission — each step named in its error.
+//! - [`cluster`]: what the sink knows of a database cluster (Galera facts, write-set limits)
+//!   and moving to the next host of a URL naming several when the node in use leaves.
 //! - [`error`]: database errors described by what happened (connection, timeout, a row's
 //!   value, …), with secrets redacted; what to do about each is the writer's retry policy.
 //! - [`retention`]: deleting rows past their retention in bounded batches, one collector at a
@@ -14,6 +16,7 @@
 //! - [`mysql`], [`sqlite`]: each backend's connection options and migrations.
 
 pub mod blackhole;
+pub mod cluster;
 pub mod error;
 pub mod handle;
 pub mod mysql;

@@ -11,6 +11,7 @@ use std::fmt;
 use sqlx::Row;
 use time::macros::datetime;
 
+use super::cluster::ClusterFacts;
 use super::handle::{PoolRef, Sink};
 use crate::catalog::tables::{ColumnType, TableKind};
 use crate::catalog::{Catalog, Mapped, RowBatch, SessionRow, Value};
@@ -73,6 +74,28 @@ pub struct ServerFacts {
     pub charset: String,
     /// Session time zone (the collector writes UTC).
     pub time_zone: String,
+    /// Galera clustering (MySQL, MariaDB without Galera, TiDB: not a Galera node).
+    pub cluster: ClusterFacts,
+}
+
+impl ServerFacts {
+    /// The cluster facts for the verification log line: empty on a single server.
+    fn describe_cluster(&self) -> String {
+        let c = &self.cluster;
+        if !c.galera {
+            return String::new();
+        }
+        let limit = |n: u64| match n {
+            0 => "no limit".to_owned(),
+            n => n.to_string(),
+        };
+        format!(
+            ", Galera cluster of {} nodes (write sets up to {} rows, {} bytes)",
+            c.size,
+            limit(c.max_ws_rows),
+            c.max_ws_size
+        )
+    }
 }
 
 impl Sink {
@@ -86,11 +109,14 @@ impl Sink {
 
     fn step_ok(&self, step: Step, detail: &str) {
         let t = self.target();
+        // With several hosts, the one in use.
+        let node = self.host_in_use();
         tracing::info!(
             step = step.as_str(),
             backend = t.backend,
             host = %t.host,
             port = t.port,
+            node = node.as_deref(),
             database = %t.database,
             user = t.user.as_deref(),
             tls = t.tls.map(tracing::field::display),
@@ -124,8 +150,11 @@ impl Sink {
         self.step_ok(
             Step::Server,
             &format!(
-                "version {}, charset {}, time zone {}",
-                facts.version, facts.charset, facts.time_zone
+                "version {}, charset {}, time zone {}{}",
+                facts.version,
+                facts.charset,
+                facts.time_zone,
+                facts.describe_cluster()
             ),
         );
         let problems = self
@@ -150,16 +179,24 @@ impl Sink {
         Ok(facts)
     }
 
+    /// A failed step whose driver error may say the node in use is gone: with several hosts,
+    /// the next run tries the next one.
+    fn fail_node(&self, step: Step, began: u64, error: &sqlx::Error) -> VerifyError {
+        let error = self.failed(began, error);
+        self.fail(step, error.message)
+    }
+
     async fn mysql_facts(&self, pool: &sqlx::MySqlPool) -> Result<ServerFacts, VerifyError> {
+        let began = self.moves();
         let mut conn = pool
             .acquire()
             .await
-            .map_err(|e| self.fail(Step::Connect, e))?;
+            .map_err(|e| self.fail_node(Step::Connect, began, &e))?;
         self.step_ok(Step::Connect, "");
         sqlx::query("SELECT 1")
             .execute(&mut *conn)
             .await
-            .map_err(|e| self.fail(Step::Query, e))?;
+            .map_err(|e| self.fail_node(Step::Query, began, &e))?;
         self.step_ok(Step::Query, "");
         let row = sqlx::query(
             "SELECT CAST(VERSION() AS CHAR), CAST(@@character_set_database AS CHAR), \
@@ -167,11 +204,71 @@ impl Sink {
         )
         .fetch_one(&mut *conn)
         .await
-        .map_err(|e| self.fail(Step::Server, e))?;
+        .map_err(|e| self.fail_node(Step::Server, began, &e))?;
+        let cluster = self.galera_facts(&mut conn, began).await?;
+        self.cluster().learn(&cluster);
         Ok(ServerFacts {
             version: row.try_get(0).map_err(|e| self.fail(Step::Server, e))?,
             charset: row.try_get(1).map_err(|e| self.fail(Step::Server, e))?,
             time_zone: row.try_get(2).map_err(|e| self.fail(Step::Server, e))?,
+            cluster,
+        })
+    }
+
+    /// Whether the server is a Galera node, and if so the cluster's size and write-set limits.
+    /// A node outside the primary component fails the step: it would refuse every write.
+    async fn galera_facts(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        began: u64,
+    ) -> Result<ClusterFacts, VerifyError> {
+        let wsrep: Result<(i64, i64, i64), sqlx::Error> = sqlx::query_as(
+            "SELECT CAST(@@wsrep_on AS SIGNED), CAST(@@wsrep_max_ws_rows AS SIGNED), \
+             CAST(@@wsrep_max_ws_size AS SIGNED)",
+        )
+        .fetch_one(&mut *conn)
+        .await;
+        let (on, rows, size) = match wsrep {
+            Ok(values) => values,
+            // 1193, unknown system variable: a server without Galera (MySQL, TiDB).
+            Err(sqlx::Error::Database(e))
+                if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                    .is_some_and(|e| e.number() == 1193) =>
+            {
+                return Ok(ClusterFacts::default());
+            }
+            Err(e) => return Err(self.fail_node(Step::Server, began, &e)),
+        };
+        if on != 1 {
+            return Ok(ClusterFacts::default());
+        }
+        let status: Vec<(String, String)> = sqlx::query_as(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN ('wsrep_cluster_size', 'wsrep_ready')",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| self.fail_node(Step::Server, began, &e))?;
+        let value = |name: &str| {
+            status
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let ready = value("wsrep_ready");
+        if !ready.eq_ignore_ascii_case("ON") {
+            let error = super::error::NodeNotReady {
+                node: self.host_in_use().unwrap_or_default(),
+                ready,
+            }
+            .into_sqlx();
+            return Err(self.fail_node(Step::Server, began, &error));
+        }
+        Ok(ClusterFacts {
+            galera: true,
+            size: value("wsrep_cluster_size").parse().unwrap_or(0),
+            max_ws_rows: u64::try_from(rows).unwrap_or(0),
+            max_ws_size: u64::try_from(size).unwrap_or(0),
         })
     }
 
@@ -190,6 +287,7 @@ impl Sink {
             version: format!("SQLite {version}"),
             charset: "UTF-8".to_owned(),
             time_zone: "UTC (the collector writes UTC)".to_owned(),
+            cluster: ClusterFacts::default(),
         })
     }
 

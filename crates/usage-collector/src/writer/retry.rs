@@ -9,6 +9,16 @@
 //!   (read-only, table or disk full) and a schema or permission problem are the database's,
 //!   not the rows': the same batch is retried without end, with backoff, while the spool keeps
 //!   accepting, and the readiness checks and `usage_collector_database_up` say so;
+//! - a transaction larger than the database takes in one ([`ErrorKind::TooLarge`]: a Galera
+//!   cluster's write-set limits) is split: the batch is written in halves, each its own
+//!   transaction (each counts only the rows it inserted, so the summaries stay exact), and
+//!   never dead-lettered; a single event still too large is retried like an outage, since
+//!   only raising the limit helps it;
+//! - a certification conflict on a Galera cluster (two nodes' transactions changed the same
+//!   session or rollup rows; reason `certification_conflict`) is a [`ErrorKind::Conflict`]
+//!   like a deadlock: retried with backoff, counted, and logged at DEBUG, since contention
+//!   between collectors makes it a normal event; readiness hears of a conflict only once it
+//!   has lasted [`CONFLICTS_BEFORE_DEGRADED`] attempts;
 //! - an unknown failure is retried [`UNKNOWN_ATTEMPTS`] times, then the batch is bisected; a
 //!   row is kept as a dead letter only when the rest of its batch was written while it kept
 //!   failing, so a passing incident never sends a healthy batch to the dead letters.
@@ -31,6 +41,9 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Attempts at a batch failing for an unknown reason before it is bisected.
 pub const UNKNOWN_ATTEMPTS: usize = 5;
+/// Attempts at a batch that keeps meeting other transactions (deadlocks, certification
+/// conflicts) before readiness reports the writer as failing.
+pub const CONFLICTS_BEFORE_DEGRADED: usize = 3;
 
 /// What a failure means for the batch that met it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +54,8 @@ pub enum Decision {
     Refused,
     /// Not known: retry a few times, then look for a row that causes it.
     Suspect,
+    /// Too large for one transaction: write it in smaller ones.
+    Split,
 }
 
 /// The policy for each kind of failure.
@@ -53,6 +68,7 @@ pub fn decide(kind: ErrorKind) -> Decision {
         | ErrorKind::Schema => Decision::Retry,
         ErrorKind::RowValue => Decision::Refused,
         ErrorKind::Unknown => Decision::Suspect,
+        ErrorKind::TooLarge => Decision::Split,
     }
 }
 
@@ -93,7 +109,8 @@ impl Policy {
     }
 
     /// Sends `events` until they are written (`Ok(Ok)`), the failure is final for them
-    /// (`Ok(Err)`: refused rows, or a suspect failure past its attempts), or the writer stops.
+    /// (`Ok(Err)`: refused rows, or a suspect failure past its attempts), they must be split
+    /// (`Ok(Err)` with [`ErrorKind::TooLarge`], for more than one event), or the writer stops.
     pub async fn deliver(
         &self,
         sender: &Sender,
@@ -115,6 +132,15 @@ impl Policy {
                 Err(error) => error,
             };
             let decision = decide(error.kind);
+            if decision == Decision::Split && events.len() > 1 {
+                tracing::info!(
+                    events = events.len(),
+                    reason = error.reason,
+                    error = %error.message,
+                    "transaction larger than the database's write-set limit; writing the batch in halves"
+                );
+                return Ok(Err(error));
+            }
             if decision == Decision::Refused
                 || (decision == Decision::Suspect
                     && patience == Patience::Bounded
@@ -124,7 +150,7 @@ impl Policy {
                 return Ok(Err(error));
             }
             let wait = waits.next().unwrap_or(MAX_BACKOFF);
-            self.report(&error, events.len(), wait);
+            self.report(&error, events.len(), wait, attempts);
             let wake = Instant::now() + wait;
             if self.stop.deadline().is_some_and(|d| d <= wake) {
                 return Err(Stopped);
@@ -134,8 +160,13 @@ impl Policy {
     }
 
     /// A failure that will be retried: readiness, `database_up`, and one log line per distinct
-    /// failure while it lasts (the metrics count every attempt).
-    fn report(&self, error: &SinkError, events: usize, wait: Duration) {
+    /// failure while it lasts (the metrics count every attempt). A certification conflict is
+    /// logged at DEBUG only, and a conflict reaches readiness only once it lasts.
+    fn report(&self, error: &SinkError, events: usize, wait: Duration, attempts: usize) {
+        if error.kind == ErrorKind::Conflict && attempts < CONFLICTS_BEFORE_DEGRADED {
+            tracing::debug!(events, reason = error.reason, error = %error.message, attempts, "batch met another transaction; retrying");
+            return;
+        }
         if matches!(
             error.kind,
             ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::ServerState
@@ -149,7 +180,14 @@ impl Policy {
             error.reason, error.message
         )));
         let mut last = self.last_failure.lock().unwrap_or_else(|e| e.into_inner());
-        if *last != error.message {
+        if error.reason == "certification_conflict" {
+            tracing::debug!(
+                events,
+                reason = error.reason,
+                attempts,
+                "batch still meets other nodes' transactions; retrying"
+            );
+        } else if *last != error.message {
             tracing::warn!(events, reason = error.reason, error = %error.message, retry_in_ms = wait.as_millis() as u64, "batch write failed; retrying until it works (events stay in the spool)");
             last.clone_from(&error.message);
         } else {
@@ -175,5 +213,6 @@ mod tests {
             assert_eq!(decide(kind), Decision::Retry, "{kind:?}");
         }
         assert_eq!(decide(ErrorKind::Unknown), Decision::Suspect);
+        assert_eq!(decide(ErrorKind::TooLarge), Decision::Split);
     }
 }

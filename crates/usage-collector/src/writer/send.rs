@@ -70,13 +70,16 @@ impl Sender {
             events = batch.events,
             rows = batch.row_count()
         );
+        let began = self.sink.moves();
         let write = tracing::Instrument::instrument(self.sink.write(&batch), span);
         let result = match tokio::time::timeout(self.timeout, write).await {
             Ok(result) => result,
-            Err(_) => Err(SinkError::timed_out(
-                "the batch's transaction",
-                self.timeout,
-            )),
+            Err(_) => {
+                let error = SinkError::timed_out("the batch's transaction", self.timeout);
+                // A node that hangs: with several hosts, the next attempt goes to another.
+                self.sink.after_failure(began, &error);
+                Err(error)
+            }
         };
         match result {
             Ok(written) => {

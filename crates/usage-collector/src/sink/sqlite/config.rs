@@ -23,6 +23,7 @@ pub fn pool(settings: &DatabaseSettings, url: &str) -> Result<(SqlitePool, Targe
         database: options.get_filename().display().to_string(),
         user: None,
         tls: None,
+        more_hosts: Vec::new(),
     };
     let pool = SqlitePoolOptions::new()
         // SQLite has one writer at a time; more connections would only wait on its lock.
