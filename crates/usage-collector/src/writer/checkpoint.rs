@@ -272,10 +272,14 @@ impl Driver {
             );
             self.dead_letters.keep_unplaced(row, &reason).await;
         }
+        // The limits startup verification read (none but on a Galera cluster that sets them).
+        let limits = self.sender.sink().write_set_limits();
         for chunk in round.rows.events.chunks(self.batch_size) {
-            self.dead_letters
-                .isolate(&self.policy, &self.sender, chunk)
-                .await?;
+            for part in super::split::parts(chunk, limits) {
+                self.dead_letters
+                    .isolate(&self.policy, &self.sender, part)
+                    .await?;
+            }
         }
         self.sender.send_heartbeats(&round.heartbeats).await;
         Ok(())

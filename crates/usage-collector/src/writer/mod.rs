@@ -6,6 +6,8 @@
 //!   is empty or the deadline passes.
 //! - [`batch`]: building the work: reads the spool from the checkpoint in order, takes each
 //!   record's rows from the receiver's cache or decodes them, and groups them into rounds.
+//! - [`split`]: cuts a batch into transactions that stay within the database's write-set
+//!   limits (a Galera cluster's), each exactly-once on its own.
 //! - [`send`]: one attempt at writing one batch, under the write timeout, with its metrics.
 //! - [`retry`]: the retry policy: what each kind of database failure means (retry, or a row
 //!   the database refuses for good) and the backoff between attempts.
@@ -17,5 +19,6 @@ pub mod checkpoint;
 pub mod dead_letters;
 pub mod retry;
 pub mod send;
+pub mod split;
 
 pub use checkpoint::{Writer, WriterTask};
