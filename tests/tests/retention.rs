@@ -1,12 +1,12 @@
 //! Retention on MariaDB and SQLite: a sweep deletes exactly the rows past each table's limit,
 //! in statements of at most the batch size; per-table overrides win; on MariaDB two collectors
-//! sweeping at once delete each row once, only one of them sweeping; and a running collector
-//! sweeps by itself once ready.
+//! sweeping at once delete each row once, only one of them sweeping (the one holding the
+//! retention lease); a sweep that loses its lease stops; and a running collector sweeps by
+//! itself once ready.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Connection;
 use time::OffsetDateTime;
 use time::macros::datetime;
 use usage_collector::catalog::Catalog;
@@ -321,7 +321,7 @@ async fn two_collectors_sweeping_at_once_on_mysql_delete_each_row_once() {
     old_page_visits(&db, OLD).await;
     page_visit(&db, OLD + 1, "2025-03-10 00:00:00").await;
     let (metrics_a, metrics_b) = (Arc::new(Metrics::new()), Arc::new(Metrics::new()));
-    // Batches of 3: 200 statements, so the first sweep still holds the lock when the second
+    // Batches of 3: 200 statements, so the first sweep still holds the lease when the second
     // asks for it.
     let settings = retention(30, &[], 3);
     let a = Retention::new(
@@ -348,7 +348,7 @@ async fn two_collectors_sweeping_at_once_on_mysql_delete_each_row_once() {
     assert_eq!(swept.len(), 1, "exactly one sweeps: {outcomes:?}");
     assert!(
         outcomes.contains(&Sweep::LockHeld),
-        "the other finds the lock taken: {outcomes:?}"
+        "the other finds the lease taken: {outcomes:?}"
     );
     assert_eq!(swept[0][0].table, "page_visits");
     assert_eq!(swept[0][0].rows, u64::from(OLD));
@@ -357,47 +357,109 @@ async fn two_collectors_sweeping_at_once_on_mysql_delete_each_row_once() {
         u64::from(OLD)
     );
     assert_eq!(db.count("page_visits").await, 1);
-    // The lock was released: the next round sweeps (and finds nothing).
+    // The lease was released: the next round sweeps (and finds nothing).
     let next = b.sweep_at(NOW).await.expect("next sweep");
     assert!(matches!(next, Sweep::Swept(_)), "{next:?}");
     first.close().await;
     second.close().await;
 }
 
-#[tokio::test]
-async fn a_sweep_skips_the_round_while_another_holds_the_lock() {
-    let db = TestDb::mysql().await;
+/// Another collector holds the retention lease: a sweep skips the round and deletes nothing;
+/// once the lease is released, or has expired, the next round sweeps.
+async fn a_sweep_skips_the_round_while_another_holds_the_lease(db: TestDb) {
     let sink = migrated_sink(&db).await;
     old_page_visits(&db, 4).await;
-    let mut holder = sqlx::MySqlConnection::connect(db.url())
-        .await
-        .expect("connect");
-    let lock = "LEFT(CONCAT('usage_collector_retention.', DATABASE()), 64)";
-    let got: Option<i64> =
-        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT GET_LOCK({lock}, 0)")))
-            .fetch_one(&mut holder)
-            .await
-            .expect("GET_LOCK");
-    assert_eq!(got, Some(1));
+    // What another collector's take leaves behind: its name and an expiry an hour ahead.
+    db.execute(
+        "UPDATE collector_leases SET holder = 'collector-b-1234', \
+         expires_at = '2999-01-01 00:00:00' WHERE name = 'retention'",
+    )
+    .await;
     let metrics = Arc::new(Metrics::new());
     let sweeper = Retention::new(
         sink.clone(),
         metrics.clone(),
         retention(30, &[], 1000),
         STATEMENT_TIMEOUT,
-    );
+    )
+    .with_instance("collector-a");
+    assert!(sweeper.holder().starts_with("collector-a-"));
     assert_eq!(sweeper.sweep_at(NOW).await.expect("sweep"), Sweep::LockHeld);
     assert_eq!(db.count("page_visits").await, 4);
     assert_eq!(deleted_metric(&metrics, "page_visits"), 0);
-    sqlx::query(sqlx::AssertSqlSafe(format!("DO RELEASE_LOCK({lock})")))
-        .execute(&mut holder)
-        .await
-        .expect("RELEASE_LOCK");
+    // The lease expired (its holder died): the next round takes it.
+    db.execute(
+        "UPDATE collector_leases SET expires_at = '2000-01-01 00:00:00' WHERE name = 'retention'",
+    )
+    .await;
     assert!(matches!(
         sweeper.sweep_at(NOW).await.expect("sweep"),
         Sweep::Swept(_)
     ));
     assert_eq!(db.count("page_visits").await, 0);
+    // Released at the end: no holder, expired.
+    let lease = db
+        .texts(
+            "SELECT holder, CAST(expires_at < '2001-01-01' AS CHAR) FROM collector_leases \
+             WHERE name = 'retention'",
+        )
+        .await;
+    assert_eq!(lease, [[Some(String::new()), Some("1".to_owned())]]);
+    sink.close().await;
+}
+
+#[tokio::test]
+async fn a_sweep_skips_the_round_while_another_holds_the_lease_on_mysql() {
+    a_sweep_skips_the_round_while_another_holds_the_lease(TestDb::mysql().await).await;
+}
+
+#[tokio::test]
+async fn a_sweep_skips_the_round_while_another_holds_the_lease_on_sqlite() {
+    a_sweep_skips_the_round_while_another_holds_the_lease(TestDb::sqlite().await).await;
+}
+
+/// A sweep whose lease another collector took while it ran (it stalled past the expiry)
+/// stops after the statement it was running: it never sweeps beside the new holder.
+#[tokio::test]
+async fn a_sweep_that_loses_its_lease_stops() {
+    let db = TestDb::mysql().await;
+    let sink = migrated_sink(&db).await;
+    old_page_visits(&db, 60).await;
+    // The first DELETE takes the lease away, as a collector taking it over would.
+    db.execute(
+        "CREATE TRIGGER take_over BEFORE DELETE ON page_visits FOR EACH ROW \
+         UPDATE collector_leases SET holder = 'collector-b-1234', \
+         expires_at = '2999-01-01 00:00:00' WHERE name = 'retention'",
+    )
+    .await;
+    let metrics = Arc::new(Metrics::new());
+    let sweeper = Retention::new(
+        sink.clone(),
+        metrics.clone(),
+        retention(30, &[], 10),
+        STATEMENT_TIMEOUT,
+    );
+    let outcome = sweeper.sweep_at(NOW).await.expect("sweep");
+    assert_eq!(
+        outcome,
+        Sweep::LeaseLost(vec![Deleted {
+            table: "page_visits",
+            rows: 10,
+            statements: 1
+        }])
+    );
+    assert_eq!(
+        db.count("page_visits").await,
+        50,
+        "one statement, then it stopped"
+    );
+    assert_eq!(deleted_metric(&metrics, "page_visits"), 10);
+    // The lease stays the other's.
+    assert_eq!(
+        db.texts("SELECT holder FROM collector_leases WHERE name = 'retention'")
+            .await,
+        [[Some("collector-b-1234".to_owned())]]
+    );
     sink.close().await;
 }
 

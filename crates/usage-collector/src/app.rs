@@ -259,7 +259,8 @@ impl Application {
                     metrics.clone(),
                     settings.retention.clone(),
                     settings.writer.write_timeout,
-                );
+                )
+                .with_instance(&settings.instance);
                 tokio::spawn(retention.run(async move { verified_rx.await.is_ok() }))
             });
         let decoders = crate::receiver::decoders::Decoders::start(
@@ -468,7 +469,7 @@ impl Application {
             watch.abort();
         }
         if let Some(retention) = self.retention {
-            // A sweep cut short closes its connection, which releases the lock.
+            // A sweep cut short leaves its lease to expire.
             retention.abort();
             if let Err(e) = retention.await
                 && !e.is_cancelled()

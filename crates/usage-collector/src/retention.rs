@@ -5,7 +5,9 @@
 //! the table forever, and with every table kept forever no sweeper runs. The deleting itself —
 //! bounded batches, one collector at a time — is [`crate::sink::retention`]; this stage decides
 //! when and how far back, counts `usage_collector_rows_deleted_total{table}` as each batch
-//! commits, and logs each sweep once at INFO with its totals per table. A failed sweep is
+//! commits, and logs each sweep once at INFO with its totals per table, its lease holder and
+//! when it held the lease (`held_from`, `held_until`: two collectors' holds never overlap). A
+//! failed sweep is
 //! logged and tried again at the next interval; it never touches readiness (nothing accepted
 //! is at risk, and the database checks report an outage already).
 
@@ -19,7 +21,7 @@ use crate::config::RetentionSettings;
 use crate::health::Metrics;
 use crate::health::metrics::TableLabels;
 use crate::sink::Sink;
-use crate::sink::retention::{Deleted, Sweep, SweepError, TABLES};
+use crate::sink::retention::{Deleted, LEASE_TTL_STATEMENTS, Lease, Sweep, SweepError, TABLES};
 
 /// Deletes expired rows from one sink.
 #[derive(Debug, Clone)]
@@ -28,6 +30,15 @@ pub struct Retention {
     metrics: Arc<Metrics>,
     settings: RetentionSettings,
     statement_timeout: Duration,
+    /// The retention lease's holder name and life.
+    lease: Lease,
+}
+
+/// A lease holder name unique to this process: `instance`, then a random suffix (two
+/// processes started with the same instance name, as a restarted pod is, hold leases apart).
+fn holder(instance: &str) -> String {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{instance}-{}", &suffix[..8])
 }
 
 impl Retention {
@@ -43,7 +54,22 @@ impl Retention {
             metrics,
             settings,
             statement_timeout,
+            lease: Lease {
+                holder: holder("usage-collector"),
+                ttl: statement_timeout * LEASE_TTL_STATEMENTS,
+            },
         }
+    }
+
+    /// Holds the lease as this collector's `instance` (with a suffix of this process).
+    pub fn with_instance(mut self, instance: &str) -> Self {
+        self.lease.holder = holder(instance);
+        self
+    }
+
+    /// The name this sweeper holds the retention lease under.
+    pub fn holder(&self) -> &str {
+        &self.lease.holder
     }
 
     /// True when some table has a retention (otherwise there is nothing to sweep).
@@ -71,7 +97,7 @@ impl Retention {
     }
 
     /// One sweep as of `now`: deletes, counts and logs. `Ok(Sweep::LockHeld)` when another
-    /// collector is sweeping.
+    /// collector holds the lease.
     pub async fn sweep_at(&self, now: OffsetDateTime) -> Result<Sweep, SweepError> {
         let plan = Self::plan(&self.settings, now);
         let started = Instant::now();
@@ -82,6 +108,7 @@ impl Retention {
                 &plan,
                 self.settings.batch_size,
                 self.statement_timeout,
+                &self.lease,
                 |table, rows| {
                     metrics
                         .rows_deleted
@@ -91,10 +118,18 @@ impl Retention {
             )
             .await;
         let elapsed_ms = started.elapsed().as_millis() as u64;
+        let holder = self.lease.holder.as_str();
+        let time = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
         match &result {
-            Ok(Sweep::Swept(deleted)) => {
+            Ok((Sweep::Swept(deleted), held)) => {
                 let n = |table: &str| count(deleted, table);
                 tracing::info!(
+                    holder,
+                    held_from = held.map(|h| time(h.from)),
+                    held_until = held.map(|h| time(h.until)),
                     page_visits = n("page_visits"),
                     program_executions = n("program_executions"),
                     feature_usage = n("feature_usage"),
@@ -107,13 +142,33 @@ impl Retention {
                     "retention sweep done: rows deleted per table"
                 );
             }
-            Ok(Sweep::LockHeld) => {
-                tracing::debug!("retention sweep skipped: another collector holds the lock");
+            Ok((Sweep::LockHeld, _)) => {
+                tracing::debug!(
+                    holder,
+                    "retention sweep skipped: another collector holds the lease"
+                );
             }
-            Ok(Sweep::Nothing) => {}
+            Ok((Sweep::LeaseLost(deleted), _)) => {
+                let n = |table: &str| count(deleted, table);
+                tracing::warn!(
+                    holder,
+                    page_visits = n("page_visits"),
+                    program_executions = n("program_executions"),
+                    feature_usage = n("feature_usage"),
+                    usage_events = n("usage_events"),
+                    ide_sessions = n("ide_sessions"),
+                    dead_letters = n("dead_letters"),
+                    elapsed_ms,
+                    "retention sweep stopped: another collector took the lease while this one \
+                     stalled (rows deleted until then per table)"
+                );
+            }
+            Ok((Sweep::Nothing, _)) => {}
             Err(e) => {
                 let n = |table: &str| count(&e.deleted, table);
                 tracing::warn!(
+                    holder,
+                    held_from = e.held_from.map(time),
                     error = %e.error,
                     reason = e.error.reason,
                     page_visits = n("page_visits"),
@@ -128,7 +183,7 @@ impl Retention {
                 );
             }
         }
-        result
+        result.map(|(sweep, _)| sweep)
     }
 
     /// Waits for `verified`, then sweeps at once and every interval, until dropped (aborted).

@@ -14,18 +14,27 @@
 //!   the scan (the table has no index on the end or activity times);
 //! - `dead_letters`: `created_at`.
 //!
-//! With several collectors on one MySQL database only one sweeps at a time: the sweep holds
-//! `GET_LOCK` (named after the database, so collectors of different databases on one server do
-//! not wait on each other) on its own pooled connection, and one that finds it taken skips the
-//! round. That connection is closed after the sweep rather than returned to the pool, so a
-//! sweep cut short (a timeout, a shutdown) cannot leave the lock held by a pooled connection.
-//! SQLite has one process: each statement takes the single connection on its own, so the writer
-//! gets it between batches.
+//! With several collectors on one database, only one sweeps at a time: a sweep first takes the
+//! `retention` lease, a row of `collector_leases` with a holder and an expiry, by one
+//! conditional UPDATE (it matches only when the lease has expired or is already this
+//! collector's), renews it after every DELETE, and releases it at the end by moving its expiry
+//! into the past. The database's clock decides expiry. A collector that finds the lease held
+//! skips the round; a sweep that finds its lease taken (it stalled past the expiry and another
+//! collector took over) stops at once. A sweep cut short (a timeout, a shutdown, a crash)
+//! leaves the lease to expire on its own, [`LEASE_TTL_STATEMENTS`] statement timeouts later.
+//!
+//! Unlike `GET_LOCK`, which an earlier version held and which lives in one server's memory, a
+//! row is replicated: collectors on different nodes of a Galera cluster meet on it. There, two
+//! collectors taking an expired lease at the same moment meet as a certification conflict on
+//! their UPDATEs; the server retries the loser's (`wsrep_retry_autocommit`), which then finds
+//! the lease held, or reports the conflict, which counts as finding it held: either way
+//! exactly one holds it. Every statement runs on the pool (nothing is tied to one connection),
+//! so the writer keeps SQLite's single connection between statements.
 
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use time::PrimitiveDateTime;
+use sqlx::{Database, Encode, Executor, IntoArguments, Type};
+use time::{OffsetDateTime, PrimitiveDateTime};
 
 use super::error::SinkError;
 use super::handle::{PoolRef, Sink};
@@ -40,9 +49,13 @@ pub const TABLES: [&str; 6] = [
     "dead_letters",
 ];
 
-/// The MySQL named lock one sweep at a time holds: `usage_collector_retention.<database>`, cut
-/// to the 64 characters a lock name may have.
-const LOCK_NAME: &str = "LEFT(CONCAT('usage_collector_retention.', COALESCE(DATABASE(), '')), 64)";
+/// The lease row one sweep at a time holds.
+pub const LEASE: &str = "retention";
+
+/// A lease lasts this many statement timeouts past its last renewal: a live sweep renews it
+/// after every statement (each bounded by one timeout), so only a sweep that stopped, or
+/// stalled for longer, loses it.
+pub const LEASE_TTL_STATEMENTS: u32 = 3;
 
 /// Rows a sweep deleted from one table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,10 +73,33 @@ pub struct Deleted {
 pub enum Sweep {
     /// The sweep ran: what it deleted from each table of the plan, in order.
     Swept(Vec<Deleted>),
-    /// Another collector holds the retention lock; nothing was done.
+    /// Another collector holds the retention lease; nothing was done.
     LockHeld,
+    /// Another collector took the lease while this sweep ran (it stalled past the lease's
+    /// expiry): it stopped after what it had deleted.
+    LeaseLost(Vec<Deleted>),
     /// The sink stores nothing.
     Nothing,
+}
+
+/// When a sweep held the lease, by this machine's clock: from just after the database granted
+/// it to just before the release was sent. Another collector's hold on the same database,
+/// read the same way, never overlaps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    /// The lease was granted before this.
+    pub from: OffsetDateTime,
+    /// The last DELETE had finished, and the release not yet been sent, at this.
+    pub until: OffsetDateTime,
+}
+
+/// Who sweeps, and how long its lease lasts.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The lease's holder: the collector's instance name and a suffix of its process.
+    pub holder: String,
+    /// How long the lease lasts past each renewal.
+    pub ttl: Duration,
 }
 
 /// A sweep stopped by a failed statement, with what it had deleted until then.
@@ -73,6 +109,75 @@ pub struct SweepError {
     pub error: SinkError,
     /// Tables finished, and the one in progress, before the failure.
     pub deleted: Vec<Deleted>,
+    /// When the lease was granted, if it was.
+    pub held_from: Option<OffsetDateTime>,
+}
+
+/// The lease's statements in one dialect (binds: take — holder, name, holder; renew and
+/// release — name, holder).
+struct LeaseSql {
+    take: String,
+    renew: String,
+    release: String,
+}
+
+impl LeaseSql {
+    /// `now` is the database's clock as an expression, `later` it plus the lease's life, and
+    /// `expired` a time long past.
+    fn new(now: &str, later: &str, expired: &str) -> Self {
+        Self {
+            take: format!(
+                "UPDATE collector_leases SET holder = ?, expires_at = {later} \
+                 WHERE name = ? AND (expires_at < {now} OR holder = ?)"
+            ),
+            renew: format!(
+                "UPDATE collector_leases SET expires_at = {later} WHERE name = ? AND holder = ?"
+            ),
+            release: format!(
+                "UPDATE collector_leases SET holder = '', expires_at = {expired} \
+                 WHERE name = ? AND holder = ?"
+            ),
+        }
+    }
+
+    fn mysql(ttl: Duration) -> Self {
+        Self::new(
+            "UTC_TIMESTAMP(6)",
+            &format!(
+                "DATE_ADD(UTC_TIMESTAMP(6), INTERVAL {} MICROSECOND)",
+                ttl.as_micros()
+            ),
+            "'1970-01-01 00:00:00'",
+        )
+    }
+
+    fn sqlite(ttl: Duration) -> Self {
+        Self::new(
+            "strftime('%Y-%m-%d %H:%M:%f', 'now')",
+            &format!(
+                "strftime('%Y-%m-%d %H:%M:%f', 'now', '+{:.3} seconds')",
+                ttl.as_secs_f64()
+            ),
+            "'1970-01-01 00:00:00.000'",
+        )
+    }
+}
+
+/// Rows a statement changed (matched, for an UPDATE: the driver asks for found rows).
+trait Affected {
+    fn affected(&self) -> u64;
+}
+
+impl Affected for sqlx::mysql::MySqlQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl Affected for sqlx::sqlite::SqliteQueryResult {
+    fn affected(&self) -> u64 {
+        self.rows_affected()
+    }
 }
 
 /// The condition selecting a table's expired rows (binds: the cutoff, as often as `binds`), and
@@ -114,57 +219,111 @@ fn sqlite_delete(table: &str) -> Option<(String, usize)> {
     ))
 }
 
+/// The sweep's settings for one run.
+struct Run<'a> {
+    plan: &'a [(&'static str, PrimitiveDateTime)],
+    batch_size: u32,
+    statement_timeout: Duration,
+    lease: &'a Lease,
+}
+
 impl Sink {
     /// Deletes, from each table of `plan`, the rows older than its cutoff, at most
-    /// `batch_size` rows per statement, each statement within `statement_timeout`.
-    /// `on_batch(table, rows)` hears each statement's count as it happens.
+    /// `batch_size` rows per statement, each statement within `statement_timeout`, holding
+    /// `lease` throughout. `on_batch(table, rows)` hears each statement's count as it happens.
+    /// With the outcome comes when the lease was held, if it was.
     pub async fn sweep(
         &self,
         plan: &[(&'static str, PrimitiveDateTime)],
         batch_size: u32,
         statement_timeout: Duration,
+        lease: &Lease,
         mut on_batch: impl FnMut(&'static str, u64),
-    ) -> Result<Sweep, SweepError> {
+    ) -> Result<(Sweep, Option<Held>), SweepError> {
+        let run = Run {
+            plan,
+            batch_size,
+            statement_timeout,
+            lease,
+        };
         let mut deleted = Vec::new();
+        let mut held_from = None;
         let result = match self.pool() {
             PoolRef::MySql(pool) => {
-                self.sweep_mysql(
+                self.sweep_on(
                     pool,
-                    plan,
-                    batch_size,
-                    statement_timeout,
+                    &run,
+                    &LeaseSql::mysql(lease.ttl),
+                    mysql_delete,
                     &mut on_batch,
                     &mut deleted,
+                    &mut held_from,
                 )
                 .await
             }
             PoolRef::Sqlite(pool) => {
-                self.sweep_sqlite(
+                self.sweep_on(
                     pool,
-                    plan,
-                    batch_size,
-                    statement_timeout,
+                    &run,
+                    &LeaseSql::sqlite(lease.ttl),
+                    sqlite_delete,
                     &mut on_batch,
                     &mut deleted,
+                    &mut held_from,
                 )
                 .await
             }
-            PoolRef::Blackhole => return Ok(Sweep::Nothing),
+            PoolRef::Blackhole => return Ok((Sweep::Nothing, None)),
         };
-        result.map_err(|error| SweepError { error, deleted })
+        result.map_err(|error| SweepError {
+            error,
+            deleted,
+            held_from,
+        })
     }
 
-    async fn sweep_sqlite(
+    /// One sweep on either database: take the lease, delete table by table in bounded
+    /// statements renewing the lease after each, release it.
+    #[allow(clippy::too_many_arguments)]
+    async fn sweep_on<DB>(
         &self,
-        pool: &sqlx::SqlitePool,
-        plan: &[(&'static str, PrimitiveDateTime)],
-        batch_size: u32,
-        statement_timeout: Duration,
+        pool: &sqlx::Pool<DB>,
+        run: &Run<'_>,
+        sql: &LeaseSql,
+        delete: fn(&str) -> Option<(String, usize)>,
         on_batch: &mut impl FnMut(&'static str, u64),
         deleted: &mut Vec<Deleted>,
-    ) -> Result<Sweep, SinkError> {
-        for &(table, cutoff) in plan {
-            let Some((sql, binds)) = sqlite_delete(table) else {
+        held_from: &mut Option<OffsetDateTime>,
+    ) -> Result<(Sweep, Option<Held>), SinkError>
+    where
+        DB: Database,
+        DB::QueryResult: Affected,
+        for<'c> &'c sqlx::Pool<DB>: Executor<'c, Database = DB>,
+        for<'q> DB::Arguments: IntoArguments<DB>,
+        for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+        i64: for<'q> Encode<'q, DB> + Type<DB>,
+        PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
+    {
+        let holder = run.lease.holder.as_str();
+        let timeout = run.statement_timeout;
+        let take = sqlx::query(sqlx::AssertSqlSafe(sql.take.clone()))
+            .bind(holder)
+            .bind(LEASE)
+            .bind(holder);
+        match self
+            .timed("taking the retention lease", timeout, take.execute(pool))
+            .await
+        {
+            Ok(result) if result.affected() == 1 => {}
+            Ok(_) => return Ok((Sweep::LockHeld, None)),
+            // Two collectors on two cluster nodes took it at the same moment; the other won.
+            Err(e) if e.reason == "certification_conflict" => return Ok((Sweep::LockHeld, None)),
+            Err(e) => return Err(e),
+        }
+        let from = OffsetDateTime::now_utc();
+        *held_from = Some(from);
+        for &(table, cutoff) in run.plan {
+            let Some((statement, binds)) = delete(table) else {
                 continue;
             };
             deleted.push(Deleted {
@@ -173,98 +332,55 @@ impl Sink {
                 statements: 0,
             });
             loop {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.clone()));
                 for _ in 0..binds {
                     query = query.bind(cutoff);
                 }
-                let query = query.bind(i64::from(batch_size));
-                // On the pool, not one held connection: the writer gets SQLite's only
-                // connection between batches.
+                let query = query.bind(i64::from(run.batch_size));
                 let rows = self
-                    .timed("a retention DELETE", statement_timeout, query.execute(pool))
+                    .timed("a retention DELETE", timeout, query.execute(pool))
                     .await?
-                    .rows_affected();
+                    .affected();
                 record(deleted, on_batch, rows);
-                if rows < u64::from(batch_size) {
+                // Still ours? A sweep that stalled past the expiry stops here.
+                let renew = sqlx::query(sqlx::AssertSqlSafe(sql.renew.clone()))
+                    .bind(LEASE)
+                    .bind(holder);
+                match self
+                    .timed("renewing the retention lease", timeout, renew.execute(pool))
+                    .await
+                {
+                    Ok(result) if result.affected() == 1 => {}
+                    Ok(_) => return Ok((Sweep::LeaseLost(std::mem::take(deleted)), None)),
+                    Err(e) if e.reason == "certification_conflict" => {
+                        return Ok((Sweep::LeaseLost(std::mem::take(deleted)), None));
+                    }
+                    Err(e) => return Err(e),
+                }
+                if rows < u64::from(run.batch_size) {
                     break;
                 }
             }
         }
-        Ok(Sweep::Swept(std::mem::take(deleted)))
-    }
-
-    async fn sweep_mysql(
-        &self,
-        pool: &sqlx::MySqlPool,
-        plan: &[(&'static str, PrimitiveDateTime)],
-        batch_size: u32,
-        statement_timeout: Duration,
-        on_batch: &mut impl FnMut(&'static str, u64),
-        deleted: &mut Vec<Deleted>,
-    ) -> Result<Sweep, SinkError> {
-        let mut conn: PoolConnection<sqlx::MySql> = self
+        let until = OffsetDateTime::now_utc();
+        let release = sqlx::query(sqlx::AssertSqlSafe(sql.release.clone()))
+            .bind(LEASE)
+            .bind(holder);
+        if let Err(e) = self
             .timed(
-                "a connection for retention",
-                statement_timeout,
-                pool.acquire(),
+                "releasing the retention lease",
+                timeout,
+                release.execute(pool),
             )
-            .await?;
-        // Closed, never handed back to the pool, once the lock may be held: a GET_LOCK that
-        // timed out on this side may still have been granted.
-        conn.close_on_drop();
-        let get_lock = format!("SELECT GET_LOCK({LOCK_NAME}, 0)");
-        let got: Option<i64> = self
-            .timed(
-                "GET_LOCK",
-                statement_timeout,
-                sqlx::query_scalar(sqlx::AssertSqlSafe(get_lock)).fetch_one(&mut *conn),
-            )
-            .await?;
-        if got != Some(1) {
-            return Ok(Sweep::LockHeld);
+            .await
+        {
+            // It expires on its own; until then the other collectors skip their rounds.
+            tracing::warn!(error = %e.message, reason = e.reason, ttl_secs = run.lease.ttl.as_secs(), "cannot release the retention lease; it expires on its own");
         }
-        for &(table, cutoff) in plan {
-            let Some((sql, binds)) = mysql_delete(table) else {
-                continue;
-            };
-            deleted.push(Deleted {
-                table,
-                rows: 0,
-                statements: 0,
-            });
-            loop {
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
-                for _ in 0..binds {
-                    query = query.bind(cutoff);
-                }
-                let query = query.bind(i64::from(batch_size));
-                let rows = self
-                    .timed(
-                        "a retention DELETE",
-                        statement_timeout,
-                        query.execute(&mut *conn),
-                    )
-                    .await?
-                    .rows_affected();
-                record(deleted, on_batch, rows);
-                if rows < u64::from(batch_size) {
-                    break;
-                }
-            }
-        }
-        let release = format!("DO RELEASE_LOCK({LOCK_NAME})");
-        let released = self
-            .timed(
-                "RELEASE_LOCK",
-                statement_timeout,
-                sqlx::query(sqlx::AssertSqlSafe(release)).execute(&mut *conn),
-            )
-            .await;
-        if let Err(e) = released {
-            // Closing the connection releases it anyway.
-            tracing::debug!(error = %e, "cannot release the retention lock");
-        }
-        Ok(Sweep::Swept(std::mem::take(deleted)))
+        Ok((
+            Sweep::Swept(std::mem::take(deleted)),
+            Some(Held { from, until }),
+        ))
     }
 
     /// `operation` within `timeout`, its failure described.
@@ -274,9 +390,10 @@ impl Sink {
         timeout: Duration,
         operation: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, SinkError> {
+        let began = self.moves();
         match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(SinkError::classify(&e, self.redactor())),
+            Ok(Err(e)) => Err(self.failed(began, &e)),
             Err(_) => Err(SinkError::timed_out(what, timeout)),
         }
     }

@@ -385,9 +385,10 @@ async fn migration_problems(pool: &sqlx::MySqlPool) -> Result<Vec<String>, sqlx:
 }
 
 /// Tables the collector writes besides the catalogue's (created by its migrations).
-pub const SYSTEM_TABLES: [&str; 3] = [
+pub const SYSTEM_TABLES: [&str; 4] = [
     "dead_letters",
     "collector_heartbeats",
+    "collector_leases",
     crate::sink::sql::DAILY_ROLLUP,
 ];
 

@@ -29,5 +29,9 @@ pub fn migrator() -> Migrator {
             "session keys compared byte for byte",
             include_str!("../migrations/mysql/0006_session_keys_binary.sql"),
         ),
+        (
+            "collector leases",
+            include_str!("../migrations/mysql/0007_collector_leases.sql"),
+        ),
     ])
 }

@@ -25,5 +25,9 @@ pub fn migrator() -> Migrator {
             "rollups",
             include_str!("../migrations/sqlite/0005_rollups.sql"),
         ),
+        (
+            "collector leases",
+            include_str!("../migrations/sqlite/0006_collector_leases.sql"),
+        ),
     ])
 }
