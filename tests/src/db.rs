@@ -58,6 +58,8 @@ pub fn server_url_as(user: &str, password: Option<&str>) -> String {
 pub enum TestDb {
     /// A uniquely named MariaDB database, dropped when this value is dropped.
     MySql {
+        /// The server it was created on, without a database name (administration, dropping).
+        server: String,
         /// Its name.
         name: String,
         /// URL including the database.
@@ -97,17 +99,29 @@ fn unique(prefix: &str) -> String {
 impl TestDb {
     /// Creates an empty MariaDB database with a unique name.
     pub async fn mysql() -> Self {
+        Self::mysql_on(&server_url()).await
+    }
+
+    /// Creates an empty database with a unique name on the server at `server` (a URL without
+    /// a database, such as a cluster node's), read back through that server.
+    pub async fn mysql_on(server: &str) -> Self {
         let name = unique("usage_test");
-        admin(format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("create a test database on MariaDB at {}: {e}", server_url())
-            });
-        let url = format!("{}/{name}", server_url());
+        admin_on(
+            server,
+            format!("CREATE DATABASE `{name}` CHARACTER SET utf8mb4"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("create a test database on MariaDB at {server}: {e}"));
+        let url = format!("{server}/{name}");
         let pool = sqlx::MySqlPool::connect(&url)
             .await
             .expect("connect to test database");
-        TestDb::MySql { name, url, pool }
+        TestDb::MySql {
+            server: server.to_owned(),
+            name,
+            url,
+            pool,
+        }
     }
 
     /// Creates an empty SQLite file in a unique temporary folder.
@@ -192,8 +206,9 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         match self {
-            TestDb::MySql { name, .. } => {
-                if let Err(e) = admin_blocking(format!("DROP DATABASE IF EXISTS `{name}`")) {
+            TestDb::MySql { server, name, .. } => {
+                let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+                if let Err(e) = admin_blocking_on(server.clone(), drop) {
                     eprintln!("could not drop a test database: {e}");
                 }
             }
@@ -208,19 +223,29 @@ impl Drop for TestDb {
 
 /// Runs one statement as the server's administrator.
 async fn admin(sql: String) -> Result<(), sqlx::Error> {
-    let mut admin = MySqlConnection::connect(&server_url()).await?;
+    admin_on(&server_url(), sql).await
+}
+
+/// Runs one statement as the administrator of the server at `server`.
+async fn admin_on(server: &str, sql: String) -> Result<(), sqlx::Error> {
+    let mut admin = MySqlConnection::connect(server).await?;
     admin.execute(sqlx::AssertSqlSafe(sql)).await?;
     Ok(())
 }
 
 /// [`admin`] from anywhere, a `Drop` included: on a thread with its own runtime.
 fn admin_blocking(sql: String) -> Result<(), String> {
+    admin_blocking_on(server_url(), sql)
+}
+
+/// [`admin_on`] from anywhere, a `Drop` included: on a thread with its own runtime.
+fn admin_blocking_on(server: String, sql: String) -> Result<(), String> {
     std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?
-            .block_on(admin(sql))
+            .block_on(admin_on(&server, sql))
             .map_err(|e| e.to_string())
     })
     .join()

@@ -11,6 +11,9 @@
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
 //! - [`otlp_http`]: an OTLP/HTTP client (protobuf or JSON, gzip), and [`otlp_http::Transport`]
 //!   to send the same request over gRPC or HTTP.
+//! - [`galera`]: a real three-node MariaDB Galera cluster on loopback ports (started, faulted
+//!   — SIGKILL, restart by IST, isolation from the primary component — and removed), for the
+//!   cluster tests.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`service`]: a server a test starts (Prometheus, an OpenTelemetry Collector, Jaeger, a
@@ -18,6 +21,7 @@
 //! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
 //! - [`exposition`]: numbers read back from a collector's `/metrics`, and the accounting of
 //!   accepted records.
+//! - [`recount`]: the daily rollup and the session counters recounted from the raw rows.
 //! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
 //! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
 //! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
@@ -29,6 +33,7 @@ pub mod collector;
 pub mod db;
 pub mod exposition;
 pub mod fixtures;
+pub mod galera;
 pub mod load;
 pub mod loadgen;
 pub mod measure;
@@ -36,4 +41,5 @@ pub mod otlp_http;
 pub mod poll;
 pub mod process;
 pub mod proxy;
+pub mod recount;
 pub mod service;

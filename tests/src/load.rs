@@ -50,77 +50,143 @@ pub struct Load {
     clients: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// What a load sends, and where.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Collectors' OTLP/gRPC endpoints: each request goes to every one of them at once, as a
+    /// client retrying against another replica sends the same request twice.
+    pub endpoints: Vec<String>,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Events per request.
+    pub events: usize,
+    /// Pause between a client's requests.
+    pub pause: Duration,
+    /// `Some(n)`: every client writes into the same `n` sessions (`shared-0` …), so
+    /// transactions of different clients and collectors meet on the same session rows;
+    /// `None`: each client has sessions of its own, a new one every ten requests.
+    pub shared_sessions: Option<usize>,
+    /// Service name of the requests.
+    pub service: String,
+}
+
+impl Plan {
+    /// `clients` clients sending requests of `events` events to `endpoint`, pausing `pause`
+    /// between requests, each in sessions of its own.
+    pub fn new(endpoint: &str, clients: usize, events: usize, pause: Duration) -> Self {
+        Self {
+            endpoints: vec![endpoint.to_owned()],
+            clients,
+            events,
+            pause,
+            shared_sessions: None,
+            service: "load".to_owned(),
+        }
+    }
+}
+
+/// Sends `request` to one collector until it is acknowledged (true), refused for good, or
+/// the load gives up.
+async fn deliver(
+    mut client: LogsServiceClient<Channel>,
+    request: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest,
+    shared: Arc<Shared>,
+) -> Option<bool> {
+    // The collector's own schedule, as an SDK would retry.
+    let mut waits =
+        usage_collector::backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        match client.export(request.clone()).await {
+            Ok(_) => return Some(true),
+            Err(status) if retryable(status.code()) => {
+                shared.refusals.fetch_add(1, Ordering::SeqCst);
+                let hinted = status.get_details_retry_info().and_then(|r| r.retry_delay);
+                if hinted.is_some() {
+                    shared.with_retry_info.fetch_add(1, Ordering::SeqCst);
+                }
+                if shared.give_up.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let wait = waits.next().unwrap_or(Duration::from_secs(2));
+                tokio::time::sleep(hinted.unwrap_or(wait).min(Duration::from_secs(2))).await;
+            }
+            Err(status) => {
+                eprintln!("load client: request failed for good: {status:?}");
+                shared.failed.fetch_add(1, Ordering::SeqCst);
+                return Some(false);
+            }
+        }
+    }
+}
+
 impl Load {
     /// Starts `clients` clients, each sending requests of `events` events in a loop, pausing
     /// `pause` between requests. Every fourth event is a program run (every other run failed),
     /// the rest page visits; all carry the client's current session, a new one every ten
     /// requests, so session counters are kept up to date under the load.
     pub fn start(endpoint: &str, clients: usize, events: usize, pause: Duration) -> Load {
+        Self::run(Plan::new(endpoint, clients, events, pause))
+    }
+
+    /// Starts the load `plan` describes (see [`Load::start`] for the events). An event counts
+    /// as acknowledged when one of the collectors acknowledged it.
+    pub fn run(plan: Plan) -> Load {
         let shared = Arc::new(Shared::default());
-        let channel: Channel = Endpoint::from_shared(endpoint.to_owned())
-            .expect("endpoint")
-            .timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(1))
-            .connect_lazy();
-        let clients = (0..clients)
+        let channels: Vec<Channel> = plan
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                Endpoint::from_shared(endpoint.clone())
+                    .expect("endpoint")
+                    .timeout(Duration::from_secs(5))
+                    .connect_timeout(Duration::from_secs(1))
+                    .connect_lazy()
+            })
+            .collect();
+        let plan = Arc::new(plan);
+        let clients = (0..plan.clients)
             .map(|c| {
                 let shared = shared.clone();
-                let mut client = LogsServiceClient::new(channel.clone());
+                let plan = plan.clone();
+                let clients: Vec<LogsServiceClient<Channel>> = channels
+                    .iter()
+                    .map(|channel| LogsServiceClient::new(channel.clone()))
+                    .collect();
                 tokio::spawn(async move {
+                    let events = plan.events;
                     let mut n = 0u64;
                     while !shared.stop_new.load(Ordering::SeqCst) {
                         let ids: Vec<String> = (0..events)
                             .map(|_| uuid::Uuid::now_v7().to_string())
                             .collect();
-                        let session = format!("load-{c}-{}", n / 10);
+                        let session = match plan.shared_sessions {
+                            Some(sessions) => format!("shared-{}", (n as usize + c) % sessions),
+                            None => format!("load-{c}-{}", n / 10),
+                        };
                         let records = ids
                             .iter()
                             .enumerate()
                             .map(|(i, id)| record(id, &session, n, i, c))
                             .collect();
                         n += 1;
-                        let request = logs_request("load", records);
+                        let request = logs_request(&plan.service, records);
                         shared.sent.fetch_add(events as u64, Ordering::SeqCst);
-                        // The collector's own schedule, as an SDK would retry.
-                        let mut waits = usage_collector::backoff::exponential(
-                            Duration::from_millis(100),
-                            Duration::from_secs(1),
-                        );
-                        loop {
-                            match client.export(request.clone()).await {
-                                Ok(_) => {
-                                    shared
-                                        .acked
-                                        .lock()
-                                        .expect("acked")
-                                        .extend(ids.iter().cloned());
-                                    break;
-                                }
-                                Err(status) if retryable(status.code()) => {
-                                    shared.refusals.fetch_add(1, Ordering::SeqCst);
-                                    let hinted =
-                                        status.get_details_retry_info().and_then(|r| r.retry_delay);
-                                    if hinted.is_some() {
-                                        shared.with_retry_info.fetch_add(1, Ordering::SeqCst);
-                                    }
-                                    if shared.give_up.load(Ordering::SeqCst) {
-                                        shared.abandoned.fetch_add(events as u64, Ordering::SeqCst);
-                                        return;
-                                    }
-                                    let wait = waits.next().unwrap_or(Duration::from_secs(2));
-                                    tokio::time::sleep(
-                                        hinted.unwrap_or(wait).min(Duration::from_secs(2)),
-                                    )
-                                    .await;
-                                }
-                                Err(status) => {
-                                    eprintln!("load client: request failed for good: {status:?}");
-                                    shared.failed.fetch_add(1, Ordering::SeqCst);
-                                    break;
-                                }
-                            }
+                        let mut sends = tokio::task::JoinSet::new();
+                        for client in &clients {
+                            sends.spawn(deliver(client.clone(), request.clone(), shared.clone()));
                         }
-                        tokio::time::sleep(pause).await;
+                        let answers: Vec<Option<bool>> = sends.join_all().await;
+                        if answers.contains(&Some(true)) {
+                            shared
+                                .acked
+                                .lock()
+                                .expect("acked")
+                                .extend(ids.iter().cloned());
+                        } else if answers.iter().any(Option::is_none) {
+                            shared.abandoned.fetch_add(events as u64, Ordering::SeqCst);
+                            return;
+                        }
+                        tokio::time::sleep(plan.pause).await;
                     }
                 })
             })

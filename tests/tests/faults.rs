@@ -12,7 +12,7 @@ use usage_pipeline_tests::exposition::{Accounting, assert_exposes, value};
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::load::{Load, Report, check_present, check_session_counters};
 use usage_pipeline_tests::poll;
-use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, temp_dir};
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, assert_accounted, temp_dir};
 use usage_pipeline_tests::proxy::Proxy;
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
@@ -64,46 +64,6 @@ async fn assert_exactly_once(
     );
     if !killed {
         assert_eq!(report.failed, 0, "{name}: requests refused for good");
-    }
-}
-
-/// Where a process started on a spool stands once the load is over and its spool is drained,
-/// from its own `/metrics`.
-///
-/// `records_accepted_total` counts records acknowledged (each acceptance is one spool entry,
-/// a client's retry of a request another acceptance and another entry);
-/// `events_written_total` counts the events of each committed batch, a repeat included;
-/// dead letters count events refused for good. With the spool empty every entry this process
-/// read was written or dead-lettered, so `written + dead letters >= accepted`, and nothing
-/// this load sends is refused by the database, so there are no dead letters. When the process
-/// started on an empty spool it wrote only entries it accepted, each once: `written ==
-/// accepted`. A process restarted on the spool of one that was killed or stopped also writes
-/// what that one accepted and had not checkpointed, which its counters never saw accepted: there
-/// only `written >= accepted` holds. Dropped records must be 0 in every case.
-async fn assert_accounted(name: &str, collector: &CollectorProcess, restarted: bool) {
-    let metrics = collector.metrics().await;
-    let counted = Accounting::read(&metrics);
-    println!("{name}: {counted:?}");
-    assert_eq!(counted.dropped, 0.0, "{name}: records dropped\n{metrics}");
-    assert_eq!(counted.spooled_requests, 0.0, "{name}: still spooled");
-    assert_eq!(
-        counted.dead_letters, 0.0,
-        "{name}: healthy events became dead letters\n{metrics}"
-    );
-    assert!(
-        counted.accepted > 0.0,
-        "{name}: this process accepted nothing"
-    );
-    if restarted {
-        assert!(
-            counted.written >= counted.accepted,
-            "{name}: accepted records not written: {counted:?}"
-        );
-    } else {
-        assert_eq!(
-            counted.written, counted.accepted,
-            "{name}: events written differ from records accepted: {counted:?}"
-        );
     }
 }
 
