@@ -47,7 +47,7 @@ pub struct SinkError {
 }
 
 /// Every reason label a [`SinkError`] carries (so metrics can start each at zero).
-pub const REASONS: [&str; 26] = [
+pub const REASONS: [&str; 27] = [
     "connection",
     "node_not_ready",
     "tls",
@@ -61,6 +61,7 @@ pub const REASONS: [&str; 26] = [
     "query_killed",
     "deadlock",
     "certification_conflict",
+    "write_conflict",
     "insert_race",
     "write_set_too_large",
     "read_only",
@@ -136,24 +137,7 @@ fn classify_database(error: &dyn DatabaseError, server: Server) -> (ErrorKind, &
         if let Some(class) = classify_galera(mysql.number(), mysql.message(), server) {
             return class;
         }
-        let by_number = match mysql.number() {
-            1040 | 1203 => Some((Connection, "too_many_connections")),
-            1053 | 1077 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157 | 1158 | 1159 | 1160 | 1161
-            | 1927 | 2006 | 2013 => Some((Connection, "connection")),
-            1969 | 3024 => Some((Timeout, "statement_timeout")),
-            1205 => Some((Timeout, "lock_wait_timeout")),
-            1317 => Some((Timeout, "query_killed")),
-            1213 => Some((Conflict, "deadlock")),
-            1290 | 1836 | 1792 => Some((ServerState, "read_only")),
-            1114 => Some((ServerState, "table_full")),
-            1021 => Some((ServerState, "disk_full")),
-            1180 | 1181 => Some((ServerState, "commit_failed")),
-            1146 => Some((Schema, "missing_table")),
-            1054 => Some((Schema, "missing_column")),
-            1142 | 1143 | 1044 | 1045 => Some((Schema, "permission")),
-            _ => None,
-        };
-        if let Some(class) = by_number {
+        if let Some(class) = by_number(mysql.number()) {
             return class;
         }
         // SQLSTATE class 22 (data exception) and 23 (integrity constraint violation) are about
@@ -180,6 +164,31 @@ fn classify_database(error: &dyn DatabaseError, server: Server) -> (ErrorKind, &
         Some(1) if error.message().contains("no such table") => (Schema, "missing_table"),
         Some(1) if error.message().contains("no such column") => (Schema, "missing_column"),
         _ => (Unknown, "unknown"),
+    }
+}
+
+/// What a MySQL (or MariaDB, or TiDB) server error number means, when the number alone says.
+fn by_number(number: u16) -> Option<(ErrorKind, &'static str)> {
+    use ErrorKind::*;
+    match number {
+        1040 | 1203 => Some((Connection, "too_many_connections")),
+        1053 | 1077 | 1152 | 1153 | 1154 | 1155 | 1156 | 1157 | 1158 | 1159 | 1160 | 1161
+        | 1927 | 2006 | 2013 => Some((Connection, "connection")),
+        1969 | 3024 => Some((Timeout, "statement_timeout")),
+        1205 => Some((Timeout, "lock_wait_timeout")),
+        1317 => Some((Timeout, "query_killed")),
+        1213 => Some((Conflict, "deadlock")),
+        // TiDB in optimistic mode: another transaction committed the same keys first; the
+        // conflict shows at COMMIT, and the same batch passes on a retry.
+        9007 => Some((Conflict, "write_conflict")),
+        1290 | 1836 | 1792 => Some((ServerState, "read_only")),
+        1114 => Some((ServerState, "table_full")),
+        1021 => Some((ServerState, "disk_full")),
+        1180 | 1181 => Some((ServerState, "commit_failed")),
+        1146 => Some((Schema, "missing_table")),
+        1054 => Some((Schema, "missing_column")),
+        1142 | 1143 | 1044 | 1045 => Some((Schema, "permission")),
+        _ => None,
     }
 }
 
@@ -439,6 +448,21 @@ mod tests {
                 "{reason} is never final"
             );
         }
+    }
+
+    #[test]
+    fn conflicts_are_retried_under_the_engine_s_own_reason() {
+        assert_eq!(by_number(1213), Some((ErrorKind::Conflict, "deadlock")));
+        assert_eq!(
+            by_number(9007),
+            Some((ErrorKind::Conflict, "write_conflict"))
+        );
+        assert!(REASONS.contains(&"write_conflict"));
+        assert_eq!(
+            by_number(1062),
+            None,
+            "a duplicate key is the row's (SQLSTATE 23000)"
+        );
     }
 
     #[test]
