@@ -771,3 +771,122 @@ async fn a_single_host_url_never_moves() {
     )
     .await;
 }
+
+/// One throughput measurement: collectors started from `configs`, each sent page visits at
+/// full speed for `seconds` by the load generator (`usage-load`'s engine).
+struct Throughput {
+    /// Events the load generators had acknowledged.
+    acknowledged: u64,
+    /// Rows per second the collectors wrote while the load ran (after a 5 s warm-up).
+    sustained: f64,
+    /// Acknowledged events over the time from the first send until the last was in the
+    /// database.
+    end_to_end: f64,
+}
+
+async fn throughput(db: &TestDb, configs: &[&Config], seconds: u64) -> Throughput {
+    use usage_pipeline_tests::loadgen::{self, Attributes, Signal};
+    let mut collectors = Vec::new();
+    for config in configs {
+        collectors.push(config.start_ready().await);
+    }
+    let started = Instant::now();
+    let loads: Vec<_> = configs
+        .iter()
+        .map(|config| {
+            tokio::spawn(loadgen::run(loadgen::Plan {
+                endpoint: config.endpoint(),
+                signal: Signal::Logs,
+                batch: 512,
+                in_flight: 8,
+                connections: 2,
+                duration_secs: seconds,
+                rate: 0,
+                records: 0,
+                duplicates: false,
+                attributes: Attributes::Full,
+                derived_ids: false,
+            }))
+        })
+        .collect();
+    let written = || async {
+        let mut total = 0.0;
+        for collector in &collectors {
+            total += events_written(collector).await;
+        }
+        total
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (w0, t0) = (written().await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(seconds.saturating_sub(6))).await;
+    let (w1, t1) = (written().await, Instant::now());
+    let mut acknowledged = 0;
+    for load in loads {
+        let outcome = load.await.expect("load task").expect("load run");
+        assert_eq!(outcome.failed, 0, "{}", outcome.table());
+        acknowledged += outcome.accepted;
+    }
+    for collector in &collectors {
+        collector.wait_drained(Duration::from_secs(600)).await;
+    }
+    let drained = started.elapsed();
+    assert_eq!(
+        db.count("page_visits").await as u64,
+        acknowledged,
+        "every event written once"
+    );
+    Throughput {
+        acknowledged,
+        sustained: (w1 - w0) / (t1 - t0).as_secs_f64(),
+        end_to_end: acknowledged as f64 / drained.as_secs_f64(),
+    }
+}
+
+/// Rows per second into one MariaDB server, into the cluster through one collector, and
+/// through two collectors on two nodes, on this machine. A measurement, not a check: run by
+/// hand in release mode (docs/scaling.md), `USAGE_CLUSTER_BENCH_SECONDS` (default 30) each.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, run by hand: cargo test --release -p usage-pipeline-tests --test cluster -- --ignored throughput"]
+async fn throughput_on_one_server_and_on_the_cluster() {
+    let seconds: u64 = std::env::var("USAGE_CLUSTER_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let mut rows = Vec::new();
+    {
+        let db = TestDb::mysql().await;
+        migrate(db.url()).await;
+        let one = collector(db.url(), "bench-server", &[]);
+        rows.push((
+            "one server, 1 collector",
+            throughput(&db, &[&one], seconds).await,
+        ));
+    }
+    let mut guard = galera::shared().await;
+    let cluster = guard.as_mut().expect("the cluster");
+    {
+        let db = database(cluster).await;
+        let one = collector(&node_url(cluster, 1, &db), "bench-1", &[]);
+        rows.push((
+            "3-node Galera, 1 collector",
+            throughput(&db, &[&one], seconds).await,
+        ));
+    }
+    {
+        let db = database(cluster).await;
+        let one = collector(&node_url(cluster, 1, &db), "bench-1", &[]);
+        let two = collector(&node_url(cluster, 2, &db), "bench-2", &[]);
+        rows.push((
+            "3-node Galera, 2 collectors on 2 nodes",
+            throughput(&db, &[&one, &two], seconds).await,
+        ));
+    }
+    println!("| database | acknowledged | rows/s written under load | rows/s end to end |");
+    println!("| --- | --- | --- | --- |");
+    for (name, t) in rows {
+        println!(
+            "| {name} | {} | {:.0} | {:.0} |",
+            t.acknowledged, t.sustained, t.end_to_end
+        );
+    }
+}
