@@ -17,12 +17,13 @@
 //!   to fit; a whole request converted.
 //! - [`spool`]: the durable write-ahead log an accepted request is `fsync`ed to before OK, and
 //!   the cache of mapped rows that spares the writer decoding them again.
-//! - [`writer`]: tails the spool — batches, one send under a timeout, the retry policy, dead
-//!   letters, the checkpoint after commit; supervised.
+//! - [`writer`]: tails the spool — batches (cut to a cluster's write-set limits), one send
+//!   under a timeout, the retry policy, dead letters, the checkpoint after commit; supervised.
 //! - [`sink`]: MySQL and SQLite (and a blackhole for benchmarks) — migrations, startup
-//!   verification, idempotent batch writes, what a failure was.
+//!   verification, idempotent batch writes, what a failure was; on a Galera cluster, moving
+//!   to the next host of the URL when the node in use fails.
 //! - [`retention`]: the sweeper that deletes rows past their retention, once verification has
-//!   passed and then every interval.
+//!   passed and then every interval, one collector at a time (a lease row).
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
 //! - [`telemetry`]: the collector's own spans and metrics over OTLP.
 //! - [`net`]: accepting connections (OTLP/gRPC, OTLP/HTTP, admin) so that a silent one is
