@@ -227,7 +227,7 @@ async fn assert_exact(db: &TestDb, events: usize) {
 
 async fn retries_and_replays(db: TestDb) {
     let sink = sink(&db).await;
-    let events = mapped(sink.catalog());
+    let events = mapped(&sink.catalog());
     // A batch written twice, as after a commit whose answer was lost.
     write(&sink, &events[..100], 100).await;
     write(&sink, &events[..100], 100).await;
@@ -254,7 +254,7 @@ async fn retries_and_replays_count_once_on_sqlite() {
 /// The same event twice in one batch, nothing written yet: one row, counted once.
 async fn twice_in_one_batch(db: TestDb) {
     let sink = sink(&db).await;
-    let events = mapped(sink.catalog());
+    let events = mapped(&sink.catalog());
     let mut first: Vec<Mapped> = events[..60].to_vec();
     first.push(events[31].clone());
     first.push(events[40].clone());
@@ -275,7 +275,7 @@ async fn an_event_twice_in_one_batch_counts_once_on_sqlite() {
 
 async fn out_of_order_days(db: TestDb) {
     let sink = sink(&db).await;
-    let mut events = mapped(sink.catalog());
+    let mut events = mapped(&sink.catalog());
     // The latest day first, then the day before, then the first: each session's start moves
     // back a day twice, and its count with it.
     let day = |m: &Mapped| match &m.row {
@@ -310,7 +310,7 @@ async fn out_of_order_days_move_sessions_on_sqlite() {
 async fn two_writers_of_the_same_events_count_once_on_mariadb() {
     let db = TestDb::mysql().await;
     let (a, b) = (sink(&db).await, sink(&db).await);
-    let events = mapped(a.catalog());
+    let events = mapped(&a.catalog());
     let mut reversed = events.clone();
     reversed.reverse();
     let halves = events.split_at(events.len() / 2);
@@ -404,7 +404,7 @@ async fn a_session_race_after_part_of_a_batch_went_in_counts_once_on_mariadb() {
             )
         })
         .collect();
-    let events = map_records(sink.catalog(), "ide", records);
+    let events = map_records(&sink.catalog(), "ide", records);
     write(&sink, &events, events.len()).await;
     assert_eq!(
         db.texts("SELECT CAST(n AS CHAR) FROM race_once").await[0][0].as_deref(),
@@ -445,7 +445,7 @@ async fn an_insert_that_always_collides_with_something_else_is_refused_on_mariad
          MESSAGE_TEXT = 'Duplicate entry for key PRIMARY'",
     )
     .await;
-    let events = mapped(sink.catalog());
+    let events = mapped(&sink.catalog());
     let batch = RowBatch::of(sink.catalog().tables().len(), &events[..20]);
     let e = sink.write(&batch).await.expect_err("every insert collides");
     assert_eq!(e.kind, ErrorKind::RowValue, "{e}");

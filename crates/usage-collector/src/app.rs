@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Current};
 use crate::config::{ConnectionSettings, LimitSettings, Settings};
 use crate::health::metrics::KnownLabels;
 use crate::health::{Check, Health, Metrics};
@@ -78,6 +78,9 @@ pub enum AppError {
     /// A listener's TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),
+    /// The tracking plan cannot be used.
+    #[error(transparent)]
+    Plan(#[from] crate::catalog::settings::LoadError),
 }
 
 /// A built collector, listening but not yet serving.
@@ -106,6 +109,8 @@ pub struct Application {
     admin_security: Security,
     /// The tasks that read the TLS files again when they change.
     tls_watch: Vec<tokio::task::JoinHandle<()>>,
+    /// The task that reads the tracking plan again (SIGHUP, a change of the file).
+    plan_watch: tokio::task::JoinHandle<()>,
     shutdown_timeout: Duration,
 }
 
@@ -126,17 +131,10 @@ impl Application {
             None => None,
         };
         let admin = bind(settings.admin_listen).await?;
-        let catalog = Arc::new(
-            Catalog::built_in()
-                .with_ip_anonymization(settings.privacy.ip_anonymization)
-                .with_retention(|table| {
-                    let retention = &settings.retention;
-                    retention.tables.get(table).unwrap_or(retention.days)
-                }),
-        );
+        let catalog = Current::new(settings.catalog_of(settings.catalog.load()?));
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
-        start_metrics_at_zero(&metrics, &catalog);
+        start_metrics_at_zero(&metrics, &catalog.get());
         let handshake = settings.connections.handshake_timeout;
         let security = |files: Option<TlsFiles>, listener, alpn: &[&[u8]]| {
             files.map_or(Ok(Security::Plain), |files| {
@@ -251,6 +249,20 @@ impl Application {
                 );
                 tokio::spawn(retention.run(async move { verified_rx.await.is_ok() }))
             });
+        let plan_watch = match &settings.catalog.file {
+            Some(file) => tokio::spawn(
+                crate::reload::Reload::new(
+                    file.clone(),
+                    Arc::new(settings.clone()),
+                    catalog.clone(),
+                    sink.clone(),
+                    metrics.clone(),
+                    migrate,
+                )
+                .watch(),
+            ),
+            None => tokio::spawn(crate::reload::ignore_hangups()),
+        };
         let decoders = crate::receiver::decoders::Decoders::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )
@@ -279,6 +291,7 @@ impl Application {
                 cache,
                 admission,
                 decoders,
+                non_usage_log: Arc::default(),
             },
             writer,
             writer_task,
@@ -298,6 +311,7 @@ impl Application {
             otlp_security,
             http_security,
             admin_security,
+            plan_watch,
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -456,6 +470,7 @@ impl Application {
         for watch in &self.tls_watch {
             watch.abort();
         }
+        self.plan_watch.abort();
         if let Some(retention) = self.retention {
             // A sweep cut short closes its connection, which releases the lock.
             retention.abort();

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
-use crate::catalog::Catalog;
+use crate::catalog::Current;
 use crate::config::{ConfigError, LogFormat, Settings};
 use crate::sink::Sink;
 
@@ -98,7 +97,15 @@ async fn run(command: Command, settings: Settings) -> ExitCode {
             }
         }
         Command::Check | Command::Migrate => {
-            let sink = match Sink::open(&settings.database, Arc::new(Catalog::built_in())) {
+            let plan = match settings.catalog.load() {
+                Ok(plan) => plan,
+                Err(e) => {
+                    tracing::error!(error = %e, "check failed");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let catalog = Current::new(settings.catalog_of(plan));
+            let sink = match Sink::open(&settings.database, catalog) {
                 Ok(sink) => sink,
                 Err(e) => {
                     tracing::error!(error = %e, "check failed");

@@ -22,6 +22,9 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use secrecy::SecretString;
 
+use crate::catalog::Catalog;
+pub use crate::catalog::settings::{CatalogSettings, IpAnonymization, PrivacySettings};
+
 /// Everything the collector needs to run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
@@ -109,6 +112,9 @@ pub struct Settings {
     /// What the collector keeps of the people behind the events.
     #[command(flatten)]
     pub privacy: PrivacySettings,
+    /// The tracking plan, and what becomes of records that are not usage events.
+    #[command(flatten)]
+    pub catalog: CatalogSettings,
     /// Who may send events.
     #[command(flatten)]
     pub auth: AuthSettings,
@@ -269,62 +275,6 @@ pub struct AuthSettings {
         global = true
     )]
     pub tokens_file: Option<PathBuf>,
-}
-
-/// What the collector keeps of the people behind the events.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PrivacySettings {
-    /// Client addresses: stored as sent (`off`), cut to their network (`truncate`: IPv4 /24,
-    /// IPv6 /48), or not stored (`drop`); applied before the spool
-    #[arg(
-        id = "privacy.ip_anonymization",
-        long = "ip-anonymization",
-        env = "USAGE_IP_ANONYMIZATION",
-        value_enum,
-        default_value = "off",
-        global = true
-    )]
-    pub ip_anonymization: IpAnonymization,
-}
-
-/// What is kept of a client address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum IpAnonymization {
-    /// As sent (what the old tracker stored, and its users' queries expect).
-    #[default]
-    Off,
-    /// Its network only: IPv4 /24 (`203.0.113.77` → `203.0.113.0`), IPv6 /48
-    /// (`2001:db8:abcd:12::1` → `2001:db8:abcd::`); a value that is not an address is dropped.
-    Truncate,
-    /// Nothing: stored as NULL.
-    Drop,
-}
-
-impl IpAnonymization {
-    /// What is kept of `address`.
-    pub fn apply(self, address: String) -> Option<String> {
-        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-        match self {
-            IpAnonymization::Off => Some(address),
-            IpAnonymization::Drop => None,
-            IpAnonymization::Truncate => {
-                let ip = address
-                    .parse::<IpAddr>()
-                    .or_else(|_| address.parse::<SocketAddr>().map(|s| s.ip()))
-                    .ok()?;
-                Some(match ip {
-                    IpAddr::V4(v4) => {
-                        let [a, b, c, _] = v4.octets();
-                        Ipv4Addr::new(a, b, c, 0).to_string()
-                    }
-                    IpAddr::V6(v6) => {
-                        let s = v6.segments();
-                        Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
-                    }
-                })
-            }
-        }
-    }
 }
 
 /// Database connection settings.
@@ -708,6 +658,16 @@ where
 }
 
 impl Settings {
+    /// The catalogue of `plan`, shaped by these settings: what is kept of client addresses,
+    /// what becomes of records that are not usage events, how old an event may be.
+    pub fn catalog_of(&self, plan: std::sync::Arc<usage_tracker::catalog::Plan>) -> Catalog {
+        let retention = &self.retention;
+        Catalog::of_plan(plan)
+            .with_ip_anonymization(self.privacy.ip_anonymization)
+            .with_non_usage(self.catalog.non_usage_records)
+            .with_retention(|table| retention.tables.get(table).unwrap_or(retention.days))
+    }
+
     /// Every setting at its built-in default (the environment ignored).
     pub fn defaults() -> Settings {
         #[derive(clap::Parser)]
@@ -1260,26 +1220,6 @@ mod tests {
         assert_eq!(
             settings.http_cors_origins.0,
             ["https://a.example", "https://b.example"]
-        );
-    }
-
-    #[test]
-    fn client_addresses_are_cut_to_their_network_or_dropped() {
-        let truncate = |a: &str| IpAnonymization::Truncate.apply(a.to_owned());
-        assert_eq!(truncate("203.0.113.77").as_deref(), Some("203.0.113.0"));
-        assert_eq!(
-            truncate("2001:db8:abcd:12::1").as_deref(),
-            Some("2001:db8:abcd::")
-        );
-        assert_eq!(
-            truncate("203.0.113.77:5050").as_deref(),
-            Some("203.0.113.0")
-        );
-        assert_eq!(truncate("not-an-address"), None);
-        assert_eq!(IpAnonymization::Drop.apply("203.0.113.77".into()), None);
-        assert_eq!(
-            IpAnonymization::Off.apply("203.0.113.77".into()).as_deref(),
-            Some("203.0.113.77")
         );
     }
 

@@ -21,6 +21,8 @@
 //!   letters, the checkpoint after commit; supervised.
 //! - [`sink`]: MySQL and SQLite (and a blackhole for benchmarks) — migrations, startup
 //!   verification, idempotent batch writes, what a failure was.
+//! - [`reload`]: the tracking plan read again on SIGHUP or when its file changes, put in force
+//!   once its tables are there.
 //! - [`retention`]: the sweeper that deletes rows past their retention, once verification has
 //!   passed and then every interval.
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
@@ -42,6 +44,7 @@ pub mod event;
 pub mod health;
 pub mod net;
 pub mod receiver;
+pub mod reload;
 pub mod retention;
 pub mod sink;
 pub mod spool;

@@ -9,7 +9,7 @@ use sqlx::{MySqlPool, SqlitePool};
 use super::error::{Redactor, SinkError};
 use super::sql::{self, Written};
 use super::{blackhole, mysql, sqlite};
-use crate::catalog::{Catalog, RowBatch};
+use crate::catalog::{Catalog, Current, RowBatch};
 use crate::config::{DatabaseSettings, TlsMode};
 
 /// What the sink connects to, for logs: never the password.
@@ -78,7 +78,7 @@ enum Pool {
 #[derive(Clone)]
 pub struct Sink {
     pool: Pool,
-    catalog: Arc<Catalog>,
+    catalog: Current,
     target: Arc<Target>,
     redactor: Redactor,
 }
@@ -122,7 +122,11 @@ impl Sink {
     }
 
     /// A sink for the configured database. Connects lazily: nothing is dialled until first use.
-    pub fn open(settings: &DatabaseSettings, catalog: Arc<Catalog>) -> Result<Self, OpenError> {
+    pub fn open(
+        settings: &DatabaseSettings,
+        catalog: impl Into<Current>,
+    ) -> Result<Self, OpenError> {
+        let catalog = catalog.into();
         let raw = settings.url.expose_secret();
         let mut secrets = vec![raw.to_owned()];
         if let Some(password) = &settings.password {
@@ -190,8 +194,13 @@ impl Sink {
         &self.target
     }
 
-    /// The catalogue whose tables the sink writes.
-    pub fn catalog(&self) -> &Arc<Catalog> {
+    /// The catalogue in force, whose tables the sink writes.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.get()
+    }
+
+    /// The handle to the catalogue in force (a reload replaces it for every stage).
+    pub fn current(&self) -> &Current {
         &self.catalog
     }
 
@@ -200,9 +209,18 @@ impl Sink {
         &self.redactor
     }
 
-    /// Writes a batch in one transaction.
+    /// Writes a batch of rows placed in the catalogue in force, in one transaction.
     pub async fn write(&self, batch: &RowBatch<'_>) -> Result<Written, SinkError> {
-        self.transaction(batch, true)
+        self.write_in(&self.catalog.get(), batch).await
+    }
+
+    /// Writes a batch of rows placed in `catalog`, in one transaction.
+    pub async fn write_in(
+        &self,
+        catalog: &Catalog,
+        batch: &RowBatch<'_>,
+    ) -> Result<Written, SinkError> {
+        self.transaction(catalog, batch, true)
             .await
             .map_err(|e| SinkError::classify(&e, &self.redactor))
     }
@@ -210,19 +228,20 @@ impl Sink {
     /// Runs a batch's statements and commits them, or rolls them back (the write check).
     pub(crate) async fn transaction(
         &self,
+        catalog: &Catalog,
         batch: &RowBatch<'_>,
         commit: bool,
     ) -> Result<Written, sqlx::Error> {
         with_pool!(self, |pool, Db| {
             let mut tx = pool.begin().await?;
-            let written = <Db as sql::Driver>::write_in(&mut tx, &self.catalog, batch).await?;
+            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch).await?;
             if commit {
                 tx.commit().await?
             } else {
                 tx.rollback().await?
             }
             Ok(written)
-        }, blackhole => Ok(blackhole::write(&self.catalog, batch)))
+        }, blackhole => Ok(blackhole::write(catalog, batch)))
     }
 
     /// Inserts one dead letter (a repeat of the same event is a no-op).
@@ -281,14 +300,19 @@ impl Sink {
     }
 
     /// Applies the embedded migrations (under the migrator's lock, so several collectors
-    /// starting at once apply them once).
+    /// starting at once apply them once), then creates and widens what the tracking plan in
+    /// force declares ([`super::expand`]).
     pub async fn migrate(&self) -> Result<(), String> {
         let result = match &self.pool {
             Pool::MySql(pool) => mysql::migrations::migrator().run(pool).await,
             Pool::Sqlite(pool) => sqlite::migrations::migrator().run(pool).await,
             Pool::Blackhole => Ok(()),
         };
-        result.map_err(|e| self.redactor.redact(&e.to_string()))
+        result.map_err(|e| self.redactor.redact(&e.to_string()))?;
+        self.expand(&self.catalog.get())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn pool(&self) -> PoolRef<'_> {

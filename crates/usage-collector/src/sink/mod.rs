@@ -4,6 +4,8 @@
 //!   verify, write a batch.
 //! - [`sql`]: the SQL both databases share, generic over the driver, and the order a batch is
 //!   written in.
+//! - [`expand`]: the tables and columns a tracking plan declares, created or widened by
+//!   `migrate` (expand only: a change that would lose data is refused, naming it).
 //! - [`verify`]: startup verification — connect, test query, server facts, schema, write
 //!   permission — each step named in its error.
 //! - [`error`]: database errors described by what happened (connection, timeout, a row's
@@ -15,6 +17,7 @@
 
 pub mod blackhole;
 pub mod error;
+pub mod expand;
 pub mod handle;
 pub mod mysql;
 pub mod retention;

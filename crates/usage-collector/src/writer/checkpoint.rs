@@ -274,7 +274,7 @@ impl Driver {
         }
         for chunk in round.rows.events.chunks(self.batch_size) {
             self.dead_letters
-                .isolate(&self.policy, &self.sender, chunk)
+                .isolate(&self.policy, &self.sender, &round.catalog, chunk)
                 .await?;
         }
         self.sender.send_heartbeats(&round.heartbeats).await;

@@ -57,12 +57,16 @@ impl DeadLetters {
         &self,
         policy: &Policy,
         sender: &Sender,
+        catalog: &Catalog,
         events: &[Mapped],
     ) -> Result<(), Stopped> {
         let mut pending: Vec<&[Mapped]> = vec![events];
         let mut written_any = false;
         while let Some(slice) = pending.pop() {
-            let error = match policy.deliver(sender, slice, Patience::Bounded).await? {
+            let error = match policy
+                .deliver(sender, catalog, slice, Patience::Bounded)
+                .await?
+            {
                 Ok(()) => {
                     written_any = true;
                     continue;
@@ -77,13 +81,16 @@ impl DeadLetters {
                 continue;
             }
             if decide(error.kind) == Decision::Refused || written_any {
-                self.keep(sender.catalog(), &slice[0], &error).await;
+                self.keep(catalog, &slice[0], &error).await;
                 continue;
             }
             // Nothing of the batch was written: the row is not known to be the cause.
-            match policy.deliver(sender, slice, Patience::Unbounded).await? {
+            match policy
+                .deliver(sender, catalog, slice, Patience::Unbounded)
+                .await?
+            {
                 Ok(()) => written_any = true,
-                Err(error) => self.keep(sender.catalog(), &slice[0], &error).await,
+                Err(error) => self.keep(catalog, &slice[0], &error).await,
             }
         }
         Ok(())
@@ -208,6 +215,7 @@ fn value_json(value: &Value) -> Json {
             serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.clone()))
         }
         Value::Int(i) => Json::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
         Value::Bool(b) => Json::Bool(*b),
         Value::Time(t) => Json::String(t.to_string()),
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::catalog::{Catalog, Mapped, RowBatch};
+use crate::catalog::{Catalog, Current, Mapped, RowBatch};
 use crate::health::metrics::TableLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::sink::{Sink, SinkError};
@@ -13,7 +13,6 @@ use crate::sink::{Sink, SinkError};
 #[derive(Debug, Clone)]
 pub struct Sender {
     sink: Sink,
-    catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     health: Health,
     /// Longest a batch's transaction may take before it counts as failed (a hung database).
@@ -26,7 +25,6 @@ impl Sender {
     /// A sender writing to `sink`, giving each batch at most `timeout`.
     pub fn new(sink: Sink, metrics: Arc<Metrics>, health: Health, timeout: Duration) -> Self {
         Self {
-            catalog: sink.catalog().clone(),
             sink,
             metrics,
             health,
@@ -41,9 +39,9 @@ impl Sender {
         self
     }
 
-    /// The catalogue whose tables the sink writes.
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
+    /// The catalogue in force.
+    pub fn catalog(&self) -> &Current {
+        self.sink.current()
     }
 
     /// The sink.
@@ -51,9 +49,9 @@ impl Sender {
         &self.sink
     }
 
-    /// Writes `events` in one transaction, once. A failure is counted by reason; what to do
-    /// about it is the retry policy's business.
-    pub async fn send(&self, events: &[Mapped]) -> Result<(), SinkError> {
+    /// Writes `events`, mapped by `catalog`, in one transaction, once. A failure is counted by
+    /// reason; what to do about it is the retry policy's business.
+    pub async fn send(&self, catalog: &Catalog, events: &[Mapped]) -> Result<(), SinkError> {
         use std::sync::atomic::Ordering;
         if self.panics.load(Ordering::SeqCst) > 0
             && self
@@ -63,14 +61,14 @@ impl Sender {
         {
             panic!("test fault: a batch write panics (--test-writer-panics)");
         }
-        let batch = RowBatch::of(self.catalog.tables().len(), events);
+        let batch = RowBatch::of(catalog.tables().len(), events);
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
             "write_batch",
             events = batch.events,
             rows = batch.row_count()
         );
-        let write = tracing::Instrument::instrument(self.sink.write(&batch), span);
+        let write = tracing::Instrument::instrument(self.sink.write_in(catalog, &batch), span);
         let result = match tokio::time::timeout(self.timeout, write).await {
             Ok(result) => result,
             Err(_) => Err(SinkError::timed_out(
