@@ -209,9 +209,9 @@ impl Application {
             settings.instance.clone(),
             settings.heartbeat_interval,
         ));
-        let telemetry = settings.telemetry_endpoint.clone().map(|endpoint| {
+        let telemetry = settings.telemetry.metrics().map(|endpoint| {
             tokio::spawn(crate::telemetry::metrics::push(
-                endpoint,
+                endpoint.to_owned(),
                 metrics.clone(),
                 settings.instance.clone(),
                 settings.telemetry_interval,

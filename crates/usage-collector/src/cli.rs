@@ -153,7 +153,7 @@ fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::SdkTrac
             .boxed(),
     };
     let mut provider = None;
-    let spans = settings.telemetry_endpoint.as_deref().and_then(|endpoint| {
+    let spans = settings.telemetry.traces().and_then(|endpoint| {
         match crate::telemetry::traces::tracer(endpoint, &settings.instance) {
             Ok((tracer_provider, tracer)) => {
                 provider = Some(tracer_provider);

@@ -91,15 +91,9 @@ pub struct Settings {
     /// This collector's name in `collector_heartbeats` ($HOSTNAME, else usage-collector)
     #[arg(id = "instance", long = "instance", env = "USAGE_INSTANCE", default_value_t = default_instance(), global = true)]
     pub instance: String,
-    /// Send the collector's own metrics and traces over OTLP/gRPC to this endpoint
-    /// (`http://jaeger:4317`); never point it at a usage collector
-    #[arg(
-        id = "telemetry_endpoint",
-        long = "telemetry-endpoint",
-        env = "USAGE_TELEMETRY_ENDPOINT",
-        global = true
-    )]
-    pub telemetry_endpoint: Option<String>,
+    /// Where the collector's own spans and metrics go.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::settings::TelemetrySettings,
     /// Seconds between pushes of the own metrics
     #[arg(id = "telemetry_interval_secs", long = "telemetry-interval-secs", env = "USAGE_TELEMETRY_INTERVAL_SECS", default_value = "15", value_parser = positive_seconds, global = true)]
     pub telemetry_interval: Duration,
