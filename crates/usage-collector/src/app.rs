@@ -111,6 +111,9 @@ pub struct Application {
     tls_watch: Vec<tokio::task::JoinHandle<()>>,
     /// The task that reads the tracking plan again (SIGHUP, a change of the file).
     plan_watch: tokio::task::JoinHandle<()>,
+    /// `--instance` and the plan file, for `/status`.
+    instance: String,
+    plan_file: Option<std::path::PathBuf>,
     shutdown_timeout: Duration,
 }
 
@@ -312,6 +315,8 @@ impl Application {
             http_security,
             admin_security,
             plan_watch,
+            instance: settings.instance.clone(),
+            plan_file: settings.catalog.file.clone(),
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -373,7 +378,17 @@ impl Application {
             "usage collector listening"
         );
         let health = self.ingest.health.clone();
-        let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
+        let status = crate::ops::status::source(crate::ops::status::Parts {
+            instance: self.instance.clone(),
+            plan_file: self.plan_file.clone(),
+            catalog: self.ingest.catalog.clone(),
+            sink: self.sink.clone(),
+            spool: self.ingest.spool.clone(),
+            health: health.clone(),
+            metrics: self.ingest.metrics.clone(),
+        });
+        let admin_router =
+            crate::health::http::router(health.clone(), self.ingest.metrics.clone(), Some(status));
         let admin = tokio::spawn(crate::health::http::serve(
             Incoming::new(
                 self.admin,

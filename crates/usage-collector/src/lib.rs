@@ -33,7 +33,10 @@
 //! - [`backoff`]: the one backoff schedule every retry loop uses.
 //! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.
-//! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`).
+//! - [`ops`]: the operator's commands: `status`, `dead-letters list|replay`,
+//!   `rollups rebuild`.
+//! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`, and the
+//!   operator's commands).
 
 pub mod app;
 pub mod backoff;
@@ -43,6 +46,7 @@ pub mod config;
 pub mod event;
 pub mod health;
 pub mod net;
+pub mod ops;
 pub mod receiver;
 pub mod reload;
 pub mod retention;

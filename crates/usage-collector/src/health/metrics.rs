@@ -144,6 +144,9 @@ macro_rules! metrics {
             seen: Mutex<SeenLabels>,
             /// Read at each scrape for the spool gauges.
             spool: OnceLock<SpoolGauge>,
+            /// Per-service counts of the last minute (for `usage-collector status`, not exposed
+            /// as a metric: the counters above hold the totals).
+            pub last_minute: super::window::LastMinute,
             registry: Registry,
         }
 
@@ -158,6 +161,7 @@ macro_rules! metrics {
                     started: SystemTime::now(),
                     seen: Mutex::default(),
                     spool: OnceLock::new(),
+                    last_minute: super::window::LastMinute::default(),
                     registry,
                 }
             }

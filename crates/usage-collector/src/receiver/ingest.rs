@@ -324,6 +324,7 @@ impl Ingest {
             let now = received_unix_nano as f64 / 1e9;
             for ((service, event), n) in &converted.tally {
                 m.count_events(service, event, *n, now);
+                m.last_minute.accepted(service, *n);
             }
             self.cache.offer(
                 position,

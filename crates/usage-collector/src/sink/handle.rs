@@ -244,23 +244,28 @@ impl Sink {
         }, blackhole => Ok(blackhole::write(catalog, batch)))
     }
 
-    /// Inserts one dead letter (a repeat of the same event is a no-op).
+    /// Inserts one dead letter of `service`'s event (a repeat of the same event is a no-op),
+    /// with its reason class and the database's reason.
     pub async fn write_dead_letter(
         &self,
         event_id: &[u8; 16],
+        service: &str,
         table: &str,
+        reason_class: &str,
         reason: &str,
         row_json: &str,
     ) -> Result<(), SinkError> {
-        const INSERT: &str =
-            "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?)";
+        const INSERT: &str = "INSERT INTO dead_letters (event_id, service, table_name, \
+             reason_class, reason, row_data) VALUES (?, ?, ?, ?, ?, ?)";
         let mut reason = reason.to_owned();
         crate::catalog::mapping::cut(&mut reason, 2048);
         let result = with_pool!(self, |pool, Db| {
             let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_DEAD_LETTER;
             sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
                 .bind(&event_id[..])
+                .bind(service)
                 .bind(table)
+                .bind(reason_class)
                 .bind(&reason)
                 .bind(row_json)
                 .execute(pool)

@@ -6,6 +6,11 @@
 //!   written in.
 //! - [`expand`]: the tables and columns a tracking plan declares, created or widened by
 //!   `migrate` (expand only: a change that would lose data is refused, naming it).
+//! - [`admin`]: the operator's commands' statements: the schema's releases, dead letters
+//!   counted, read and written again.
+//! - [`rebuild`]: the daily rollup and session counters recomputed from the raw rows for a
+//!   range of days, while collectors write.
+//! - [`compat`]: which collector releases a schema serves (rolling upgrades).
 //! - [`verify`]: startup verification — connect, test query, server facts, schema, write
 //!   permission — each step named in its error.
 //! - [`error`]: database errors described by what happened (connection, timeout, a row's
@@ -15,11 +20,14 @@
 //! - [`blackhole`]: a sink that stores nothing, for measuring the receive path alone.
 //! - [`mysql`], [`sqlite`]: each backend's connection options and migrations.
 
+pub mod admin;
 pub mod blackhole;
+pub mod compat;
 pub mod error;
 pub mod expand;
 pub mod handle;
 pub mod mysql;
+pub mod rebuild;
 pub mod retention;
 pub mod sql;
 pub mod sqlite;

@@ -51,10 +51,13 @@ pub const DAILY_ROLLUP: &str = "daily_usage_by_service";
 const ROLLUP_SHARDS: u8 = 8;
 
 /// A migrator for embedded `(description, sql)` migrations, numbered from 1 in order.
+///
+/// Migrations a newer release applied are not an error here: whether this release may run on
+/// that schema is what `schema_releases` says ([`super::compat`]).
 pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(
+    let mut migrator = Migrator::with_migrations(
         (1..)
             .zip(migrations)
             .map(|(version, (description, sql))| {
@@ -67,7 +70,9 @@ pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::M
                 )
             })
             .collect(),
-    )
+    );
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 /// Most bind parameters in one statement (SQLite's default limit is the lowest of the two).
@@ -171,7 +176,7 @@ impl Dialect for sqlx::MySql {
 impl Dialect for sqlx::Sqlite {
     const LOCKING_READ: &'static str = "";
     const SHARED_READ: &'static str = "";
-    const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (event_id) DO NOTHING";
+    const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (service, event_id) DO NOTHING";
     const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET ";
     const SESSION_MERGES: &'static [(&'static str, &'static str)] = &[
         (

@@ -142,6 +142,24 @@ impl Sink {
                 self.catalog().tables().len()
             ),
         );
+        if !self.is_blackhole() {
+            let serves = self
+                .schema_serves()
+                .await
+                .map_err(|e| self.fail(Step::Schema, e))?;
+            if !serves.serves_this_release() {
+                return Err(self.fail(
+                    Step::Schema,
+                    format!(
+                        "{}: this collector is release {}, older than the schema allows; \
+                         run a newer release",
+                        serves.describe(),
+                        crate::sink::compat::RELEASE
+                    ),
+                ));
+            }
+            self.step_ok(Step::Schema, &serves.describe());
+        }
         let catalog = self.catalog();
         let probes = probe_events(&catalog);
         self.transaction(

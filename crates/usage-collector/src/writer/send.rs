@@ -21,6 +21,26 @@ pub struct Sender {
     panics: Arc<std::sync::atomic::AtomicU32>,
 }
 
+/// The events of a batch by service (a batch holds a few services: a list beats a map).
+fn per_service(events: &[Mapped]) -> Vec<(&str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for event in events {
+        let service = match (&event.row, &event.session) {
+            (Some((_, row)), _) => match row.get(1) {
+                Some(crate::catalog::Value::Text(service)) => service.as_str(),
+                _ => continue,
+            },
+            (None, Some((_, session))) => session.service.as_str(),
+            (None, None) => continue,
+        };
+        match counts.iter_mut().find(|(s, _)| *s == service) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((service, 1)),
+        }
+    }
+    counts
+}
+
 impl Sender {
     /// A sender writing to `sink`, giving each batch at most `timeout`.
     pub fn new(sink: Sink, metrics: Arc<Metrics>, health: Health, timeout: Duration) -> Self {
@@ -96,6 +116,9 @@ impl Sender {
                         .inc_by(written.sessions);
                 }
                 self.metrics.events_written.inc_by(events.len() as u64);
+                for (service, n) in per_service(events) {
+                    self.metrics.last_minute.written(service, n);
+                }
                 self.metrics.database_up.set(1);
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)

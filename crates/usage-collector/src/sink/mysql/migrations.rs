@@ -29,5 +29,9 @@ pub fn migrator() -> Migrator {
             "session keys compared byte for byte",
             include_str!("../migrations/mysql/0006_session_keys_binary.sql"),
         ),
+        (
+            "dead letters by service",
+            include_str!("../migrations/mysql/0008_dead_letters_by_service.sql"),
+        ),
     ])
 }

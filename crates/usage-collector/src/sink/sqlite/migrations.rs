@@ -25,5 +25,9 @@ pub fn migrator() -> Migrator {
             "rollups",
             include_str!("../migrations/sqlite/0005_rollups.sql"),
         ),
+        (
+            "dead letters by service",
+            include_str!("../migrations/sqlite/0007_dead_letters_by_service.sql"),
+        ),
     ])
 }
