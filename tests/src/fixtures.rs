@@ -226,7 +226,8 @@ pub fn traces_request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequ
     }
 }
 
-/// Sends a logs request (gzip-compressed when `gzip`).
+/// Sends a logs request (gzip-compressed when `gzip`, and then taking a gzip-compressed answer,
+/// which Go's gRPC servers send to a client that compresses, as an SDK does).
 pub async fn send_logs(
     endpoint: &str,
     request: ExportLogsServiceRequest,
@@ -237,7 +238,9 @@ pub async fn send_logs(
         .expect("connect to the collector")
         .max_encoding_message_size(usize::MAX);
     if gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+        client = client
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
     }
     client
         .export(request)
