@@ -244,7 +244,8 @@ pub fn under_scope(
     request
 }
 
-/// Sends a logs request (gzip-compressed when `gzip`).
+/// Sends a logs request (gzip-compressed when `gzip`, and then taking a gzip-compressed answer,
+/// which Go's gRPC servers send to a client that compresses, as an SDK does).
 pub async fn send_logs(
     endpoint: &str,
     request: ExportLogsServiceRequest,
@@ -255,7 +256,9 @@ pub async fn send_logs(
         .expect("connect to the collector")
         .max_encoding_message_size(usize::MAX);
     if gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+        client = client
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
     }
     client
         .export(request)

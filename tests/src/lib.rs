@@ -12,6 +12,9 @@
 //! - [`otlp_http`]: an OTLP/HTTP client (protobuf or JSON, gzip), and [`otlp_http::Transport`]
 //!   to send the same request over gRPC or HTTP.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
+//! - [`peers`]: an OpenTelemetry Collector with the recommended configuration and Jaeger v2,
+//!   as child processes on loopback ports (built by `scripts/peers-setup`), and Jaeger's traces
+//!   read back.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`service`]: a server a test starts (Prometheus, an OpenTelemetry Collector, Jaeger, a
 //!   database node) with its own log; a failure to come up quotes that log.
@@ -33,6 +36,7 @@ pub mod load;
 pub mod loadgen;
 pub mod measure;
 pub mod otlp_http;
+pub mod peers;
 pub mod poll;
 pub mod process;
 pub mod proxy;
