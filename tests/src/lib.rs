@@ -21,6 +21,7 @@
 //! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
 //! - [`exposition`]: numbers read back from a collector's `/metrics`, and the accounting of
 //!   accepted records.
+//! - [`summaries`]: the daily rollup and session counters against a recount from the raw rows.
 //! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
 //! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
 //! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
@@ -41,3 +42,4 @@ pub mod poll;
 pub mod process;
 pub mod proxy;
 pub mod service;
+pub mod summaries;

@@ -22,6 +22,9 @@ use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::exposition::{sum, value};
 use usage_pipeline_tests::fixtures::{event, kv, logs_request, send_logs};
+use usage_pipeline_tests::summaries::{
+    RECOUNT_DAYS, RECOUNT_SESSIONS, ROLLUP_DAYS, SESSION_COUNTERS,
+};
 
 const DAY: u64 = 86_400_000_000_000;
 const HOUR: u64 = 3_600_000_000_000;
@@ -132,52 +135,6 @@ async fn write(sink: &Sink, events: &[Mapped], size: usize) {
         }
     }
 }
-
-const RECOUNT_DAYS: &str = "SELECT CAST(day AS CHAR), service, CAST(SUM(s) AS CHAR), \
-    CAST(SUM(p) AS CHAR), CAST(SUM(r) AS CHAR), CAST(SUM(e) AS CHAR), CAST(SUM(f) AS CHAR), \
-    CAST(SUM(o) AS CHAR) FROM ( \
-    SELECT DATE(start_time) AS day, service, COUNT(*) AS s, 0 AS p, 0 AS r, 0 AS e, 0 AS f, \
-        0 AS o FROM ide_sessions GROUP BY DATE(start_time), service \
-    UNION ALL SELECT DATE(`timestamp`), service, 0, COUNT(*), 0, 0, 0, 0 FROM page_visits \
-        GROUP BY DATE(`timestamp`), service \
-    UNION ALL SELECT DATE(`timestamp`), service, 0, 0, COUNT(*), \
-        SUM(CASE WHEN success THEN 0 ELSE 1 END), 0, 0 FROM program_executions \
-        GROUP BY DATE(`timestamp`), service \
-    UNION ALL SELECT DATE(`timestamp`), service, 0, 0, 0, 0, COUNT(*), 0 FROM feature_usage \
-        GROUP BY DATE(`timestamp`), service \
-    UNION ALL SELECT DATE(`timestamp`), service, 0, 0, 0, 0, 0, COUNT(*) FROM usage_events \
-        GROUP BY DATE(`timestamp`), service \
-    ) AS raw GROUP BY day, service ORDER BY 1, 2";
-
-const ROLLUP_DAYS: &str = "SELECT CAST(`date` AS CHAR), service, CAST(SUM(sessions) AS CHAR), \
-    CAST(SUM(page_visits) AS CHAR), CAST(SUM(programs_run) AS CHAR), \
-    CAST(SUM(program_errors) AS CHAR), CAST(SUM(features_used) AS CHAR), \
-    CAST(SUM(other_events) AS CHAR) FROM daily_usage_by_service GROUP BY `date`, service \
-    HAVING SUM(sessions) <> 0 OR SUM(page_visits) <> 0 OR SUM(programs_run) <> 0 \
-    OR SUM(program_errors) <> 0 OR SUM(features_used) <> 0 OR SUM(other_events) <> 0 \
-    ORDER BY 1, 2";
-
-const RECOUNT_SESSIONS: &str = "SELECT s.service, s.session_id, \
-    CAST((SELECT COUNT(*) FROM program_executions p WHERE p.service = s.service \
-        AND p.session_id = s.session_id) AS CHAR), \
-    CAST((SELECT COALESCE(SUM(p.lines_executed), 0) FROM program_executions p \
-        WHERE p.service = s.service AND p.session_id = s.session_id) AS CHAR), \
-    CAST((SELECT COUNT(*) FROM program_executions p WHERE p.service = s.service \
-        AND p.session_id = s.session_id AND NOT p.success) AS CHAR), \
-    CAST((SELECT COUNT(*) FROM page_visits p WHERE p.service = s.service \
-        AND p.session_id = s.session_id) AS CHAR), \
-    CAST((SELECT COUNT(*) FROM feature_usage f WHERE f.service = s.service \
-        AND f.session_id = s.session_id) AS CHAR), \
-    CAST((SELECT MIN(t) FROM (SELECT `timestamp` AS t, service, session_id FROM page_visits \
-        UNION ALL SELECT `timestamp`, service, session_id FROM program_executions \
-        UNION ALL SELECT `timestamp`, service, session_id FROM feature_usage \
-        UNION ALL SELECT `timestamp`, service, session_id FROM usage_events) AS e \
-        WHERE e.service = s.service AND e.session_id = s.session_id) AS CHAR) \
-    FROM ide_sessions s ORDER BY 1, 2";
-
-const SESSION_COUNTERS: &str = "SELECT service, session_id, CAST(programs_run AS CHAR), \
-    CAST(lines_executed AS CHAR), CAST(errors_encountered AS CHAR), CAST(page_visits AS CHAR), \
-    CAST(features_used AS CHAR), CAST(start_time AS CHAR) FROM ide_sessions ORDER BY 1, 2";
 
 /// Asserts the summaries equal a recount from the raw rows, and that the raw rows hold each
 /// event once.

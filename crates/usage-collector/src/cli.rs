@@ -90,7 +90,8 @@ struct DeadLetterArgs {
 #[derive(Debug, Subcommand)]
 enum RollupCommand {
     /// Recompute the daily rollup and the counters of the sessions started on these days from
-    /// the raw rows, while collectors write.
+    /// the raw rows, while collectors write (a day whose rows retention deleted gets the counts
+    /// of what is left: rebuild only days within retention).
     Rebuild {
         /// The first day (UTC), `2026-12-01`
         #[arg(long, value_parser = day)]
@@ -143,7 +144,9 @@ pub fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let traces = init_logging(&settings);
+        // A command's answer (a table, JSON) is its stdout; its log lines go to stderr.
+        let answers = !matches!(command, None | Some(Command::Serve { .. }));
+        let traces = init_logging(&settings, answers);
         let code = run(
             command.unwrap_or(Command::Serve { migrate: false }),
             settings,
@@ -366,7 +369,10 @@ impl From<DeadLetterArgs> for crate::sink::admin::DeadLetterFilter {
 /// Installs the log subscriber: stdout (text or JSON) filtered by the log level, plus, with a
 /// telemetry endpoint, the collector's own INFO spans over OTLP. Returns the tracer provider
 /// to flush at exit.
-fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+fn init_logging(
+    settings: &Settings,
+    to_stderr: bool,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
     use std::io::IsTerminal;
     use tracing_subscriber::filter::{EnvFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
@@ -376,12 +382,22 @@ fn init_logging(settings: &Settings) -> Option<opentelemetry_sdk::trace::SdkTrac
         Some(filter) => EnvFilter::new(filter),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let ansi = std::io::stdout().is_terminal();
-    let stdout = match log.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer()
+    let stdout = match (log.format, to_stderr) {
+        (LogFormat::Text, false) => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
+            .boxed(),
+        (LogFormat::Text, true) => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (LogFormat::Json, false) => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .boxed(),
+        (LogFormat::Json, true) => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
             .boxed(),
     };
     let mut provider = None;

@@ -240,7 +240,7 @@ impl Sink {
         let (clause, binds) = filter.clause();
         let joiner = if clause.is_empty() { " WHERE" } else { " AND" };
         let sql = format!(
-            "SELECT id, event_id, service, table_name, reason_class, reason, \
+            "SELECT CAST(id AS SIGNED), event_id, service, table_name, reason_class, reason, \
              row_data, created_at FROM dead_letters{clause}{joiner} id > ? \
              ORDER BY id LIMIT ?"
         );
