@@ -1132,11 +1132,11 @@ mod tests {
         );
     }
 
-    /// The README's settings table names every setting with its flag, variable, file key and
-    /// default, so the documentation cannot drift from the declarations.
+    /// The settings table of docs/configuration.md names every setting with its flag,
+    /// variable, file key and default, so the documentation cannot drift from the declarations.
     #[test]
-    fn the_readme_table_matches_the_declarations() {
-        let readme = include_str!("../../../README.md");
+    fn the_configuration_table_matches_the_declarations() {
+        let readme = include_str!("../../../docs/configuration.md");
         let command = crate::cli::Cli::command();
         let rows: Vec<Vec<&str>> = readme
             .lines()
@@ -1152,7 +1152,7 @@ mod tests {
             let row = rows
                 .iter()
                 .find(|r| unquote(r[1]) == format!("--{long}"))
-                .unwrap_or_else(|| panic!("--{long} is not in the README's settings table"));
+                .unwrap_or_else(|| panic!("--{long} is not in docs/configuration.md's settings table"));
             let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
             assert_eq!(Some(unquote(row[2])), env, "--{long}: variable");
             if long != "config" {

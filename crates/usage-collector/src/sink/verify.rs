@@ -317,8 +317,8 @@ async fn migration_problems(pool: &sqlx::MySqlPool) -> Result<Vec<String>, sqlx:
     let mut problems = Vec::new();
     for (version, description, _) in applied.iter().filter(|(.., success)| !success) {
         problems.push(format!(
-            "migration {version} ({description}) was left half-applied: see the README's \
-             Upgrading section to finish it"
+            "migration {version} ({description}) was left half-applied: see Upgrading in \
+             docs/operations.md to finish it"
         ));
     }
     let missing: Vec<String> = crate::sink::mysql::migrations::migrator()
