@@ -233,4 +233,42 @@ fn main() {
         b"grpc_listen = \"127.0.0.1:${PORT}\"\n[writer]\nbatch_size = 50\n[database]\ndisable_ssl = true\ntls = \"required\"\n",
     );
     write("config", "unknown_key", b"[writer]\nbatchsize = 5\n");
+
+    // Tracking plans: the built-in one, a site's with every column type, and a broken one.
+    write(
+        "tracking_plan",
+        "built_in",
+        usage_tracker::catalog::plan::BUILT_IN_TOML.as_bytes(),
+    );
+    write(
+        "tracking_plan",
+        "debugger",
+        br#"version = 1
+[[events]]
+name = "debugger_step"
+table = "debugger_steps"
+counts = [{ daily = "other_events" }, { session = "lines_executed", add = "line" }]
+columns = [
+    { column = "line", attribute = "debugger.line", type = "int32", required = true },
+    { column = "breakpoints", attribute = "debugger.breakpoints", type = "int" },
+    { column = "file", attribute = "code.file.path", type = "string", max_chars = 4000, first_of_array = true },
+    { column = "ratio", attribute = "debugger.ratio", type = "float" },
+    { column = "paused", attribute = "debugger.paused", type = "bool", true_unless = "file" },
+    { column = "at", attribute = "debugger.at", type = "time" },
+    { column = "watch", attribute = "debugger.watch", type = "json" },
+    { column = "took_ms", attribute = "debugger.took_ms", type = "int", from_span = "duration_ms" },
+]
+[[events]]
+name = "debugger_stop"
+table = "debugger_steps"
+ends_session = true
+counts = [{ daily = "other_events" }, { session = "lines_executed", add = "line" }]
+columns = [{ column = "line", attribute = "debugger.stop_line", type = "int32" }]
+"#,
+    );
+    write(
+        "tracking_plan",
+        "broken",
+        b"version = 1\n[[events]]\nname = \"\"\ntable = \"Bad\"\ncolumns = [{ column = \"id\", attribute = \"event.id\", type = \"text\" }]\n",
+    );
 }

@@ -389,3 +389,61 @@ pub fn tokens(text: &[u8]) {
         }
     }
 }
+
+/// A tracking plan file: refused with at least one problem named, or a plan whose catalogue
+/// has a table holding each declared column with its declared type, and whose schema on an
+/// empty database is one table created per event table (nothing refused: there is nothing to
+/// lose).
+pub fn tracking_plan(text: &[u8]) {
+    use usage_collector::catalog::ColumnType;
+    use usage_collector::sink::expand::{Change, plan_changes};
+    use usage_tracker::catalog::Plan;
+    let Ok(text) = std::str::from_utf8(text) else {
+        return; // the collector reads the file as UTF-8 and says so
+    };
+    let plan = match Plan::parse(text) {
+        Ok(plan) => plan,
+        Err(error) => {
+            assert!(!error.problems.is_empty(), "a refusal names its problems");
+            assert!(error.to_string().starts_with("the tracking plan has "));
+            return;
+        }
+    };
+    let catalog = Catalog::of_plan(std::sync::Arc::new(plan.clone()));
+    for event in &plan.events {
+        if event.is_session_event() {
+            continue;
+        }
+        let table = catalog
+            .tables()
+            .iter()
+            .find(|t| t.name == event.table)
+            .expect("a table per event table");
+        for column in &event.columns {
+            let found = table
+                .columns
+                .iter()
+                .find(|c| c.name == column.column)
+                .expect("every declared column in its table");
+            assert_eq!(found.ty, ColumnType::of(column.kind));
+        }
+    }
+    let changes = plan_changes(&catalog, &[]).expect("nothing to lose on an empty database");
+    let mut created: Vec<&str> = changes
+        .iter()
+        .map(|change| match change {
+            Change::CreateTable { table } => *table,
+            other => panic!("only creates on an empty database: {other}"),
+        })
+        .collect();
+    created.sort_unstable();
+    let mut tables: Vec<&str> = plan
+        .events
+        .iter()
+        .filter(|e| !e.is_session_event())
+        .map(|e| e.table)
+        .collect();
+    tables.sort_unstable();
+    tables.dedup();
+    assert_eq!(created, tables);
+}

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{
-    AnyValue, ArrayValue, KeyValue, KeyValueList, any_value::Value,
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue, KeyValueList, any_value::Value,
 };
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -226,7 +226,26 @@ pub fn traces_request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequ
     }
 }
 
-/// Sends a logs request (gzip-compressed when `gzip`).
+/// The request with every scope of its spans named `scope` (an instrumentation library's, or
+/// the usage-tracker's `usage`).
+pub fn under_scope(
+    mut request: ExportTraceServiceRequest,
+    scope: &str,
+) -> ExportTraceServiceRequest {
+    for resource in &mut request.resource_spans {
+        for spans in &mut resource.scope_spans {
+            spans.scope = Some(InstrumentationScope {
+                name: scope.to_owned(),
+                version: "1.0.0".to_owned(),
+                ..Default::default()
+            });
+        }
+    }
+    request
+}
+
+/// Sends a logs request (gzip-compressed when `gzip`, and then taking a gzip-compressed answer,
+/// which Go's gRPC servers send to a client that compresses, as an SDK does).
 pub async fn send_logs(
     endpoint: &str,
     request: ExportLogsServiceRequest,
@@ -237,7 +256,9 @@ pub async fn send_logs(
         .expect("connect to the collector")
         .max_encoding_message_size(usize::MAX);
     if gzip {
-        client = client.send_compressed(CompressionEncoding::Gzip);
+        client = client
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip);
     }
     client
         .export(request)

@@ -15,13 +15,16 @@
 //!   — SIGKILL, restart by IST, isolation from the primary component — and removed), for the
 //!   cluster tests.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
+//! - [`peers`]: an OpenTelemetry Collector with the recommended configuration and Jaeger v2,
+//!   as child processes on loopback ports (built by `scripts/peers-setup`), and Jaeger's traces
+//!   read back.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`service`]: a server a test starts (Prometheus, an OpenTelemetry Collector, Jaeger, a
 //!   database node) with its own log; a failure to come up quotes that log.
 //! - [`poll`]: waits for a condition under a deadline, instead of sleeping for a guessed time.
 //! - [`exposition`]: numbers read back from a collector's `/metrics`, and the accounting of
 //!   accepted records.
-//! - [`recount`]: the daily rollup and the session counters recounted from the raw rows.
+//! - [`summaries`]: the daily rollup and session counters against a recount from the raw rows.
 //! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
 //! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
 //! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
@@ -38,8 +41,9 @@ pub mod load;
 pub mod loadgen;
 pub mod measure;
 pub mod otlp_http;
+pub mod peers;
 pub mod poll;
 pub mod process;
 pub mod proxy;
-pub mod recount;
 pub mod service;
+pub mod summaries;

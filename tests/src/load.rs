@@ -298,7 +298,8 @@ pub async fn check_session_counters(db: &TestDb) -> SessionCounters {
             "SELECT s.session_id, CAST(s.programs_run AS CHAR), CAST(s.lines_executed AS CHAR), \
              CAST(s.errors_encountered AS CHAR), CAST(COUNT(p.event_id) AS CHAR), \
              CAST(COALESCE(SUM(p.lines_executed), 0) AS CHAR), \
-             CAST(COALESCE(SUM(CASE WHEN p.success THEN 0 ELSE 1 END), 0) AS CHAR) \
+             CAST(COALESCE(SUM(CASE WHEN p.event_id IS NULL OR p.success THEN 0 ELSE 1 END), 0) \
+             AS CHAR) \
              FROM ide_sessions s LEFT JOIN program_executions p \
              ON p.session_id = s.session_id AND p.service = s.service \
              GROUP BY s.session_id, s.service, s.programs_run, s.lines_executed, s.errors_encountered",

@@ -42,6 +42,8 @@ pub struct ProcessConfig {
     pub log: PathBuf,
     /// Extra arguments (for example the telemetry endpoint).
     pub extra: Vec<String>,
+    /// Environment variables set for the process (no `OTEL_*` of the test's own reaches it).
+    pub env: Vec<(String, String)>,
 }
 
 impl ProcessConfig {
@@ -59,6 +61,7 @@ impl ProcessConfig {
             shutdown_timeout_secs: 10,
             log: dir.join("collector.log"),
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -87,7 +90,14 @@ impl ProcessConfig {
             .append(true)
             .open(&self.log)
             .expect("collector log file");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["serve", "--migrate"])
             .args(["--database-url", &self.database_url])
             .args(["--grpc-listen", &self.grpc.to_string()])

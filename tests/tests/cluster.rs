@@ -31,7 +31,7 @@ use usage_pipeline_tests::exposition::{sum, value};
 use usage_pipeline_tests::galera::{self, Cluster};
 use usage_pipeline_tests::load::{Load, Plan, Report, check_present};
 use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, assert_accounted, temp_dir};
-use usage_pipeline_tests::{poll, recount};
+use usage_pipeline_tests::{poll, summaries};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
 
@@ -114,7 +114,7 @@ async fn assert_exact(
 ) -> Figures {
     let (present, duplicates) = check_present(db, acked).await;
     let rows = db.count("page_visits").await + db.count("program_executions").await;
-    let mismatches = recount::mismatches(db).await;
+    let mismatches = summaries::mismatches(db).await;
     let figures = Figures {
         acknowledged: report.acknowledged,
         rows,
@@ -148,7 +148,7 @@ async fn assert_exact(
     );
     assert_eq!(
         mismatches,
-        recount::Mismatches {
+        summaries::Mismatches {
             days_counted: mismatches.days_counted,
             sessions_counted: mismatches.sessions_counted,
             ..Default::default()

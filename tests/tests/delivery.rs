@@ -189,7 +189,8 @@ async fn invalid_records_are_refused_alone_and_valid_ones_written() {
         &[
             "usage_collector_records_rejected_total{signal=\"logs\",reason=\"missing_attribute\"} 1",
             "usage_collector_records_rejected_total{signal=\"logs\",reason=\"wrong_type\"} 2",
-            "usage_collector_records_rejected_total{signal=\"logs\",reason=\"no_event_name\"} 1",
+            // A log record with no name, under no usage scope: an app's log, not a usage event.
+            "usage_collector_records_rejected_total{signal=\"logs\",reason=\"not_a_usage_event\"} 1",
             "usage_collector_records_accepted_total{signal=\"logs\"} 2",
         ],
     );

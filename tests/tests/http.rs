@@ -100,7 +100,10 @@ const TRACES_JSON: &str = r#"{
           "kind": 3,
           "startTimeUnixNano": "1772600771123456000",
           "endTimeUnixNano": "1772600771165456000",
-          "attributes": [{"key": "language", "value": {"stringValue": "basic"}}],
+          "attributes": [
+            {"key": "event.name", "value": {"stringValue": "compile"}},
+            {"key": "language", "value": {"stringValue": "basic"}}
+          ],
           "events": [{"timeUnixNano": "1772600771125456000", "name": "parsed", "attributes": []}],
           "links": [],
           "status": {}

@@ -22,7 +22,7 @@ use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::exposition::{sum, value};
 use usage_pipeline_tests::fixtures::{event, kv, logs_request, send_logs};
-use usage_pipeline_tests::recount::{
+use usage_pipeline_tests::summaries::{
     RECOUNT_DAYS, RECOUNT_SESSIONS, ROLLUP_DAYS, SESSION_COUNTERS,
 };
 
@@ -184,7 +184,7 @@ async fn assert_exact(db: &TestDb, events: usize) {
 
 async fn retries_and_replays(db: TestDb) {
     let sink = sink(&db).await;
-    let events = mapped(sink.catalog());
+    let events = mapped(&sink.catalog());
     // A batch written twice, as after a commit whose answer was lost.
     write(&sink, &events[..100], 100).await;
     write(&sink, &events[..100], 100).await;
@@ -211,7 +211,7 @@ async fn retries_and_replays_count_once_on_sqlite() {
 /// The same event twice in one batch, nothing written yet: one row, counted once.
 async fn twice_in_one_batch(db: TestDb) {
     let sink = sink(&db).await;
-    let events = mapped(sink.catalog());
+    let events = mapped(&sink.catalog());
     let mut first: Vec<Mapped> = events[..60].to_vec();
     first.push(events[31].clone());
     first.push(events[40].clone());
@@ -232,7 +232,7 @@ async fn an_event_twice_in_one_batch_counts_once_on_sqlite() {
 
 async fn out_of_order_days(db: TestDb) {
     let sink = sink(&db).await;
-    let mut events = mapped(sink.catalog());
+    let mut events = mapped(&sink.catalog());
     // The latest day first, then the day before, then the first: each session's start moves
     // back a day twice, and its count with it.
     let day = |m: &Mapped| match &m.row {
@@ -267,7 +267,7 @@ async fn out_of_order_days_move_sessions_on_sqlite() {
 async fn two_writers_of_the_same_events_count_once_on_mariadb() {
     let db = TestDb::mysql().await;
     let (a, b) = (sink(&db).await, sink(&db).await);
-    let events = mapped(a.catalog());
+    let events = mapped(&a.catalog());
     let mut reversed = events.clone();
     reversed.reverse();
     let halves = events.split_at(events.len() / 2);
@@ -361,7 +361,7 @@ async fn a_session_race_after_part_of_a_batch_went_in_counts_once_on_mariadb() {
             )
         })
         .collect();
-    let events = map_records(sink.catalog(), "ide", records);
+    let events = map_records(&sink.catalog(), "ide", records);
     write(&sink, &events, events.len()).await;
     assert_eq!(
         db.texts("SELECT CAST(n AS CHAR) FROM race_once").await[0][0].as_deref(),
@@ -402,7 +402,7 @@ async fn an_insert_that_always_collides_with_something_else_is_refused_on_mariad
          MESSAGE_TEXT = 'Duplicate entry for key PRIMARY'",
     )
     .await;
-    let events = mapped(sink.catalog());
+    let events = mapped(&sink.catalog());
     let batch = RowBatch::of(sink.catalog().tables().len(), &events[..20]);
     let e = sink.write(&batch).await.expect_err("every insert collides");
     assert_eq!(e.kind, ErrorKind::RowValue, "{e}");

@@ -200,3 +200,149 @@ async fn own_metrics_and_batch_spans_go_to_the_telemetry_endpoint_and_never_loop
     target.stop().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A backend that takes only spans (as Jaeger does), or only metrics.
+#[derive(Clone)]
+struct OneSignal {
+    tx: mpsc::UnboundedSender<&'static str>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for OneSignal {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.tx.send("metrics").ok();
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for OneSignal {
+    async fn export(
+        &self,
+        _request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.tx.send("traces").ok();
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Starts a backend serving only `traces` or only `metrics`; what it receives arrives on the
+/// channel, named by signal.
+async fn one_signal_backend(
+    signal: &str,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<&'static str>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let backend = OneSignal { tx };
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let mut server = tonic::transport::Server::builder();
+    match signal {
+        "traces" => {
+            tokio::spawn(
+                server
+                    .add_service(TraceServiceServer::new(backend))
+                    .serve_with_incoming(incoming),
+            );
+        }
+        _ => {
+            tokio::spawn(
+                server
+                    .add_service(MetricsServiceServer::new(backend))
+                    .serve_with_incoming(incoming),
+            );
+        }
+    }
+    (addr, rx)
+}
+
+/// What arrived on `rx` within `wait`.
+async fn received(
+    rx: &mut mpsc::UnboundedReceiver<&'static str>,
+    wait: Duration,
+) -> Vec<&'static str> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(signal)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        seen.push(signal);
+    }
+    seen
+}
+
+/// Spans to a traces-only backend (Jaeger), metrics to a metrics-only one, each through its
+/// own setting (flags, then the standard `OTEL_*` variables); a signal set to `none` goes
+/// nowhere; and no export is logged as failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_own_signal_goes_only_where_it_is_sent() {
+    let (traces_addr, mut traces_rx) = one_signal_backend("traces").await;
+    let (metrics_addr, mut metrics_rx) = one_signal_backend("metrics").await;
+    let db = TestDb::mysql().await;
+    let dir = temp_dir("usage_telemetry_signals");
+    let mut config = ProcessConfig::new(BIN, db.url(), &dir);
+    config.extra = vec![
+        "--telemetry-traces-endpoint".into(),
+        format!("http://{traces_addr}"),
+        "--telemetry-metrics-endpoint".into(),
+        format!("http://{metrics_addr}"),
+        "--telemetry-interval-secs".into(),
+        "1".into(),
+    ];
+    let collector = config.start_ready().await;
+    send_logs(
+        &config.endpoint(),
+        page_visits("web-ide", "/s", 0..3),
+        false,
+    )
+    .await
+    .unwrap();
+    collector.wait_drained(Duration::from_secs(20)).await;
+    let spans = received(&mut traces_rx, Duration::from_secs(8)).await;
+    let pushes = received(&mut metrics_rx, Duration::from_secs(1)).await;
+    assert!(spans.contains(&"traces"), "no spans at the traces endpoint");
+    assert!(pushes.len() >= 3, "metrics pushed every second: {pushes:?}");
+    collector.terminate(Duration::from_secs(20)).await;
+    let log = std::fs::read_to_string(&config.log).unwrap();
+    for failing in ["cannot push", "Unimplemented", "ERROR", "WARN"] {
+        assert!(!log.contains(failing), "`{failing}` in the log:\n{log}");
+    }
+
+    // The standard variables: spans to the traces backend, metrics switched off.
+    std::fs::remove_file(&config.log).unwrap();
+    config.extra = vec!["--telemetry-interval-secs".into(), "1".into()];
+    config.env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".into(),
+            format!("http://{traces_addr}"),
+        ),
+        ("OTEL_METRICS_EXPORTER".into(), "none".into()),
+    ];
+    let collector = config.start_ready().await;
+    send_logs(
+        &config.endpoint(),
+        page_visits("web-ide", "/t", 10..13),
+        false,
+    )
+    .await
+    .unwrap();
+    collector.wait_drained(Duration::from_secs(20)).await;
+    let spans = received(&mut traces_rx, Duration::from_secs(8)).await;
+    let pushes = received(&mut metrics_rx, Duration::from_secs(1)).await;
+    assert!(
+        spans.contains(&"traces"),
+        "no spans through OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    );
+    assert_eq!(
+        pushes,
+        Vec::<&str>::new(),
+        "OTEL_METRICS_EXPORTER=none pushes nothing"
+    );
+    collector.terminate(Duration::from_secs(20)).await;
+    let log = std::fs::read_to_string(&config.log).unwrap();
+    for failing in ["cannot push", "Unimplemented", "ERROR", "WARN"] {
+        assert!(!log.contains(failing), "`{failing}` in the log:\n{log}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Current};
 use crate::config::{ConnectionSettings, LimitSettings, Settings};
 use crate::health::metrics::KnownLabels;
 use crate::health::{Check, Health, Metrics};
@@ -78,6 +78,9 @@ pub enum AppError {
     /// A listener's TLS files cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),
+    /// The tracking plan cannot be used.
+    #[error(transparent)]
+    Plan(#[from] crate::catalog::settings::LoadError),
 }
 
 /// A built collector, listening but not yet serving.
@@ -106,6 +109,11 @@ pub struct Application {
     admin_security: Security,
     /// The tasks that read the TLS files again when they change.
     tls_watch: Vec<tokio::task::JoinHandle<()>>,
+    /// The task that reads the tracking plan again (SIGHUP, a change of the file).
+    plan_watch: tokio::task::JoinHandle<()>,
+    /// `--instance` and the plan file, for `/status`.
+    instance: String,
+    plan_file: Option<std::path::PathBuf>,
     shutdown_timeout: Duration,
 }
 
@@ -126,17 +134,10 @@ impl Application {
             None => None,
         };
         let admin = bind(settings.admin_listen).await?;
-        let catalog = Arc::new(
-            Catalog::built_in()
-                .with_ip_anonymization(settings.privacy.ip_anonymization)
-                .with_retention(|table| {
-                    let retention = &settings.retention;
-                    retention.tables.get(table).unwrap_or(retention.days)
-                }),
-        );
+        let catalog = Current::new(settings.catalog_of(settings.catalog.load()?));
         let sink = Sink::open(&settings.database, catalog.clone())?;
         let metrics = Arc::new(Metrics::new());
-        start_metrics_at_zero(&metrics, &catalog);
+        start_metrics_at_zero(&metrics, &catalog.get());
         if sink.hosts().is_some() {
             let sink = sink.clone();
             metrics.attach_database(Arc::new(move || {
@@ -222,9 +223,9 @@ impl Application {
             settings.instance.clone(),
             settings.heartbeat_interval,
         ));
-        let telemetry = settings.telemetry_endpoint.clone().map(|endpoint| {
+        let telemetry = settings.telemetry.metrics().map(|endpoint| {
             tokio::spawn(crate::telemetry::metrics::push(
-                endpoint,
+                endpoint.to_owned(),
                 metrics.clone(),
                 settings.instance.clone(),
                 settings.telemetry_interval,
@@ -263,6 +264,20 @@ impl Application {
                 .with_instance(&settings.instance);
                 tokio::spawn(retention.run(async move { verified_rx.await.is_ok() }))
             });
+        let plan_watch = match &settings.catalog.file {
+            Some(file) => tokio::spawn(
+                crate::reload::Reload::new(
+                    file.clone(),
+                    Arc::new(settings.clone()),
+                    catalog.clone(),
+                    sink.clone(),
+                    metrics.clone(),
+                    migrate,
+                )
+                .watch(),
+            ),
+            None => tokio::spawn(crate::reload::ignore_hangups()),
+        };
         let decoders = crate::receiver::decoders::Decoders::start(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )
@@ -291,6 +306,7 @@ impl Application {
                 cache,
                 admission,
                 decoders,
+                non_usage_log: Arc::default(),
             },
             writer,
             writer_task,
@@ -310,6 +326,9 @@ impl Application {
             otlp_security,
             http_security,
             admin_security,
+            plan_watch,
+            instance: settings.instance.clone(),
+            plan_file: settings.catalog.file.clone(),
             shutdown_timeout: settings.shutdown_timeout,
         })
     }
@@ -371,7 +390,17 @@ impl Application {
             "usage collector listening"
         );
         let health = self.ingest.health.clone();
-        let admin_router = crate::health::http::router(health.clone(), self.ingest.metrics.clone());
+        let status = crate::ops::status::source(crate::ops::status::Parts {
+            instance: self.instance.clone(),
+            plan_file: self.plan_file.clone(),
+            catalog: self.ingest.catalog.clone(),
+            sink: self.sink.clone(),
+            spool: self.ingest.spool.clone(),
+            health: health.clone(),
+            metrics: self.ingest.metrics.clone(),
+        });
+        let admin_router =
+            crate::health::http::router(health.clone(), self.ingest.metrics.clone(), Some(status));
         let admin = tokio::spawn(crate::health::http::serve(
             Incoming::new(
                 self.admin,
@@ -468,6 +497,7 @@ impl Application {
         for watch in &self.tls_watch {
             watch.abort();
         }
+        self.plan_watch.abort();
         if let Some(retention) = self.retention {
             // A sweep cut short leaves its lease to expire.
             retention.abort();

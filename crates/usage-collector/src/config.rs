@@ -22,6 +22,9 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use secrecy::SecretString;
 
+use crate::catalog::Catalog;
+pub use crate::catalog::settings::{CatalogSettings, IpAnonymization, PrivacySettings};
+
 /// Everything the collector needs to run.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
@@ -88,15 +91,9 @@ pub struct Settings {
     /// This collector's name in `collector_heartbeats` ($HOSTNAME, else usage-collector)
     #[arg(id = "instance", long = "instance", env = "USAGE_INSTANCE", default_value_t = default_instance(), global = true)]
     pub instance: String,
-    /// Send the collector's own metrics and traces over OTLP/gRPC to this endpoint
-    /// (`http://jaeger:4317`); never point it at a usage collector
-    #[arg(
-        id = "telemetry_endpoint",
-        long = "telemetry-endpoint",
-        env = "USAGE_TELEMETRY_ENDPOINT",
-        global = true
-    )]
-    pub telemetry_endpoint: Option<String>,
+    /// Where the collector's own spans and metrics go.
+    #[command(flatten)]
+    pub telemetry: crate::telemetry::settings::TelemetrySettings,
     /// Seconds between pushes of the own metrics
     #[arg(id = "telemetry_interval_secs", long = "telemetry-interval-secs", env = "USAGE_TELEMETRY_INTERVAL_SECS", default_value = "15", value_parser = positive_seconds, global = true)]
     pub telemetry_interval: Duration,
@@ -109,6 +106,9 @@ pub struct Settings {
     /// What the collector keeps of the people behind the events.
     #[command(flatten)]
     pub privacy: PrivacySettings,
+    /// The tracking plan, and what becomes of records that are not usage events.
+    #[command(flatten)]
+    pub catalog: CatalogSettings,
     /// Who may send events.
     #[command(flatten)]
     pub auth: AuthSettings,
@@ -269,62 +269,6 @@ pub struct AuthSettings {
         global = true
     )]
     pub tokens_file: Option<PathBuf>,
-}
-
-/// What the collector keeps of the people behind the events.
-#[derive(Debug, Clone, clap::Args)]
-pub struct PrivacySettings {
-    /// Client addresses: stored as sent (`off`), cut to their network (`truncate`: IPv4 /24,
-    /// IPv6 /48), or not stored (`drop`); applied before the spool
-    #[arg(
-        id = "privacy.ip_anonymization",
-        long = "ip-anonymization",
-        env = "USAGE_IP_ANONYMIZATION",
-        value_enum,
-        default_value = "off",
-        global = true
-    )]
-    pub ip_anonymization: IpAnonymization,
-}
-
-/// What is kept of a client address.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum IpAnonymization {
-    /// As sent (what the old tracker stored, and its users' queries expect).
-    #[default]
-    Off,
-    /// Its network only: IPv4 /24 (`203.0.113.77` → `203.0.113.0`), IPv6 /48
-    /// (`2001:db8:abcd:12::1` → `2001:db8:abcd::`); a value that is not an address is dropped.
-    Truncate,
-    /// Nothing: stored as NULL.
-    Drop,
-}
-
-impl IpAnonymization {
-    /// What is kept of `address`.
-    pub fn apply(self, address: String) -> Option<String> {
-        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-        match self {
-            IpAnonymization::Off => Some(address),
-            IpAnonymization::Drop => None,
-            IpAnonymization::Truncate => {
-                let ip = address
-                    .parse::<IpAddr>()
-                    .or_else(|_| address.parse::<SocketAddr>().map(|s| s.ip()))
-                    .ok()?;
-                Some(match ip {
-                    IpAddr::V4(v4) => {
-                        let [a, b, c, _] = v4.octets();
-                        Ipv4Addr::new(a, b, c, 0).to_string()
-                    }
-                    IpAddr::V6(v6) => {
-                        let s = v6.segments();
-                        Ipv6Addr::new(s[0], s[1], s[2], 0, 0, 0, 0, 0).to_string()
-                    }
-                })
-            }
-        }
-    }
 }
 
 /// Database connection settings.
@@ -708,6 +652,16 @@ where
 }
 
 impl Settings {
+    /// The catalogue of `plan`, shaped by these settings: what is kept of client addresses,
+    /// what becomes of records that are not usage events, how old an event may be.
+    pub fn catalog_of(&self, plan: std::sync::Arc<usage_tracker::catalog::Plan>) -> Catalog {
+        let retention = &self.retention;
+        Catalog::of_plan(plan)
+            .with_ip_anonymization(self.privacy.ip_anonymization)
+            .with_non_usage(self.catalog.non_usage_records)
+            .with_retention(|table| retention.tables.get(table).unwrap_or(retention.days))
+    }
+
     /// Every setting at its built-in default (the environment ignored).
     pub fn defaults() -> Settings {
         #[derive(clap::Parser)]
@@ -1178,11 +1132,11 @@ mod tests {
         );
     }
 
-    /// The README's settings table names every setting with its flag, variable, file key and
-    /// default, so the documentation cannot drift from the declarations.
+    /// The settings table of docs/configuration.md names every setting with its flag,
+    /// variable, file key and default, so the documentation cannot drift from the declarations.
     #[test]
-    fn the_readme_table_matches_the_declarations() {
-        let readme = include_str!("../../../README.md");
+    fn the_configuration_table_matches_the_declarations() {
+        let readme = include_str!("../../../docs/configuration.md");
         let command = crate::cli::Cli::command();
         let rows: Vec<Vec<&str>> = readme
             .lines()
@@ -1198,7 +1152,9 @@ mod tests {
             let row = rows
                 .iter()
                 .find(|r| unquote(r[1]) == format!("--{long}"))
-                .unwrap_or_else(|| panic!("--{long} is not in the README's settings table"));
+                .unwrap_or_else(|| {
+                    panic!("--{long} is not in docs/configuration.md's settings table")
+                });
             let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
             assert_eq!(Some(unquote(row[2])), env, "--{long}: variable");
             if long != "config" {
@@ -1260,26 +1216,6 @@ mod tests {
         assert_eq!(
             settings.http_cors_origins.0,
             ["https://a.example", "https://b.example"]
-        );
-    }
-
-    #[test]
-    fn client_addresses_are_cut_to_their_network_or_dropped() {
-        let truncate = |a: &str| IpAnonymization::Truncate.apply(a.to_owned());
-        assert_eq!(truncate("203.0.113.77").as_deref(), Some("203.0.113.0"));
-        assert_eq!(
-            truncate("2001:db8:abcd:12::1").as_deref(),
-            Some("2001:db8:abcd::")
-        );
-        assert_eq!(
-            truncate("203.0.113.77:5050").as_deref(),
-            Some("203.0.113.0")
-        );
-        assert_eq!(truncate("not-an-address"), None);
-        assert_eq!(IpAnonymization::Drop.apply("203.0.113.77".into()), None);
-        assert_eq!(
-            IpAnonymization::Off.apply("203.0.113.77".into()).as_deref(),
-            Some("203.0.113.77")
         );
     }
 

@@ -98,14 +98,38 @@ pub struct UsageEvent<'a> {
     pub span_id: Option<[u8; 8]>,
     /// Duration and status, for events that arrived as spans.
     pub span: Option<SpanFacts>,
+    /// The record says it is a usage event: its name came from `event_name` or `event.name`,
+    /// or it is under a usage-tracker's scope ([`USAGE_SCOPES`]). A span that is none of
+    /// these is a usage event only if the tracking plan declares its name (see
+    /// [`crate::catalog::convert`]).
+    pub sent_as_event: bool,
 }
+
+/// The instrumentation scopes of usage-tracker's records: `usage` (its events, from the
+/// `tracing` target of that name, and its spans) and `usage-tracker` (the spans of trackers
+/// before 0.2). A record under one of them is a usage event by that alone.
+pub const USAGE_SCOPES: [&str; 2] = ["usage", "usage-tracker"];
 
 /// Why a record could not become an event.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
-    /// Neither `event_name` nor an `event.name` attribute (nor, for spans, a span name).
+    /// A record under a usage-tracker's scope with neither `event_name` nor an `event.name`
+    /// attribute (nor, for a span, a span name).
     #[error("no event name: set the log record's event_name or an `event.name` string attribute")]
     NoName,
+    /// A record that is not a usage event: an app's own log record or span, with no event name,
+    /// not declared by the tracking plan and not under a usage-tracker's scope.
+    #[error(
+        "{what} is not a usage event ({why}); it was not stored: send usage events with an \
+         event name (the `event.name` attribute) or under the `usage` scope, or declare the \
+         name in the tracking plan (docs/usage-events.md)"
+    )]
+    NotUsage {
+        /// The record, named (`span "GET /ide"`, `a log record`).
+        what: String,
+        /// What it lacks.
+        why: &'static str,
+    },
     /// `event.name` or `event.id` is present but not a non-empty string.
     #[error("attribute `{key}` must be a non-empty string, got {got}")]
     BadIdentity {
@@ -135,13 +159,19 @@ pub enum DecodeError {
 
 impl DecodeError {
     /// Every reason label.
-    pub const REASONS: [&'static str; 4] =
-        ["no_event_name", "wrong_type", "bad_span", "own_telemetry"];
+    pub const REASONS: [&'static str; 5] = [
+        "no_event_name",
+        "wrong_type",
+        "bad_span",
+        "own_telemetry",
+        "not_a_usage_event",
+    ];
 
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
         match self {
             DecodeError::NoName => "no_event_name",
+            DecodeError::NotUsage { .. } => "not_a_usage_event",
             DecodeError::BadIdentity { .. } => "wrong_type",
             DecodeError::NegativeDuration { .. } => "bad_span",
             DecodeError::OwnTelemetry { .. } => "own_telemetry",
@@ -327,6 +357,11 @@ impl<'a> Origin<'a> {
         }
     }
 
+    /// True when the records are under a usage-tracker's scope.
+    pub fn is_usage_scope(&self) -> bool {
+        self.scope.is_some_and(|s| USAGE_SCOPES.contains(&s.name))
+    }
+
     /// Refuses the collector's own telemetry, so a misdirected export cannot loop.
     fn check_not_own(&self) -> Result<(), DecodeError> {
         match self.scope {
@@ -357,10 +392,16 @@ impl<'a> UsageEvent<'a> {
     pub fn of_log(record: &wire::LogRecord<'a>, origin: &Origin<'_>) -> Result<Self, DecodeError> {
         origin.check_not_own()?;
         let attr_name = identity_attr(&record.attributes, keys::EVENT_NAME)?;
-        let name = if record.event_name.is_empty() {
-            attr_name.ok_or(DecodeError::NoName)?
-        } else {
-            record.event_name
+        let name = match (record.event_name, attr_name) {
+            ("", Some(name)) => name,
+            ("", None) if origin.is_usage_scope() => return Err(DecodeError::NoName),
+            ("", None) => {
+                return Err(DecodeError::NotUsage {
+                    what: "the log record".to_owned(),
+                    why: "it has no event name and is not under the `usage` scope",
+                });
+            }
+            (name, _) => name,
         };
         let record_time = [record.time_unix_nano, record.observed_time_unix_nano]
             .into_iter()
@@ -379,6 +420,7 @@ impl<'a> UsageEvent<'a> {
             trace_id: trace_id(record.trace_id),
             span_id: span_id(record.span_id),
             span: None,
+            sent_as_event: true,
         })
     }
 
@@ -386,10 +428,16 @@ impl<'a> UsageEvent<'a> {
     /// duration.
     pub fn of_span(span: &wire::Span<'a>, origin: &Origin<'_>) -> Result<Self, DecodeError> {
         origin.check_not_own()?;
-        let name = match identity_attr(&span.attributes, keys::EVENT_NAME)? {
-            Some(name) => name,
-            None if !span.name.is_empty() => span.name,
-            None => return Err(DecodeError::NoName),
+        let (name, sent_as_event) = match identity_attr(&span.attributes, keys::EVENT_NAME)? {
+            Some(name) => (name, true),
+            None if !span.name.is_empty() => (span.name, origin.is_usage_scope()),
+            None if origin.is_usage_scope() => return Err(DecodeError::NoName),
+            None => {
+                return Err(DecodeError::NotUsage {
+                    what: "the span".to_owned(),
+                    why: "it has no name and is not under the `usage` scope",
+                });
+            }
         };
         if span.end_time_unix_nano < span.start_time_unix_nano {
             return Err(DecodeError::NegativeDuration {
@@ -448,6 +496,7 @@ impl<'a> UsageEvent<'a> {
                 error,
                 status_set,
             }),
+            sent_as_event,
         })
     }
 
@@ -586,8 +635,28 @@ mod tests {
             "other"
         );
         record.attributes.clear();
+        // A log record with no name is an app's own log, not a usage event, unless it is
+        // under the usage-tracker's scope: then it is a usage event that lacks its name.
+        let error = UsageEvent::from_log(record.clone(), None, &origin(&service)).unwrap_err();
+        assert_eq!(error.reason(), "not_a_usage_event");
+        assert!(
+            error
+                .to_string()
+                .starts_with("the log record is not a usage event"),
+            "{error}"
+        );
+        let usage = wire::Scope {
+            name: "usage",
+            version: "",
+        };
+        let under_usage = Origin::new(
+            &ResourceDigest::new(&[], &service),
+            Some(usage),
+            &service,
+            7,
+        );
         assert_eq!(
-            UsageEvent::from_log(record, None, &origin(&service)).unwrap_err(),
+            UsageEvent::from_log(record, None, &under_usage).unwrap_err(),
             DecodeError::NoName
         );
     }

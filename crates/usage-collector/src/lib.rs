@@ -22,6 +22,8 @@
 //! - [`sink`]: MySQL and SQLite (and a blackhole for benchmarks) — migrations, startup
 //!   verification, idempotent batch writes, what a failure was; on a Galera cluster, moving
 //!   to the next host of the URL when the node in use fails.
+//! - [`reload`]: the tracking plan read again on SIGHUP or when its file changes, put in force
+//!   once its tables are there.
 //! - [`retention`]: the sweeper that deletes rows past their retention, once verification has
 //!   passed and then every interval, one collector at a time (a lease row).
 //! - [`health`]: metrics (each declared once), readiness checks, and the admin HTTP endpoints.
@@ -32,7 +34,10 @@
 //! - [`backoff`]: the one backoff schedule every retry loop uses.
 //! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.
-//! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`).
+//! - [`ops`]: the operator's commands: `status`, `dead-letters list|replay`,
+//!   `rollups rebuild`.
+//! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`, and the
+//!   operator's commands).
 
 pub mod app;
 pub mod backoff;
@@ -42,7 +47,9 @@ pub mod config;
 pub mod event;
 pub mod health;
 pub mod net;
+pub mod ops;
 pub mod receiver;
+pub mod reload;
 pub mod retention;
 pub mod sink;
 pub mod spool;

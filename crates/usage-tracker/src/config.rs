@@ -57,6 +57,9 @@ pub struct Config {
     pub logs_tls: TlsConfig,
     /// TLS for an `https://` traces endpoint (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, …).
     pub traces_tls: TlsConfig,
+    /// The tracking plan the collector uses (`USAGE_CATALOG_FILE`), so that an event it would
+    /// refuse is refused here, where the application hears of it; `None`: the built-in plan.
+    pub catalog_file: Option<PathBuf>,
 }
 
 /// TLS for an `https://` endpoint: the CAs the collector's certificate must chain to, and the
@@ -91,6 +94,7 @@ impl Default for Config {
             export_app_logs: false,
             logs_tls: TlsConfig::default(),
             traces_tls: TlsConfig::default(),
+            catalog_file: None,
         }
     }
 }
@@ -117,6 +121,7 @@ impl fmt::Debug for Config {
             .field("export_app_logs", &self.export_app_logs)
             .field("logs_tls", &self.logs_tls)
             .field("traces_tls", &self.traces_tls)
+            .field("catalog_file", &self.catalog_file)
             .finish()
     }
 }
@@ -198,6 +203,7 @@ impl Config {
         if let Some(attributes) = var(RESOURCE_ATTRIBUTES) {
             config.resource_attributes = pairs(&attributes, RESOURCE_ATTRIBUTES)?;
         }
+        config.catalog_file = var("USAGE_CATALOG_FILE").map(PathBuf::from);
         config.service_name = var("OTEL_SERVICE_NAME").or_else(|| {
             config
                 .resource_attributes

@@ -76,8 +76,9 @@ pub use health::{Health, Stats};
 pub use pipeline::{StartError, VerifyError};
 #[cfg(feature = "exporter")]
 pub use record::{
-    EventId, FeatureUse, PageVisit, ProgramExecution, ProgramRun, SessionStart, TARGET,
-    feature_use, page_visit, program_execution, session_end, session_start,
+    AttributeValue, Event, EventId, FeatureUse, PageVisit, ProgramExecution, ProgramRun,
+    RecordError, SessionStart, TARGET, feature_use, page_visit, program_execution, session_end,
+    session_start,
 };
 #[cfg(feature = "exporter")]
 pub use tracker::{InitError, Tracker, TrackerBuilder, init};

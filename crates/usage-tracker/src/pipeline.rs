@@ -43,6 +43,8 @@ pub(crate) enum Control {
 /// The application-side end of the pipeline: an OpenTelemetry log and span processor.
 #[derive(Clone)]
 pub(crate) struct Queue {
+    /// The tracking plan: an event it declares must carry what it requires.
+    pub(crate) plan: Arc<catalog::Plan>,
     items: mpsc::Sender<Item>,
     control: mpsc::UnboundedSender<Control>,
     shared: Arc<Shared>,
@@ -95,7 +97,7 @@ impl LogProcessor for Queue {
                     && !matches!(v, AnyValue::String(s) if s.as_str().trim().is_empty())
             })
         };
-        if let Some((event, key)) = missing_required(name, has_value) {
+        if let Some((event, key)) = self.plan.missing_required(name, has_value) {
             return self.shared.refused(event, key);
         }
         self.push(Item::Log(Box::new((record.clone(), scope.clone()))));
@@ -129,7 +131,7 @@ impl SpanProcessor for Queue {
                 |kv| !matches!(&kv.value, Value::String(s) if s.as_str().trim().is_empty()),
             )
         };
-        if let Some((event, key)) = missing_required(name, has_value) {
+        if let Some((event, key)) = self.plan.missing_required(name, has_value) {
             return self.shared.refused(event, key);
         }
         self.push(Item::Span(Box::new(span)));
@@ -142,21 +144,6 @@ impl SpanProcessor for Queue {
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         LogProcessor::shutdown_with_timeout(self, timeout)
     }
-}
-
-/// The catalogue event called `name` and the first attribute it requires that `has_value` does
-/// not find (absent, or an empty or blank string). The collector would reject such an event, or
-/// store an empty value, without the application ever hearing of it.
-fn missing_required(
-    name: &str,
-    has_value: impl Fn(&str) -> bool,
-) -> Option<(&'static str, &'static str)> {
-    let event = catalog::event(name)?;
-    event
-        .attributes
-        .iter()
-        .find(|attribute| attribute.required && !has_value(attribute.key))
-        .map(|attribute| (event.name, attribute.key))
 }
 
 /// Why the pipeline could not start.
@@ -191,6 +178,14 @@ pub enum StartError {
         /// The file.
         file: std::path::PathBuf,
         /// What is wrong (never the key's contents).
+        problem: String,
+    },
+    /// The tracking plan file cannot be used.
+    #[error("cannot use the tracking plan {file}: {problem}")]
+    Plan {
+        /// The file.
+        file: std::path::PathBuf,
+        /// What is wrong with it.
         problem: String,
     },
     /// `verify` was asked for and the collector did not answer.
@@ -236,10 +231,22 @@ pub(crate) fn start(
     resource: Resource,
     shared: Arc<Shared>,
 ) -> Result<Queue, StartError> {
+    let plan = match &config.catalog_file {
+        None => Arc::new(catalog::built_in().clone()),
+        Some(file) => {
+            let problem = |problem: String| StartError::Plan {
+                file: file.clone(),
+                problem,
+            };
+            let text = std::fs::read_to_string(file).map_err(|e| problem(e.to_string()))?;
+            Arc::new(catalog::Plan::parse(&text).map_err(|e| problem(e.to_string()))?)
+        }
+    };
     let (items, item_rx) = mpsc::channel(config.queue_size.max(1));
     let (control, control_rx) = mpsc::unbounded_channel();
     let (ready, started) = std_mpsc::channel();
     let queue = Queue {
+        plan,
         items,
         control,
         shared: shared.clone(),

@@ -271,3 +271,210 @@ impl ProgramRun {
     /// Ends the run now.
     pub fn finish(self) {}
 }
+
+/// The value of an attribute of an [`Event`] built at run time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributeValue {
+    /// Text (also a time in RFC 3339, or JSON, where the plan's column says so).
+    String(String),
+    /// A whole number.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl From<&str> for AttributeValue {
+    fn from(value: &str) -> Self {
+        AttributeValue::String(value.to_owned())
+    }
+}
+
+impl From<String> for AttributeValue {
+    fn from(value: String) -> Self {
+        AttributeValue::String(value)
+    }
+}
+
+impl From<i64> for AttributeValue {
+    fn from(value: i64) -> Self {
+        AttributeValue::Int(value)
+    }
+}
+
+impl From<i32> for AttributeValue {
+    fn from(value: i32) -> Self {
+        AttributeValue::Int(value.into())
+    }
+}
+
+impl From<u32> for AttributeValue {
+    fn from(value: u32) -> Self {
+        AttributeValue::Int(value.into())
+    }
+}
+
+impl From<f64> for AttributeValue {
+    fn from(value: f64) -> Self {
+        AttributeValue::Float(value)
+    }
+}
+
+impl From<bool> for AttributeValue {
+    fn from(value: bool) -> Self {
+        AttributeValue::Bool(value)
+    }
+}
+
+impl AttributeValue {
+    fn describe(&self) -> String {
+        match self {
+            AttributeValue::String(s) => format!("string {s:?}"),
+            AttributeValue::Int(i) => format!("int {i}"),
+            AttributeValue::Float(f) => format!("float {f}"),
+            AttributeValue::Bool(b) => format!("bool {b}"),
+        }
+    }
+}
+
+/// A usage event whose name and attributes are only known at run time (an event of a site's
+/// tracking plan, read from data): recorded with [`Tracker::record`](crate::Tracker::record),
+/// which checks it against the tracking plan first. Events known when the code is written are
+/// simpler with [`event!`](crate::event!).
+///
+/// ```
+/// let step = usage_tracker::Event::new("debugger_step")
+///     .attribute("session.id", "s-1")
+///     .attribute("debugger.line", 42)
+///     .attribute("code.file.path", "main.bas");
+/// assert_eq!(step.name(), "debugger_step");
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    name: String,
+    attributes: Vec<(String, AttributeValue)>,
+}
+
+impl Event {
+    /// An event called `name`, with no attributes yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            attributes: Vec::new(),
+        }
+    }
+
+    /// The event with attribute `key` set to `value` (replacing an earlier value of `key`).
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<AttributeValue>) -> Self {
+        let key = key.into();
+        let value = value.into();
+        match self.attributes.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, old)) => *old = value,
+            None => self.attributes.push((key, value)),
+        }
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its attributes, in the order they were set.
+    pub fn attributes(&self) -> &[(String, AttributeValue)] {
+        &self.attributes
+    }
+
+    /// The attribute `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&AttributeValue> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value)
+    }
+
+    /// Checks the event against `plan` as the collector will: every attribute the plan
+    /// requires is there (and not blank), and every attribute it maps has its column's type.
+    pub fn check(&self, plan: &crate::catalog::Plan) -> Result<(), RecordError> {
+        use crate::catalog::plan::Kind;
+        let Some(spec) = plan.event(&self.name) else {
+            return Ok(()); // not declared: it goes to usage_events as it is
+        };
+        for column in &spec.columns {
+            let key = column.attribute;
+            let value = match self.get(key) {
+                Some(AttributeValue::String(s)) if s.trim().is_empty() => None,
+                other => other,
+            };
+            let Some(value) = value else {
+                if column.required {
+                    return Err(RecordError::Missing {
+                        event: spec.name,
+                        key,
+                    });
+                }
+                continue;
+            };
+            let expected = match (column.kind, value) {
+                (Kind::String { .. } | Kind::Json | Kind::Time, AttributeValue::String(_))
+                | (Kind::Int | Kind::Time, AttributeValue::Int(_))
+                | (Kind::Float, AttributeValue::Int(_) | AttributeValue::Float(_))
+                | (Kind::Bool, AttributeValue::Bool(_)) => None,
+                (Kind::Int32, AttributeValue::Int(i)) if i32::try_from(*i).is_ok() => None,
+                (Kind::Int32, _) => Some("an integer within 32 bits"),
+                (Kind::Int, _) => Some("an integer"),
+                (Kind::Float, _) => Some("a number"),
+                (Kind::Bool, _) => Some("a boolean"),
+                (Kind::Time, _) => Some("an RFC 3339 string or nanoseconds since the epoch"),
+                (Kind::Json, _) => Some("a JSON string"),
+                (Kind::String { .. }, _) => Some("a string"),
+            };
+            if let Some(expected) = expected {
+                return Err(RecordError::WrongType {
+                    event: spec.name,
+                    key,
+                    expected,
+                    got: value.describe(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why the tracker did not send an [`Event`]: the collector would refuse it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RecordError {
+    /// A required attribute is absent or blank.
+    #[error("event `{event}` needs attribute `{key}`")]
+    Missing {
+        /// The event.
+        event: &'static str,
+        /// The attribute.
+        key: &'static str,
+    },
+    /// An attribute has the wrong type for its column.
+    #[error("event `{event}`: attribute `{key}` must be {expected}, got {got}")]
+    WrongType {
+        /// The event.
+        event: &'static str,
+        /// The attribute.
+        key: &'static str,
+        /// What its column takes.
+        expected: &'static str,
+        /// What was given.
+        got: String,
+    },
+}
+
+impl RecordError {
+    /// The event and the attribute at fault.
+    pub fn event_and_key(&self) -> (&'static str, &'static str) {
+        match self {
+            RecordError::Missing { event, key } | RecordError::WrongType { event, key, .. } => {
+                (event, key)
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::config::{Config, EnvError};
 use crate::health::{Health, Shared, Stats};
 use crate::pipeline::{self, Control, Queue, StartError};
-use crate::record::TARGET;
+use crate::record::{AttributeValue, Event, RecordError, TARGET};
 use crate::warning::{Warning, WarningKind, Warnings};
 
 /// The tracker could not start.
@@ -62,6 +62,15 @@ impl TrackerBuilder {
             config,
             warnings: Warnings::default(),
         }
+    }
+
+    /// Checks events against this tracking plan file, the one the collector reads
+    /// (`USAGE_CATALOG_FILE`): an event it would refuse is refused here, where the application
+    /// hears of it. Without it, the built-in plan. A file that cannot be read or is not a valid
+    /// plan makes [`TrackerBuilder::start`] fail with [`StartError::Plan`].
+    pub fn catalog_file(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        self.config.catalog_file = Some(file.into());
+        self
     }
 
     /// Sends logs and spans to this collector endpoint (`http://host:4317`).
@@ -264,9 +273,45 @@ impl Tracker {
                     || (all_events && meta.is_event() && !is_telemetry_internal(meta.target()))
             }));
         let spans = tracing_opentelemetry::layer()
-            .with_tracer(self.spans.tracer("usage-tracker"))
+            // The instrumentation scope that marks the tracker's records as usage events (its
+            // log events carry it too: their `tracing` target is the scope's name).
+            .with_tracer(self.spans.tracer(TARGET))
             .with_filter(filter_fn(|meta| meta.target() == TARGET));
         logs.and_then(spans)
+    }
+
+    /// Records an event built at run time ([`Event`]), after checking it against the tracking
+    /// plan ([`TrackerBuilder::catalog_file`], else the built-in one): an event the collector
+    /// would refuse is not sent, counts in [`Stats::invalid`], and its reason is returned.
+    pub fn record(&self, event: Event) -> Result<(), RecordError> {
+        use opentelemetry::logs::{LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+        if let Err(e) = event.check(&self.queue.plan) {
+            let (name, key) = e.event_and_key();
+            self.shared.refused(name, key);
+            return Err(e);
+        }
+        let logger = self.logs.logger(TARGET);
+        let mut record = logger.create_log_record();
+        // The SDK keeps event names as `&'static str`: a name is kept once per process.
+        record.set_event_name(crate::catalog::plan::intern(event.name()));
+        record.set_timestamp(std::time::SystemTime::now());
+        record.set_severity_number(Severity::Info);
+        record.set_severity_text("INFO");
+        record.add_attribute(
+            crate::catalog::keys::EVENT_ID,
+            crate::EventId::new().as_str().to_owned(),
+        );
+        for (key, value) in event.attributes() {
+            let value: opentelemetry::logs::AnyValue = match value {
+                AttributeValue::String(s) => s.clone().into(),
+                AttributeValue::Int(i) => (*i).into(),
+                AttributeValue::Float(f) => (*f).into(),
+                AttributeValue::Bool(b) => (*b).into(),
+            };
+            record.add_attribute(key.clone(), value);
+        }
+        logger.emit(record);
+        Ok(())
     }
 
     /// Counts since start.

@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
+use crate::catalog::settings::NonUsageRecords;
 use crate::catalog::{Catalog, Mapped};
 use crate::event::wire::{self, KeyValue, Malformed, Scope};
 use crate::event::{DecodeError, Origin, ResourceDigest, UsageEvent, service_name};
@@ -62,6 +63,12 @@ pub struct Converted {
     pub tally: HashMap<(Arc<str>, String), u64>,
     /// The `service.name` of every resource in the request.
     pub services: std::collections::BTreeSet<Arc<str>>,
+    /// Records that are not usage events, by service (refused, or stored as the catalogue's
+    /// `non_usage_records` setting says).
+    pub non_usage: HashMap<Arc<str>, u64>,
+    /// Events refused by their declaration (a missing or mistyped attribute), by service,
+    /// event name and reason.
+    pub refused_events: HashMap<(Arc<str>, String, &'static str), u64>,
 }
 
 /// Which records the receiver refuses before decoding (they broke a per-record limit).
@@ -136,12 +143,33 @@ impl<'c, 'a, S: Skip> Builder<'c, 'a, S> {
         let event = match decode(origin) {
             Ok(event) => event,
             Err(e) => {
+                if matches!(e, DecodeError::NotUsage { .. }) {
+                    *self.out.non_usage.entry(self.service.clone()).or_default() += 1;
+                }
                 return self
                     .out
                     .rejected
                     .add(e.reason(), || format!("{}: {e}", position()));
             }
         };
+        // A span named only by its span name is a usage event if the plan declares the name.
+        if !event.sent_as_event && !self.catalog.declares(&event.name) {
+            *self.out.non_usage.entry(self.service.clone()).or_default() += 1;
+            if self.catalog.non_usage() == NonUsageRecords::Refuse {
+                let e = DecodeError::NotUsage {
+                    what: format!(
+                        "span {:?}",
+                        crate::health::metrics::bounded(&event.name, 128)
+                    ),
+                    why: "it has no `event.name` attribute, its name is not in the tracking plan, \
+                          and it is not under the `usage` scope",
+                };
+                return self
+                    .out
+                    .rejected
+                    .add(e.reason(), || format!("{}: {e}", position()));
+            }
+        }
         match self.catalog.map(&event, attributes) {
             Ok(mut mapped) => {
                 self.out.truncated.append(&mut mapped.truncated);
@@ -157,9 +185,16 @@ impl<'c, 'a, S: Skip> Builder<'c, 'a, S> {
                     }
                 }
             }
-            Err(e) => self.out.rejected.add(e.reason(), || {
-                format!("{} (event `{}`): {e}", position(), event.name)
-            }),
+            Err(e) => {
+                *self
+                    .out
+                    .refused_events
+                    .entry((event.service.clone(), event.name.to_string(), e.reason()))
+                    .or_default() += 1;
+                self.out.rejected.add(e.reason(), || {
+                    format!("{} (event `{}`): {e}", position(), event.name)
+                })
+            }
         }
     }
 

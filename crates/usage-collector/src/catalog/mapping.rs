@@ -1,20 +1,27 @@
 //! From a decoded event to a row: attribute types checked, text cut to its column's width.
 //!
-//! Rules beyond the catalogue's data:
-//! - an event of a catalogue table gets the five common columns, then its attributes' columns;
+//! What the tracking plan ([`usage_tracker::catalog::plan`]) declares decides almost
+//! everything; the rules beyond its data:
+//! - an event of a plan table gets the five common columns, then the table's columns (those of
+//!   another event of the same table are NULL);
 //! - for an event that arrived as a span, the span's duration and status win over the
 //!   attributes they override ([`SpanOverride`]);
-//! - a program run without `program.success` succeeded unless it carries `error.message`;
-//! - an event that names no catalogue entry goes to `usage_events` with its attributes as JSON;
+//! - a `bool` column with `true_unless` and no value is true unless that other column has one;
+//! - an event the plan does not declare goes to `usage_events` with its attributes as JSON;
 //! - every event with `session.id` updates that session's row (the sink adds the rows it
 //!   inserts to the session's counters).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use time::{OffsetDateTime, PrimitiveDateTime};
-use usage_tracker::catalog::{self, AttrType, Attribute, SpanOverride, events, keys, tables};
+use usage_tracker::catalog::plan::{self, Kind, Plan, SpanOverride};
+use usage_tracker::catalog::{self, keys, tables};
 
 use super::rows::{SessionRow, Value};
+use super::settings::{IpAnonymization, NonUsageRecords};
 use super::tables::{self as table_defs, Column, ColumnType, Table, TableId};
-use crate::config::IpAnonymization;
 use crate::event::wire::{KeyValue, Value as V};
 use crate::event::{UsageEvent, describe, find};
 
@@ -47,6 +54,14 @@ pub enum MapError {
         /// The parser's complaint.
         error: String,
     },
+    /// A time attribute does not hold a time the database can store.
+    #[error("attribute `{key}` is not a time: {error}")]
+    BadTimeValue {
+        /// The attribute key.
+        key: &'static str,
+        /// What is wrong with it.
+        error: String,
+    },
     /// A whole number does not fit its column.
     #[error("attribute `{key}` is {value}, outside its column's range {min} to {max}")]
     OutOfRange {
@@ -58,6 +73,14 @@ pub enum MapError {
         min: i64,
         /// The column's largest value.
         max: i64,
+    },
+    /// A number the database cannot store (NaN or infinite).
+    #[error("attribute `{key}` is {value}, which a database column cannot hold")]
+    NotFinite {
+        /// The attribute key.
+        key: &'static str,
+        /// What was sent.
+        value: f64,
     },
     /// The event is older than its table keeps: it would be deleted at the next sweep.
     #[error("the event is older than the {days} days this collector keeps (retention.days)")]
@@ -75,20 +98,23 @@ pub enum MapError {
 
 impl MapError {
     /// Every reason label.
-    pub const REASONS: [&'static str; 4] = [
+    pub const REASONS: [&'static str; 5] = [
         "missing_attribute",
         "wrong_type",
         "bad_time",
         "out_of_range",
+        "past_retention",
     ];
 
     /// Low-cardinality reason label.
     pub fn reason(&self) -> &'static str {
         match self {
             MapError::MissingAttribute { .. } => "missing_attribute",
-            MapError::WrongType { .. } | MapError::BadJson { .. } => "wrong_type",
+            MapError::WrongType { .. }
+            | MapError::BadJson { .. }
+            | MapError::BadTimeValue { .. } => "wrong_type",
             MapError::TimeOutOfRange { .. } => "bad_time",
-            MapError::OutOfRange { .. } => "out_of_range",
+            MapError::OutOfRange { .. } | MapError::NotFinite { .. } => "out_of_range",
             MapError::PastRetention { .. } => "past_retention",
         }
     }
@@ -107,13 +133,29 @@ pub struct Mapped {
     pub truncated: Vec<(&'static str, &'static str)>,
 }
 
+/// A declared event, found by name: its plan entry and its table.
+#[derive(Debug, Clone, Copy)]
+struct Declared {
+    /// Position in the plan's events.
+    event: usize,
+    /// Its table (`None`: a session event, which writes only its session's row).
+    table: Option<TableId>,
+}
+
 /// The tables and the event-to-table mapping.
 #[derive(Debug, Clone)]
 pub struct Catalog {
+    /// Which catalogue this is, among those the process made (see [`Catalog::generation`]).
+    generation: u64,
+    plan: Arc<Plan>,
     tables: Vec<Table>,
     usage_events: TableId,
+    /// Declared events by name.
+    declared: HashMap<&'static str, Declared>,
     /// What is kept of client addresses (before anything reaches the spool).
     ip: IpAnonymization,
+    /// What becomes of records that are not usage events.
+    non_usage: NonUsageRecords,
     /// (table, days) kept: an event already older than its table keeps is rejected, not
     /// written to be deleted.
     retention: Vec<(&'static str, u32)>,
@@ -128,14 +170,66 @@ impl Default for Catalog {
 impl Catalog {
     /// The built-in catalogue.
     pub fn built_in() -> Self {
-        let tables = table_defs::built_in();
-        let position = |name: &str| tables.iter().position(|t| t.name == name);
+        Self::of_plan(Arc::new(plan::built_in().clone()))
+    }
+
+    /// The catalogue of a tracking plan.
+    pub fn of_plan(plan: Arc<Plan>) -> Self {
+        let tables = table_defs::of_plan(&plan);
+        let declared = plan
+            .events
+            .iter()
+            .enumerate()
+            .map(|(event, spec)| {
+                let table = if spec.is_session_event() {
+                    None
+                } else {
+                    tables.iter().position(|t| t.name == spec.table)
+                };
+                (spec.name, Declared { event, table })
+            })
+            .collect();
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
         Self {
-            usage_events: position(tables::USAGE_EVENTS).expect("built-in table"),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            usage_events: tables
+                .iter()
+                .position(|t| t.name == tables::USAGE_EVENTS)
+                .expect("every catalogue has usage_events"),
             tables,
+            declared,
+            plan,
             ip: IpAnonymization::default(),
+            non_usage: NonUsageRecords::default(),
             retention: Vec::new(),
         }
+    }
+
+    /// A number no other catalogue of this process has (a copy keeps it: its tables are the
+    /// same), so rows mapped by it are known to fit its tables.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The plan this catalogue was made from.
+    pub fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// True when the plan declares an event called `name`.
+    pub fn declares(&self, name: &str) -> bool {
+        self.declared.contains_key(name)
+    }
+
+    /// What becomes of records that are not usage events.
+    pub fn non_usage(&self) -> NonUsageRecords {
+        self.non_usage
+    }
+
+    /// This catalogue, treating records that are not usage events as `non_usage` says.
+    pub fn with_non_usage(mut self, non_usage: NonUsageRecords) -> Self {
+        self.non_usage = non_usage;
+        self
     }
 
     /// This catalogue, rejecting events older than `days(table)` days (0: any age).
@@ -173,15 +267,22 @@ impl Catalog {
     /// list must hold `usage_events`.
     #[cfg(test)]
     pub(crate) fn with_tables(tables: Vec<Table>) -> Self {
-        Self {
-            usage_events: tables
-                .iter()
-                .position(|t| t.name == tables::USAGE_EVENTS)
-                .expect("usage_events"),
-            tables,
-            ip: IpAnonymization::default(),
-            retention: Vec::new(),
+        // A catalogue of its own: its tables differ from the built-in one's.
+        let mut catalog = Self::of_plan(Arc::new(plan::built_in().clone()));
+        catalog.usage_events = tables
+            .iter()
+            .position(|t| t.name == tables::USAGE_EVENTS)
+            .expect("usage_events");
+        for declared in catalog.declared.values_mut() {
+            let spec = &catalog.plan.events[declared.event];
+            declared.table = if spec.is_session_event() {
+                None
+            } else {
+                tables.iter().position(|t| t.name == spec.table)
+            };
         }
+        catalog.tables = tables;
+        catalog
     }
 
     /// Every table the catalogue writes.
@@ -198,36 +299,33 @@ impl Catalog {
     ) -> Result<Mapped, MapError> {
         let mut truncated = Vec::new();
         let time = timestamp(event.time_unix_nano)?;
-        let spec = catalog::event(&event.name);
-        let table_id = match spec {
-            Some(spec) if spec.table == tables::IDE_SESSIONS => None,
-            Some(spec) => self.tables.iter().position(|t| t.name == spec.table),
+        let declared = self.declared.get(event.name.as_ref()).copied();
+        let spec = declared.map(|d| &self.plan.events[d.event]);
+        let table_id = match declared {
+            Some(declared) => declared.table,
             None => Some(self.usage_events),
         };
         let table_name = table_id.map_or(tables::IDE_SESSIONS, |id| self.tables[id].name);
         self.check_retention(table_name, event.time_unix_nano)?;
         // Cut once here so the event row and the session row agree on the session's id.
-        let [session_id, user_id] = [&catalog::COMMON[0], &catalog::COMMON[1]].map(|attribute| {
-            let mut value = text_attr(attributes, attribute)?;
-            if let (Some(text), Some(width)) = (value.as_mut(), attribute.max_chars)
+        let mut common = |key: &'static str, column: &'static str, width: u32| {
+            let mut value = text_attr(attributes, key)?;
+            if let Some(text) = value.as_mut()
                 && cut(text, width)
             {
-                truncated.push((table_name, attribute.column));
+                truncated.push((table_name, column));
             }
             Ok::<_, MapError>(value)
-        });
-        let (mut session_id, user_id) = (session_id?, user_id?);
+        };
+        let mut session_id = common(keys::SESSION_ID, "session_id", catalog::SESSION_ID_CHARS)?;
+        let user_id = common(keys::USER_ID, "user_id", catalog::USER_ID_CHARS)?;
         // Trailing spaces are not part of a session's id: MySQL compares strings without them,
         // so `s1 ` and `s1` are one session there, and so they are everywhere.
         if let Some(id) = session_id.as_mut() {
             id.truncate(id.trim_end_matches(' ').len());
         }
-        let (user_agent, ip_address) = (
-            session_text(event, attributes, keys::USER_AGENT),
-            session_text(event, attributes, keys::CLIENT_ADDRESS),
-        );
-        let row = match table_id {
-            Some(id) => {
+        let row = match (table_id, spec) {
+            (Some(id), spec) => {
                 let table = &self.tables[id];
                 let mut values = Vec::with_capacity(table.columns.len());
                 values.push(Value::Id(*event.id.as_bytes()));
@@ -236,30 +334,38 @@ impl Catalog {
                 values.push(user_id.clone().map_or(Value::Null, Value::Text));
                 values.push(Value::Time(time));
                 match spec {
-                    Some(spec) => {
-                        self.fill_catalogue(event, attributes, spec, table, &mut values)?
-                    }
+                    Some(spec) => fill_declared(event, attributes, spec, table, &mut values)?,
                     None => fill_usage_event(event, attributes, self.ip, &mut values),
                 }
                 self.anonymize(table, &mut values);
                 cut_to_fit(table, &mut values, &mut truncated);
                 Some((id, values))
             }
-            None => {
-                // A session event's own attributes are checked even though it has no row.
-                for attribute in spec.map_or(&[][..], |s| s.attributes) {
-                    attribute_value(event, attributes, attribute, spec.map_or("", |s| s.name))?;
-                }
-                None
-            }
+            (None, _) => None,
         };
+        // A session event's own columns go to its session's row.
+        let (mut user_agent, mut ip_address) = (None, None);
+        if let Some(spec) = spec.filter(|s| s.is_session_event()) {
+            for column in &spec.columns {
+                let value = match attribute_value(event, attributes, column, spec.name)? {
+                    Value::Text(text) if !text.is_empty() => Some(text),
+                    _ => None,
+                };
+                match column.column {
+                    "user_agent" => user_agent = value,
+                    "ip_address" => ip_address = value,
+                    // The plan allows no other column for a session event.
+                    _ => {}
+                }
+            }
+        }
         let session = session_id.map(|id| {
             let mut session = SessionRow {
                 service: event.service.to_string(),
                 user_id,
                 start_time: time,
                 last_activity: time,
-                end_time: (event.name == events::SESSION_END).then_some(time),
+                end_time: spec.is_some_and(|s| s.ends_session).then_some(time),
                 user_agent,
                 ip_address,
             };
@@ -288,58 +394,37 @@ impl Catalog {
             }
         }
     }
-
-    fn fill_catalogue(
-        &self,
-        event: &UsageEvent<'_>,
-        attributes: &[KeyValue<'_>],
-        spec: &'static catalog::Event,
-        table: &Table,
-        values: &mut Vec<Value>,
-    ) -> Result<(), MapError> {
-        for column in &table.columns[table_defs::EVENT_COLUMNS.len()..] {
-            let value = match spec.attributes.iter().find(|a| a.column == column.name) {
-                Some(attribute) => attribute_value(event, attributes, attribute, spec.name)?,
-                None => Value::Null,
-            };
-            if let (ColumnType::Int32, Value::Int(int), Some(attribute)) = (
-                column.ty,
-                &value,
-                spec.attributes.iter().find(|a| a.column == column.name),
-            ) && i32::try_from(*int).is_err()
-            {
-                return Err(MapError::OutOfRange {
-                    key: attribute.key,
-                    value: *int,
-                    min: i32::MIN.into(),
-                    max: i32::MAX.into(),
-                });
-            }
-            values.push(value);
-        }
-        if spec.name == events::PROGRAM_EXECUTION {
-            infer_success(spec, table, values);
-        }
-        Ok(())
-    }
 }
 
-/// A run without `program.success` (and no span status) failed only if it has an error message.
-fn infer_success(spec: &catalog::Event, table: &Table, values: &mut [Value]) {
-    let column_of = |key: &str| {
-        let attribute = spec.attributes.iter().find(|a| a.key == key)?;
-        table
-            .columns
-            .iter()
-            .position(|c| c.name == attribute.column)
-    };
-    if let (Some(success), Some(message)) = (
-        column_of(keys::PROGRAM_SUCCESS),
-        column_of(keys::ERROR_MESSAGE),
-    ) && values[success] == Value::Null
-    {
-        values[success] = Value::Bool(values[message] == Value::Null);
+/// The declared event's columns of `table`, in the table's order (a column only another event
+/// of the table declares is NULL).
+fn fill_declared(
+    event: &UsageEvent<'_>,
+    attributes: &[KeyValue<'_>],
+    spec: &plan::Event,
+    table: &Table,
+    values: &mut Vec<Value>,
+) -> Result<(), MapError> {
+    let first = values.len();
+    for column in &table.columns[table_defs::EVENT_COLUMNS.len()..] {
+        values.push(match spec.column(column.name) {
+            Some(declared) => attribute_value(event, attributes, declared, spec.name)?,
+            None => Value::Null,
+        });
     }
+    // `true_unless`: a flag without a value is true unless its other column has one.
+    for declared in &spec.columns {
+        let Some(other) = declared.true_unless else {
+            continue;
+        };
+        let at = |name: &str| table.position(name).filter(|at| *at >= first);
+        if let (Some(flag), Some(other)) = (at(declared.column), at(other))
+            && values[flag] == Value::Null
+        {
+            values[flag] = Value::Bool(values[other] == Value::Null);
+        }
+    }
+    Ok(())
 }
 
 fn timestamp(unix_nano: u64) -> Result<PrimitiveDateTime, MapError> {
@@ -351,25 +436,11 @@ fn timestamp(unix_nano: u64) -> Result<PrimitiveDateTime, MapError> {
         .ok_or(MapError::TimeOutOfRange { unix_nano })
 }
 
-fn text_attr(
-    attributes: &[KeyValue<'_>],
-    attribute: &Attribute,
-) -> Result<Option<String>, MapError> {
-    match find(attributes, attribute.key) {
+fn text_attr(attributes: &[KeyValue<'_>], key: &'static str) -> Result<Option<String>, MapError> {
+    match find(attributes, key) {
         None => Ok(None),
         Some(V::Str(s)) => Ok(Some((*s).to_owned())),
-        Some(other) => Err(wrong_type(attribute.key, "a string", other)),
-    }
-}
-
-/// The session's user agent and address come from `session_start`, as the catalogue maps them.
-fn session_text(event: &UsageEvent<'_>, attributes: &[KeyValue<'_>], key: &str) -> Option<String> {
-    if event.name != events::SESSION_START {
-        return None;
-    }
-    match find(attributes, key) {
-        Some(V::Str(s)) if !s.is_empty() => Some((*s).to_owned()),
-        _ => None,
+        Some(other) => Err(wrong_type(key, "a string", other)),
     }
 }
 
@@ -381,14 +452,53 @@ fn wrong_type(key: &'static str, expected: &'static str, got: &V<'_>) -> MapErro
     }
 }
 
+/// A time attribute: an RFC 3339 string or an integer of nanoseconds since the Unix epoch,
+/// within the years the database stores.
+fn time_value(key: &'static str, value: &V<'_>) -> Result<PrimitiveDateTime, MapError> {
+    let at = match value {
+        V::Str(text) => OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| MapError::BadTimeValue {
+                key,
+                error: format!("{text:?} is not an RFC 3339 time ({e})"),
+            })?
+            .to_offset(time::UtcOffset::UTC),
+        V::Int(nanos) => {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(*nanos)).map_err(|e| {
+                MapError::BadTimeValue {
+                    key,
+                    error: format!("{nanos} ns since the epoch: {e}"),
+                }
+            })?
+        }
+        other => {
+            return Err(wrong_type(
+                key,
+                "an RFC 3339 string or nanoseconds since the epoch",
+                other,
+            ));
+        }
+    };
+    if !(1000..=9999).contains(&at.year()) {
+        return Err(MapError::BadTimeValue {
+            key,
+            error: format!("year {} is outside 1000 to 9999", at.year()),
+        });
+    }
+    // Microseconds, as the column keeps.
+    let at = at
+        .replace_nanosecond(at.nanosecond() / 1_000 * 1_000)
+        .expect("fewer nanoseconds than before");
+    Ok(PrimitiveDateTime::new(at.date(), at.time()))
+}
+
 /// The attribute's value for its column.
 fn attribute_value(
     event: &UsageEvent<'_>,
     attributes: &[KeyValue<'_>],
-    attribute: &Attribute,
+    column: &plan::Column,
     event_name: &'static str,
 ) -> Result<Value, MapError> {
-    if let (Some(facts), Some(over)) = (&event.span, attribute.span_override) {
+    if let (Some(facts), Some(over)) = (&event.span, column.from_span) {
         match over {
             SpanOverride::DurationMs => return Ok(Value::Int(facts.duration_ms)),
             SpanOverride::Success if facts.status_set => {
@@ -400,36 +510,55 @@ fn attribute_value(
             _ => {}
         }
     }
-    let Some(value) = find(attributes, attribute.key) else {
-        return if attribute.required {
+    let Some(value) = find(attributes, column.attribute) else {
+        return if column.required {
             Err(MapError::MissingAttribute {
                 event: event_name,
-                key: attribute.key,
+                key: column.attribute,
             })
         } else {
             Ok(Value::Null)
         };
     };
-    let key = attribute.key;
-    Ok(match (attribute.ty, value) {
-        (AttrType::Str | AttrType::StrOrFirstOfArray, V::Str(s)) => Value::Text((*s).to_owned()),
-        (AttrType::StrOrFirstOfArray, V::Array(values)) => match values.first() {
+    let key = column.attribute;
+    Ok(match (column.kind, value) {
+        (Kind::String { .. }, V::Str(s)) => Value::Text((*s).to_owned()),
+        (
+            Kind::String {
+                first_of_array: true,
+                ..
+            },
+            V::Array(values),
+        ) => match values.first() {
             None | Some(V::Empty) => Value::Null,
             Some(V::Str(s)) => Value::Text((*s).to_owned()),
             Some(other) => return Err(wrong_type(key, "a string or string array", other)),
         },
-        (AttrType::Str, other) => return Err(wrong_type(key, "a string", other)),
-        (AttrType::StrOrFirstOfArray, other) => {
+        (
+            Kind::String {
+                first_of_array: true,
+                ..
+            },
+            other,
+        ) => {
             return Err(wrong_type(key, "a string or string array", other));
         }
-        (AttrType::Int, V::Int(i)) => Value::Int(*i),
-        (AttrType::Int, V::Double(d)) if d.fract() == 0.0 && d.abs() < 9_007_199_254_740_992.0 => {
+        (Kind::String { .. }, other) => return Err(wrong_type(key, "a string", other)),
+        (Kind::Int | Kind::Int32, V::Int(i)) => Value::Int(*i),
+        (Kind::Int | Kind::Int32, V::Double(d))
+            if d.fract() == 0.0 && d.abs() < 9_007_199_254_740_992.0 =>
+        {
             Value::Int(*d as i64)
         }
-        (AttrType::Int, other) => return Err(wrong_type(key, "an integer", other)),
-        (AttrType::Bool, V::Bool(b)) => Value::Bool(*b),
-        (AttrType::Bool, other) => return Err(wrong_type(key, "a boolean", other)),
-        (AttrType::Json, V::Str(s)) => {
+        (Kind::Int | Kind::Int32, other) => return Err(wrong_type(key, "an integer", other)),
+        (Kind::Float, V::Double(d)) if d.is_finite() => Value::Float(*d),
+        (Kind::Float, V::Double(d)) => return Err(MapError::NotFinite { key, value: *d }),
+        (Kind::Float, V::Int(i)) => Value::Float(*i as f64),
+        (Kind::Float, other) => return Err(wrong_type(key, "a number", other)),
+        (Kind::Bool, V::Bool(b)) => Value::Bool(*b),
+        (Kind::Bool, other) => return Err(wrong_type(key, "a boolean", other)),
+        (Kind::Time, value) => Value::Time(time_value(key, value)?),
+        (Kind::Json, V::Str(s)) => {
             serde_json::from_str::<serde::de::IgnoredAny>(s).map_err(|e| MapError::BadJson {
                 key,
                 error: e.to_string(),
@@ -445,15 +574,25 @@ fn attribute_value(
             }
             Value::Json((*s).to_owned())
         }
-        (AttrType::Json, nested @ (V::KvList(_) | V::Array(_))) => {
+        (Kind::Json, nested @ (V::KvList(_) | V::Array(_))) => {
             Value::Json(to_json(nested).to_string())
         }
-        (AttrType::Json, other) => {
+        (Kind::Json, other) => {
             return Err(wrong_type(key, "a JSON string or key-value list", other));
         }
     })
+    .and_then(|value| match (column.kind, &value) {
+        (Kind::Int32, Value::Int(int)) if i32::try_from(*int).is_err() => {
+            Err(MapError::OutOfRange {
+                key,
+                value: *int,
+                min: i32::MIN.into(),
+                max: i32::MAX.into(),
+            })
+        }
+        _ => Ok(value),
+    })
 }
-
 /// The column client addresses are stored in (`page_visits`, `ide_sessions`).
 const IP_ADDRESS_COLUMN: &str = "ip_address";
 
@@ -659,6 +798,7 @@ mod tests {
                 trace_id: None,
                 span_id: None,
                 span: None,
+                sent_as_event: true,
             },
             attributes,
         }

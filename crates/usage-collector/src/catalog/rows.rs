@@ -17,6 +17,8 @@ pub enum Value {
     Text(String),
     /// A whole number.
     Int(i64),
+    /// A finite floating-point number.
+    Float(f64),
     /// A boolean.
     Bool(bool),
     /// A UTC time with microseconds.

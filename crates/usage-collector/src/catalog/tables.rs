@@ -1,9 +1,13 @@
-//! The tables the collector writes, derived from the shared catalogue.
+//! The tables the collector writes, derived from the tracking plan
+//! ([`usage_tracker::catalog::plan`]).
 //!
-//! Every event table starts with the same five columns ([`EVENT_COLUMNS`]); the catalogue adds
-//! each event's own. `ide_sessions` is the one aggregate table: one row per session, upserted.
+//! Every event table starts with the same five columns ([`EVENT_COLUMNS`]); the plan adds each
+//! event's own, and says what its rows add to the summaries. `ide_sessions` is the one
+//! aggregate table: one row per session, upserted. `usage_events` takes every event the plan
+//! does not declare.
 
-use usage_tracker::catalog::{self, AttrType, tables};
+use usage_tracker::catalog::plan::{self, Count, Kind, Plan};
+use usage_tracker::catalog::{self, tables};
 
 /// Position of a table in [`crate::catalog::Catalog::tables`].
 pub type TableId = usize;
@@ -23,12 +27,29 @@ pub enum ColumnType {
     /// A whole number that fits in 32 bits (INT): a larger one would be refused by the
     /// database, so it is rejected on receipt instead.
     Int32,
+    /// A double-precision floating-point number.
+    Float,
     /// A boolean.
     Bool,
     /// A UTC time with microseconds.
     Timestamp,
     /// A JSON document.
     Json,
+}
+
+impl ColumnType {
+    /// The type of a plan column of this kind.
+    pub fn of(kind: Kind) -> Self {
+        match kind {
+            Kind::String { max_chars, .. } => ColumnType::Text { max_chars },
+            Kind::Int => ColumnType::Int,
+            Kind::Int32 => ColumnType::Int32,
+            Kind::Float => ColumnType::Float,
+            Kind::Bool => ColumnType::Bool,
+            Kind::Time => ColumnType::Timestamp,
+            Kind::Json => ColumnType::Json,
+        }
+    }
 }
 
 /// One column.
@@ -58,6 +79,15 @@ pub struct Table {
     pub kind: TableKind,
     /// Columns in the order rows hold their values.
     pub columns: Vec<Column>,
+    /// What each new row adds to the summaries (the same for every event of the table).
+    pub counts: Vec<Count>,
+}
+
+impl Table {
+    /// The position of column `name` in the table's rows.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
 }
 
 const fn col(name: &'static str, ty: ColumnType) -> Column {
@@ -105,33 +135,18 @@ pub const SESSION_COLUMNS: [Column; 14] = [
     col("features_used", ColumnType::Int),
 ];
 
-/// Columns the schema declares as 32-bit `INT` (every other whole number is a `BIGINT`).
-const INT32_COLUMNS: [&str; 1] = ["program_lines"];
-
-fn attribute_column(attribute: &catalog::Attribute) -> Column {
-    let ty = match (attribute.ty, attribute.max_chars) {
-        (AttrType::Str | AttrType::StrOrFirstOfArray, Some(max_chars)) => {
-            ColumnType::Text { max_chars }
-        }
-        (AttrType::Str | AttrType::StrOrFirstOfArray, None) => ColumnType::Json,
-        (AttrType::Int, _) if INT32_COLUMNS.contains(&attribute.column) => ColumnType::Int32,
-        (AttrType::Int, _) => ColumnType::Int,
-        (AttrType::Bool, _) => ColumnType::Bool,
-        (AttrType::Json, _) => ColumnType::Json,
-    };
-    col(attribute.column, ty)
-}
-
-/// The built-in tables: one per catalogue table, then `usage_events`.
-pub fn built_in() -> Vec<Table> {
+/// The tables of `plan`: one per table its events name, in the order of their first event,
+/// then `usage_events`.
+pub fn of_plan(plan: &Plan) -> Vec<Table> {
     let mut out: Vec<Table> = Vec::new();
-    for event in catalog::BUILT_IN {
-        if event.table == tables::IDE_SESSIONS {
+    for event in &plan.events {
+        if event.is_session_event() {
             if !out.iter().any(|t| t.name == tables::IDE_SESSIONS) {
                 out.push(Table {
                     name: tables::IDE_SESSIONS,
                     kind: TableKind::Sessions,
                     columns: SESSION_COLUMNS.to_vec(),
+                    counts: Vec::new(),
                 });
             }
             continue;
@@ -143,13 +158,17 @@ pub fn built_in() -> Vec<Table> {
                     name: event.table,
                     kind: TableKind::Events,
                     columns: EVENT_COLUMNS.to_vec(),
+                    // The plan checks that every event of a table counts the same way.
+                    counts: event.counts.clone(),
                 });
                 out.last_mut().expect("just pushed")
             }
         };
-        for attribute in event.attributes {
-            if !table.columns.iter().any(|c| c.name == attribute.column) {
-                table.columns.push(attribute_column(attribute));
+        for column in &event.columns {
+            if !table.columns.iter().any(|c| c.name == column.column) {
+                table
+                    .columns
+                    .push(col(column.column, ColumnType::of(column.kind)));
             }
         }
     }
@@ -159,8 +178,19 @@ pub fn built_in() -> Vec<Table> {
         name: tables::USAGE_EVENTS,
         kind: TableKind::Events,
         columns: usage_events,
+        counts: vec![Count {
+            daily: Some("other_events"),
+            session: None,
+            add: None,
+            when_false: None,
+        }],
     });
     out
+}
+
+/// The built-in tables.
+pub fn built_in() -> Vec<Table> {
+    of_plan(plan::built_in())
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! The admin HTTP server: `/metrics`, `/health/live`, `/health/ready`.
+//! The admin HTTP server: `/metrics`, `/health/live`, `/health/ready`, `/status`.
 
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use super::{Health, Metrics};
 struct AdminState {
     health: Health,
     metrics: Arc<Metrics>,
+    status: Option<super::status::StatusSource>,
 }
 
 /// Serves the admin routes on `incoming`, secured as `security` says (plain HTTP or HTTPS),
@@ -60,13 +61,30 @@ pub async fn serve(
     }
 }
 
-/// The admin routes.
-pub fn router(health: Health, metrics: Arc<Metrics>) -> Router {
+/// The admin routes; `/status` answers when `status` is given.
+pub fn router(
+    health: Health,
+    metrics: Arc<Metrics>,
+    status: Option<super::status::StatusSource>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .with_state(AdminState { health, metrics })
+        .route("/status", get(status_json))
+        .with_state(AdminState {
+            health,
+            metrics,
+            status,
+        })
+}
+
+/// What the collector is doing (proto/admin.openapi.json).
+async fn status_json(State(state): State<AdminState>) -> Response {
+    match &state.status {
+        Some(source) => axum::Json(source().await).into_response(),
+        None => (StatusCode::NOT_FOUND, "no status here").into_response(),
+    }
 }
 
 /// OpenMetrics unless the scraper asks only for the Prometheus text format (`text/plain`), as

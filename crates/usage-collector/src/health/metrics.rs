@@ -61,6 +61,22 @@ label_sets! {
         /// `service.name` of the sender.
         service_name: String,
     }
+    /// Labels: service (cut and bounded) and signal.
+    ServiceSignalLabels {
+        /// `service.name` of the sender.
+        service_name: String,
+        /// `logs` or `traces`.
+        signal: &'static str,
+    }
+    /// Labels: service and event name (cut and bounded), and reason.
+    EventReasonLabels {
+        /// `service.name` of the sender.
+        service_name: String,
+        /// Event name.
+        event: String,
+        /// Why, as a short fixed word.
+        reason: &'static str,
+    }
     /// Labels: an OTLP/HTTP answer.
     HttpLabels {
         /// `logs`, `traces`, `metrics`, or `other` (any other path).
@@ -137,6 +153,9 @@ macro_rules! metrics {
             database: OnceLock<DatabaseGauge>,
             /// Failovers already added to the counter (concurrent scrapes add each once).
             failovers_counted: std::sync::atomic::AtomicU64,
+            /// Per-service counts of the last minute (for `usage-collector status`, not exposed
+            /// as a metric: the counters above hold the totals).
+            pub last_minute: super::window::LastMinute,
             registry: Registry,
         }
 
@@ -153,6 +172,7 @@ macro_rules! metrics {
                     spool: OnceLock::new(),
                     database: OnceLock::new(),
                     failovers_counted: Default::default(),
+                    last_minute: super::window::LastMinute::default(),
                     registry,
                 }
             }
@@ -227,6 +247,19 @@ metrics! {
     records_dropped: Family<ReasonLabels, Counter> = Family::default();
     /// Accepted events by service and event name (bounded, overflow in other).
     events: Family<EventLabels, Counter> = Family::default();
+    /// Events refused for their attributes (missing, mistyped, out of range), by service,
+    /// event name (bounded, overflow in other) and reason; the sender hears it as partial
+    /// success.
+    events_refused: Family<EventReasonLabels, Counter> = Family::default();
+    /// Records that are not usage events (an app's own spans and logs: no event name, not in
+    /// the tracking plan, not under the `usage` scope), by service and signal; refused, unless
+    /// `catalog.non_usage_records = store`.
+    records_not_usage: Family<ServiceSignalLabels, Counter> = Family::default();
+    /// Times the tracking plan file was read again and is now in force.
+    catalog_reloads: Counter = Counter::default();
+    /// Times the tracking plan file changed but could not be used (the plan before stays in
+    /// force).
+    catalog_reload_failures: Counter = Counter::default();
     /// Unix time each service last sent events (bounded, overflow in other).
     service_last_seen_timestamp_seconds: Family<ServiceLabels, FloatGauge> = Family::default();
     /// Unix time of the last heartbeat that reached the database.
@@ -371,31 +404,58 @@ impl Metrics {
         }
     }
 
-    /// Counts accepted events of `service` named `event`, and marks the service as seen now.
-    /// Both values are cut to [`MAX_LABEL_BYTES`]; past the bounds, new services and event
-    /// names are counted under `other`.
-    pub fn count_events(&self, service: &str, event: &str, n: u64, now_unix_seconds: f64) {
+    /// `service` and `event` as label values: cut to [`MAX_LABEL_BYTES`], and past the bounds
+    /// `other` (a new service, or a new pair).
+    fn bounded_pair(&self, service: &str, event: &str) -> (String, String) {
         let (service, event) = (
             bounded(service, MAX_LABEL_BYTES),
             bounded(event, MAX_LABEL_BYTES),
         );
-        let (service, event) = {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            let (pairs, services) = &mut *seen;
-            let service = if services.contains(service) || services.len() < MAX_SERVICES {
-                services.insert(service.to_owned());
-                service.to_owned()
-            } else {
-                OTHER.to_owned()
-            };
-            let pair = (service.clone(), event.to_owned());
-            if pairs.contains(&pair) || pairs.len() < MAX_EVENT_SERIES {
-                pairs.insert(pair.clone());
-                pair
-            } else {
-                (service, OTHER.to_owned())
-            }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (pairs, services) = &mut *seen;
+        let service = if services.contains(service) || services.len() < MAX_SERVICES {
+            services.insert(service.to_owned());
+            service.to_owned()
+        } else {
+            OTHER.to_owned()
         };
+        let pair = (service.clone(), event.to_owned());
+        if pairs.contains(&pair) || pairs.len() < MAX_EVENT_SERIES {
+            pairs.insert(pair.clone());
+            pair
+        } else {
+            (service, OTHER.to_owned())
+        }
+    }
+
+    /// Counts `n` records of `service` that are not usage events.
+    pub fn count_not_usage(&self, service: &str, signal: &'static str, n: u64) {
+        let (service_name, _) = self.bounded_pair(service, "");
+        self.records_not_usage
+            .get_or_create(&ServiceSignalLabels {
+                service_name,
+                signal,
+            })
+            .inc_by(n);
+    }
+
+    /// Counts `n` events of `service` named `event` refused for `reason`.
+    pub fn count_refused_events(&self, service: &str, event: &str, reason: &'static str, n: u64) {
+        let (service_name, event) = self.bounded_pair(service, event);
+        self.events_refused
+            .get_or_create(&EventReasonLabels {
+                service_name,
+                event,
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    /// Counts accepted events of `service` named `event`, and marks the service as seen now.
+    /// Both values are cut to [`MAX_LABEL_BYTES`]; past the bounds, new services and event
+    /// names are counted under `other`.
+    pub fn count_events(&self, service: &str, event: &str, n: u64, now_unix_seconds: f64) {
+        let (service, event) = self.bounded_pair(service, event);
         self.service_last_seen_timestamp_seconds
             .get_or_create(&ServiceLabels {
                 service_name: service.clone(),
@@ -559,7 +619,9 @@ mod tests {
             )),
             "{text}"
         );
-        assert!(text.len() < 8192, "{} bytes", text.len());
+        // Every metric's header, and the one series cut to its bound: not a thousand characters
+        // twice over.
+        assert!(text.len() < 12 * 1024, "{} bytes", text.len());
     }
 
     #[test]

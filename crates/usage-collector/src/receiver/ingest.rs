@@ -10,8 +10,8 @@ use tonic::{Code, Status};
 use super::admission::{Admission, Reserved, retryable};
 use super::auth::Allowed;
 use super::shape::{Shape, Violation};
-use crate::catalog::Catalog;
 use crate::catalog::convert::{Converted, Skip};
+use crate::catalog::{Catalog, Current};
 use crate::event::Signal;
 use crate::event::wire::Malformed;
 use crate::health::metrics::{ColumnLabels, ReasonLabels, SignalLabels, SignalReasonLabels};
@@ -35,8 +35,8 @@ pub struct Partial {
 /// Shared by the logs and traces services.
 #[derive(Clone, Debug)]
 pub struct Ingest {
-    /// The table mapping, for validation.
-    pub catalog: Arc<Catalog>,
+    /// The table mapping in force, for validation.
+    pub catalog: Current,
     /// Where accepted requests are made durable.
     pub spool: Spool,
     /// Counters.
@@ -49,6 +49,61 @@ pub struct Ingest {
     pub admission: Admission,
     /// The threads that decode and map requests.
     pub decoders: super::decoders::Decoders,
+    /// At most one log line a minute about records that are not usage events.
+    pub non_usage_log: Arc<NonUsageLog>,
+}
+
+/// Says in the log, at most once a minute, that records which are not usage events arrive:
+/// a site routing an app's whole trace pipeline to the collector sees it without a line per
+/// request (the counts are in `usage_collector_records_not_usage_total`).
+#[derive(Debug, Default)]
+pub struct NonUsageLog {
+    /// When the last line was written, and what arrived since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl NonUsageLog {
+    /// How often a line may be written.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Notes a request's records that are not usage events; logs when a minute has passed.
+    pub fn note(&self, signal: Signal, converted: &Converted) {
+        let n: u64 = converted.non_usage.values().sum();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += n;
+        let due = state.0.is_none_or(|last| last.elapsed() >= Self::EVERY);
+        if !due {
+            return;
+        }
+        let (since, total) = (state.0.replace(std::time::Instant::now()), state.1);
+        state.1 = 0;
+        drop(state);
+        let services: Vec<&str> = converted.non_usage.keys().map(|s| &**s).collect();
+        tracing::warn!(
+            signal = signal.as_str(),
+            records = total,
+            since_last_line_secs = since.map(|s| s.elapsed().as_secs()),
+            services = %services.join(","),
+            example = converted.rejected.first.as_deref().unwrap_or_default(),
+            non_usage_records = ?converted_setting(converted),
+            "records that are not usage events arrive (an app's own spans or logs); they write \
+             no row unless catalog.non_usage_records = store (see docs/usage-events.md)"
+        );
+    }
+}
+
+/// Whether the records were stored (a `non_usage` count without a rejection means `store`).
+fn converted_setting(converted: &Converted) -> &'static str {
+    if converted
+        .rejected
+        .by_reason
+        .iter()
+        .any(|(r, _)| *r == "not_a_usage_event")
+    {
+        "refuse"
+    } else {
+        "store"
+    }
 }
 
 /// The records refused before decoding, by their position in the request.
@@ -128,7 +183,8 @@ impl Ingest {
         self.gate(signal)?;
         let admitted = self.admission.admit(&bytes, signal, reserved).await?;
         let now = crate::event::now_unix_nano();
-        let catalog = self.catalog.clone();
+        let catalog = self.catalog.get();
+        let generation = catalog.generation();
         // The budget goes with the work: if the client disconnects, its future (here) is
         // dropped, but the share is given back only when the decode thread is done with the
         // request (or skips it).
@@ -173,7 +229,7 @@ impl Ingest {
             )));
         }
         // The budget is given back only once the request's memory is gone.
-        let answer = self.accept(signal, now, prepared).await;
+        let answer = self.accept(signal, now, generation, prepared).await;
         drop(admitted);
         answer
     }
@@ -183,6 +239,7 @@ impl Ingest {
         &self,
         signal: Signal,
         received_unix_nano: u64,
+        generation: u64,
         prepared: Prepared,
     ) -> Result<Partial, Status> {
         let Prepared {
@@ -203,6 +260,15 @@ impl Ingest {
                     reason,
                 })
                 .inc_by(*n);
+        }
+        for (service, n) in &converted.non_usage {
+            m.count_not_usage(service, signal.as_str(), *n);
+        }
+        for ((service, event, reason), n) in &converted.refused_events {
+            m.count_refused_events(service, event, reason, *n);
+        }
+        if !converted.non_usage.is_empty() {
+            self.non_usage_log.note(signal, &converted);
         }
         if converted.rejected.count > 0 {
             tracing::debug!(
@@ -258,9 +324,14 @@ impl Ingest {
             let now = received_unix_nano as f64 / 1e9;
             for ((service, event), n) in &converted.tally {
                 m.count_events(service, event, *n, now);
+                m.last_minute.accepted(service, *n);
             }
-            self.cache
-                .offer(position, std::mem::take(&mut converted.events), cost);
+            self.cache.offer(
+                position,
+                generation,
+                std::mem::take(&mut converted.events),
+                cost,
+            );
         }
         m.records_accepted.get_or_create(&labels).inc_by(valid);
         Ok(Partial {

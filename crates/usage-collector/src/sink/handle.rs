@@ -10,7 +10,7 @@ use super::cluster::{Cluster, WriteSetLimits, split_hosts};
 use super::error::{NodeNotReady, Redactor, Server, SinkError};
 use super::sql::{self, Written};
 use super::{blackhole, mysql, sqlite};
-use crate::catalog::{Catalog, RowBatch};
+use crate::catalog::{Catalog, Current, RowBatch};
 use crate::config::{DatabaseSettings, TlsMode};
 
 /// What the sink connects to, for logs: never the password.
@@ -84,7 +84,7 @@ enum Pool {
 #[derive(Clone)]
 pub struct Sink {
     pool: Pool,
-    catalog: Arc<Catalog>,
+    catalog: Current,
     target: Arc<Target>,
     redactor: Redactor,
     /// Galera facts and the hosts of the URL (empty for SQLite and the blackhole).
@@ -130,7 +130,11 @@ impl Sink {
     }
 
     /// A sink for the configured database. Connects lazily: nothing is dialled until first use.
-    pub fn open(settings: &DatabaseSettings, catalog: Arc<Catalog>) -> Result<Self, OpenError> {
+    pub fn open(
+        settings: &DatabaseSettings,
+        catalog: impl Into<Current>,
+    ) -> Result<Self, OpenError> {
+        let catalog = catalog.into();
         let raw = settings.url.expose_secret();
         let mut secrets = vec![raw.to_owned()];
         if let Some(password) = &settings.password {
@@ -209,8 +213,13 @@ impl Sink {
         &self.target
     }
 
-    /// The catalogue whose tables the sink writes.
-    pub fn catalog(&self) -> &Arc<Catalog> {
+    /// The catalogue in force, whose tables the sink writes.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.get()
+    }
+
+    /// The handle to the catalogue in force (a reload replaces it for every stage).
+    pub fn current(&self) -> &Current {
         &self.catalog
     }
 
@@ -261,48 +270,61 @@ impl Sink {
 
     /// Describes a driver error from an operation that began at move count `began`, as the
     /// server in use means it, and moves to another host if it says the node is gone.
-    pub(crate) fn failed(&self, began: u64, error: &sqlx::Error) -> SinkError {
+    pub(crate) fn failure(&self, began: u64, error: &sqlx::Error) -> SinkError {
         let error = SinkError::classify_on(error, &self.redactor, self.cluster.server());
         self.after_failure(began, &error);
         error
     }
 
-    /// Writes a batch in one transaction.
+    /// Writes a batch of rows placed in the catalogue in force, in one transaction.
     pub async fn write(&self, batch: &RowBatch<'_>) -> Result<Written, SinkError> {
+        self.write_in(&self.catalog.get(), batch).await
+    }
+
+    /// Writes a batch of rows placed in `catalog`, in one transaction.
+    pub async fn write_in(
+        &self,
+        catalog: &Catalog,
+        batch: &RowBatch<'_>,
+    ) -> Result<Written, SinkError> {
         let began = self.moves();
-        self.transaction(batch, true)
+        self.transaction(catalog, batch, true)
             .await
-            .map_err(|e| self.failed(began, &e))
+            .map_err(|e| self.failure(began, &e))
     }
 
     /// Runs a batch's statements and commits them, or rolls them back (the write check).
     pub(crate) async fn transaction(
         &self,
+        catalog: &Catalog,
         batch: &RowBatch<'_>,
         commit: bool,
     ) -> Result<Written, sqlx::Error> {
         with_pool!(self, |pool, Db| {
             let mut tx = pool.begin().await?;
-            let written = <Db as sql::Driver>::write_in(&mut tx, &self.catalog, batch).await?;
+            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch).await?;
             if commit {
                 tx.commit().await?
             } else {
                 tx.rollback().await?
             }
             Ok(written)
-        }, blackhole => Ok(blackhole::write(&self.catalog, batch)))
+        }, blackhole => Ok(blackhole::write(catalog, batch)))
     }
 
-    /// Inserts one dead letter (a repeat of the same event is a no-op).
+    /// Inserts one dead letter of `service`'s event (a repeat of the same event is a no-op),
+    /// with its reason class and the database's reason.
     pub async fn write_dead_letter(
         &self,
         event_id: &[u8; 16],
+        service: &str,
         table: &str,
+        reason_class: &str,
         reason: &str,
         row_json: &str,
     ) -> Result<(), SinkError> {
-        const INSERT: &str =
-            "INSERT INTO dead_letters (event_id, table_name, reason, row_data) VALUES (?, ?, ?, ?)";
+        const INSERT: &str = "INSERT INTO dead_letters (event_id, service, table_name, \
+             reason_class, reason, row_data) VALUES (?, ?, ?, ?, ?, ?)";
         let mut reason = reason.to_owned();
         crate::catalog::mapping::cut(&mut reason, 2048);
         let began = self.moves();
@@ -310,14 +332,16 @@ impl Sink {
             let on_duplicate = <Db as sql::Dialect>::ON_DUPLICATE_DEAD_LETTER;
             sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{on_duplicate}")))
                 .bind(&event_id[..])
+                .bind(service)
                 .bind(table)
+                .bind(reason_class)
                 .bind(&reason)
                 .bind(row_json)
                 .execute(pool)
                 .await
                 .map(drop)
         }, blackhole => Ok(()));
-        result.map_err(|e| self.failed(began, &e))
+        result.map_err(|e| self.failure(began, &e))
     }
 
     /// Moves this collector's heartbeat row forward to `beat`.
@@ -337,7 +361,7 @@ impl Sink {
                 .await
                 .map(drop)
         }, blackhole => Ok(()));
-        result.map_err(|e| self.failed(began, &e))
+        result.map_err(|e| self.failure(began, &e))
     }
 
     /// Runs `SELECT 1` on a pooled connection; on a Galera node, asks instead whether the
@@ -353,7 +377,7 @@ impl Sink {
                 blackhole => Ok(())
             ),
         };
-        result.map_err(|e| self.failed(began, &e))
+        result.map_err(|e| self.failure(began, &e))
     }
 
     /// `Ok` when the Galera node a pooled connection reaches is ready (`wsrep_ready = ON`).
@@ -373,7 +397,8 @@ impl Sink {
     }
 
     /// Applies the embedded migrations (under the migrator's lock, so several collectors
-    /// starting at once apply them once).
+    /// starting at once apply them once), then creates and widens what the tracking plan in
+    /// force declares ([`super::expand`]).
     pub async fn migrate(&self) -> Result<(), String> {
         // Reach the database first: a host that cannot be reached is passed over (with
         // several hosts) by a failure that says so, not by a migrator's error text.
@@ -383,7 +408,11 @@ impl Sink {
             Pool::Sqlite(pool) => sqlite::migrations::migrator().run(pool).await,
             Pool::Blackhole => Ok(()),
         };
-        result.map_err(|e| self.redactor.redact(&e.to_string()))
+        result.map_err(|e| self.redactor.redact(&e.to_string()))?;
+        self.expand(&self.catalog.get())
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn pool(&self) -> PoolRef<'_> {

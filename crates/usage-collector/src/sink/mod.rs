@@ -4,6 +4,13 @@
 //!   verify, write a batch.
 //! - [`sql`]: the SQL both databases share, generic over the driver, and the order a batch is
 //!   written in.
+//! - [`expand`]: the tables and columns a tracking plan declares, created or widened by
+//!   `migrate` (expand only: a change that would lose data is refused, naming it).
+//! - [`admin`]: the operator's commands' statements: the schema's releases, dead letters
+//!   counted, read and written again.
+//! - [`rebuild`]: the daily rollup and session counters recomputed from the raw rows for a
+//!   range of days, while collectors write.
+//! - [`compat`]: which collector releases a schema serves (rolling upgrades).
 //! - [`verify`]: startup verification — connect, test query, server facts, schema, write
 //!   permission — each step named in its error.
 //! - [`cluster`]: what the sink knows of a database cluster (Galera facts, write-set limits)
@@ -15,11 +22,15 @@
 //! - [`blackhole`]: a sink that stores nothing, for measuring the receive path alone.
 //! - [`mysql`], [`sqlite`]: each backend's connection options and migrations.
 
+pub mod admin;
 pub mod blackhole;
 pub mod cluster;
+pub mod compat;
 pub mod error;
+pub mod expand;
 pub mod handle;
 pub mod mysql;
+pub mod rebuild;
 pub mod retention;
 pub mod sql;
 pub mod sqlite;

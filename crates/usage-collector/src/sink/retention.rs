@@ -393,7 +393,7 @@ impl Sink {
         let began = self.moves();
         match tokio::time::timeout(timeout, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.failed(began, &e)),
+            Ok(Err(e)) => Err(self.failure(began, &e)),
             Err(_) => Err(SinkError::timed_out(what, timeout)),
         }
     }

@@ -40,7 +40,6 @@ use time::{Date, PrimitiveDateTime};
 use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
 use crate::sink::error::InsertRace;
-use usage_tracker::catalog::tables as names;
 
 /// The table of daily counts per service the collector keeps (the `daily_usage_summary` view
 /// sums it over services).
@@ -52,10 +51,13 @@ pub const DAILY_ROLLUP: &str = "daily_usage_by_service";
 const ROLLUP_SHARDS: u8 = 8;
 
 /// A migrator for embedded `(description, sql)` migrations, numbered from 1 in order.
+///
+/// Migrations a newer release applied are not an error here: whether this release may run on
+/// that schema is what `schema_releases` says ([`super::compat`]).
 pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::SqlSafeStr;
     use sqlx::migrate::{Migration, MigrationType, Migrator};
-    Migrator::with_migrations(
+    let mut migrator = Migrator::with_migrations(
         (1..)
             .zip(migrations)
             .map(|(version, (description, sql))| {
@@ -68,7 +70,9 @@ pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::M
                 )
             })
             .collect(),
-    )
+    );
+    migrator.set_ignore_missing(true);
+    migrator
 }
 
 /// Most bind parameters in one statement (SQLite's default limit is the lowest of the two).
@@ -172,7 +176,7 @@ impl Dialect for sqlx::MySql {
 impl Dialect for sqlx::Sqlite {
     const LOCKING_READ: &'static str = "";
     const SHARED_READ: &'static str = "";
-    const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (event_id) DO NOTHING";
+    const ON_DUPLICATE_DEAD_LETTER: &'static str = " ON CONFLICT (service, event_id) DO NOTHING";
     const ON_DUPLICATE_SESSION: &'static str = " ON CONFLICT (service, session_id) DO UPDATE SET ";
     const SESSION_MERGES: &'static [(&'static str, &'static str)] = &[
         (
@@ -299,37 +303,71 @@ pub struct Tally<'a> {
     pub sessions: BTreeMap<(&'a str, &'a str), SessionCounts>,
 }
 
-/// Which summary column an event table's rows count in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counted {
-    PageVisits,
-    /// Program runs, with the positions of `success` and `lines_executed`.
-    Programs(Option<usize>, Option<usize>),
-    Features,
-    Other,
-    /// A table the summaries do not cover (one from the configuration).
-    Nothing,
+impl DayCounts {
+    /// The counter called `name` (one of the plan's daily counters).
+    fn counter(&mut self, name: &str) -> Option<&mut i64> {
+        Some(match name {
+            "page_visits" => &mut self.page_visits,
+            "programs_run" => &mut self.programs_run,
+            "program_errors" => &mut self.program_errors,
+            "features_used" => &mut self.features_used,
+            "other_events" => &mut self.other_events,
+            _ => return None,
+        })
+    }
 }
 
-impl Counted {
-    fn of(table: &crate::catalog::tables::Table) -> Self {
-        match table.name {
-            names::PAGE_VISITS => Counted::PageVisits,
-            names::PROGRAM_EXECUTIONS => {
-                let column = |name: &str| table.columns.iter().position(|c| c.name == name);
-                Counted::Programs(column("success"), column("lines_executed"))
-            }
-            names::FEATURE_USAGE => Counted::Features,
-            names::USAGE_EVENTS => Counted::Other,
-            _ => Counted::Nothing,
-        }
+impl SessionCounts {
+    /// The counter called `name` (one of the plan's session counters).
+    fn counter(&mut self, name: &str) -> Option<&mut i64> {
+        Some(match name {
+            "programs_run" => &mut self.programs_run,
+            "lines_executed" => &mut self.lines_executed,
+            "errors_encountered" => &mut self.errors_encountered,
+            "page_visits" => &mut self.page_visits,
+            "features_used" => &mut self.features_used,
+            _ => return None,
+        })
     }
+}
+
+/// One of a table's counts ([`usage_tracker::catalog::plan::Count`]) with its columns found in
+/// the table's rows.
+#[derive(Debug, Clone, Copy)]
+struct Rule {
+    daily: Option<&'static str>,
+    session: Option<&'static str>,
+    /// Position of the column whose value is added instead of 1.
+    add: Option<usize>,
+    /// Position of the bool column that must be false.
+    when_false: Option<usize>,
+}
+
+/// The counts of `table`'s rows; a count naming a column the table does not have counts
+/// nothing rather than the wrong thing (the plan guarantees the columns exist).
+fn rules(table: &crate::catalog::tables::Table) -> Vec<Rule> {
+    table
+        .counts
+        .iter()
+        .filter_map(|count| {
+            let at = |column: Option<&str>| match column {
+                None => Ok(None),
+                Some(name) => table.position(name).map(Some).ok_or(()),
+            };
+            Some(Rule {
+                daily: count.daily,
+                session: count.session,
+                add: at(count.add).ok()?,
+                when_false: at(count.when_false).ok()?,
+            })
+        })
+        .collect()
 }
 
 impl<'a> Tally<'a> {
     /// Counts rows of a table that this transaction inserted.
-    fn add(&mut self, counted: Counted, rows: &[&'a [Value]]) {
-        if counted == Counted::Nothing {
+    fn add(&mut self, rules: &[Rule], rows: &[&'a [Value]]) {
+        if rules.is_empty() {
             return;
         }
         for row in rows {
@@ -340,7 +378,7 @@ impl<'a> Tally<'a> {
                 .days
                 .entry((time.date(), service.as_str()))
                 .or_default();
-            let session = match &row[SESSION_ID] {
+            let mut session = match &row[SESSION_ID] {
                 Value::Text(id) => Some(
                     self.sessions
                         .entry((service.as_str(), id.as_str()))
@@ -348,33 +386,26 @@ impl<'a> Tally<'a> {
                 ),
                 _ => None,
             };
-            match counted {
-                Counted::PageVisits => {
-                    day.page_visits += 1;
-                    if let Some(s) = session {
-                        s.page_visits += 1;
-                    }
+            for rule in rules {
+                if rule
+                    .when_false
+                    .is_some_and(|at| row[at] != Value::Bool(false))
+                {
+                    continue;
                 }
-                Counted::Programs(success, lines) => {
-                    let failed = matches!(success.map(|i| &row[i]), Some(Value::Bool(false)));
-                    day.programs_run += 1;
-                    day.program_errors += i64::from(failed);
-                    if let Some(s) = session {
-                        s.programs_run += 1;
-                        s.errors_encountered += i64::from(failed);
-                        if let Some(Value::Int(n)) = lines.map(|i| &row[i]) {
-                            s.lines_executed += n;
-                        }
-                    }
+                let n = match rule.add.map(|at| &row[at]) {
+                    None => 1,
+                    Some(Value::Int(n)) => *n,
+                    Some(_) => continue,
+                };
+                if let Some(counter) = rule.daily.and_then(|name| day.counter(name)) {
+                    *counter += n;
                 }
-                Counted::Features => {
-                    day.features_used += 1;
-                    if let Some(s) = session {
-                        s.features_used += 1;
-                    }
+                if let (Some(name), Some(counts)) = (rule.session, session.as_deref_mut())
+                    && let Some(counter) = counts.counter(name)
+                {
+                    *counter += n;
                 }
-                Counted::Other => day.other_events += 1,
-                Counted::Nothing => {}
             }
         }
     }
@@ -500,6 +531,7 @@ where
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     i64: for<'q> Encode<'q, DB> + Type<DB>,
+    f64: for<'q> Encode<'q, DB> + Type<DB>,
     bool: for<'q> Encode<'q, DB> + Type<DB>,
     PrimitiveDateTime: for<'q> Encode<'q, DB> + Type<DB>,
     Date: for<'q> Encode<'q, DB> + Type<DB>,
@@ -519,10 +551,10 @@ where
                 debug_assert_eq!(table.kind, TableKind::Events);
                 let columns = column_list(table.columns.iter().map(|c| c.name));
                 let per_statement = (MAX_BINDS / table.columns.len()).max(1);
-                let counted = Counted::of(table);
+                let rules = rules(table);
                 for chunk in rows.chunks(per_statement) {
                     let inserted = DB::insert_new(conn, table.name, &columns, chunk).await?;
-                    tally.add(counted, &inserted);
+                    tally.add(&rules, &inserted);
                 }
                 written.rows.push((table.name, rows.len() as u64));
             }
@@ -636,6 +668,7 @@ where
                         Value::Id(id) => list.push_bind(&id[..]),
                         Value::Text(text) | Value::Json(text) => list.push_bind(text.as_str()),
                         Value::Int(int) => list.push_bind(*int),
+                        Value::Float(float) => list.push_bind(*float),
                         Value::Bool(b) => list.push_bind(*b),
                         Value::Time(time) => list.push_bind(*time),
                     };

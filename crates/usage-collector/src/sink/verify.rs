@@ -171,10 +171,33 @@ impl Sink {
                 self.catalog().tables().len()
             ),
         );
-        let probes = probe_events(self.catalog());
-        self.transaction(&RowBatch::of(self.catalog().tables().len(), &probes), false)
-            .await
-            .map_err(|e| self.fail(Step::WritePermission, e))?;
+        if !self.is_blackhole() {
+            let serves = self
+                .schema_serves()
+                .await
+                .map_err(|e| self.fail(Step::Schema, e))?;
+            if !serves.serves_this_release() {
+                return Err(self.fail(
+                    Step::Schema,
+                    format!(
+                        "{}: this collector is release {}, older than the schema allows; \
+                         run a newer release",
+                        serves.describe(),
+                        crate::sink::compat::RELEASE
+                    ),
+                ));
+            }
+            self.step_ok(Step::Schema, &serves.describe());
+        }
+        let catalog = self.catalog();
+        let probes = probe_events(&catalog);
+        self.transaction(
+            &catalog,
+            &RowBatch::of(catalog.tables().len(), &probes),
+            false,
+        )
+        .await
+        .map_err(|e| self.fail(Step::WritePermission, e))?;
         self.step_ok(Step::WritePermission, "probe rows written and rolled back");
         Ok(facts)
     }
@@ -182,7 +205,7 @@ impl Sink {
     /// A failed step whose driver error may say the node in use is gone: with several hosts,
     /// the next run tries the next one.
     fn fail_node(&self, step: Step, began: u64, error: &sqlx::Error) -> VerifyError {
-        let error = self.failed(began, error);
+        let error = self.failure(began, error);
         self.fail(step, error.message)
     }
 
@@ -293,31 +316,51 @@ impl Sink {
 
     /// Every missing table, missing column and incompatible column type.
     async fn schema_problems(&self) -> Result<Vec<String>, sqlx::Error> {
-        let mut live: Vec<(String, String, String, Option<i64>)> = Vec::new();
+        self.schema_problems_for(&self.catalog()).await
+    }
+
+    /// What `catalog` needs that the schema lacks (a catalogue about to be put in force).
+    pub async fn schema_problems_for(&self, catalog: &Catalog) -> Result<Vec<String>, sqlx::Error> {
+        let catalog = catalog.clone();
+        let live = self.live_columns(&catalog).await?;
+        if let PoolRef::MySql(pool) = self.pool()
+            && live.iter().any(|c| c.table == MIGRATIONS_TABLE)
+        {
+            return Ok(self.compare_all(&catalog, &live, migration_problems(pool).await?));
+        }
+        Ok(self.compare_all(&catalog, &live, Vec::new()))
+    }
+
+    /// The columns of the database's tables (MySQL: every table of the database; SQLite: the
+    /// catalogue's and the collector's own).
+    pub(crate) async fn live_columns(
+        &self,
+        catalog: &Catalog,
+    ) -> Result<Vec<LiveColumn>, sqlx::Error> {
+        let mut live = Vec::new();
         match self.pool() {
             PoolRef::MySql(pool) => {
                 let rows = sqlx::query(
                     "SELECT CAST(TABLE_NAME AS CHAR), CAST(COLUMN_NAME AS CHAR), \
-                 CAST(DATA_TYPE AS CHAR), CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) \
-                 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE()",
+                     CAST(DATA_TYPE AS CHAR), CAST(CHARACTER_MAXIMUM_LENGTH AS SIGNED) \
+                     FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+                     ORDER BY TABLE_NAME, ORDINAL_POSITION",
                 )
                 .fetch_all(pool)
                 .await?;
                 for row in rows {
-                    live.push((
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                    ));
-                }
-                if live.iter().any(|(table, ..)| table == MIGRATIONS_TABLE) {
-                    return Ok(self.compare_all(&live, migration_problems(pool).await?));
+                    let data_type: String = row.try_get(2)?;
+                    live.push(LiveColumn {
+                        table: row.try_get(0)?,
+                        column: row.try_get(1)?,
+                        data_type: data_type.to_ascii_lowercase(),
+                        length: row.try_get(3)?,
+                    });
                 }
             }
-            PoolRef::Blackhole => return Ok(Vec::new()),
+            PoolRef::Blackhole => {}
             PoolRef::Sqlite(pool) => {
-                let names = self.catalog().tables().iter().map(|t| t.name);
+                let names = catalog.tables().iter().map(|t| t.name);
                 for table in names.chain(SYSTEM_TABLES) {
                     let rows = sqlx::query("SELECT name, type FROM pragma_table_info(?)")
                         .bind(table)
@@ -325,24 +368,30 @@ impl Sink {
                         .await?;
                     for row in rows {
                         let declared: String = row.try_get(1)?;
-                        let (ty, len) = split_declared(&declared);
-                        live.push((table.to_owned(), row.try_get(0)?, ty, len));
+                        let (data_type, length) = split_declared(&declared);
+                        live.push(LiveColumn {
+                            table: table.to_owned(),
+                            column: row.try_get(0)?,
+                            data_type,
+                            length,
+                        });
                     }
                 }
             }
         }
-        Ok(self.compare_all(&live, Vec::new()))
+        Ok(live)
     }
 
     /// `problems`, then what the live columns lack of the catalogue's and the system tables.
     fn compare_all(
         &self,
-        live: &[(String, String, String, Option<i64>)],
+        catalog: &Catalog,
+        live: &[LiveColumn],
         mut problems: Vec<String>,
     ) -> Vec<String> {
-        problems.extend(compare(self.catalog(), live));
+        problems.extend(compare(catalog, live));
         for table in SYSTEM_TABLES {
-            if !live.iter().any(|(t, ..)| t == table) {
+            if !live.iter().any(|c| c.table == table) {
                 problems.push(format!("table `{table}` is missing"));
             }
         }
@@ -366,8 +415,8 @@ async fn migration_problems(pool: &sqlx::MySqlPool) -> Result<Vec<String>, sqlx:
     let mut problems = Vec::new();
     for (version, description, _) in applied.iter().filter(|(.., success)| !success) {
         problems.push(format!(
-            "migration {version} ({description}) was left half-applied: see the README's \
-             Upgrading section to finish it"
+            "migration {version} ({description}) was left half-applied: see Upgrading in \
+             docs/operations.md to finish it"
         ));
     }
     let missing: Vec<String> = crate::sink::mysql::migrations::migrator()
@@ -392,6 +441,31 @@ pub const SYSTEM_TABLES: [&str; 4] = [
     crate::sink::sql::DAILY_ROLLUP,
 ];
 
+/// One column of a table in the database, as the database describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveColumn {
+    /// Its table.
+    pub table: String,
+    /// Its name.
+    pub column: String,
+    /// Its type, lowercase, without width (`varchar`, `bigint`, `longtext`).
+    pub data_type: String,
+    /// Its width in characters, for text types that have one.
+    pub length: Option<i64>,
+}
+
+impl LiveColumn {
+    /// A column of `table` (test data and callers that build the list by hand).
+    pub fn new(table: &str, column: &str, data_type: &str, length: Option<i64>) -> Self {
+        Self {
+            table: table.to_owned(),
+            column: column.to_owned(),
+            data_type: data_type.to_ascii_lowercase(),
+            length,
+        }
+    }
+}
+
 /// `VARCHAR(128)` → (`varchar`, Some(128)).
 fn split_declared(declared: &str) -> (String, Option<i64>) {
     let lower = declared.to_ascii_lowercase();
@@ -407,26 +481,29 @@ fn split_declared(declared: &str) -> (String, Option<i64>) {
     }
 }
 
-/// Problems with the live schema, given (table, column, type, length) rows.
-pub fn compare(catalog: &Catalog, live: &[(String, String, String, Option<i64>)]) -> Vec<String> {
+/// Problems with the live schema, given its columns.
+pub fn compare(catalog: &Catalog, live: &[LiveColumn]) -> Vec<String> {
     let mut problems = Vec::new();
     for table in catalog.tables() {
-        if !live.iter().any(|(t, ..)| t == table.name) {
+        if !live.iter().any(|c| c.table == table.name) {
             problems.push(format!("table `{}` is missing", table.name));
             continue;
         }
         for column in &table.columns {
             let found = live
                 .iter()
-                .find(|(t, c, ..)| t == table.name && c.eq_ignore_ascii_case(column.name));
+                .find(|c| c.table == table.name && c.column.eq_ignore_ascii_case(column.name));
             match found {
                 None => problems.push(format!(
                     "column `{}`.`{}` is missing",
                     table.name, column.name
                 )),
-                Some((_, _, data_type, len)) => {
-                    if let Err(need) = compatible(column.ty, &data_type.to_ascii_lowercase(), *len)
-                    {
+                Some(LiveColumn {
+                    data_type,
+                    length: len,
+                    ..
+                }) => {
+                    if let Err(need) = compatible(column.ty, data_type, *len) {
                         problems.push(format!(
                             "column `{}`.`{}` is {}{}, needs {need}",
                             table.name,
@@ -442,7 +519,7 @@ pub fn compare(catalog: &Catalog, live: &[(String, String, String, Option<i64>)]
     problems
 }
 
-fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), String> {
+pub(crate) fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), String> {
     const INTEGERS: [&str; 6] = [
         "tinyint",
         "smallint",
@@ -471,6 +548,7 @@ fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), S
         ColumnType::Bool => {
             INTEGERS.contains(&data_type) || matches!(data_type, "boolean" | "bool" | "bit")
         }
+        ColumnType::Float => matches!(data_type, "double" | "real" | "double precision"),
         ColumnType::Timestamp => matches!(data_type, "datetime" | "timestamp"),
         ColumnType::Json => matches!(data_type, "json" | "text" | "mediumtext" | "longtext"),
     };
@@ -483,6 +561,7 @@ fn compatible(ty: ColumnType, data_type: &str, len: Option<i64>) -> Result<(), S
         ColumnType::Int => "an integer type".to_owned(),
         ColumnType::Int32 => "INT or BIGINT".to_owned(),
         ColumnType::Bool => "BOOLEAN".to_owned(),
+        ColumnType::Float => "DOUBLE".to_owned(),
         ColumnType::Timestamp => "DATETIME(6)".to_owned(),
         ColumnType::Json => "JSON".to_owned(),
     })
@@ -520,6 +599,7 @@ fn probe_events(catalog: &Catalog) -> Vec<Mapped> {
                 }
                 ColumnType::Text { .. } => Value::Text("probe".to_owned()),
                 ColumnType::Int | ColumnType::Int32 => Value::Int(0),
+                ColumnType::Float => Value::Float(0.0),
                 ColumnType::Bool => Value::Bool(true),
                 ColumnType::Timestamp => Value::Time(time),
                 ColumnType::Json => Value::Json("{}".to_owned()),
@@ -555,16 +635,12 @@ mod tests {
                     ColumnType::Text { max_chars } => ("varchar", Some(i64::from(max_chars))),
                     ColumnType::EventId => ("binary", Some(16)),
                     ColumnType::Int | ColumnType::Int32 => ("bigint", None),
+                    ColumnType::Float => ("double", None),
                     ColumnType::Bool => ("tinyint", None),
                     ColumnType::Timestamp => ("datetime", None),
                     ColumnType::Json => ("longtext", None),
                 };
-                live.push((
-                    table.name.to_owned(),
-                    column.name.to_owned(),
-                    ty.to_owned(),
-                    len,
-                ));
+                live.push(LiveColumn::new(table.name, column.name, ty, len));
             }
         }
         let problems = compare(&catalog, &live);

@@ -19,8 +19,8 @@ pub const MAPPED_FACTOR: usize = 8;
 
 #[derive(Debug, Default)]
 struct Entries {
-    /// (events, their cost) by the position after their record.
-    by_end: BTreeMap<Position, (Vec<Mapped>, usize)>,
+    /// (catalogue generation, events, their cost) by the position after their record.
+    by_end: BTreeMap<Position, (u64, Vec<Mapped>, usize)>,
     events: usize,
     bytes: usize,
 }
@@ -41,32 +41,34 @@ impl RowCache {
         }
     }
 
-    /// Keeps `events` for the record of `record_bytes` that ends at `end`, if they fit the
-    /// budget.
-    pub fn offer(&self, end: Position, events: Vec<Mapped>, record_bytes: usize) {
+    /// Keeps `events`, mapped by the catalogue of `generation`, for the record of
+    /// `record_bytes` that ends at `end`, if they fit the budget.
+    pub fn offer(&self, end: Position, generation: u64, events: Vec<Mapped>, record_bytes: usize) {
         let cost = record_bytes.saturating_mul(MAPPED_FACTOR);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.bytes + cost <= self.max_bytes {
             entries.events += events.len();
             entries.bytes += cost;
-            entries.by_end.insert(end, (events, cost));
+            entries.by_end.insert(end, (generation, events, cost));
         }
     }
 
-    /// The events of the record that ends at `end`, if kept; forgets every older entry (a
-    /// record read before its events were offered leaves one behind).
-    pub fn take(&self, end: Position) -> Option<Vec<Mapped>> {
+    /// The events of the record that ends at `end`, if kept and mapped by the catalogue of
+    /// `generation` (rows mapped by a catalogue since replaced may not fit this one's tables:
+    /// the writer decodes the record instead); forgets every older entry (a record read
+    /// before its events were offered leaves one behind).
+    pub fn take(&self, end: Position, generation: u64) -> Option<Vec<Mapped>> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let newer = entries.by_end.split_off(&end);
         let older = std::mem::replace(&mut entries.by_end, newer);
-        for (events, cost) in older.values() {
+        for (_, events, cost) in older.values() {
             entries.events -= events.len();
             entries.bytes -= cost;
         }
-        let (events, cost) = entries.by_end.remove(&end)?;
+        let (mapped_by, events, cost) = entries.by_end.remove(&end)?;
         entries.events -= events.len();
         entries.bytes -= cost;
-        Some(events)
+        (mapped_by == generation).then_some(events)
     }
 
     /// Bytes held (estimated).
@@ -110,17 +112,28 @@ mod tests {
     #[test]
     fn takes_once_forgets_older_and_keeps_the_budget() {
         let cache = RowCache::new(1000 * MAPPED_FACTOR);
-        cache.offer(at(10), mapped(2), 100);
-        cache.offer(at(20), mapped(3), 100);
-        cache.offer(at(30), mapped(1), 900); // over budget: not kept
+        cache.offer(at(10), 1, mapped(2), 100);
+        cache.offer(at(20), 1, mapped(3), 100);
+        cache.offer(at(30), 1, mapped(1), 900); // over budget: not kept
         assert_eq!(cache.len(), 5);
         assert_eq!(cache.bytes(), 200 * MAPPED_FACTOR);
-        assert_eq!(cache.take(at(20)).map(|e| e.len()), Some(3));
+        assert_eq!(cache.take(at(20), 1).map(|e| e.len()), Some(3));
         assert!(
             cache.is_empty(),
             "the entry at 10 was older and is forgotten"
         );
-        assert!(cache.take(at(30)).is_none());
-        assert!(cache.take(at(20)).is_none());
+        assert!(cache.take(at(30), 1).is_none());
+        assert!(cache.take(at(20), 1).is_none());
+    }
+
+    #[test]
+    fn rows_of_another_catalogue_are_not_taken() {
+        let cache = RowCache::new(1000 * MAPPED_FACTOR);
+        cache.offer(at(10), 1, mapped(2), 100);
+        assert!(
+            cache.take(at(10), 2).is_none(),
+            "mapped by another catalogue"
+        );
+        assert!(cache.is_empty());
     }
 }

@@ -12,6 +12,7 @@
 //! table   = name:str columns:varint column-name:str*
 //! event   = id:[u8;16] place:varint (0 no row, k the k-th table) value* has-session:u8 [session]
 //! value   = 0 null | 1 id:[u8;16] | 2 text:str | 3 int:i64le | 4 bool:u8 | 5 time | 6 json:str
+//!           | 7 float:f64le (finite)
 //! session = id:str service:str user-id:opt-str start:time last-activity:time end:opt-time
 //!           user-agent:opt-str ip-address:opt-str
 //! time    = unix-seconds:i64le nanoseconds:u32le (UTC)
@@ -311,6 +312,10 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
             out.put_u8(6);
             put_str(out, text);
         }
+        Value::Float(float) => {
+            out.put_u8(7);
+            out.put_f64_le(*float);
+        }
     }
 }
 
@@ -392,6 +397,14 @@ fn get_value(buf: &mut &[u8]) -> Result<Value, RowsError> {
         4 => Value::Bool(get_u8(buf)? != 0),
         5 => Value::Time(get_time(buf)?),
         6 => Value::Json(get_str(buf)?.to_owned()),
+        7 => {
+            need(buf, 8)?;
+            let float = buf.get_f64_le();
+            if !float.is_finite() {
+                return Err(RowsError::Malformed("a float that is not finite"));
+            }
+            Value::Float(float)
+        }
         _ => return Err(RowsError::Malformed("value tag")),
     })
 }
@@ -437,6 +450,7 @@ mod tests {
             Value::Bool(n.is_multiple_of(2)),
             Value::Time(datetime!(2026-11-28 09:30:01.123_456_789)),
             Value::Json(format!("{{\"n\":{n}}}")),
+            Value::Float(f64::from(n) / 4.0),
         ];
         let width = catalog.tables()[table].columns.len();
         (table, kinds.iter().cycle().take(width).cloned().collect())

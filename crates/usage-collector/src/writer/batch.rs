@@ -11,7 +11,7 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 use super::checkpoint::Stop;
-use crate::catalog::{Catalog, convert};
+use crate::catalog::{Catalog, Current, convert};
 use crate::health::metrics::ReasonLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::spool::cache::RowCache;
@@ -35,6 +35,8 @@ pub struct Round {
     pub end: Position,
     /// How many spool records they came from.
     pub records: u64,
+    /// The catalogue the events were placed in (the one in force when they were read).
+    pub catalog: Arc<Catalog>,
 }
 
 /// Reads the spool ahead of the write streams.
@@ -44,8 +46,8 @@ pub struct Reader {
     pub spool: Spool,
     /// The receiver's mapped rows, by spool position.
     pub cache: Arc<RowCache>,
-    /// The catalogue rows are placed in.
-    pub catalog: Arc<Catalog>,
+    /// The catalogue in force, which rows are placed in.
+    pub catalog: Current,
     /// Counters.
     pub metrics: Arc<Metrics>,
     /// Readiness (nothing is read before startup verification passes).
@@ -120,12 +122,14 @@ impl Reader {
             }
             at = batch.end;
             let records = batch.records.len() as u64;
-            let (rows, heartbeats) = self.decode(batch.records, &batch.ends);
+            let catalog = self.catalog.get();
+            let (rows, heartbeats) = self.decode(&catalog, batch.records, &batch.ends);
             let round = Round {
                 rows,
                 heartbeats,
                 end: batch.end,
                 records,
+                catalog,
             };
             if rounds.send(round).await.is_err() {
                 return; // the writer stopped
@@ -137,7 +141,12 @@ impl Reader {
     /// there), the rows the catalogue has no table for, and the heartbeats. A record that no
     /// longer decodes (only possible across a collector change) is logged and counted as
     /// dropped.
-    fn decode(&self, records: Vec<Payload>, ends: &[Position]) -> (Rows, Vec<(String, u64)>) {
+    fn decode(
+        &self,
+        catalog: &Catalog,
+        records: Vec<Payload>,
+        ends: &[Position],
+    ) -> (Rows, Vec<(String, u64)>) {
         let mut rows = Rows::default();
         let mut heartbeats = Vec::new();
         // Records an earlier collector acknowledged that this one's checks now refuse are
@@ -162,13 +171,13 @@ impl Reader {
             }
         };
         for (record, end) in records.into_iter().zip(ends) {
-            if let Some(mapped) = self.cache.take(*end) {
+            if let Some(mapped) = self.cache.take(*end, catalog.generation()) {
                 rows.events.extend(mapped);
                 continue;
             }
             let decoded = match record.signal {
                 SpoolSignal::Rows => {
-                    spool::rows::decode(&self.catalog, &record.body).map_err(|e| e.to_string())
+                    spool::rows::decode(catalog, &record.body).map_err(|e| e.to_string())
                 }
                 // Through prost's encoding of the request, as an earlier collector derived
                 // ids from it.
@@ -176,7 +185,7 @@ impl Reader {
                     .map_err(|e| e.to_string())
                     .and_then(|r| {
                         let now = record.received_unix_nano;
-                        convert::logs_request(&r, &self.catalog, now, ())
+                        convert::logs_request(&r, catalog, now, ())
                             .map(otlp)
                             .map_err(|e| e.to_string())
                     }),
@@ -184,7 +193,7 @@ impl Reader {
                     .map_err(|e| e.to_string())
                     .and_then(|r| {
                         let now = record.received_unix_nano;
-                        convert::traces_request(&r, &self.catalog, now, ())
+                        convert::traces_request(&r, catalog, now, ())
                             .map(otlp)
                             .map_err(|e| e.to_string())
                     }),

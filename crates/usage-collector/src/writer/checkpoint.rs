@@ -277,7 +277,7 @@ impl Driver {
         for chunk in round.rows.events.chunks(self.batch_size) {
             for part in super::split::parts(chunk, limits) {
                 self.dead_letters
-                    .isolate(&self.policy, &self.sender, part)
+                    .isolate(&self.policy, &self.sender, &round.catalog, part)
                     .await?;
             }
         }

@@ -57,12 +57,16 @@ impl DeadLetters {
         &self,
         policy: &Policy,
         sender: &Sender,
+        catalog: &Catalog,
         events: &[Mapped],
     ) -> Result<(), Stopped> {
         let mut pending: Vec<&[Mapped]> = vec![events];
         let mut written_any = false;
         while let Some(slice) = pending.pop() {
-            let error = match policy.deliver(sender, slice, Patience::Bounded).await? {
+            let error = match policy
+                .deliver(sender, catalog, slice, Patience::Bounded)
+                .await?
+            {
                 Ok(()) => {
                     written_any = true;
                     continue;
@@ -77,13 +81,16 @@ impl DeadLetters {
                 continue;
             }
             if decide(error.kind) == Decision::Refused || written_any {
-                self.keep(sender.catalog(), &slice[0], &error).await;
+                self.keep(catalog, &slice[0], &error).await;
                 continue;
             }
             // Nothing of the batch was written: the row is not known to be the cause.
-            match policy.deliver(sender, slice, Patience::Unbounded).await? {
+            match policy
+                .deliver(sender, catalog, slice, Patience::Unbounded)
+                .await?
+            {
                 Ok(()) => written_any = true,
-                Err(error) => self.keep(sender.catalog(), &slice[0], &error).await,
+                Err(error) => self.keep(catalog, &slice[0], &error).await,
             }
         }
         Ok(())
@@ -96,10 +103,14 @@ impl DeadLetters {
             .as_ref()
             .map_or("ide_sessions", |(id, _)| catalog.tables()[*id].name);
         self.keep_row(
-            &event.id,
-            table,
-            table,
-            &error.message,
+            Kept {
+                id: &event.id,
+                service: service_of(event),
+                table,
+                label: table,
+                class: error.reason,
+                reason: &error.message,
+            },
             describe(catalog, event),
         )
         .await;
@@ -113,33 +124,52 @@ impl DeadLetters {
             .map(|(column, value)| (column.clone(), value_json(value)))
             .collect();
         let session_id = columns.get("session_id").cloned().unwrap_or(Json::Null);
+        let service = match columns.get("service") {
+            Some(Json::String(service)) => service.clone(),
+            _ => String::new(),
+        };
         let described = json!({ "session_id": session_id, "columns": columns });
-        self.keep_row(&row.id, &row.table, UNPLACED, reason, described)
-            .await;
+        self.keep_row(
+            Kept {
+                id: &row.id,
+                service: &service,
+                table: &row.table,
+                label: UNPLACED,
+                class: UNPLACED,
+                reason,
+            },
+            described,
+        )
+        .await;
     }
 
     /// Counts (under `label`) and logs one dead letter, then writes it to the table, else to
     /// the file.
-    async fn keep_row(
-        &self,
-        id: &[u8; 16],
-        table: &str,
-        label: &'static str,
-        reason: &str,
-        row: Json,
-    ) {
+    async fn keep_row(&self, kept: Kept<'_>, row: Json) {
+        let Kept {
+            id,
+            service,
+            table,
+            label,
+            class,
+            reason,
+        } = kept;
         self.metrics
             .dead_letters
             .get_or_create(&TableLabels { table: label })
             .inc();
         tracing::warn!(
             table,
+            service,
             event_id = %uuid::Uuid::from_bytes(*id),
+            reason_class = class,
             reason,
             "row not written; kept as a dead letter with the reason"
         );
         let row_text = row.to_string();
-        let write = self.sink.write_dead_letter(id, table, reason, &row_text);
+        let write = self
+            .sink
+            .write_dead_letter(id, service, table, class, reason, &row_text);
         let Err(db_error) = tokio::time::timeout(self.timeout, write)
             .await
             .unwrap_or_else(|_| Err(SinkError::timed_out("keeping a dead letter", self.timeout)))
@@ -148,6 +178,8 @@ impl DeadLetters {
         };
         let line = json!({
             "event_id": uuid::Uuid::from_bytes(*id).to_string(),
+            "service": service,
+            "reason_class": class,
             "table": table,
             "reason": reason,
             "row": row,
@@ -186,6 +218,8 @@ impl DeadLetters {
 }
 
 /// The row as JSON: its table, session and column values.
+/// What a dead letter records: the event's table, columns and session, enough to write it
+/// again (`usage-collector dead-letters replay`).
 fn describe(catalog: &Catalog, event: &Mapped) -> Json {
     let mut columns = Map::new();
     if let Some((id, values)) = &event.row {
@@ -193,10 +227,55 @@ fn describe(catalog: &Catalog, event: &Mapped) -> Json {
             columns.insert(column.name.to_owned(), value_json(value));
         }
     }
+    let session = event.session.as_ref().map(|(_, s)| {
+        json!({
+            "service": s.service,
+            "user_id": s.user_id,
+            "start_time": time_text(&s.start_time),
+            "last_activity": time_text(&s.last_activity),
+            "end_time": s.end_time.as_ref().map(time_text),
+            "user_agent": s.user_agent,
+            "ip_address": s.ip_address,
+        })
+    });
     json!({
         "session_id": event.session.as_ref().map(|(id, _)| id.clone()),
+        "session": session,
         "columns": columns,
     })
+}
+
+/// The service an event was sent by.
+fn service_of(event: &Mapped) -> &str {
+    match (&event.row, &event.session) {
+        (Some((_, values)), _) => match values.get(1) {
+            Some(Value::Text(service)) => service,
+            _ => "",
+        },
+        (None, Some((_, session))) => &session.service,
+        (None, None) => "",
+    }
+}
+
+/// One dead letter's identity and reason.
+struct Kept<'a> {
+    id: &'a [u8; 16],
+    service: &'a str,
+    table: &'a str,
+    /// The metrics' `table` label.
+    label: &'static str,
+    /// The short reason (`row_value`, `not_in_catalogue`, …).
+    class: &'static str,
+    /// The database's own words.
+    reason: &'a str,
+}
+
+/// A time as dead letters write it: `2026-03-04 05:06:07.123456` (UTC).
+pub fn time_text(time: &time::PrimitiveDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:6]"
+    );
+    time.format(&format).unwrap_or_else(|_| time.to_string())
 }
 
 fn value_json(value: &Value) -> Json {
@@ -208,8 +287,9 @@ fn value_json(value: &Value) -> Json {
             serde_json::from_str(text).unwrap_or_else(|_| Json::String(text.clone()))
         }
         Value::Int(i) => Json::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(Json::Null, Json::Number),
         Value::Bool(b) => Json::Bool(*b),
-        Value::Time(t) => Json::String(t.to_string()),
+        Value::Time(t) => Json::String(time_text(t)),
     }
 }
 

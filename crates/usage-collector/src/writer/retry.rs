@@ -31,7 +31,7 @@ use tokio::time::Instant;
 
 use super::checkpoint::Stop;
 use super::send::Sender;
-use crate::catalog::Mapped;
+use crate::catalog::{Catalog, Mapped};
 use crate::health::{Check, Health, Metrics};
 use crate::sink::{ErrorKind, SinkError};
 
@@ -114,6 +114,7 @@ impl Policy {
     pub async fn deliver(
         &self,
         sender: &Sender,
+        catalog: &Catalog,
         events: &[Mapped],
         patience: Patience,
     ) -> Result<Result<(), SinkError>, Stopped> {
@@ -121,7 +122,7 @@ impl Policy {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match sender.send(events).await {
+            let error = match sender.send(catalog, events).await {
                 Ok(()) => {
                     self.last_failure
                         .lock()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::catalog::{Catalog, Mapped, RowBatch};
+use crate::catalog::{Catalog, Current, Mapped, RowBatch};
 use crate::health::metrics::TableLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::sink::{Sink, SinkError};
@@ -13,7 +13,6 @@ use crate::sink::{Sink, SinkError};
 #[derive(Debug, Clone)]
 pub struct Sender {
     sink: Sink,
-    catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     health: Health,
     /// Longest a batch's transaction may take before it counts as failed (a hung database).
@@ -22,11 +21,30 @@ pub struct Sender {
     panics: Arc<std::sync::atomic::AtomicU32>,
 }
 
+/// The events of a batch by service (a batch holds a few services: a list beats a map).
+fn per_service(events: &[Mapped]) -> Vec<(&str, u64)> {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for event in events {
+        let service = match (&event.row, &event.session) {
+            (Some((_, row)), _) => match row.get(1) {
+                Some(crate::catalog::Value::Text(service)) => service.as_str(),
+                _ => continue,
+            },
+            (None, Some((_, session))) => session.service.as_str(),
+            (None, None) => continue,
+        };
+        match counts.iter_mut().find(|(s, _)| *s == service) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((service, 1)),
+        }
+    }
+    counts
+}
+
 impl Sender {
     /// A sender writing to `sink`, giving each batch at most `timeout`.
     pub fn new(sink: Sink, metrics: Arc<Metrics>, health: Health, timeout: Duration) -> Self {
         Self {
-            catalog: sink.catalog().clone(),
             sink,
             metrics,
             health,
@@ -41,9 +59,9 @@ impl Sender {
         self
     }
 
-    /// The catalogue whose tables the sink writes.
-    pub fn catalog(&self) -> &Arc<Catalog> {
-        &self.catalog
+    /// The catalogue in force.
+    pub fn catalog(&self) -> &Current {
+        self.sink.current()
     }
 
     /// The sink.
@@ -51,9 +69,9 @@ impl Sender {
         &self.sink
     }
 
-    /// Writes `events` in one transaction, once. A failure is counted by reason; what to do
-    /// about it is the retry policy's business.
-    pub async fn send(&self, events: &[Mapped]) -> Result<(), SinkError> {
+    /// Writes `events`, mapped by `catalog`, in one transaction, once. A failure is counted by
+    /// reason; what to do about it is the retry policy's business.
+    pub async fn send(&self, catalog: &Catalog, events: &[Mapped]) -> Result<(), SinkError> {
         use std::sync::atomic::Ordering;
         if self.panics.load(Ordering::SeqCst) > 0
             && self
@@ -63,7 +81,7 @@ impl Sender {
         {
             panic!("test fault: a batch write panics (--test-writer-panics)");
         }
-        let batch = RowBatch::of(self.catalog.tables().len(), events);
+        let batch = RowBatch::of(catalog.tables().len(), events);
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
             "write_batch",
@@ -71,7 +89,7 @@ impl Sender {
             rows = batch.row_count()
         );
         let began = self.sink.moves();
-        let write = tracing::Instrument::instrument(self.sink.write(&batch), span);
+        let write = tracing::Instrument::instrument(self.sink.write_in(catalog, &batch), span);
         let result = match tokio::time::timeout(self.timeout, write).await {
             Ok(result) => result,
             Err(_) => {
@@ -101,6 +119,9 @@ impl Sender {
                         .inc_by(written.sessions);
                 }
                 self.metrics.events_written.inc_by(events.len() as u64);
+                for (service, n) in per_service(events) {
+                    self.metrics.last_minute.written(service, n);
+                }
                 self.metrics.database_up.set(1);
                 let now = SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)

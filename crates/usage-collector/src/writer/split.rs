@@ -152,7 +152,7 @@ fn value_bytes(value: &Value) -> u64 {
         Value::Null => 0,
         Value::Id(_) => 16,
         Value::Text(text) | Value::Json(text) => text.len() as u64,
-        Value::Int(_) | Value::Time(_) => 8,
+        Value::Int(_) | Value::Float(_) | Value::Time(_) => 8,
         Value::Bool(_) => 1,
     }
 }

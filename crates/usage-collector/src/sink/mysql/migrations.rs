@@ -30,8 +30,12 @@ pub fn migrator() -> Migrator {
             include_str!("../migrations/mysql/0006_session_keys_binary.sql"),
         ),
         (
+            "dead letters by service",
+            include_str!("../migrations/mysql/0008_dead_letters_by_service.sql"),
+        ),
+        (
             "collector leases",
-            include_str!("../migrations/mysql/0007_collector_leases.sql"),
+            include_str!("../migrations/mysql/0009_collector_leases.sql"),
         ),
     ])
 }

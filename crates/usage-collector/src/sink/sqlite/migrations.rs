@@ -26,8 +26,12 @@ pub fn migrator() -> Migrator {
             include_str!("../migrations/sqlite/0005_rollups.sql"),
         ),
         (
+            "dead letters by service",
+            include_str!("../migrations/sqlite/0007_dead_letters_by_service.sql"),
+        ),
+        (
             "collector leases",
-            include_str!("../migrations/sqlite/0006_collector_leases.sql"),
+            include_str!("../migrations/sqlite/0008_collector_leases.sql"),
         ),
     ])
 }

@@ -1,10 +1,10 @@
-//! The summaries the collector keeps — the daily rollup `daily_usage_by_service` and each
-//! session's counters — recounted from the raw rows, to compare with what the collector kept.
+//! The summaries the collector keeps, against a recount from the raw rows: the queries, and an
+//! assertion that they agree (the built-in plan's counts; both databases).
 
 use crate::db::TestDb;
 
-/// The daily rollup recounted from the raw rows: (day, service, sessions, page visits, program
-/// runs, program errors, feature uses, other events), by day and service.
+/// Per day and service: sessions started, page visits, program runs, failed runs, feature uses and
+/// other events, counted from the raw rows.
 pub const RECOUNT_DAYS: &str = "SELECT CAST(day AS CHAR), service, CAST(SUM(s) AS CHAR), \
     CAST(SUM(p) AS CHAR), CAST(SUM(r) AS CHAR), CAST(SUM(e) AS CHAR), CAST(SUM(f) AS CHAR), \
     CAST(SUM(o) AS CHAR) FROM ( \
@@ -21,8 +21,7 @@ pub const RECOUNT_DAYS: &str = "SELECT CAST(day AS CHAR), service, CAST(SUM(s) A
         GROUP BY DATE(`timestamp`), service \
     ) AS raw GROUP BY day, service ORDER BY 1, 2";
 
-/// The daily rollup as the collector keeps it, summed over its shards, in [`RECOUNT_DAYS`]'s
-/// form (days and services whose counts are all zero left out).
+/// The same columns, as `daily_usage_by_service` holds them (days with any count).
 pub const ROLLUP_DAYS: &str = "SELECT CAST(`date` AS CHAR), service, CAST(SUM(sessions) AS CHAR), \
     CAST(SUM(page_visits) AS CHAR), CAST(SUM(programs_run) AS CHAR), \
     CAST(SUM(program_errors) AS CHAR), CAST(SUM(features_used) AS CHAR), \
@@ -31,8 +30,8 @@ pub const ROLLUP_DAYS: &str = "SELECT CAST(`date` AS CHAR), service, CAST(SUM(se
     OR SUM(program_errors) <> 0 OR SUM(features_used) <> 0 OR SUM(other_events) <> 0 \
     ORDER BY 1, 2";
 
-/// Each session's counters recounted from the raw rows: (service, session, programs run,
-/// lines executed, errors, page visits, features used, earliest event).
+/// Per session: runs, lines executed, failed runs, page visits, feature uses and the earliest
+/// row's time, counted from the raw rows.
 pub const RECOUNT_SESSIONS: &str = "SELECT s.service, s.session_id, \
     CAST((SELECT COUNT(*) FROM program_executions p WHERE p.service = s.service \
         AND p.session_id = s.session_id) AS CHAR), \
@@ -51,10 +50,26 @@ pub const RECOUNT_SESSIONS: &str = "SELECT s.service, s.session_id, \
         WHERE e.service = s.service AND e.session_id = s.session_id) AS CHAR) \
     FROM ide_sessions s ORDER BY 1, 2";
 
-/// Each session's counters as the collector keeps them, in [`RECOUNT_SESSIONS`]' form.
+/// The same columns, as `ide_sessions` holds them (the last: its start).
 pub const SESSION_COUNTERS: &str = "SELECT service, session_id, CAST(programs_run AS CHAR), \
     CAST(lines_executed AS CHAR), CAST(errors_encountered AS CHAR), CAST(page_visits AS CHAR), \
     CAST(features_used AS CHAR), CAST(start_time AS CHAR) FROM ide_sessions ORDER BY 1, 2";
+
+/// Asserts that `daily_usage_by_service` and every session's counters equal a recount from the
+/// raw rows.
+pub async fn assert_summaries_match(db: &TestDb) {
+    assert_eq!(
+        db.texts(ROLLUP_DAYS).await,
+        db.texts(RECOUNT_DAYS).await,
+        "daily rollup = recount from the raw rows"
+    );
+    let kept = db.texts(SESSION_COUNTERS).await;
+    let counted = db.texts(RECOUNT_SESSIONS).await;
+    assert_eq!(kept.len(), counted.len());
+    for (kept, counted) in kept.iter().zip(&counted) {
+        assert_eq!(kept[..7], counted[..7], "session counters = recount");
+    }
+}
 
 /// A row read back, every column as text.
 pub type Texts = Vec<Option<String>>;

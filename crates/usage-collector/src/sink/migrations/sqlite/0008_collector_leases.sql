@@ -7,4 +7,8 @@ CREATE TABLE IF NOT EXISTS collector_leases (
 );
 
 INSERT INTO collector_leases (name, holder, expires_at)
-VALUES ('retention', '', '1970-01-01 00:00:00.000');
+VALUES ('retention', '', '1970-01-01 00:00:00.000')
+ON CONFLICT (name) DO NOTHING;
+
+INSERT INTO schema_releases (version, oldest_release) VALUES (7, '0.1.0')
+ON CONFLICT (version) DO UPDATE SET oldest_release = excluded.oldest_release;
