@@ -547,3 +547,39 @@ async fn the_rust_tracker_records_an_event_of_the_sites_plan_and_refuses_a_bad_o
     collector.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Retention sweeps the plan's own tables too, by their `timestamp`, with their own override.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_sweeps_the_tables_of_the_plan() {
+    let db = TestDb::mysql().await;
+    let dir = temp_dir("usage_plan_retention");
+    let mut config = settings(db.url());
+    config.catalog.file = Some(write_plan(&dir, &plan("")));
+    config.retention.tables =
+        usage_collector::config::TableDays(vec![("debugger_steps".to_owned(), 30)]);
+    config.retention.interval = Duration::from_secs(1);
+    let collector = TestCollector::start(config).await;
+    for (n, age) in [(1, "400 DAY"), (2, "31 DAY"), (3, "29 DAY"), (4, "0 DAY")] {
+        db.execute(&format!(
+            "INSERT INTO debugger_steps (event_id, service, `timestamp`, line) VALUES \
+             (UNHEX(LPAD('{n}', 32, '0')), 'web-ide', UTC_TIMESTAMP(6) - INTERVAL {age}, {n})"
+        ))
+        .await;
+    }
+    poll::until(
+        "the steps older than 30 days deleted",
+        Duration::from_secs(30),
+        || async {
+            db.texts("SELECT CAST(line AS CHAR) FROM debugger_steps ORDER BY line")
+                .await
+        },
+        |rows| *rows == [vec![s("3")], vec![s("4")]],
+    )
+    .await;
+    assert_exposes(
+        &collector.get("/metrics").await.1,
+        &["usage_collector_rows_deleted_total{table=\"debugger_steps\"} 2"],
+    );
+    collector.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}

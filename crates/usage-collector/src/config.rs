@@ -446,8 +446,8 @@ pub struct RetentionSettings {
     pub batch_size: u32,
 }
 
-/// Per-table retention overrides: (table, days), each table at most once, each one of
-/// [`crate::sink::retention::TABLES`].
+/// Per-table retention overrides: (table, days), each table at most once: a built-in table
+/// ([`crate::sink::retention::TABLES`]) or one of the tracking plan's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableDays(pub Vec<(String, u32)>);
 
@@ -461,17 +461,19 @@ impl TableDays {
 /// `page_visits=30,dead_letters=7` (what a TOML table `[retention.tables]` or an array of
 /// `"table=days"` strings flattens to).
 fn table_days(value: &str) -> Result<TableDays, String> {
-    let known = crate::sink::retention::TABLES;
     let mut out: Vec<(String, u32)> = Vec::new();
     for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
         let (table, days) = item
             .split_once('=')
             .ok_or_else(|| format!("`{item}` is not `table=days`"))?;
         let table = table.trim();
-        if !known.contains(&table) {
+        if !usage_tracker::catalog::plan::is_identifier(table)
+            || crate::sink::retention::NEVER_SWEPT.contains(&table)
+        {
             return Err(format!(
-                "`{table}` is not a retained table (one of {})",
-                known.join(", ")
+                "`{table}` is not a retained table: one of {}, or an event table of the \
+                 tracking plan",
+                crate::sink::retention::TABLES.join(", ")
             ));
         }
         let days: u32 = days
@@ -1246,13 +1248,18 @@ mod tests {
             settings.retention.tables,
             TableDays(vec![("usage_events".to_owned(), 1)])
         );
-        let err = with_file("[retention.tables]\nheartbeats = 3\n", &[]).unwrap_err();
+        let err = with_file("[retention.tables]\ncollector_heartbeats = 3\n", &[]).unwrap_err();
         assert!(
             err.to_string().starts_with(
-                "invalid setting retention.tables: `heartbeats` is not a retained table"
+                "invalid setting retention.tables: `collector_heartbeats` is not a retained table"
             ),
             "{err}"
         );
+        let err = args(&["--retention-tables", "Page Visits=3"]).unwrap_err();
+        assert!(err.to_string().contains("is not a retained table"), "{err}");
+        // A table of the tracking plan takes its own retention.
+        let settings = args(&["--retention-tables", "debugger_steps=7"]).unwrap();
+        assert_eq!(settings.retention.tables.get("debugger_steps"), Some(7));
         let err = args(&["--retention-tables", "page_visits=30,page_visits=1"]).unwrap_err();
         assert!(err.to_string().contains("given twice"), "{err}");
         let err = args(&["--retention-tables", "page_visits"]).unwrap_err();

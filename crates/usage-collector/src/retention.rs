@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use time::{OffsetDateTime, PrimitiveDateTime};
 
+use crate::catalog::TableKind;
 use crate::config::RetentionSettings;
 use crate::health::Metrics;
 use crate::health::metrics::TableLabels;
 use crate::sink::Sink;
-use crate::sink::retention::{Deleted, LEASE_TTL_STATEMENTS, Lease, Sweep, SweepError, TABLES};
+use crate::sink::retention::{Deleted, LEASE_TTL_STATEMENTS, Lease, Sweep, SweepError, retained};
 
 /// Deletes expired rows from one sink.
 #[derive(Debug, Clone)]
@@ -74,17 +75,18 @@ impl Retention {
 
     /// True when some table has a retention (otherwise there is nothing to sweep).
     pub fn enabled(settings: &RetentionSettings) -> bool {
-        TABLES.iter().any(|t| days(settings, t) > 0)
+        settings.days > 0 || settings.tables.0.iter().any(|(_, days)| *days > 0)
     }
 
     /// Each table with a retention, and the time before which its rows are deleted, as of
     /// `now` (UTC, as the rows are written).
     pub fn plan(
         settings: &RetentionSettings,
+        tables: &[&'static str],
         now: OffsetDateTime,
     ) -> Vec<(&'static str, PrimitiveDateTime)> {
         let now = PrimitiveDateTime::new(now.date(), now.time());
-        TABLES
+        tables
             .iter()
             .filter_map(|&table| match days(settings, table) {
                 0 => None,
@@ -99,7 +101,16 @@ impl Retention {
     /// One sweep as of `now`: deletes, counts and logs. `Ok(Sweep::LockHeld)` when another
     /// collector holds the lease.
     pub async fn sweep_at(&self, now: OffsetDateTime) -> Result<Sweep, SweepError> {
-        let plan = Self::plan(&self.settings, now);
+        // The catalogue in force: a tracking plan read again brings its tables.
+        let catalog = self.sink.catalog();
+        let tables = retained(
+            catalog
+                .tables()
+                .iter()
+                .filter(|t| t.kind == TableKind::Events)
+                .map(|t| t.name),
+        );
+        let plan = Self::plan(&self.settings, &tables, now);
         let started = Instant::now();
         let metrics = &self.metrics;
         let result = self
@@ -225,11 +236,11 @@ mod tests {
         let mut settings = Settings::defaults().retention;
         assert!(!Retention::enabled(&settings));
         let now = time::macros::datetime!(2025-03-10 12:00:00 UTC);
-        assert!(Retention::plan(&settings, now).is_empty());
+        assert!(Retention::plan(&settings, &crate::sink::retention::TABLES, now).is_empty());
         settings.tables = TableDays(vec![("dead_letters".to_owned(), 7)]);
         assert!(Retention::enabled(&settings));
         assert_eq!(
-            Retention::plan(&settings, now),
+            Retention::plan(&settings, &crate::sink::retention::TABLES, now),
             vec![("dead_letters", time::macros::datetime!(2025-03-03 12:00:00))]
         );
         settings.days = 30;
@@ -237,7 +248,7 @@ mod tests {
             ("page_visits".to_owned(), 1),
             ("ide_sessions".to_owned(), 0),
         ]);
-        let plan = Retention::plan(&settings, now);
+        let plan = Retention::plan(&settings, &crate::sink::retention::TABLES, now);
         assert_eq!(plan.len(), 5);
         assert_eq!(
             plan[0],
@@ -246,6 +257,6 @@ mod tests {
         assert!(plan.iter().all(|(t, _)| *t != "ide_sessions"));
         assert!(plan.contains(&("usage_events", time::macros::datetime!(2025-02-08 12:00:00))));
         settings.days = u32::MAX;
-        assert!(Retention::plan(&settings, now).len() == 1);
+        assert!(Retention::plan(&settings, &crate::sink::retention::TABLES, now).len() == 1);
     }
 }

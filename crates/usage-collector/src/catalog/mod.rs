@@ -20,4 +20,4 @@ pub mod tables;
 pub use current::Current;
 pub use mapping::{Catalog, MapError, Mapped};
 pub use rows::{RowBatch, SessionRow, Value};
-pub use tables::{Column, ColumnType, Table, TableId};
+pub use tables::{Column, ColumnType, Table, TableId, TableKind};

@@ -39,7 +39,8 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 use super::error::SinkError;
 use super::handle::{PoolRef, Sink};
 
-/// The tables retention applies to, in the order a sweep visits them.
+/// The built-in tables retention applies to, in the order a sweep visits them; the tracking
+/// plan's own event tables are swept too, by their `timestamp` ([`retained`]).
 pub const TABLES: [&str; 6] = [
     "page_visits",
     "program_executions",
@@ -48,6 +49,27 @@ pub const TABLES: [&str; 6] = [
     "ide_sessions",
     "dead_letters",
 ];
+
+/// The collector's own tables no sweep touches.
+pub const NEVER_SWEPT: [&str; 6] = [
+    "collector_heartbeats",
+    "collector_leases",
+    "daily_usage_by_service",
+    "schema_releases",
+    "_sqlx_migrations",
+    "catalog_columns",
+];
+
+/// The tables a sweep visits for a catalogue of `event_tables`: each event table (built-in or
+/// the plan's), then `ide_sessions` and `dead_letters`.
+pub fn retained(event_tables: impl IntoIterator<Item = &'static str>) -> Vec<&'static str> {
+    let mut tables: Vec<&'static str> = event_tables
+        .into_iter()
+        .filter(|t| !NEVER_SWEPT.contains(t) && !matches!(*t, "ide_sessions" | "dead_letters"))
+        .collect();
+    tables.extend(["ide_sessions", "dead_letters"]);
+    tables
+}
 
 /// The lease row one sweep at a time holds.
 pub const LEASE: &str = "retention";
@@ -184,16 +206,15 @@ impl Affected for sqlx::sqlite::SqliteQueryResult {
 /// the columns the oldest come first by.
 fn expired(table: &str) -> Option<(&'static str, usize, &'static str)> {
     Some(match table {
-        "page_visits" | "program_executions" | "feature_usage" | "usage_events" => {
-            ("`timestamp` < ?", 1, "`timestamp`")
-        }
+        _ if NEVER_SWEPT.contains(&table) => return None,
         "ide_sessions" => (
             "start_time < ? AND last_activity < ? AND (end_time IS NULL OR end_time < ?)",
             3,
             "start_time",
         ),
         "dead_letters" => ("created_at < ?", 1, "created_at"),
-        _ => return None,
+        // Every event table, built-in or the tracking plan's, has `timestamp` and its index.
+        _ => ("`timestamp` < ?", 1, "`timestamp`"),
     })
 }
 
@@ -419,6 +440,22 @@ mod tests {
             assert!(sqlite_delete(table).is_some(), "{table}");
         }
         assert!(mysql_delete("collector_heartbeats").is_none());
+        assert!(mysql_delete("collector_leases").is_none());
+        assert_eq!(
+            mysql_delete("debugger_steps").unwrap().0,
+            "DELETE FROM `debugger_steps` WHERE `timestamp` < ? ORDER BY `timestamp`, id LIMIT ?",
+            "a table of the tracking plan"
+        );
+        assert_eq!(
+            retained(["page_visits", "debugger_steps", "usage_events"]),
+            [
+                "page_visits",
+                "debugger_steps",
+                "usage_events",
+                "ide_sessions",
+                "dead_letters"
+            ]
+        );
     }
 
     #[test]
