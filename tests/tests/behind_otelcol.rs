@@ -10,7 +10,10 @@
 //!   once and does not retry it;
 //! - a throttled answer (spool full: UNAVAILABLE with RetryInfo 2 s): retried, never sooner;
 //! - usage-collector's own spans in Jaeger: receiving a request, writing a batch, the app's
-//!   trace context carried into both, and a database outage as error spans.
+//!   trace context carried into both (sent directly; through the gateway it stops there), and a
+//!   database outage as error spans.
+//!
+//! `docs/behind-an-opentelemetry-collector.md` describes what these show, with their figures.
 //!
 //! Each test prints its figures on a `figures:` line (`cargo test … -- --nocapture`).
 //! Needs the peers built by `scripts/peers-setup` and the Python client installed by
@@ -545,7 +548,8 @@ async fn a_record_usage_collector_rejects_is_sent_once_and_not_retried() {
         "figures: partial success: sent 6 (1 without url.path), otelcol acknowledged 6, \
          otelcol sent_log_records {sent}, send_failed {failed}, its WARN dropped_log_records 1, \
          usage-collector received {received}, rejected 1, accepted {accepted}; rows 5, \
-         duplicates 0, retries 0"
+         duplicates 0, retries 0; its log: {}",
+        warnings[0]
     );
 }
 
@@ -959,22 +963,65 @@ async fn own_spans_in_jaeger_receive_and_write_in_the_apps_trace_and_outages_as_
     .await
     .expect("Jaeger's trace")
     .expect("the trace");
-    let own = jaeger
-        .spans("usage-collector")
-        .await
-        .expect("the collector's spans");
+    stack.wait_written().await;
+    assert_eq!(stack.db.count("page_visits").await, 7);
+
+    // Behind the recommended OpenTelemetry Collector, the app's trace context stops there:
+    // usage-collector receives the gateway's own export of its queue, which names no parent.
+    let otelcol = OtelCol::start(Backends {
+        usage_collector: stack.config.grpc,
+        traces: jaeger.otlp_addr(),
+    })
+    .await;
+    let gateway_trace = *uuid::Uuid::new_v4().as_bytes();
+    let gateway_ids = new_ids(5);
+    send_traced(
+        &otelcol.endpoint(),
+        logs_request(
+            "web-ide",
+            gateway_ids
+                .iter()
+                .map(|id| visit(id, "s-gateway", 30))
+                .collect(),
+        ),
+        &traceparent(&gateway_trace, &[0x0d, 0x99, 0xa1, 1, 2, 3, 4, 5]),
+    )
+    .await;
+    let own = poll::until(
+        "the receive span of the gateway's export (5 records)",
+        SPANS,
+        || jaeger.spans("usage-collector"),
+        |spans| {
+            matches!(spans, Ok(spans) if spans.iter().any(|span| span["operationName"] == "receive_logs"
+                && tag(span, "records") == Some(&serde_json::json!(5))))
+        },
+    )
+    .await
+    .expect("the collector's spans");
+    let through_gateway = own
+        .iter()
+        .find(|span| {
+            span["operationName"] == "receive_logs"
+                && tag(span, "records") == Some(&serde_json::json!(5))
+        })
+        .expect("found above");
+    assert_ne!(
+        through_gateway["traceID"].as_str(),
+        Some(hex(&gateway_trace).as_str()),
+        "{through_gateway:#}"
+    );
+    assert_eq!(parent_of(through_gateway), None, "{through_gateway:#}");
     let count = |name: &str| {
         own.iter()
             .filter(|span| span["operationName"] == name)
             .count()
     };
-    stack.wait_written().await;
-    assert_eq!(stack.db.count("page_visits").await, 7);
     eprintln!(
         "figures: own spans in Jaeger: app trace {} spans (app, receive_logs, write_batch), \
          OTLP/HTTP trace {} spans, outage trace {} write_batch spans ({} errors, reasons \
-         {reasons:?}, retry_class retry) then written; usage-collector spans in Jaeger: \
-         {} receive_logs, {} write_batch",
+         {reasons:?}, retry_class retry) then written; through the gateway: a receive_logs \
+         span of its own trace, no parent; usage-collector spans in Jaeger: {} receive_logs, \
+         {} write_batch",
         found["spans"].as_array().map_or(0, Vec::len),
         http_found["spans"].as_array().map_or(0, Vec::len),
         named(&recovered, "write_batch").len(),
