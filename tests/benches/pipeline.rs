@@ -12,7 +12,11 @@
 //! - (c) no database: the collector decoding, mapping and spooling, rows discarded; beside it,
 //!   in alternation, rotel (an OTLP collector in Rust, PyPI package `rotel`, installed by the
 //!   bench into a virtual environment under `~/.cache/usage-pipeline/rotel-venv`) receiving
-//!   the same load into its blackhole exporter (`USAGE_BENCH_ROTEL=0` skips it);
+//!   the same load into its blackhole exporter (`USAGE_BENCH_ROTEL=0` skips it), and the
+//!   OpenTelemetry Collector of `tests/peers/otelcol` (built by `scripts/peers-setup`; left out,
+//!   saying why, when it is not) running `tests/peers/otelcol/bench-queue.yaml`: its OTLP
+//!   receiver and a persistent sending queue on file_storage with fsync, the closest thing it
+//!   has to our spool, drained by the debug exporter (`USAGE_BENCH_OTELCOL=0` skips it);
 //! - (d) growth: for each size in `USAGE_BENCH_GROWTH` (default `0,1000000,10000000` rows
 //!   already in `page_visits`, preloaded with `INSERT … SELECT` from MariaDB's sequence
 //!   tables, a million rows per statement): the end-to-end rate of (b), (a) and (a') with
@@ -37,7 +41,8 @@ use sqlx::{MySqlPool, QueryBuilder};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::loadgen::{self, Attributes, Plan, Signal};
 use usage_pipeline_tests::measure::{machine, usage};
-use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig};
+use usage_pipeline_tests::peers::{self, Backends, OtelCol};
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, free_addr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
 
@@ -284,6 +289,75 @@ async fn rotel_blackhole(agent: &Path, dir: &Path, seconds: u64) -> (f64, f64, f
     )
 }
 
+/// The OpenTelemetry Collector's binary and the bench's configuration for it, or `None` (and
+/// why, on stderr) when it is skipped or not built.
+fn otelcol_peer() -> Option<(PathBuf, PathBuf)> {
+    if std::env::var("USAGE_BENCH_OTELCOL").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    match peers::otelcol_built() {
+        Ok(binary) => Some((
+            binary,
+            usage_pipeline_tests::clients::repo_root().join("tests/peers/otelcol/bench-queue.yaml"),
+        )),
+        Err(why) => {
+            eprintln!("the OpenTelemetry Collector skipped: {why}");
+            None
+        }
+    }
+}
+
+/// The OpenTelemetry Collector receiving `seconds` of the (c) load into its persistent queue:
+/// (records/s, p50 ms, p99 ms, CPU s, peak RSS MiB, seconds its exporter needed after the load
+/// to have taken every accepted record out of the queue).
+async fn otelcol_queue(
+    (binary, config): &(PathBuf, PathBuf),
+    seconds: u64,
+) -> (f64, f64, f64, f64, f64, f64) {
+    // It sends nowhere but to its debug exporter; the backends are unused addresses.
+    let unused = Backends {
+        usage_collector: free_addr(),
+        traces: free_addr(),
+    };
+    let otelcol = OtelCol::start_with(binary, config, unused).await;
+    settle().await;
+    let pid = otelcol.pid();
+    let cpu_at_start = usage(pid).0;
+    let outcome = loadgen::run(plan(otelcol.endpoint(), 0, seconds, true))
+        .await
+        .expect("load");
+    let (cpu, rss) = usage(pid);
+    // The queue's consumers must keep up, or the rate would be the disk's, not the collector's:
+    // every accepted record leaves through the exporter.
+    let load_ended = Instant::now();
+    loop {
+        let metrics = otelcol.metrics().await;
+        let sent = usage_pipeline_tests::exposition::sum_where(
+            &metrics,
+            "otelcol_exporter_sent_log_records",
+            "exporter=\"debug\"",
+        );
+        if sent >= outcome.accepted as f64 {
+            break;
+        }
+        assert!(
+            load_ended.elapsed() < Duration::from_secs(120),
+            "the OpenTelemetry Collector's queue did not drain: {sent} of {} records sent",
+            outcome.accepted
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let drained = load_ended.elapsed().as_secs_f64();
+    (
+        outcome.records_per_second,
+        outcome.p50_ms,
+        outcome.p99_ms,
+        cpu - cpu_at_start,
+        rss,
+        drained,
+    )
+}
+
 /// One end-to-end measurement.
 struct EndToEnd {
     rows_per_second: f64,
@@ -439,11 +513,12 @@ async fn main() {
     // the spool's fsyncs. The blackhole sink: the writer runs as in production and stores
     // nothing. rotel's blackhole beside it, in alternation.
     let rotel = rotel_agent();
+    let otelcol = otelcol_peer();
     println!(
         "| round | receive path, no database, {seconds} s | records/s | vs rotel | p50 ms | p99 ms | CPU s | peak RSS MB |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut receive_ratios = Vec::new();
+    let (mut receive_ratios, mut otelcol_ratios) = (Vec::new(), Vec::new());
     let mut discard_line = String::new();
     for round in 1..=rounds {
         let config = ProcessConfig::new(BIN, "blackhole://", &dir.join(format!("discard{round}")));
@@ -460,17 +535,27 @@ async fn main() {
             "| all | (c) decode + map + spool, rows discarded, {seconds} s (last round) | {:.0} | | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} | |",
             discard.records_per_second, discard.p50_ms, discard.p99_ms
         );
-        let versus = match &rotel {
+        let rotel_rate = match &rotel {
             Some(agent) => {
                 let (rate, p50, p99, cpu, rss) = rotel_blackhole(agent, &dir, seconds).await;
                 receive_ratios.push(discard.records_per_second / rate);
                 println!(
                     "| {round} | rotel {ROTEL}, blackhole exporter | {rate:.0} | 1.00 | {p50:.1} | {p99:.1} | {cpu:.1} | {rss:.0} |"
                 );
-                format!("{:.2}", discard.records_per_second / rate)
+                Some(rate)
             }
-            None => String::new(),
+            None => None,
         };
+        let versus = |rate: f64| rotel_rate.map_or(String::new(), |r| format!("{:.2}", rate / r));
+        if let Some(peer) = &otelcol {
+            let (rate, p50, p99, cpu, rss, drained) = otelcol_queue(peer, seconds).await;
+            otelcol_ratios.push(discard.records_per_second / rate);
+            println!(
+                "| {round} | OpenTelemetry Collector v0.161.0: OTLP receiver, persistent queue (file_storage, fsync), debug exporter (queue empty {drained:.1} s after) | {rate:.0} | {} | {p50:.1} | {p99:.1} | {cpu:.1} | {rss:.0} |",
+                versus(rate)
+            );
+        }
+        let versus = versus(discard.records_per_second);
         println!(
             "| {round} | (c) this collector: decode, validate, map, fsync to the spool, rows discarded | {:.0} | {versus} | {:.1} | {:.1} | {discard_cpu:.1} | {discard_rss:.0} |",
             discard.records_per_second, discard.p50_ms, discard.p99_ms
@@ -480,6 +565,12 @@ async fn main() {
         println!(
             "\nmedian over {rounds} rounds: (c)/rotel {:.2}\n",
             median(&mut receive_ratios)
+        );
+    }
+    if !otelcol_ratios.is_empty() {
+        println!(
+            "median over {rounds} rounds: (c)/OpenTelemetry Collector {:.2}\n",
+            median(&mut otelcol_ratios)
         );
     }
 

@@ -1,6 +1,8 @@
 //! Real OpenTelemetry clients as child processes: the Python and Node.js programs of
 //! `tests/clients/`, and the browser example `examples/browser/` in headless Chromium, served
-//! from its own origin.
+//! from its own origin; a web IDE session played by a client ([`Run`]) and its rows read back
+//! ([`Rows`], [`assert_python_session`]), for the client tests and the tests behind an
+//! OpenTelemetry Collector alike.
 //!
 //! `scripts/clients-setup` installs what they need (`scripts/test` runs it first). When
 //! something is missing or older than its lock file, the functions here panic saying to run
@@ -9,9 +11,11 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::db::TestDb;
 
 /// The script that installs the clients' tools.
 pub const SETUP: &str = "scripts/clients-setup";
@@ -319,4 +323,345 @@ async fn serve_file(mut stream: tokio::net::TcpStream, dir: &Path) -> std::io::R
     stream.write_all(header.as_bytes()).await?;
     stream.write_all(&body).await?;
     stream.shutdown().await
+}
+
+// --- A web IDE session played by a client, and its rows read back --------------------------
+
+/// How long a client may take to run (they take about a second).
+pub const CLIENT_LIMIT: Duration = Duration::from_secs(90);
+
+fn s(text: &str) -> Option<String> {
+    Some(text.to_owned())
+}
+
+/// Microseconds since the epoch, now.
+pub fn now_us() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("a clock after 1970");
+    i64::try_from(since.as_micros()).expect("a time that fits")
+}
+
+/// SQL for a DATETIME column as microseconds since the epoch (the collector writes UTC).
+pub fn us(column: &str) -> String {
+    format!("CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', {column}) AS CHAR)")
+}
+
+/// A column read as text, as a number (panics naming it otherwise).
+pub fn number(value: &Option<String>) -> i64 {
+    value
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("a number, not {value:?}"))
+}
+
+/// A client's command with no OpenTelemetry variable of this process leaking into it.
+pub fn client_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("OTEL_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// One run of a client playing a web IDE session: what it was told, and when it ran.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Its `OTEL_SERVICE_NAME`.
+    pub service: String,
+    /// The session it played.
+    pub session: String,
+    /// When it started, in microseconds since the epoch.
+    pub started_us: i64,
+    /// When it had exited.
+    pub finished_us: i64,
+}
+
+impl Run {
+    /// Runs `command` (a client playing `session` as `service`) to its end, its exporter
+    /// `protocol` sending to `endpoint` (`OTEL_EXPORTER_OTLP_ENDPOINT`). It is not waited for
+    /// what it sent to be written: that is the caller's business.
+    pub async fn client(
+        what: String,
+        mut command: Command,
+        (endpoint, protocol): (&str, &str),
+        service: &str,
+        session: &str,
+    ) -> Self {
+        command
+            .env("OTEL_SERVICE_NAME", service)
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .arg(session);
+        let started_us = now_us();
+        let label = what.clone();
+        let output = tokio::task::spawn_blocking(move || run(&label, command, CLIENT_LIMIT))
+            .await
+            .expect("the client's thread");
+        let finished_us = now_us();
+        // Shown when a check after it fails: what the client's SDK reported.
+        eprintln!(
+            "{what} exited 0\n--- stdout\n{}\n--- stderr\n{}",
+            output.stdout, output.stderr
+        );
+        Self {
+            service: service.to_owned(),
+            session: session.to_owned(),
+            started_us,
+            finished_us,
+        }
+    }
+
+    /// Checks that `time` (microseconds) lies within the run.
+    pub fn assert_during(&self, what: &str, time: i64) {
+        assert!(
+            (self.started_us..=self.finished_us).contains(&time),
+            "{what}: {time} µs is not within the client's run ({} ..= {} µs)",
+            self.started_us,
+            self.finished_us
+        );
+    }
+}
+
+/// Checks that `hex` is an event id the client chose: a random (version 4) UUID.
+pub fn assert_client_uuid(what: &str, hex: &Option<String>) {
+    let hex = hex.as_deref().unwrap_or_default();
+    let id = uuid::Uuid::try_parse(hex).unwrap_or_else(|e| panic!("{what}: {hex:?}: {e}"));
+    assert_eq!(
+        id.get_version_num(),
+        4,
+        "{what}: {id} is not the client's random UUID"
+    );
+}
+
+/// The rows of one client's session, read back from every table: the columns that depend on
+/// nothing but what the client sent, and the event ids and times apart.
+#[derive(Debug)]
+pub struct Rows {
+    /// service, session_id, user_id, page_path, referrer, user_agent, ip_address (by time).
+    pub page_visits: Vec<Vec<Option<String>>>,
+    /// session_id, service, user_id, user_agent, ip_address, programs_run, lines_executed,
+    /// errors_encountered, end_time set, duration_seconds = end − start in whole seconds.
+    pub session: Vec<Vec<Option<String>>>,
+    /// service, session_id, user_id, program_lines, lines_executed, success, error_message
+    /// (by time), with execution_time_ms apart.
+    pub runs: Vec<Vec<Option<String>>>,
+    /// execution_time_ms of each run, in the same order.
+    pub run_times_ms: Vec<i64>,
+    /// service, session_id, user_id, feature_name, and feature_data as JSON.
+    pub features: Vec<(Vec<Option<String>>, serde_json::Value)>,
+    /// event_name, service, session_id, and attributes as JSON.
+    pub custom: Vec<(Vec<Option<String>>, serde_json::Value)>,
+}
+
+impl Rows {
+    /// Reads the rows, and checks for every event row that its time lies within the run and
+    /// that the session's times span them: start = earliest, last activity = end = latest.
+    /// Event ids of log events must be the client's UUIDs, all distinct.
+    pub async fn read(db: &TestDb, run: &Run) -> Self {
+        let json = |text: &Option<String>| -> serde_json::Value {
+            serde_json::from_str(text.as_deref().expect("a JSON column")).expect("valid JSON")
+        };
+        let split_json = |rows: Vec<Vec<Option<String>>>| {
+            rows.into_iter()
+                .map(|mut row| {
+                    let data = json(&row.pop().expect("a JSON column"));
+                    (row, data)
+                })
+                .collect::<Vec<_>>()
+        };
+        let rows = Self {
+            page_visits: db
+                .texts(
+                    "SELECT service, session_id, user_id, page_path, referrer, user_agent, ip_address \
+                     FROM page_visits ORDER BY `timestamp`, id",
+                )
+                .await,
+            session: db
+                .texts(
+                    "SELECT session_id, service, user_id, user_agent, ip_address, \
+                     CAST(programs_run AS CHAR), CAST(lines_executed AS CHAR), \
+                     CAST(errors_encountered AS CHAR), CAST(end_time IS NOT NULL AS CHAR), \
+                     CAST(duration_seconds = TIMESTAMPDIFF(SECOND, start_time, end_time) AS CHAR) \
+                     FROM ide_sessions",
+                )
+                .await,
+            runs: db
+                .texts(
+                    "SELECT service, session_id, user_id, CAST(program_lines AS CHAR), \
+                     CAST(lines_executed AS CHAR), CAST(success AS CHAR), error_message \
+                     FROM program_executions ORDER BY `timestamp`, id",
+                )
+                .await,
+            run_times_ms: db
+                .texts(
+                    "SELECT CAST(execution_time_ms AS CHAR) FROM program_executions \
+                     ORDER BY `timestamp`, id",
+                )
+                .await
+                .iter()
+                .map(|row| number(&row[0]))
+                .collect(),
+            features: split_json(
+                db.texts(
+                    "SELECT service, session_id, user_id, feature_name, CAST(feature_data AS CHAR) \
+                     FROM feature_usage ORDER BY `timestamp`, id",
+                )
+                .await,
+            ),
+            custom: split_json(
+                db.texts(
+                    "SELECT event_name, service, session_id, CAST(attributes AS CHAR) \
+                     FROM usage_events ORDER BY `timestamp`, id",
+                )
+                .await,
+            ),
+        };
+
+        let mut event_times = Vec::new();
+        let mut client_ids = Vec::new();
+        for table in [
+            "page_visits",
+            "program_executions",
+            "feature_usage",
+            "usage_events",
+        ] {
+            let sql = format!("SELECT HEX(event_id), {} FROM {table}", us("`timestamp`"));
+            for row in db.texts(&sql).await {
+                let time = number(&row[1]);
+                run.assert_during(&format!("{table} row time"), time);
+                event_times.push(time);
+                client_ids.push((table, row[0].clone()));
+            }
+        }
+        let session_times = db
+            .texts(&format!(
+                "SELECT {}, {}, {} FROM ide_sessions",
+                us("start_time"),
+                us("last_activity"),
+                us("end_time")
+            ))
+            .await;
+        assert_eq!(session_times.len(), 1, "one session row");
+        let [start, last, end] = [0, 1, 2].map(|i| number(&session_times[0][i]));
+        run.assert_during("session start_time", start);
+        assert!(
+            event_times.iter().all(|t| (start..=end).contains(t)),
+            "every event of the session lies between its start {start} and end {end}: {event_times:?}"
+        );
+        assert_eq!(last, end, "last_activity is the session's end");
+        let mut distinct: Vec<_> = client_ids.iter().map(|(_, id)| id.clone()).collect();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), client_ids.len(), "event ids are distinct");
+        rows
+    }
+}
+
+/// Checks the rows of `web_ide.py`'s session (`tests/clients/python/web_ide.py`), column by
+/// column.
+pub async fn assert_python_session(db: &TestDb, run: &Run) {
+    let rows = Rows::read(db, run).await;
+    let (service, session) = (run.service.as_str(), run.session.as_str());
+    let agent = "Mozilla/5.0 (X11; Linux x86_64) web-ide-test";
+    assert_eq!(
+        rows.page_visits,
+        [
+            vec![
+                s(service),
+                s(session),
+                s("u-42"),
+                s("/ide"),
+                s("https://example.org/start"),
+                s(agent),
+                s("203.0.113.7"),
+            ],
+            vec![
+                s(service),
+                s(session),
+                s("u-42"),
+                s("/ide/programs/héllo wörld.bas"),
+                None,
+                None,
+                None,
+            ],
+        ]
+    );
+    assert_eq!(
+        rows.session,
+        [vec![
+            s(session),
+            s(service),
+            s("u-42"),
+            s(agent),
+            s("203.0.113.7"),
+            s("4"),
+            s("72"),
+            s("2"),
+            s("1"),
+            s("1"),
+        ]]
+    );
+    let run_row = |lines: &str, executed: &str, success: &str, error: Option<&str>| {
+        vec![
+            s(service),
+            s(session),
+            s("u-42"),
+            s(lines),
+            s(executed),
+            s(success),
+            error.map(str::to_owned),
+        ]
+    };
+    assert_eq!(
+        rows.runs,
+        [
+            run_row("10", "42", "1", None),
+            run_row("3", "2", "0", Some("SYNTAX ERROR IN 20")),
+            run_row("5", "25", "1", None),
+            run_row("4", "3", "0", Some("DIVISION BY ZERO IN 30")),
+        ]
+    );
+    // The log events' times are the app's own; the spans' are their durations (the first one
+    // sleeps 200 ms inside).
+    let times = &rows.run_times_ms;
+    assert_eq!(times[..2], [17, 1], "execution_time_ms of the log events");
+    assert!(
+        (200..5_000).contains(&times[2]),
+        "the 200 ms span's execution_time_ms: {times:?}"
+    );
+    assert!(
+        (0..1_000).contains(&times[3]),
+        "the failing span's execution_time_ms: {times:?}"
+    );
+    assert_eq!(rows.features.len(), 1);
+    assert_eq!(
+        rows.features[0].0,
+        [s(service), s(session), s("u-42"), s("autosave")]
+    );
+    assert_eq!(
+        rows.features[0].1,
+        serde_json::json!({"interval": 30, "enabled": true})
+    );
+    assert!(
+        rows.custom.is_empty(),
+        "no custom events: {:?}",
+        rows.custom
+    );
+
+    // The log events carry the client's random ids (the spans' derive from trace and span id).
+    for (table, hex) in [
+        ("page_visits", "SELECT HEX(event_id) FROM page_visits"),
+        ("feature_usage", "SELECT HEX(event_id) FROM feature_usage"),
+        (
+            "program_executions",
+            "SELECT HEX(event_id) FROM program_executions ORDER BY `timestamp`, id LIMIT 2",
+        ),
+    ] {
+        for row in db.texts(hex).await {
+            assert_client_uuid(table, &row[0]);
+        }
+    }
 }

@@ -23,6 +23,24 @@ pub fn sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The sum of every sample named `name` whose labels include `label` (written `key="value"`),
+/// whatever its other labels: for an exposition with labels a test cannot know up front (the
+/// OpenTelemetry Collector's adds its instance id and version). 0 when there is none.
+pub fn sum_where(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, sample) = line.rsplit_once(' ')?;
+            let (sample_name, labels) = series.split_once('{')?;
+            let labels = labels.strip_suffix('}')?;
+            let matches = sample_name == name && labels.split(',').any(|l| l == label);
+            matches.then(|| sample.parse::<f64>().ok())?
+        })
+        // An empty sum is -0.0; a count of nothing reads 0.
+        .sum::<f64>()
+        + 0.0
+}
+
 /// Asserts that `text` has a sample line for each of `expected`. Written `series value`, it
 /// must be that whole line (`x 7` is not `x 70`); written `series` alone, any value will do.
 #[track_caller]

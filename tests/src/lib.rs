@@ -7,7 +7,8 @@
 //!   SQLite file, and reads rows back as text for column-by-column assertions.
 //! - [`collector`]: starts an in-process collector against a database, waits until it is ready.
 //! - [`clients`]: real OpenTelemetry clients (Python, Node.js, a browser page in headless
-//!   Chromium) run as child processes, and a static page server giving the page its origin.
+//!   Chromium) run as child processes, a static page server giving the page its origin, and a
+//!   client's web IDE session read back from the tables column by column.
 //! - [`fixtures`]: OTLP log records, spans and requests, and clients that send them.
 //! - [`otlp_http`]: an OTLP/HTTP client (protobuf or JSON, gzip), and [`otlp_http::Transport`]
 //!   to send the same request over gRPC or HTTP.
@@ -15,9 +16,9 @@
 //!   — SIGKILL, restart by IST, isolation from the primary component — and removed), for the
 //!   cluster tests.
 //! - [`proxy`]: a TCP proxy in front of MariaDB that a test can cut and restore.
-//! - [`peers`]: an OpenTelemetry Collector with the recommended configuration and Jaeger v2,
-//!   as child processes on loopback ports (built by `scripts/peers-setup`), and Jaeger's traces
-//!   read back.
+//! - [`peers`]: an OpenTelemetry Collector with the recommended configuration (or another, for
+//!   the bench) and Jaeger v2, as child processes on loopback ports (built by
+//!   `scripts/peers-setup`), the collector's own metrics and log, and Jaeger's traces read back.
 //! - [`process`]: the real `usage-collector` command as a child process (kill, SIGTERM).
 //! - [`service`]: a server a test starts (Prometheus, an OpenTelemetry Collector, Jaeger, a
 //!   database node) with its own log; a failure to come up quotes that log.

@@ -40,27 +40,29 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 /// Lines of a peer's log printed when a failing test drops it.
 const TAIL_LINES: usize = 60;
 
-fn missing(what: &str, detail: impl std::fmt::Display) -> ! {
-    panic!("not built: {what} ({detail}); run {SETUP} (scripts/test runs it before the tests)")
+fn missing(what: &str, detail: impl std::fmt::Display) -> String {
+    format!("not built: {what} ({detail}); run {SETUP} (scripts/test runs it before the tests)")
 }
 
 /// The binary `name` of the peer `peer` (`tests/peers/<peer>/bin/<name>`), after checking that
 /// it was built from the module's current files: `scripts/peers-setup` keeps a copy of each
-/// (go.mod, go.sum, the .go files) in `bin/built-from/`.
-fn binary(peer: &str, name: &str) -> PathBuf {
+/// (go.mod, go.sum, the .go files) in `bin/built-from/`. Otherwise why not, and what to run.
+fn built(peer: &str, name: &str) -> Result<PathBuf, String> {
     let module = repo_root().join("tests/peers").join(peer);
     let bin = module.join("bin");
     let binary = bin.join(name);
     if !binary.is_file() {
-        missing(
+        return Err(missing(
             &format!("the peer {peer}"),
             format!("no {}", binary.display()),
-        );
+        ));
     }
-    let entries = std::fs::read_dir(&module)
-        .unwrap_or_else(|e| panic!("cannot list {}: {e}", module.display()));
+    let entries =
+        std::fs::read_dir(&module).map_err(|e| format!("cannot list {}: {e}", module.display()))?;
     for entry in entries {
-        let path = entry.expect("a folder entry").path();
+        let path = entry
+            .map_err(|e| format!("cannot list {}: {e}", module.display()))?
+            .path();
         let file = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -70,21 +72,32 @@ fn binary(peer: &str, name: &str) -> PathBuf {
             continue;
         }
         let current =
-            std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let built = std::fs::read(bin.join("built-from").join(&file)).ok();
         if built.as_deref() != Some(current.as_slice()) {
-            missing(
+            return Err(missing(
                 &format!("the peer {peer} for the current {file}"),
                 format!("{} was built from another {file}", binary.display()),
-            );
+            ));
         }
     }
-    binary
+    Ok(binary)
+}
+
+/// [`built`], or a panic saying why not: a peer test never passes without its peer.
+fn binary(peer: &str, name: &str) -> PathBuf {
+    built(peer, name).unwrap_or_else(|why| panic!("{why}"))
 }
 
 /// The OpenTelemetry Collector distribution (`tests/peers/otelcol`).
 pub fn otelcol_binary() -> PathBuf {
     binary("otelcol", "otelcol-usage")
+}
+
+/// The OpenTelemetry Collector distribution, or why it cannot be run (for the bench, which
+/// leaves its row out then rather than failing).
+pub fn otelcol_built() -> Result<PathBuf, String> {
+    built("otelcol", "otelcol-usage")
 }
 
 /// Jaeger v2 (`tests/peers/jaeger`).
@@ -214,6 +227,29 @@ impl Jaeger {
         }
     }
 
+    /// The trace `trace_id` (32 hex digits) as Jaeger's query API gives it (`GET
+    /// /api/traces/{id}`: `traceID`, `spans`, `processes`), `None` while Jaeger has no span of
+    /// it, or the status and body of another answer.
+    pub async fn trace(&self, trace_id: &str) -> Result<Option<serde_json::Value>, String> {
+        let path = format!("/api/traces/{}", query_value(trace_id));
+        let answer = get(self.query, &path)
+            .await
+            .ok_or_else(|| format!("Jaeger's query API at {} is not listening", self.query))?;
+        let body = String::from_utf8_lossy(&answer.body).into_owned();
+        match answer.status {
+            404 => Ok(None),
+            200 => {
+                let json: serde_json::Value = serde_json::from_str(&body)
+                    .map_err(|e| format!("GET {path}: not JSON ({e}): {body}"))?;
+                Ok(json["data"]
+                    .as_array()
+                    .and_then(|traces| traces.first())
+                    .cloned())
+            }
+            status => Err(format!("GET {path}: {status} {body}")),
+        }
+    }
+
     /// Every span of `service` that Jaeger holds, across its traces.
     pub async fn spans(&self, service: &str) -> Result<Vec<serde_json::Value>, String> {
         Ok(self
@@ -282,13 +318,23 @@ impl OtelCol {
     /// loopback ports, its persistent queue in a folder of its own, and waits until its health
     /// check says it is ready and its OTLP/gRPC receiver listens.
     pub async fn start(backends: Backends) -> Self {
-        let binary = otelcol_binary();
+        Self::start_with(
+            &otelcol_binary(),
+            &repo_root().join(OTELCOL_CONFIG),
+            backends,
+        )
+        .await
+    }
+
+    /// As [`OtelCol::start`], with the binary `binary` running the configuration `config`
+    /// (which reads the same variables as the recommended one, those it needs).
+    pub async fn start_with(binary: &Path, config: &Path, backends: Backends) -> Self {
         let dir = temp_dir("usage_otelcol");
         let (grpc, http, health, metrics) = (free_addr(), free_addr(), free_addr(), free_addr());
         let mut command = Command::new(binary);
         command
             .arg("--config")
-            .arg(repo_root().join(OTELCOL_CONFIG))
+            .arg(config)
             .envs(Self::environment(
                 backends,
                 (grpc, http, health, metrics),
@@ -345,5 +391,15 @@ impl OtelCol {
     /// Its log file.
     pub fn log(&self) -> &Path {
         self.peer.service.log()
+    }
+
+    /// Its log's text so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.peer.service.pid()
     }
 }

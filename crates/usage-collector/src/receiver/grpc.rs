@@ -45,7 +45,7 @@ use tonic::{Request, Response, Status};
 
 use super::admission::Reserved;
 use super::auth::{Allowed, Tokens};
-use super::ingest::Ingest;
+use super::ingest::{Caller, Ingest};
 use crate::catalog::convert;
 use crate::config::ConnectionSettings;
 use crate::event::Signal;
@@ -63,11 +63,12 @@ pub trait Export: Send + Sync + 'static {
     const SERVICE: &'static str;
     /// The response message.
     type Response: Message + Default + Send + 'static;
-    /// Handles one request from a caller who may write as `allowed`.
+    /// Handles one request from `caller`, who may write as `allowed`.
     fn export(
         &self,
         request: Bytes,
         allowed: Allowed,
+        caller: Caller,
     ) -> impl Future<Output = Result<Self::Response, Status>> + Send;
 }
 
@@ -91,8 +92,9 @@ impl Export for Logs {
         &self,
         bytes: Bytes,
         allowed: Allowed,
+        caller: Caller,
     ) -> Result<ExportLogsServiceResponse, Status> {
-        self.export_reserved(bytes, allowed, None).await
+        self.export_reserved(bytes, allowed, caller, None).await
     }
 }
 
@@ -102,6 +104,7 @@ impl Logs {
         &self,
         bytes: Bytes,
         allowed: Allowed,
+        caller: Caller,
         reserved: Option<Reserved>,
     ) -> Result<ExportLogsServiceResponse, Status> {
         let partial = self
@@ -110,6 +113,7 @@ impl Logs {
                 bytes,
                 Signal::Log,
                 allowed,
+                caller,
                 reserved,
                 |request, catalog, now, skip| convert::logs(request, catalog, now, skip),
             )
@@ -131,8 +135,9 @@ impl Export for Traces {
         &self,
         bytes: Bytes,
         allowed: Allowed,
+        caller: Caller,
     ) -> Result<ExportTraceServiceResponse, Status> {
-        self.export_reserved(bytes, allowed, None).await
+        self.export_reserved(bytes, allowed, caller, None).await
     }
 }
 
@@ -142,6 +147,7 @@ impl Traces {
         &self,
         bytes: Bytes,
         allowed: Allowed,
+        caller: Caller,
         reserved: Option<Reserved>,
     ) -> Result<ExportTraceServiceResponse, Status> {
         let partial = self
@@ -150,6 +156,7 @@ impl Traces {
                 bytes,
                 Signal::Span,
                 allowed,
+                caller,
                 reserved,
                 |request, catalog, now, skip| convert::traces(request, catalog, now, skip),
             )
@@ -261,17 +268,17 @@ impl<E: Export> NamedService for ExportServer<E> {
 }
 
 /// One call of an [`Export`] method, by a caller who may write as the services allowed.
-struct Call<E>(Arc<E>, Allowed);
+struct Call<E>(Arc<E>, Allowed, Caller);
 
 impl<E: Export> UnaryService<Bytes> for Call<E> {
     type Response = E::Response;
     type Future = BoxFuture<Response<E::Response>, Status>;
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        let (export, allowed) = (self.0.clone(), self.1.clone());
+        let (export, allowed, caller) = (self.0.clone(), self.1.clone(), self.2.clone());
         Box::pin(async move {
             export
-                .export(request.into_inner(), allowed)
+                .export(request.into_inner(), allowed, caller)
                 .await
                 .map(Response::new)
         })
@@ -339,7 +346,11 @@ where
                 }
             }
         };
-        let call = Call(self.export.clone(), allowed);
+        let call = Call(
+            self.export.clone(),
+            allowed,
+            Caller::of("grpc", request.headers()),
+        );
         let limit = self.max_request_bytes;
         Box::pin(async move {
             let mut grpc = tonic::server::Grpc::new(RawRequests::<E::Response>(PhantomData))

@@ -57,7 +57,7 @@ use tonic_types::StatusExt;
 use super::admission::{RETRY_DELAY, Reserved};
 use super::auth::{Allowed, Tokens};
 use super::grpc::{Logs, Traces};
-use super::ingest::Ingest;
+use super::ingest::{Caller, Ingest};
 use crate::config::{ConnectionSettings, CorsOrigins};
 use crate::event::Signal;
 use crate::health::metrics::{HttpLabels, ReasonLabels};
@@ -674,15 +674,16 @@ impl Receiver {
         reserved.shrink_to(body.len());
         let (bytes, reserved) = self.unpack(signal, encoding, body, gzip, reserved).await?;
         let reserved = Some(reserved);
+        let caller = Caller::of("http", headers);
         match signal {
             Signal::Log => self
                 .logs
-                .export_reserved(bytes, allowed, reserved)
+                .export_reserved(bytes, allowed, caller, reserved)
                 .await
                 .map(|response| success(&response, encoding)),
             Signal::Span => self
                 .traces
-                .export_reserved(bytes, allowed, reserved)
+                .export_reserved(bytes, allowed, caller, reserved)
                 .await
                 .map(|response| success(&response, encoding)),
         }

@@ -1,11 +1,22 @@
 //! The path every export request takes, whatever its transport: the shutdown gate, admission,
 //! decoding and mapping on the decode threads (so a large request never stalls the runtime's
 //! workers, `/health/live` or other clients), the spool append, the counts, and the answer.
+//!
+//! Each request runs in a span of its own, `receive_logs` or `receive_traces` (exported with the
+//! collector's own traces, see `telemetry::traces`): `signal`, `transport`, `records`
+//! (received), `accepted`, `rejected`, `outcome` (`ok`; `rejected`: answered with partial
+//! success; `refused`: the whole request refused, with an error status and the message) and
+//! `code`, the gRPC status code the client heard (OTLP/HTTP answers carry the same code in
+//! their body). A request whose client sent `traceparent` is a child of the client's span.
 
 use std::sync::Arc;
 
+use opentelemetry::trace::TraceContextExt;
 use prost::bytes::Bytes;
 use tonic::{Code, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::admission::{Admission, Reserved, retryable};
 use super::auth::Allowed;
@@ -18,6 +29,7 @@ use crate::health::metrics::{ColumnLabels, ReasonLabels, SignalLabels, SignalRea
 use crate::health::{Check, Health, Metrics};
 use crate::spool::cache::RowCache;
 use crate::spool::{self, AppendError, Payload, Spool, SpoolSignal};
+use crate::telemetry::traces::{TRACED, remote_parent};
 
 /// Bytes a mapped event usually takes in a rows record (a page visit: ~300), so encoding a
 /// request rarely grows its buffer.
@@ -30,6 +42,85 @@ pub struct Partial {
     pub rejected: i64,
     /// The first problem and how many others there were.
     pub message: String,
+}
+
+/// Where an export request came from, for its span.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// `grpc` or `http`.
+    pub transport: &'static str,
+    /// The client's span, when the request carried W3C `traceparent`.
+    pub parent: Option<opentelemetry::Context>,
+}
+
+impl Caller {
+    /// A request over `transport` with these headers (gRPC metadata or HTTP headers).
+    pub fn of(transport: &'static str, headers: &http::HeaderMap) -> Self {
+        Self {
+            transport,
+            parent: remote_parent(headers),
+        }
+    }
+}
+
+/// The span of one export request (see the module's notes).
+#[derive(Debug)]
+struct Receiving {
+    span: tracing::Span,
+    /// Its client sent `traceparent`: its events are handed to the writer's spans (see
+    /// `telemetry::traces::TRACED`).
+    traced: bool,
+}
+
+/// The span of one export request; the client's span is its parent.
+fn receive_span(signal: Signal, caller: &Caller) -> tracing::Span {
+    macro_rules! receive {
+        ($name:literal) => {
+            tracing::info_span!(
+                $name,
+                otel.kind = "server",
+                signal = signal.as_str(),
+                transport = caller.transport,
+                records = Empty,
+                accepted = Empty,
+                rejected = Empty,
+                outcome = Empty,
+                code = Empty,
+                otel.status_code = Empty,
+                otel.status_description = Empty,
+            )
+        };
+    }
+    let span = match signal {
+        Signal::Log => receive!("receive_logs"),
+        Signal::Span => receive!("receive_traces"),
+    };
+    if let Some(parent) = &caller.parent {
+        // Fails only when the span is not exported (no telemetry endpoint): nothing to parent.
+        let _ = span.set_parent(parent.clone());
+    }
+    span
+}
+
+/// Records on a request's span what its client heard.
+fn record_answer(span: &tracing::Span, answer: &Result<Partial, Status>) {
+    match answer {
+        Ok(partial) => {
+            let outcome = if partial.rejected > 0 {
+                "rejected"
+            } else {
+                "ok"
+            };
+            span.record("outcome", outcome);
+            span.record("code", "Ok");
+        }
+        Err(status) => {
+            span.record("outcome", "refused");
+            span.record("code", tracing::field::debug(status.code()));
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", status.message());
+        }
+    }
 }
 
 /// Shared by the logs and traces services.
@@ -163,17 +254,45 @@ impl Ingest {
     }
 
     /// Handles one export request's bytes (already decompressed and within
-    /// `max_request_bytes`): gate, admission, decode and map off the runtime, spool, answer.
-    /// `reserved` is the budget already held for the bytes (OTLP/HTTP), which admission turns
-    /// into the request's decoded cost. `convert` reads the request's records in place, on a
-    /// decode thread, while the bytes are held for it.
+    /// `max_request_bytes`) from `caller`, in a span of its own: gate, admission, decode and
+    /// map off the runtime, spool, answer. `reserved` is the budget already held for the bytes
+    /// (OTLP/HTTP), which admission turns into the request's decoded cost. `convert` reads the
+    /// request's records in place, on a decode thread, while the bytes are held for it.
     pub async fn export<F>(
+        &self,
+        bytes: Bytes,
+        signal: Signal,
+        allowed: Allowed,
+        caller: Caller,
+        reserved: Option<Reserved>,
+        convert: F,
+    ) -> Result<Partial, Status>
+    where
+        F: for<'a> FnOnce(&'a [u8], &Catalog, u64, Violations<'a>) -> Result<Converted, Malformed>
+            + Send
+            + 'static,
+    {
+        let receiving = Receiving {
+            span: receive_span(signal, &caller),
+            traced: caller.parent.is_some(),
+        };
+        let answer = self
+            .export_in_span(bytes, signal, allowed, reserved, convert, &receiving)
+            .instrument(receiving.span.clone())
+            .await;
+        record_answer(&receiving.span, &answer);
+        answer
+    }
+
+    /// [`Ingest::export`] inside the request's span.
+    async fn export_in_span<F>(
         &self,
         bytes: Bytes,
         signal: Signal,
         allowed: Allowed,
         reserved: Option<Reserved>,
         convert: F,
+        receiving: &Receiving,
     ) -> Result<Partial, Status>
     where
         F: for<'a> FnOnce(&'a [u8], &Catalog, u64, Violations<'a>) -> Result<Converted, Malformed>
@@ -229,19 +348,24 @@ impl Ingest {
             )));
         }
         // The budget is given back only once the request's memory is gone.
-        let answer = self.accept(signal, now, generation, prepared).await;
+        let answer = self
+            .accept(signal, now, generation, prepared, receiving)
+            .await;
         drop(admitted);
         answer
     }
 
-    /// Spools a decoded request's valid events; answers once they are on disk.
+    /// Spools a decoded request's valid events; answers once they are on disk. The counts go on
+    /// the request's span too.
     async fn accept(
         &self,
         signal: Signal,
         received_unix_nano: u64,
         generation: u64,
         prepared: Prepared,
+        receiving: &Receiving,
     ) -> Result<Partial, Status> {
+        let span = &receiving.span;
         let Prepared {
             mut converted,
             body,
@@ -279,7 +403,18 @@ impl Ingest {
             );
         }
         let valid = converted.events.len() as u64;
+        // OpenTelemetry attributes have no unsigned integers: as i64, or they become text.
+        span.record("records", converted.received as i64);
+        span.record("rejected", converted.rejected.count as i64);
         if valid > 0 {
+            // Handed over before the append: the writer may take the events from the spool
+            // as soon as they are on disk.
+            if receiving.traced {
+                TRACED.register(
+                    converted.events.iter().map(|event| &event.id),
+                    span.context().span().span_context(),
+                );
+            }
             let cost = body.len();
             let payload = Payload {
                 signal: SpoolSignal::Rows,
@@ -292,6 +427,9 @@ impl Ingest {
                     position
                 }
                 Err(error) => {
+                    if receiving.traced {
+                        TRACED.forget(converted.events.iter().map(|event| &event.id));
+                    }
                     if let AppendError::Io(why) = &error {
                         self.health.set_spool_writes(Check::Failed(why.clone()));
                     }
@@ -334,6 +472,7 @@ impl Ingest {
             );
         }
         m.records_accepted.get_or_create(&labels).inc_by(valid);
+        span.record("accepted", valid as i64);
         Ok(Partial {
             rejected: converted.rejected.count as i64,
             message: converted.rejected.message(),

@@ -1,13 +1,28 @@
 //! One attempt at writing one batch: the database call under the write timeout, and what a
 //! success or a failure changes in the metrics and the readiness checks.
+//!
+//! Each attempt is a span, `write_batch` (exported with the collector's own traces, see
+//! `telemetry::traces`): `events`, `rows` (event rows, sessions apart), `tables` (those the
+//! batch writes to, comma-separated), `outcome` (`written` or `failed`), and for a failure its
+//! `error.type` (the reason label of `usage_collector_write_failures_total`) and `retry_class`
+//! (what the retry policy does about it: `retry`, `refused`, `suspect`; see `writer::retry`),
+//! with an error status and the database's message. When it writes the events of one traced
+//! request (whose client sent `traceparent`), it is that request's receive span's child, in the
+//! app's trace; when it writes those of several, it has a trace of its own and links to each.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::trace::TraceContextExt;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::retry::{Decision, decide};
 use crate::catalog::{Catalog, Current, Mapped, RowBatch};
 use crate::health::metrics::TableLabels;
 use crate::health::{Check, Health, Metrics};
 use crate::sink::{Sink, SinkError};
+use crate::telemetry::traces::TRACED;
 
 /// Sends batches to the sink.
 #[derive(Debug, Clone)]
@@ -39,6 +54,59 @@ fn per_service(events: &[Mapped]) -> Vec<(&str, u64)> {
         }
     }
     counts
+}
+
+/// The tables a batch writes to, comma-separated, for its span.
+fn tables_of(catalog: &Catalog, batch: &RowBatch<'_>) -> String {
+    let mut names: Vec<&str> = batch
+        .tables()
+        .filter_map(|(id, _)| catalog.tables().get(id).map(|table| table.name))
+        .collect();
+    if !batch.sessions.is_empty() {
+        names.push(usage_tracker::catalog::tables::IDE_SESSIONS);
+    }
+    names.join(",")
+}
+
+/// The retry policy's class of a failure, as the span names it.
+fn retry_class(error: &SinkError) -> &'static str {
+    match decide(error.kind) {
+        Decision::Retry => "retry",
+        Decision::Refused => "refused",
+        Decision::Suspect => "suspect",
+        Decision::Split => "split",
+    }
+}
+
+/// The span of one write attempt: the child of the receive span of the traced request whose
+/// events it writes, or linked to each when they are several.
+fn write_span(catalog: &Catalog, batch: &RowBatch<'_>, events: &[Mapped]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "write_batch",
+        otel.kind = "client",
+        // OpenTelemetry attributes have no unsigned integers: as i64, or they become text.
+        events = batch.events as i64,
+        rows = batch.row_count() as i64,
+        tables = tables_of(catalog, batch),
+        outcome = Empty,
+        error.type = Empty,
+        retry_class = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    let received = TRACED.spans_of(events.iter().map(|event| &event.id));
+    if let [one] = received.as_slice() {
+        // The events of one request: the write continues its trace. Fails only when the span
+        // is not exported: nothing to parent then.
+        let _ =
+            span.set_parent(opentelemetry::Context::new().with_remote_span_context(one.clone()));
+    } else {
+        // Several: one trace cannot hold them all, so the write has its own and links to each.
+        for link in received {
+            span.add_link(link);
+        }
+    }
+    span
 }
 
 impl Sender {
@@ -83,13 +151,10 @@ impl Sender {
         }
         let batch = RowBatch::of(catalog.tables().len(), events);
         let started = std::time::Instant::now();
-        let span = tracing::info_span!(
-            "write_batch",
-            events = batch.events,
-            rows = batch.row_count()
-        );
+        let span = write_span(catalog, &batch, events);
         let began = self.sink.moves();
-        let write = tracing::Instrument::instrument(self.sink.write_in(catalog, &batch), span);
+        let write =
+            tracing::Instrument::instrument(self.sink.write_in(catalog, &batch), span.clone());
         let result = match tokio::time::timeout(self.timeout, write).await {
             Ok(result) => result,
             Err(_) => {
@@ -101,6 +166,8 @@ impl Sender {
         };
         match result {
             Ok(written) => {
+                span.record("outcome", "written");
+                TRACED.forget(events.iter().map(|event| &event.id));
                 self.metrics
                     .batch_write_duration_seconds
                     .observe(started.elapsed().as_secs_f64());
@@ -140,6 +207,11 @@ impl Sender {
                 Ok(())
             }
             Err(error) => {
+                span.record("outcome", "failed");
+                span.record("error.type", error.reason);
+                span.record("retry_class", retry_class(&error));
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", error.message.as_str());
                 self.metrics.write_failed(error.reason);
                 Err(error)
             }
