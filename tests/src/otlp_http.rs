@@ -227,7 +227,36 @@ pub async fn export_traces(
     export(addr, "/v1/traces", request, encoding, compress, &[]).await
 }
 
-/// How a test sends OTLP to a [`TestCollector`]: the same request, any transport.
+/// Where a collector takes OTLP: an in-process [`TestCollector`], or the real binary started
+/// from a [`crate::process::ProcessConfig`].
+pub trait Endpoints {
+    /// The OTLP/gRPC endpoint as a URL.
+    fn grpc_endpoint(&self) -> String;
+    /// The OTLP/HTTP address.
+    fn http_address(&self) -> std::net::SocketAddr;
+}
+
+impl Endpoints for TestCollector {
+    fn grpc_endpoint(&self) -> String {
+        self.endpoint()
+    }
+
+    fn http_address(&self) -> std::net::SocketAddr {
+        self.http_addr()
+    }
+}
+
+impl Endpoints for crate::process::ProcessConfig {
+    fn grpc_endpoint(&self) -> String {
+        self.endpoint()
+    }
+
+    fn http_address(&self) -> std::net::SocketAddr {
+        self.http
+    }
+}
+
+/// How a test sends OTLP to a collector: the same request, any transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
     /// OTLP/gRPC.
@@ -249,15 +278,17 @@ impl Transport {
     /// Sends logs; a refusal as text.
     pub async fn send_logs(
         self,
-        collector: &TestCollector,
+        collector: &impl Endpoints,
         request: ExportLogsServiceRequest,
     ) -> Result<ExportLogsServiceResponse, String> {
         match self {
-            Transport::Grpc => crate::fixtures::send_logs(&collector.endpoint(), request, false)
-                .await
-                .map_err(|s| format!("{s:?}")),
+            Transport::Grpc => {
+                crate::fixtures::send_logs(&collector.grpc_endpoint(), request, false)
+                    .await
+                    .map_err(|s| format!("{s:?}"))
+            }
             Transport::HttpProtobuf | Transport::HttpJson => {
-                export_logs(collector.http_addr(), &request, self.encoding(), false)
+                export_logs(collector.http_address(), &request, self.encoding(), false)
                     .await
                     .map_err(|r| r.to_string())
             }
@@ -267,15 +298,15 @@ impl Transport {
     /// Sends spans; a refusal as text.
     pub async fn send_traces(
         self,
-        collector: &TestCollector,
+        collector: &impl Endpoints,
         request: ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, String> {
         match self {
-            Transport::Grpc => crate::fixtures::send_traces(&collector.endpoint(), request)
+            Transport::Grpc => crate::fixtures::send_traces(&collector.grpc_endpoint(), request)
                 .await
                 .map_err(|s| format!("{s:?}")),
             Transport::HttpProtobuf | Transport::HttpJson => {
-                export_traces(collector.http_addr(), &request, self.encoding(), false)
+                export_traces(collector.http_address(), &request, self.encoding(), false)
                     .await
                     .map_err(|r| r.to_string())
             }

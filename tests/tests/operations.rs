@@ -102,7 +102,7 @@ async fn status_shows_what_the_collector_does(db: TestDb, outage: Option<(Proxy,
         .unwrap_or_else(|| panic!("no web-ide line in:\n{table}"));
     assert_eq!(
         service.split_whitespace().collect::<Vec<_>>(),
-        ["web-ide", "5", "5"]
+        ["web-ide", "5", "5", "0"]
     );
 
     let status = status_json(config.admin);

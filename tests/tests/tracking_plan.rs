@@ -295,8 +295,16 @@ async fn migrate_adds_a_column_and_refuses_a_losing_change_on_sqlite() {
 /// The plan read again while the collector runs: a change of the file (with `--migrate`, the
 /// new column is made), SIGHUP, and a broken file that keeps the plan before.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_plan_is_read_again_without_a_restart_and_a_broken_one_is_kept_out() {
-    let db = TestDb::mysql().await;
+async fn the_plan_is_read_again_without_a_restart_and_a_broken_one_is_kept_out_on_mariadb() {
+    plan_is_read_again(TestDb::mysql().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_plan_is_read_again_without_a_restart_and_a_broken_one_is_kept_out_on_sqlite() {
+    plan_is_read_again(TestDb::sqlite().await).await;
+}
+
+async fn plan_is_read_again(db: TestDb) {
     let dir = temp_dir("usage_plan_reload");
     let path = write_plan(&dir, &plan(""));
     let mut config = ProcessConfig::new(

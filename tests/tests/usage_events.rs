@@ -2,16 +2,30 @@
 //! sent on the same pipeline write nothing, are counted per service and answered as refused,
 //! while a declared usage span, a span under the usage-tracker's scope and a log record sent as
 //! an event still land; `catalog.non_usage_records = store` keeps the old behaviour. On MariaDB
-//! and SQLite, over OTLP/gRPC and OTLP/HTTP.
+//! and SQLite, over OTLP/gRPC and OTLP/HTTP, on the real binary.
 
 use std::time::Duration;
 
-use usage_collector::catalog::settings::NonUsageRecords;
-use usage_pipeline_tests::collector::{TestCollector, settings};
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::exposition::assert_exposes;
 use usage_pipeline_tests::fixtures::*;
 use usage_pipeline_tests::otlp_http::Transport;
+use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, temp_dir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
+
+/// The real collector on `db`, with `extra` flags; its folder is removed when the test ends.
+async fn collector(db: &TestDb, extra: &[&str]) -> (ProcessConfig, CollectorProcess) {
+    let dir = temp_dir("usage_events_rule");
+    let mut config = ProcessConfig::new(BIN, db.url(), &dir);
+    config.extra = extra.iter().map(|s| (*s).to_owned()).collect();
+    let process = config.start_ready().await;
+    (config, process)
+}
+
+fn log_of(config: &ProcessConfig) -> String {
+    std::fs::read_to_string(&config.log).unwrap_or_default()
+}
 
 /// What a web app instrumented with the OpenTelemetry SDK sends on its trace pipeline: its
 /// HTTP server span and its database client span, under their instrumentation libraries.
@@ -75,7 +89,7 @@ fn usage_spans() -> opentelemetry_proto::tonic::collector::trace::v1::ExportTrac
 }
 
 async fn only_usage_events_become_rows(db: TestDb, transport: Transport) {
-    let collector = TestCollector::start(settings(db.url())).await;
+    let (collector, process) = collector(&db, &[]).await;
     let answer = transport
         .send_traces(&collector, app_spans())
         .await
@@ -101,7 +115,7 @@ async fn only_usage_events_become_rows(db: TestDb, transport: Transport) {
     );
     let answer = transport.send_logs(&collector, logs).await.unwrap();
     assert_eq!(answer.partial_success, None);
-    collector.wait_written(Duration::from_secs(10)).await;
+    process.wait_drained(Duration::from_secs(10)).await;
 
     assert_eq!(db.count("program_executions").await, 1);
     let names = db
@@ -115,7 +129,7 @@ async fn only_usage_events_become_rows(db: TestDb, transport: Transport) {
         ],
         "no row for the app's own spans"
     );
-    let metrics = collector.get("/metrics").await.1;
+    let metrics = process.metrics().await;
     assert_exposes(
         &metrics,
         &[
@@ -124,7 +138,37 @@ async fn only_usage_events_become_rows(db: TestDb, transport: Transport) {
             "usage_collector_records_accepted_total{signal=\"traces\"} 2",
         ],
     );
-    collector.stop().await;
+    // In the status, per service: the two records that were not usage events.
+    let (ok, out, _) = {
+        let output = std::process::Command::new(BIN)
+            .args(["status", "--json", "--admin-url"])
+            .arg(format!("http://{}", collector.admin))
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["services"][0]["service"], "web-ide");
+    assert_eq!(
+        status["services"][0]["not_usage_last_minute"], 2,
+        "{status}"
+    );
+    // Said in the log, once for now (at most once a minute), at WARN.
+    let log = log_of(&collector);
+    assert_eq!(
+        log.matches("records that are not usage events arrive")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("WARN"), "{log}");
+    drop(process);
+    std::fs::remove_dir_all(collector.spool_dir.parent().unwrap()).ok();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -149,15 +193,13 @@ async fn an_apps_own_spans_write_no_row_on_sqlite_over_grpc() {
 
 /// `non_usage_records = store`: the app's spans land in usage_events as before, still counted.
 async fn the_store_setting_keeps_every_record(db: TestDb, transport: Transport) {
-    let mut config = settings(db.url());
-    config.catalog.non_usage_records = NonUsageRecords::Store;
-    let collector = TestCollector::start(config).await;
+    let (collector, process) = collector(&db, &["--non-usage-records", "store"]).await;
     let answer = transport
         .send_traces(&collector, app_spans())
         .await
         .unwrap();
     assert_eq!(answer.partial_success, None);
-    collector.wait_written(Duration::from_secs(10)).await;
+    process.wait_drained(Duration::from_secs(10)).await;
     let names = db
         .texts("SELECT event_name FROM usage_events ORDER BY event_name")
         .await;
@@ -169,10 +211,11 @@ async fn the_store_setting_keeps_every_record(db: TestDb, transport: Transport) 
         ]
     );
     assert_exposes(
-        &collector.get("/metrics").await.1,
+        &process.metrics().await,
         &["usage_collector_records_not_usage_total{service_name=\"web-ide\",signal=\"traces\"} 2"],
     );
-    collector.stop().await;
+    drop(process);
+    std::fs::remove_dir_all(collector.spool_dir.parent().unwrap()).ok();
 }
 
 #[tokio::test(flavor = "multi_thread")]

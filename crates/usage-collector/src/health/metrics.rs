@@ -430,6 +430,7 @@ impl Metrics {
 
     /// Counts `n` records of `service` that are not usage events.
     pub fn count_not_usage(&self, service: &str, signal: &'static str, n: u64) {
+        self.last_minute.not_usage(service, n);
         let (service_name, _) = self.bounded_pair(service, "");
         self.records_not_usage
             .get_or_create(&ServiceSignalLabels {

@@ -1,4 +1,5 @@
-//! What each service sent and what was written for it in the last minute, for
+//! What each service sent (usage events, and records that were not), and what was written for
+//! it, in the last minute, for
 //! `usage-collector status`: counts in five-second buckets, so the window slides in steps of
 //! five seconds and costs a few words per service.
 //!
@@ -16,32 +17,41 @@ const BUCKET: Duration = Duration::from_secs(5);
 /// Buckets in the window (one minute).
 const BUCKETS: usize = 12;
 
-/// Accepted and written counts of one service, per bucket.
+/// Counts of one bucket: accepted, written, not usage events.
+type Tally = [u64; 3];
+
+/// The counts of one service, per bucket.
 #[derive(Debug, Default, Clone)]
 struct Counts {
-    /// (bucket number since `start`, accepted, written), newest last, at most [`BUCKETS`].
-    buckets: Vec<(u64, u64, u64)>,
+    /// (bucket number since `start`, counts), newest last, at most [`BUCKETS`].
+    buckets: Vec<(u64, Tally)>,
 }
 
 impl Counts {
-    fn add(&mut self, bucket: u64, accepted: u64, written: u64) {
+    fn add(&mut self, bucket: u64, tally: Tally) {
         match self.buckets.last_mut() {
-            Some((b, a, w)) if *b == bucket => {
-                *a += accepted;
-                *w += written;
+            Some((b, counts)) if *b == bucket => {
+                for (sum, n) in counts.iter_mut().zip(tally) {
+                    *sum += n;
+                }
             }
-            _ => self.buckets.push((bucket, accepted, written)),
+            _ => self.buckets.push((bucket, tally)),
         }
         self.buckets
-            .retain(|(b, ..)| bucket.saturating_sub(*b) < BUCKETS as u64);
+            .retain(|(b, _)| bucket.saturating_sub(*b) < BUCKETS as u64);
     }
 
-    /// (accepted, written) within the window ending at bucket `now`.
-    fn sum(&self, now: u64) -> (u64, u64) {
+    /// The counts within the window ending at bucket `now`.
+    fn sum(&self, now: u64) -> Tally {
         self.buckets
             .iter()
-            .filter(|(b, ..)| now.saturating_sub(*b) < BUCKETS as u64)
-            .fold((0, 0), |(a, w), (_, ba, bw)| (a + ba, w + bw))
+            .filter(|(b, _)| now.saturating_sub(*b) < BUCKETS as u64)
+            .fold([0; 3], |mut sum, (_, counts)| {
+                for (s, n) in sum.iter_mut().zip(counts) {
+                    *s += n;
+                }
+                sum
+            })
     }
 }
 
@@ -70,6 +80,8 @@ pub struct ServiceMinute {
     pub accepted_last_minute: u64,
     /// Events written to the database for it in the last minute.
     pub written_last_minute: u64,
+    /// Records it sent that are not usage events (docs/usage-events.md), in the last minute.
+    pub not_usage_last_minute: u64,
 }
 
 impl LastMinute {
@@ -77,7 +89,7 @@ impl LastMinute {
         at.duration_since(self.start).as_secs() / BUCKET.as_secs()
     }
 
-    fn add(&self, service: &str, accepted: u64, written: u64) {
+    fn add(&self, service: &str, tally: Tally) {
         let bucket = self.bucket(Instant::now());
         let service = bounded(service, MAX_LABEL_BYTES);
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
@@ -89,17 +101,22 @@ impl LastMinute {
         services
             .entry(key.to_owned())
             .or_default()
-            .add(bucket, accepted, written);
+            .add(bucket, tally);
     }
 
     /// Counts `n` records of `service` accepted now.
     pub fn accepted(&self, service: &str, n: u64) {
-        self.add(service, n, 0);
+        self.add(service, [n, 0, 0]);
     }
 
     /// Counts `n` events of `service` written now.
     pub fn written(&self, service: &str, n: u64) {
-        self.add(service, 0, n);
+        self.add(service, [0, n, 0]);
+    }
+
+    /// Counts `n` records of `service` that were not usage events, now.
+    pub fn not_usage(&self, service: &str, n: u64) {
+        self.add(service, [0, 0, n]);
     }
 
     /// Every service with something in the last minute, by name.
@@ -109,14 +126,17 @@ impl LastMinute {
         services
             .iter()
             .map(|(service, counts)| {
-                let (accepted, written) = counts.sum(now);
+                let [accepted, written, not_usage] = counts.sum(now);
                 ServiceMinute {
                     service: service.clone(),
                     accepted_last_minute: accepted,
                     written_last_minute: written,
+                    not_usage_last_minute: not_usage,
                 }
             })
-            .filter(|s| s.accepted_last_minute + s.written_last_minute > 0)
+            .filter(|s| {
+                s.accepted_last_minute + s.written_last_minute + s.not_usage_last_minute > 0
+            })
             .collect()
     }
 }
@@ -128,13 +148,13 @@ mod tests {
     #[test]
     fn a_bucket_leaves_the_window_after_a_minute() {
         let mut counts = Counts::default();
-        counts.add(0, 5, 0);
-        counts.add(0, 1, 2);
-        counts.add(3, 0, 4);
-        assert_eq!(counts.sum(3), (6, 6));
-        assert_eq!(counts.sum(11), (6, 6));
-        assert_eq!(counts.sum(12), (0, 4), "bucket 0 is a minute old");
-        counts.add(20, 1, 1);
+        counts.add(0, [5, 0, 1]);
+        counts.add(0, [1, 2, 0]);
+        counts.add(3, [0, 4, 0]);
+        assert_eq!(counts.sum(3), [6, 6, 1]);
+        assert_eq!(counts.sum(11), [6, 6, 1]);
+        assert_eq!(counts.sum(12), [0, 4, 0], "bucket 0 is a minute old");
+        counts.add(20, [1, 1, 0]);
         assert_eq!(counts.buckets.len(), 1, "old buckets are dropped");
     }
 

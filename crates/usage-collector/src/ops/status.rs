@@ -399,14 +399,17 @@ pub fn render(status: &Status) -> String {
             }
         },
     );
-    out.push_str("\nservice                 accepted/min   written/min\n");
+    out.push_str("\nservice                 accepted/min   written/min   not usage/min\n");
     if status.services.is_empty() {
         out.push_str("(nothing in the last minute)\n");
     }
     for service in &status.services {
         out.push_str(&format!(
-            "{:<24}{:>12}{:>14}\n",
-            service.service, service.accepted_last_minute, service.written_last_minute
+            "{:<24}{:>12}{:>14}{:>16}\n",
+            service.service,
+            service.accepted_last_minute,
+            service.written_last_minute,
+            service.not_usage_last_minute
         ));
     }
     out
