@@ -907,3 +907,39 @@ async fn throughput_on_one_server_and_on_the_cluster() {
         );
     }
 }
+
+/// Collectors migrating one database at once on two nodes (as a StatefulSet's pods starting
+/// with `--migrate` do): each migration runs once, under the `migrate` lease row (a `GET_LOCK`
+/// would be taken on each node apart).
+#[tokio::test(flavor = "multi_thread")]
+async fn collectors_migrating_at_once_on_two_nodes_apply_each_migration_once() {
+    let mut guard = galera::shared().await;
+    let cluster = guard.as_mut().expect("the cluster");
+    let db = TestDb::mysql_on(&cluster.url(1)).await;
+    let (one, two) = (node_url(cluster, 1, &db), node_url(cluster, 2, &db));
+    let started = std::time::Instant::now();
+    tokio::join!(migrate(&one), migrate(&two), migrate(&one));
+    let versions = db
+        .texts(
+            "SELECT CAST(version AS CHAR), CAST(COUNT(*) AS CHAR), CAST(MIN(success) AS CHAR) \
+             FROM _sqlx_migrations GROUP BY version ORDER BY version",
+        )
+        .await;
+    let expected = usage_collector::sink::mysql::migrations::migrator()
+        .iter()
+        .count();
+    assert_eq!(versions.len(), expected, "{versions:?}");
+    for row in &versions {
+        assert_eq!(row[1].as_deref(), Some("1"), "applied once: {versions:?}");
+        assert_eq!(row[2].as_deref(), Some("1"), "applied whole: {versions:?}");
+    }
+    let lease = db
+        .texts("SELECT holder FROM collector_leases WHERE name = 'migrate'")
+        .await;
+    assert_eq!(lease, [vec![Some(String::new())]], "released");
+    println!(
+        "three migrations at once on two nodes: {} versions, each once, in {:?}",
+        versions.len(),
+        started.elapsed()
+    );
+}

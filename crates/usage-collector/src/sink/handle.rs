@@ -396,23 +396,46 @@ impl Sink {
         }
     }
 
-    /// Applies the embedded migrations (under the migrator's lock, so several collectors
-    /// starting at once apply them once), then creates and widens what the tracking plan in
-    /// force declares ([`super::expand`]).
+    /// Applies the embedded migrations, then creates and widens what the tracking plan in
+    /// force declares ([`super::expand`]). On MySQL both run under the `migrate` lease row of
+    /// `collector_leases` (not `GET_LOCK`, which one node of a cluster keeps to itself), so
+    /// collectors starting at once on any nodes apply each migration once.
     pub async fn migrate(&self) -> Result<(), String> {
         // Reach the database first: a host that cannot be reached is passed over (with
         // several hosts) by a failure that says so, not by a migrator's error text.
         self.ping().await.map_err(|e| e.message)?;
-        let result = match &self.pool {
-            Pool::MySql(pool) => mysql::migrations::migrator().run(pool).await,
-            Pool::Sqlite(pool) => sqlite::migrations::migrator().run(pool).await,
+        let redact = |e: sqlx::Error| self.redactor.redact(&e.to_string());
+        match &self.pool {
+            Pool::MySql(pool) => {
+                let lease = super::migrate_lease::MigrateLease::take(pool)
+                    .await
+                    .map_err(redact)?;
+                let mut migrator = mysql::migrations::migrator();
+                migrator.set_locking(false);
+                let migrated = migrator.run(pool).await.map_err(|e| redact(e.into()));
+                let expanded = match migrated {
+                    Ok(()) => self
+                        .expand(&self.catalog.get())
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                lease.release(pool).await;
+                expanded
+            }
+            Pool::Sqlite(pool) => {
+                sqlite::migrations::migrator()
+                    .run(pool)
+                    .await
+                    .map_err(|e| redact(e.into()))?;
+                self.expand(&self.catalog.get())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
             Pool::Blackhole => Ok(()),
-        };
-        result.map_err(|e| self.redactor.redact(&e.to_string()))?;
-        self.expand(&self.catalog.get())
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string())
+        }
     }
 
     pub(crate) fn pool(&self) -> PoolRef<'_> {

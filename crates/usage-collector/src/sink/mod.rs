@@ -10,6 +10,7 @@
 //!   counted, read and written again.
 //! - [`rebuild`]: the daily rollup and session counters recomputed from the raw rows for a
 //!   range of days, while collectors write.
+//! - [`migrate_lease`]: one migration run at a time on any node, by a lease row.
 //! - [`compat`]: which collector releases a schema serves (rolling upgrades).
 //! - [`verify`]: startup verification — connect, test query, server facts, schema, write
 //!   permission — each step named in its error.
@@ -29,6 +30,7 @@ pub mod compat;
 pub mod error;
 pub mod expand;
 pub mod handle;
+pub mod migrate_lease;
 pub mod mysql;
 pub mod rebuild;
 pub mod retention;

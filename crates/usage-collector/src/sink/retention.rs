@@ -137,10 +137,10 @@ pub struct SweepError {
 
 /// The lease's statements in one dialect (binds: take — holder, name, holder; renew and
 /// release — name, holder).
-struct LeaseSql {
-    take: String,
-    renew: String,
-    release: String,
+pub(crate) struct LeaseSql {
+    pub(crate) take: String,
+    pub(crate) renew: String,
+    pub(crate) release: String,
 }
 
 impl LeaseSql {
@@ -162,7 +162,7 @@ impl LeaseSql {
         }
     }
 
-    fn mysql(ttl: Duration) -> Self {
+    pub(crate) fn mysql(ttl: Duration) -> Self {
         Self::new(
             "UTC_TIMESTAMP(6)",
             &format!(
