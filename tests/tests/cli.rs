@@ -181,3 +181,53 @@ async fn check_names_migrations_not_applied_and_one_left_half_applied() {
         "{out}"
     );
 }
+
+/// The environment of a running process, as `KEY=value` entries.
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .expect("the process's environment")
+        .split(|b| *b == 0)
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect()
+}
+
+/// The collector runs with freed memory returned to the system at once: started without
+/// `MIMALLOC_PURGE_DELAY`, the process (the same PID, the same arguments) has it at 0; an
+/// operator's own value is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_collector_runs_with_the_allocator_returning_memory_at_once() {
+    use usage_pipeline_tests::process::{ProcessConfig, temp_dir};
+    for (given, expected) in [
+        (None, "MIMALLOC_PURGE_DELAY=0"),
+        (Some("25"), "MIMALLOC_PURGE_DELAY=25"),
+    ] {
+        let dir = temp_dir("allocator");
+        let mut config = ProcessConfig::new(
+            env!("CARGO_BIN_EXE_usage-collector-e2e"),
+            "blackhole://",
+            &dir,
+        );
+        if let Some(value) = given {
+            config
+                .env
+                .push(("MIMALLOC_PURGE_DELAY".to_owned(), value.to_owned()));
+        }
+        let collector = config.start_ready().await;
+        let pid = collector.pid();
+        let env = environ(pid);
+        assert_eq!(
+            env.iter()
+                .filter(|e| e.starts_with("MIMALLOC_PURGE_DELAY="))
+                .collect::<Vec<_>>(),
+            [expected],
+            "{env:?}"
+        );
+        let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).expect("cmdline");
+        assert!(
+            cmdline.contains("serve\0--migrate\0--database-url\0blackhole://\0"),
+            "{cmdline:?}"
+        );
+        collector.kill();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -34,11 +34,14 @@
 //! - [`backoff`]: the one backoff schedule every retry loop uses.
 //! - [`config`]: settings, each declared once, from file, environment and flags.
 //! - [`app`]: builds the stages from settings, runs them, stops them in order.
+//! - [`allocator`]: the allocator's setting (freed memory returned at once), applied as the
+//!   binary starts.
 //! - [`ops`]: the operator's commands: `status`, `dead-letters list|replay`,
 //!   `rollups rebuild`.
 //! - [`cli`]: the `usage-collector` command line (`serve`, `check`, `migrate`, and the
 //!   operator's commands).
 
+pub mod allocator;
 pub mod app;
 pub mod backoff;
 pub mod catalog;

@@ -4,5 +4,6 @@
 static ALLOCATOR: usage_collector::MiMalloc = usage_collector::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    usage_collector::allocator::settle();
     usage_collector::cli::main()
 }
