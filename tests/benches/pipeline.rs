@@ -3,15 +3,12 @@
 //!
 //! - (a) the naive client: page-visit rows as 1000-row multi-row INSERTs from a minimal sqlx
 //!   client with random 16-byte ids (UUID v4), 2 connections; (a') the same with time-ordered
-//!   ids (UUID v7) — what MariaDB itself can take, and what the id order alone changes — both
-//!   into the collector's own `page_visits`, stored in the order of (service, event_id) since
-//!   schema version 9; (a0) the random ids into the layout before it (schema version 8: an
-//!   auto-increment `id` and the unique key as a second index), the bar as it stood before;
+//!   ids (UUID v7) — what MariaDB itself can take, and what the id order alone changes;
 //! - (b) end to end: load generator → collector (spool on, fsync before OK) → MariaDB, until
 //!   every event is written: page visits without `event.id` (the collector derives the id, as
 //!   for the Python SDK), sessions from a pool of 64 per sender; (b') the same with `event.id`;
-//! - (a), (a'), (a0), (b), (b') alternate, `USAGE_BENCH_ROUNDS` times (default 3); the table
-//!   gives each round and the medians of (b)/(a) and (b)/(a0);
+//! - (a), (a'), (b), (b') alternate, `USAGE_BENCH_ROUNDS` times (default 3); the table gives
+//!   each round and the median of (b)/(a);
 //! - (c) no database: the collector decoding, mapping and spooling, rows discarded; beside it,
 //!   in alternation, rotel (an OTLP collector in Rust, PyPI package `rotel`, installed by the
 //!   bench into a virtual environment under `~/.cache/usage-pipeline/rotel-venv`) receiving
@@ -26,9 +23,6 @@
 //!   `USAGE_BENCH_GROWTH_RAW` rows (default 200000), the time of a recount from the raw rows
 //!   (what the old `daily_usage_summary` view did on every read), and the summary queries'
 //!   times (median of 5).
-//! - (e) the migration to schema version 9 (event tables stored in the order of their key) on
-//!   a database of version 8 holding each size in `USAGE_BENCH_MIGRATION` (default 1 million
-//!   and 10 million page visits), timed, with a client inserting page visits throughout;
 //! - `USAGE_BENCH_BASELINE=/path/to/usage-collector` adds the same (b) and (d) measurements of
 //!   another collector binary (for example one built from an earlier commit), in the same run:
 //!   before and after side by side on a machine whose speed drifts.
@@ -154,21 +148,6 @@ async fn raw_inserts(db: &TestDb, events: u64, ordered: bool) -> (f64, f64) {
     let rows = (db.count("page_visits").await - before) as f64;
     pool.close().await;
     (rows / elapsed, db_cpu)
-}
-
-/// Schema version of the layout before the event tables were stored in the order of their key.
-const UNCLUSTERED_VERSION: i64 = 8;
-
-/// A fresh MariaDB database with this collector's migrations up to `version` only.
-async fn db_at_version(version: i64) -> TestDb {
-    let db = TestDb::mysql().await;
-    let pool = MySqlPool::connect(db.url()).await.expect("connect");
-    usage_collector::sink::mysql::migrations::migrator()
-        .run_to(version, &pool)
-        .await
-        .expect("migrate");
-    pool.close().await;
-    db
 }
 
 /// A fresh MariaDB database migrated by collector binary `bin`.
@@ -487,74 +466,6 @@ async fn preload(db: &TestDb, rows: u64, rollup: bool) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// (e) The migration that stores the event tables in the order of their key (schema version
-/// [`UNCLUSTERED_VERSION`] + 1), on a database holding `rows` page visits (and their
-/// sessions), with a client inserting page visits all the while (the statements say
-/// `LOCK = NONE`: writes go on). Returns (preload s, migration s, rows inserted during it).
-async fn migration(rows: u64) -> (f64, f64, u64) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let db = db_at_version(UNCLUSTERED_VERSION).await;
-    let started = Instant::now();
-    preload(&db, rows, true).await;
-    let preload_s = started.elapsed().as_secs_f64();
-    settle().await;
-    let pool = MySqlPool::connect(db.url()).await.expect("connect");
-    let before = db.count("page_visits").await;
-    let done = AtomicBool::new(false);
-    let started = Instant::now();
-    let migrate = async {
-        usage_collector::sink::mysql::migrations::migrator()
-            .run(&pool)
-            .await
-            .expect("migrate");
-        done.store(true, Ordering::SeqCst);
-        started.elapsed().as_secs_f64()
-    };
-    let writes = async {
-        let mut conn = pool.acquire().await.expect("connection");
-        let at = time::OffsetDateTime::now_utc();
-        let at = time::PrimitiveDateTime::new(at.date(), at.time());
-        let mut written = 0u64;
-        while !done.load(Ordering::SeqCst) {
-            let mut query = QueryBuilder::new(
-                "INSERT INTO page_visits (event_id, service, session_id, `timestamp`, page_path) ",
-            );
-            query.push_values(0..100u64, |mut row, i| {
-                row.push_bind(uuid::Uuid::now_v7().as_bytes().to_vec())
-                    .push_bind("usage-load")
-                    .push_bind(format!("during-{}", i % RAW_SESSIONS))
-                    .push_bind(at)
-                    .push_bind("/during-the-migration");
-            });
-            query
-                .build()
-                .execute(&mut *conn)
-                .await
-                .expect("insert during the migration");
-            written += 100;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        written
-    };
-    let (migration_s, written) = tokio::join!(migrate, writes);
-    let after = db.count("page_visits").await;
-    assert_eq!(
-        after,
-        before + written as i64,
-        "every row kept, none doubled"
-    );
-    let key = db
-        .texts(
-            "SELECT CAST(GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX) AS CHAR) \
-             FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'page_visits' AND INDEX_NAME = 'PRIMARY'",
-        )
-        .await;
-    assert_eq!(key, [vec![Some("service,event_id".to_owned())]]);
-    pool.close().await;
-    (preload_s, migration_s, written)
-}
-
 /// Median milliseconds of five runs of `sql` (every row fetched).
 async fn query_ms(db: &TestDb, sql: &'static str) -> f64 {
     let pool = MySqlPool::connect(db.url()).await.expect("connect");
@@ -669,7 +580,6 @@ async fn main() {
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     let (mut ratios, mut ratios_with_ids, mut ordered_ratios, mut baseline_ratios) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut unclustered_ratios, mut before_ratios) = (Vec::new(), Vec::new());
     let mut peak_rss: f64 = 0.0;
     for round in 1..=rounds {
         let db = migrated_db(BIN).await;
@@ -677,9 +587,6 @@ async fn main() {
         drop(db);
         let db = migrated_db(BIN).await;
         let (ordered, ordered_cpu) = raw_inserts(&db, events, true).await;
-        drop(db);
-        let db = db_at_version(UNCLUSTERED_VERSION).await;
-        let (unclustered, unclustered_cpu) = raw_inserts(&db, events, false).await;
         drop(db);
         let db = migrated_db(BIN).await;
         let derived = end_to_end(BIN, &db, &dir, events, true).await;
@@ -698,8 +605,6 @@ async fn main() {
             baseline_ratios.push(before.rows_per_second / raw);
         }
         ratios.push(derived.rows_per_second / raw);
-        unclustered_ratios.push(unclustered / raw);
-        before_ratios.push(derived.rows_per_second / unclustered);
         ratios_with_ids.push(with_ids.rows_per_second / raw);
         ordered_ratios.push(ordered / raw);
         peak_rss = peak_rss
@@ -711,10 +616,6 @@ async fn main() {
         println!(
             "| {round} | (a') raw 1000-row INSERTs, time-ordered ids (v7), 2 connections | {ordered:.0} | {:.2} | | | | | {ordered_cpu:.1} |",
             ordered / raw
-        );
-        println!(
-            "| {round} | (a0) as (a), into the layout before clustering (schema version {UNCLUSTERED_VERSION}: auto-increment id, unique key beside it) | {unclustered:.0} | {:.2} | | | | | {unclustered_cpu:.1} |",
-            unclustered / raw
         );
         let mut measured = vec![
             (
@@ -742,12 +643,10 @@ async fn main() {
     }
     println!("{discard_line}");
     println!(
-        "\nmedian over {rounds} rounds: (b)/(a) {:.2}, (b')/(a) {:.2}, (a')/(a) {:.2}, (a0)/(a) {:.2}, (b)/(a0) {:.2}; collector peak RSS {peak_rss:.0} MB\n",
+        "\nmedian over {rounds} rounds: (b)/(a) {:.2}, (b')/(a) {:.2}, (a')/(a) {:.2}; collector peak RSS {peak_rss:.0} MB\n",
         median(&mut ratios),
         median(&mut ratios_with_ids),
-        median(&mut ordered_ratios),
-        median(&mut unclustered_ratios),
-        median(&mut before_ratios)
+        median(&mut ordered_ratios)
     );
     if !baseline_ratios.is_empty() {
         println!(
@@ -796,26 +695,6 @@ async fn main() {
                 e.collector_rss
             );
         }
-    }
-    // (e) the migration to the clustered layout, on existing data.
-    let sizes: Vec<u64> = std::env::var("USAGE_BENCH_MIGRATION")
-        .unwrap_or_else(|_| "1000000,10000000".to_owned())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    if !sizes.is_empty() {
-        println!(
-            "\n| rows in page_visits | preload s | migration to schema version {} s | rows/s migrated | rows inserted by a client meanwhile |",
-            UNCLUSTERED_VERSION + 1
-        );
-        println!("| --- | --- | --- | --- | --- |");
-    }
-    for size in sizes {
-        let (preload_s, migration_s, written) = migration(size).await;
-        println!(
-            "| {size} | {preload_s:.0} | {migration_s:.1} | {:.0} | {written} |",
-            size as f64 / migration_s
-        );
     }
     if let Err(e) = std::fs::remove_dir_all(&dir) {
         eprintln!("could not remove {}: {e}", dir.display());

@@ -475,11 +475,8 @@ impl Rows {
         let rows = Self {
             page_visits: db
                 .texts(
-                    // Rows of one millisecond (the Node SDK's clock) in the order of their
-                    // values: their ids (derived, of one time) sort by a hash, and the tables
-                    // keep no insertion order.
                     "SELECT service, session_id, user_id, page_path, referrer, user_agent, ip_address \
-                     FROM page_visits ORDER BY `timestamp`, 1, 2, 3, 4, 5, 6, 7",
+                     FROM page_visits ORDER BY `timestamp`, id",
                 )
                 .await,
             session: db
@@ -495,15 +492,13 @@ impl Rows {
                 .texts(
                     "SELECT service, session_id, user_id, CAST(program_lines AS CHAR), \
                      CAST(lines_executed AS CHAR), CAST(success AS CHAR), error_message \
-                     FROM program_executions ORDER BY `timestamp`, 1, 2, 3, 4, 5, 6, 7",
+                     FROM program_executions ORDER BY `timestamp`, id",
                 )
                 .await,
             run_times_ms: db
                 .texts(
                     "SELECT CAST(execution_time_ms AS CHAR) FROM program_executions \
-                     ORDER BY `timestamp`, service, session_id, user_id, \
-                     CAST(program_lines AS CHAR), CAST(lines_executed AS CHAR), \
-                     CAST(success AS CHAR), error_message",
+                     ORDER BY `timestamp`, id",
                 )
                 .await
                 .iter()
@@ -512,14 +507,14 @@ impl Rows {
             features: split_json(
                 db.texts(
                     "SELECT service, session_id, user_id, feature_name, CAST(feature_data AS CHAR) \
-                     FROM feature_usage ORDER BY `timestamp`, 1, 2, 3, 4, 5",
+                     FROM feature_usage ORDER BY `timestamp`, id",
                 )
                 .await,
             ),
             custom: split_json(
                 db.texts(
                     "SELECT event_name, service, session_id, CAST(attributes AS CHAR) \
-                     FROM usage_events ORDER BY `timestamp`, 1, 2, 3, 4",
+                     FROM usage_events ORDER BY `timestamp`, id",
                 )
                 .await,
             ),
@@ -662,7 +657,7 @@ pub async fn assert_python_session(db: &TestDb, run: &Run) {
         ("feature_usage", "SELECT HEX(event_id) FROM feature_usage"),
         (
             "program_executions",
-            "SELECT HEX(event_id) FROM program_executions ORDER BY `timestamp`, service, event_id LIMIT 2",
+            "SELECT HEX(event_id) FROM program_executions ORDER BY `timestamp`, id LIMIT 2",
         ),
     ] {
         for row in db.texts(hex).await {

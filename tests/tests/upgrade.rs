@@ -120,12 +120,12 @@ async fn rows_written_before_the_key_and_rollup_migrations_keep_working() {
     }
     collector.wait_written(Duration::from_secs(10)).await;
     assert_eq!(
-        db.texts("SELECT service, page_path FROM page_visits ORDER BY service, page_path")
+        db.texts("SELECT service, page_path FROM page_visits ORDER BY id")
             .await,
         [
-            ["billing", "/billing-page"],
-            ["web-ide", "/new-page"],
             ["web-ide", "/old-page"],
+            ["web-ide", "/new-page"],
+            ["billing", "/billing-page"],
         ]
         .map(|r| r.map(|v| Some(v.to_owned())).to_vec())
     );

@@ -3,12 +3,7 @@
 //!
 //! Expand only. What the plan asks is compared with the tables as the database describes them:
 //! - a table the database lacks is created, with the columns every event table has (the event
-//!   id, the service, the time, the session) and the plan's, stored in the order of its key
-//!   (service, event_id), as the built-in event tables are (MySQL; see
-//!   `migrations/mysql/0010_cluster_on_event_keys.sql`);
-//! - on MySQL, a table an earlier release created around an auto-increment `id` is rebuilt
-//!   online around (service, event_id), keeping every row and column (`id` stays, no longer a
-//!   key, for older releases' retention sweeps);
+//!   id under a unique key scoped by the service, the time, the session) and the plan's;
 //! - a column the table lacks is added (NULL for the rows already there);
 //! - a column the plan declares wider than the table has it (a longer string, a 64-bit integer
 //!   where the table has 32 bits) is widened, keeping every value;
@@ -48,14 +43,6 @@ pub enum Change {
         /// Its type.
         ty: ColumnType,
     },
-    /// Store the table in the order of (service, event_id) instead of an auto-increment `id`
-    /// (MySQL): one index fewer per insert, and time-ordered ids append.
-    Cluster {
-        /// The table.
-        table: &'static str,
-        /// The unique index on (service, event_id) the primary key replaces, if it has one.
-        unique: Option<String>,
-    },
     /// Make a column hold wider values, keeping every value.
     Widen {
         /// The table.
@@ -75,12 +62,6 @@ impl std::fmt::Display for Change {
             Change::CreateTable { table } => write!(f, "create table `{table}`"),
             Change::AddColumn { table, column, ty } => {
                 write!(f, "add column `{table}`.`{column}` ({})", mysql_type(*ty))
-            }
-            Change::Cluster { table, .. } => {
-                write!(
-                    f,
-                    "store table `{table}` in the order of (service, event_id)"
-                )
             }
             Change::Widen {
                 table,
@@ -107,47 +88,8 @@ pub struct Refused {
     pub refusals: Vec<String>,
 }
 
-/// One unique index (or the primary key) of a table, as the database describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveKey {
-    /// Its table.
-    pub table: String,
-    /// Its name (`PRIMARY` for the primary key).
-    pub name: String,
-    /// Its columns, in order.
-    pub columns: Vec<String>,
-}
-
-impl LiveKey {
-    /// A key of `table` (test data).
-    pub fn new(table: &str, name: &str, columns: &[&str]) -> Self {
-        Self {
-            table: table.to_owned(),
-            name: name.to_owned(),
-            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
-        }
-    }
-
-    fn is(&self, columns: &[&str]) -> bool {
-        self.columns.len() == columns.len()
-            && self
-                .columns
-                .iter()
-                .zip(columns)
-                .all(|(a, b)| a.eq_ignore_ascii_case(b))
-    }
-}
-
-/// The event key every event table is stored in the order of.
-const EVENT_KEY: [&str; 2] = ["service", "event_id"];
-
-/// The changes `catalog`'s plan asks of a schema with `live` columns and unique `keys` (MySQL;
-/// none for SQLite, whose tables keep their layout), in the order they run.
-pub fn plan_changes(
-    catalog: &Catalog,
-    live: &[LiveColumn],
-    keys: &[LiveKey],
-) -> Result<Vec<Change>, Refused> {
+/// The changes `catalog`'s plan asks of a schema with `live` columns, in the order they run.
+pub fn plan_changes(catalog: &Catalog, live: &[LiveColumn]) -> Result<Vec<Change>, Refused> {
     let plan = catalog.plan();
     let mut changes = Vec::new();
     let mut refusals = Vec::new();
@@ -159,15 +101,6 @@ pub fn plan_changes(
         if columns.is_empty() {
             changes.push(Change::CreateTable { table: table.name });
             continue;
-        }
-        let of_table = || keys.iter().filter(|k| k.table == table.name);
-        if of_table().any(|k| k.name == "PRIMARY" && k.is(&["id"])) {
-            changes.push(Change::Cluster {
-                table: table.name,
-                unique: of_table()
-                    .find(|k| k.name != "PRIMARY" && k.is(&EVENT_KEY))
-                    .map(|k| k.name.clone()),
-            });
         }
         for column in &table.columns[EVENT_COLUMNS.len()..] {
             let event = events_of(plan, table.name, column.name);
@@ -373,9 +306,7 @@ fn statements(change: &Change, table: Option<&Table>, mysql: bool) -> Vec<String
             let table = table.expect("the table of a create");
             let mut sql = format!("CREATE TABLE IF NOT EXISTS `{name}` (\n");
             if mysql {
-                // Not a key and never filled: there for the retention sweeps of earlier
-                // releases, which order by (`timestamp`, id), as in the built-in tables.
-                sql.push_str("    id BIGINT UNSIGNED NULL,\n");
+                sql.push_str("    id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n");
             } else {
                 sql.push_str("    id INTEGER PRIMARY KEY AUTOINCREMENT,\n");
             }
@@ -394,9 +325,9 @@ fn statements(change: &Change, table: Option<&Table>, mysql: bool) -> Vec<String
             }
             if mysql {
                 sql.push_str(
-                    "    PRIMARY KEY (service, event_id),\n    KEY ix_time (`timestamp`),\n    \
-                     KEY ix_service_session (service, session_id)\n) ENGINE=InnoDB DEFAULT \
-                     CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+                    "    UNIQUE KEY uq_service_event (service, event_id),\n    KEY ix_time \
+                     (`timestamp`),\n    KEY ix_service_session (service, session_id)\n) \
+                     ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
                 );
                 vec![sql]
             } else {
@@ -423,21 +354,6 @@ fn statements(change: &Change, table: Option<&Table>, mysql: bool) -> Vec<String
             "ALTER TABLE `{table}` ADD COLUMN `{column}` {} NULL",
             ty(*t)
         )],
-        Change::Cluster { table, unique } => {
-            // SQLite tables keep their layout: nothing asks this of them.
-            if !mysql {
-                return Vec::new();
-            }
-            let drop_unique = unique
-                .as_ref()
-                .map(|name| format!(" DROP INDEX `{name}`,"))
-                .unwrap_or_default();
-            vec![format!(
-                "ALTER TABLE `{table}` MODIFY id BIGINT UNSIGNED NULL, DROP PRIMARY KEY,\
-                 {drop_unique} ADD PRIMARY KEY (service, event_id), ALGORITHM = INPLACE, \
-                 LOCK = NONE"
-            )]
-        }
         Change::Widen {
             table, column, to, ..
         } => {
@@ -492,13 +408,7 @@ impl Sink {
             .live_columns(catalog)
             .await
             .map_err(|e| database("reading the schema", e))?;
-        let keys = match self.pool() {
-            PoolRef::MySql(pool) => live_keys(pool)
-                .await
-                .map_err(|e| database("reading the schema's keys", e))?,
-            _ => Vec::new(),
-        };
-        let changes = plan_changes(catalog, &live, &keys)?;
+        let changes = plan_changes(catalog, &live)?;
         for change in &changes {
             let table = match change {
                 Change::CreateTable { table } => catalog.tables().iter().find(|t| t.name == *table),
@@ -514,26 +424,6 @@ impl Sink {
         }
         Ok(changes)
     }
-}
-
-/// The unique keys of every table of the database (MySQL).
-async fn live_keys(pool: &sqlx::MySqlPool) -> Result<Vec<LiveKey>, sqlx::Error> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT CAST(TABLE_NAME AS CHAR), CAST(INDEX_NAME AS CHAR), \
-         CAST(GROUP_CONCAT(COLUMN_NAME ORDER BY SEQ_IN_INDEX SEPARATOR ',') AS CHAR) \
-         FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND NON_UNIQUE = 0 \
-         GROUP BY TABLE_NAME, INDEX_NAME",
-    )
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(table, name, columns)| LiveKey {
-            table,
-            name,
-            columns: columns.split(',').map(str::to_owned).collect(),
-        })
-        .collect())
 }
 
 async fn run<'p, DB: sqlx::Database>(
@@ -589,12 +479,12 @@ mod tests {
     fn a_new_table_is_created_and_a_new_column_added() {
         let plan = catalog(STEPS);
         assert_eq!(
-            plan_changes(&plan, &[], &[]).unwrap(),
+            plan_changes(&plan, &[]).unwrap(),
             [Change::CreateTable {
                 table: "debugger_steps"
             }]
         );
-        let changes = plan_changes(&plan, &live(&[("line", "int", None)]), &[]).unwrap();
+        let changes = plan_changes(&plan, &live(&[("line", "int", None)])).unwrap();
         assert_eq!(
             changes,
             [Change::AddColumn {
@@ -615,7 +505,6 @@ mod tests {
         let changes = plan_changes(
             &plan,
             &live(&[("line", "smallint", None), ("note", "varchar", Some(32))]),
-            &[],
         )
         .unwrap();
         assert_eq!(changes.len(), 2);
@@ -630,7 +519,6 @@ mod tests {
                 ("note", "datetime", None),
                 ("breakpoints", "int", None),
             ]),
-            &[],
         )
         .unwrap_err();
         assert_eq!(
@@ -668,12 +556,7 @@ mod tests {
                 columns.push(LiveColumn::new(table.name, column.name, ty, length));
             }
         }
-        let keys: Vec<LiveKey> = catalog
-            .tables()
-            .iter()
-            .map(|t| LiveKey::new(t.name, "PRIMARY", &["service", "event_id"]))
-            .collect();
-        assert_eq!(plan_changes(&catalog, &columns, &keys).unwrap(), []);
+        assert_eq!(plan_changes(&catalog, &columns).unwrap(), []);
     }
 
     #[test]
@@ -684,17 +567,7 @@ mod tests {
             table: "debugger_steps",
         };
         let mysql = statements(&change, table, true);
-        assert!(
-            mysql[0].contains("PRIMARY KEY (service, event_id)"),
-            "{}",
-            mysql[0]
-        );
-        assert!(
-            mysql[0].contains("id BIGINT UNSIGNED NULL,"),
-            "{}",
-            mysql[0]
-        );
-        assert!(!mysql[0].contains("AUTO_INCREMENT"), "{}", mysql[0]);
+        assert!(mysql[0].contains("UNIQUE KEY uq_service_event (service, event_id)"));
         assert!(mysql[0].contains("`line` INT NULL"));
         assert!(mysql[0].contains("`service` VARCHAR(128) NOT NULL"));
         let sqlite = statements(&change, table, false);
@@ -704,42 +577,5 @@ mod tests {
             "{}",
             sqlite[0]
         );
-    }
-
-    #[test]
-    fn a_table_an_earlier_release_keyed_by_id_is_clustered_on_the_event_key() {
-        let plan = catalog(STEPS);
-        let columns = live(&[("line", "int", None), ("note", "varchar", Some(64))]);
-        let old = [
-            LiveKey::new("debugger_steps", "PRIMARY", &["id"]),
-            LiveKey::new(
-                "debugger_steps",
-                "uq_service_event",
-                &["service", "event_id"],
-            ),
-        ];
-        let changes = plan_changes(&plan, &columns, &old).unwrap();
-        assert_eq!(
-            changes,
-            [Change::Cluster {
-                table: "debugger_steps",
-                unique: Some("uq_service_event".to_owned())
-            }]
-        );
-        assert_eq!(
-            statements(&changes[0], None, true),
-            [
-                "ALTER TABLE `debugger_steps` MODIFY id BIGINT UNSIGNED NULL, DROP PRIMARY KEY, \
-              DROP INDEX `uq_service_event`, ADD PRIMARY KEY (service, event_id), \
-              ALGORITHM = INPLACE, LOCK = NONE"
-            ]
-        );
-        assert!(statements(&changes[0], None, false).is_empty());
-        let clustered = [LiveKey::new(
-            "debugger_steps",
-            "PRIMARY",
-            &["service", "event_id"],
-        )];
-        assert_eq!(plan_changes(&plan, &columns, &clustered).unwrap(), []);
     }
 }

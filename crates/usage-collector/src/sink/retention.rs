@@ -202,39 +202,35 @@ impl Affected for sqlx::sqlite::SqliteQueryResult {
     }
 }
 
-/// The condition selecting a table's expired rows (binds: the cutoff, as often as `binds`), the
-/// columns the oldest come first by, and the table's unique key, which breaks ties.
-fn expired(table: &str) -> Option<(&'static str, usize, &'static str, &'static str)> {
+/// The condition selecting a table's expired rows (binds: the cutoff, as often as `binds`), and
+/// the columns the oldest come first by.
+fn expired(table: &str) -> Option<(&'static str, usize, &'static str)> {
     Some(match table {
         _ if NEVER_SWEPT.contains(&table) => return None,
         "ide_sessions" => (
             "start_time < ? AND last_activity < ? AND (end_time IS NULL OR end_time < ?)",
             3,
             "start_time",
-            "service, session_id",
         ),
-        "dead_letters" => ("created_at < ?", 1, "created_at", "id"),
-        // Every event table, built-in or the tracking plan's, has `timestamp` and its index,
-        // and is keyed by (service, event_id) (its primary key since schema version 9; `id`,
-        // kept for older releases' sweeps, is NULL in new rows).
-        _ => ("`timestamp` < ?", 1, "`timestamp`", "service, event_id"),
+        "dead_letters" => ("created_at < ?", 1, "created_at"),
+        // Every event table, built-in or the tracking plan's, has `timestamp` and its index.
+        _ => ("`timestamp` < ?", 1, "`timestamp`"),
     })
 }
 
-/// One batch's DELETE on MySQL: ordered by time and then the table's unique key, so it is
-/// deterministic (safe for statement-based replication) and walks the time index, whose
-/// entries end with the primary key.
+/// One batch's DELETE on MySQL: ordered by time and then the primary key, so it is
+/// deterministic (safe for statement-based replication) and walks the time index.
 fn mysql_delete(table: &str) -> Option<(String, usize)> {
-    let (condition, binds, order, key) = expired(table)?;
+    let (condition, binds, order) = expired(table)?;
     Some((
-        format!("DELETE FROM `{table}` WHERE {condition} ORDER BY {order}, {key} LIMIT ?"),
+        format!("DELETE FROM `{table}` WHERE {condition} ORDER BY {order}, id LIMIT ?"),
         binds,
     ))
 }
 
 /// One batch's DELETE on SQLite, which lacks `DELETE … LIMIT` unless built with it.
 fn sqlite_delete(table: &str) -> Option<(String, usize)> {
-    let (condition, binds, order, _) = expired(table)?;
+    let (condition, binds, order) = expired(table)?;
     Some((
         format!(
             "DELETE FROM `{table}` WHERE rowid IN \
@@ -447,8 +443,7 @@ mod tests {
         assert!(mysql_delete("collector_leases").is_none());
         assert_eq!(
             mysql_delete("debugger_steps").unwrap().0,
-            "DELETE FROM `debugger_steps` WHERE `timestamp` < ? ORDER BY `timestamp`, service, \
-             event_id LIMIT ?",
+            "DELETE FROM `debugger_steps` WHERE `timestamp` < ? ORDER BY `timestamp`, id LIMIT ?",
             "a table of the tracking plan"
         );
         assert_eq!(
@@ -468,13 +463,7 @@ mod tests {
         let (sql, binds) = mysql_delete("page_visits").unwrap();
         assert_eq!(
             sql,
-            "DELETE FROM `page_visits` WHERE `timestamp` < ? ORDER BY `timestamp`, service, \
-             event_id LIMIT ?"
-        );
-        let (sql, _) = mysql_delete("ide_sessions").unwrap();
-        assert!(
-            sql.ends_with("ORDER BY start_time, service, session_id LIMIT ?"),
-            "{sql}"
+            "DELETE FROM `page_visits` WHERE `timestamp` < ? ORDER BY `timestamp`, id LIMIT ?"
         );
         assert_eq!(binds, 1);
         let (sql, binds) = sqlite_delete("ide_sessions").unwrap();

@@ -37,9 +37,5 @@ pub fn migrator() -> Migrator {
             "collector leases",
             include_str!("../migrations/mysql/0009_collector_leases.sql"),
         ),
-        (
-            "event tables clustered on their keys",
-            include_str!("../migrations/mysql/0010_cluster_on_event_keys.sql"),
-        ),
     ])
 }
