@@ -136,17 +136,11 @@ impl Retention {
         };
         match &result {
             Ok((Sweep::Swept(deleted), held)) => {
-                let n = |table: &str| count(deleted, table);
                 tracing::info!(
                     holder,
                     held_from = held.map(|h| time(h.from)),
                     held_until = held.map(|h| time(h.until)),
-                    page_visits = n("page_visits"),
-                    program_executions = n("program_executions"),
-                    feature_usage = n("feature_usage"),
-                    usage_events = n("usage_events"),
-                    ide_sessions = n("ide_sessions"),
-                    dead_letters = n("dead_letters"),
+                    deleted = %per_table(deleted),
                     rows = deleted.iter().map(|d| d.rows).sum::<u64>(),
                     statements = deleted.iter().map(|d| d.statements).sum::<u32>(),
                     elapsed_ms,
@@ -160,15 +154,9 @@ impl Retention {
                 );
             }
             Ok((Sweep::LeaseLost(deleted), _)) => {
-                let n = |table: &str| count(deleted, table);
                 tracing::warn!(
                     holder,
-                    page_visits = n("page_visits"),
-                    program_executions = n("program_executions"),
-                    feature_usage = n("feature_usage"),
-                    usage_events = n("usage_events"),
-                    ide_sessions = n("ide_sessions"),
-                    dead_letters = n("dead_letters"),
+                    deleted = %per_table(deleted),
                     elapsed_ms,
                     "retention sweep stopped: another collector took the lease while this one \
                      stalled (rows deleted until then per table)"
@@ -176,18 +164,12 @@ impl Retention {
             }
             Ok((Sweep::Nothing, _)) => {}
             Err(e) => {
-                let n = |table: &str| count(&e.deleted, table);
                 tracing::warn!(
                     holder,
                     held_from = e.held_from.map(time),
                     error = %e.error,
                     reason = e.error.reason,
-                    page_visits = n("page_visits"),
-                    program_executions = n("program_executions"),
-                    feature_usage = n("feature_usage"),
-                    usage_events = n("usage_events"),
-                    ide_sessions = n("ide_sessions"),
-                    dead_letters = n("dead_letters"),
+                    deleted = %per_table(&e.deleted),
                     elapsed_ms,
                     retry_in_secs = self.settings.interval.as_secs(),
                     "retention sweep failed (rows deleted until then per table); trying again at the next interval"
@@ -218,18 +200,44 @@ fn days(settings: &RetentionSettings, table: &str) -> u32 {
     settings.tables.get(table).unwrap_or(settings.days)
 }
 
-fn count(deleted: &[Deleted], table: &str) -> u64 {
-    deleted
+/// The rows a sweep deleted, as `table=rows` for every table it deleted from (the tracking
+/// plan's tables included), in the order swept.
+fn per_table(deleted: &[Deleted]) -> String {
+    let mut totals: Vec<(&str, u64)> = Vec::new();
+    for d in deleted.iter().filter(|d| d.rows > 0) {
+        match totals.iter_mut().find(|(table, _)| *table == d.table) {
+            Some((_, rows)) => *rows += d.rows,
+            None => totals.push((d.table, d.rows)),
+        }
+    }
+    let listed: Vec<String> = totals
         .iter()
-        .filter(|d| d.table == table)
-        .map(|d| d.rows)
-        .sum()
+        .map(|(table, rows)| format!("{table}={rows}"))
+        .collect();
+    listed.join(" ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Settings, TableDays};
+
+    #[test]
+    fn a_sweeps_log_names_every_table_it_deleted_from() {
+        let deleted = |table, rows| Deleted {
+            table,
+            rows,
+            statements: 1,
+        };
+        let sweep = [
+            deleted("page_visits", 100),
+            deleted("debugger_steps", 7),
+            deleted("feature_usage", 0),
+            deleted("page_visits", 20),
+        ];
+        assert_eq!(per_table(&sweep), "page_visits=120 debugger_steps=7");
+        assert_eq!(per_table(&[]), "");
+    }
 
     #[test]
     fn overrides_win_and_zero_keeps_forever() {

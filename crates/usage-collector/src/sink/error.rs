@@ -248,27 +248,38 @@ impl NodeNotReady {
     }
 }
 
-impl DatabaseError for NodeNotReady {
-    fn message(&self) -> &str {
-        "the database node is not part of the cluster's primary component"
-    }
+/// Makes one of the collector's own errors a driver error with `message`, of kind `Other` (not
+/// a unique violation: the sink's own duplicate handling must not take it for one).
+macro_rules! database_error {
+    ($error:ty, $message:literal) => {
+        impl DatabaseError for $error {
+            fn message(&self) -> &str {
+                $message
+            }
 
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
+            fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
 
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
+            fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+                self
+            }
 
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
+            fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+                self
+            }
 
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        sqlx::error::ErrorKind::Other
-    }
+            fn kind(&self) -> sqlx::error::ErrorKind {
+                sqlx::error::ErrorKind::Other
+            }
+        }
+    };
 }
+
+database_error!(
+    NodeNotReady,
+    "the database node is not part of the cluster's primary component"
+);
 
 /// An insert of new sessions kept meeting sessions that another writer created between this
 /// transaction's read of what exists and its insert, as many times as the sink tries (two
@@ -294,28 +305,10 @@ impl InsertRace {
     }
 }
 
-impl DatabaseError for InsertRace {
-    fn message(&self) -> &str {
-        "another writer kept inserting the same events; retrying"
-    }
-
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        // Not a unique violation: the sink's own duplicate handling must not take it for one.
-        sqlx::error::ErrorKind::Other
-    }
-}
+database_error!(
+    InsertRace,
+    "another writer kept inserting the same events; retrying"
+);
 
 /// Removes secrets from text before it reaches a log line, an error or a client.
 #[derive(Clone, Default)]
