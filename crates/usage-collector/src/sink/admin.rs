@@ -279,7 +279,8 @@ impl Sink {
     ) -> Result<Written, SinkError> {
         on_pool!(self, |pool, Db| {
             let mut tx = pool.begin().await.map_err(|e| self.failed(e))?;
-            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch)
+            // Read every session: a replay is rare, and its sessions are often old.
+            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch, None)
                 .await
                 .map_err(|e| self.failed(e))?;
             sqlx::query("DELETE FROM dead_letters WHERE id = ?")
