@@ -28,15 +28,11 @@ use usage_pipeline_tests::summaries::{
 
 const DAY: u64 = 86_400_000_000_000;
 const HOUR: u64 = 3_600_000_000_000;
-const MINUTE: u64 = 60_000_000_000;
 
-/// Two days and half an hour ago (inside any retention), on a whole minute, in ns since the
-/// epoch: the events of the third day are half an hour old, so the sessions are recent and
-/// MariaDB's sink merges them without a read once known (see `known_sessions` below).
+/// Noon, two days ago (inside any retention), in ns since the epoch.
 fn base() -> u64 {
     let now = usage_collector::event::now_unix_nano();
-    let at = now - 2 * DAY - HOUR / 2;
-    at - at % MINUTE
+    now - now % DAY - 2 * DAY + 12 * HOUR
 }
 
 /// Page visits, program runs (some failed), feature uses, other events and session starts of
@@ -263,55 +259,6 @@ async fn out_of_order_days_move_sessions_on_mariadb() {
 #[tokio::test]
 async fn out_of_order_days_move_sessions_on_sqlite() {
     out_of_order_days(TestDb::sqlite().await).await;
-}
-
-/// Sessions an earlier batch wrote are merged by later batches without a read; when they have
-/// gone since (an operator deleted them), the merge notices, and the batch is written again
-/// reading them: each is created anew from the new events alone, and counted in the daily
-/// rollup once more.
-#[tokio::test]
-async fn known_sessions_are_merged_without_a_read_and_gone_ones_created_again_on_mariadb() {
-    let db = TestDb::mysql().await;
-    let sink = sink(&db).await;
-    let events = mapped(&sink.catalog());
-    let ide = &events[..240];
-    let tables = sink.catalog().tables().len();
-    let write = |range: std::ops::Range<usize>| {
-        let batch = RowBatch::of(tables, &ide[range]);
-        let sink = &sink;
-        async move { sink.write(&batch).await.expect("batch written") }
-    };
-    assert_eq!(write(0..120).await.sessions_unread, 0, "nothing known yet");
-    assert_eq!(
-        write(120..180).await.sessions_unread,
-        7,
-        "the 7 sessions the first batch wrote, merged without a read"
-    );
-    db.execute("DELETE FROM ide_sessions WHERE service = 'ide'")
-        .await;
-    assert_eq!(
-        write(180..240).await.sessions_unread,
-        0,
-        "written again with a read: the sessions had gone"
-    );
-    let page_visits = (180..240).filter(|n| n % 5 < 2).count();
-    assert_eq!(
-        db.texts(
-            "SELECT CAST(COUNT(*) AS CHAR), CAST(SUM(page_visits) AS CHAR) \
-             FROM ide_sessions WHERE service = 'ide'"
-        )
-        .await,
-        vec![vec![Some("7".to_owned()), Some(page_visits.to_string())]],
-        "each session created again, counting the third batch's page visits"
-    );
-    assert_eq!(
-        db.texts(
-            "SELECT CAST(SUM(sessions) AS CHAR) FROM daily_usage_by_service WHERE service = 'ide'"
-        )
-        .await,
-        vec![vec![Some("14".to_owned())]],
-        "7 sessions created, then the same 7 again"
-    );
 }
 
 /// Two collectors (two sinks, each with its pool) write the same events at the same moment,

@@ -279,8 +279,7 @@ impl Sink {
     ) -> Result<Written, SinkError> {
         on_pool!(self, |pool, Db| {
             let mut tx = pool.begin().await.map_err(|e| self.failed(e))?;
-            // Read every session: a replay is rare, and its sessions are often old.
-            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch, None)
+            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch)
                 .await
                 .map_err(|e| self.failed(e))?;
             sqlx::query("DELETE FROM dead_letters WHERE id = ?")

@@ -20,6 +20,5 @@ pub fn write(catalog: &Catalog, batch: &RowBatch<'_>) -> Written {
             .map(|(table, rows)| (catalog.tables()[table].name, rows.len() as u64))
             .collect(),
         sessions: batch.sessions.len() as u64,
-        ..Written::default()
     }
 }

@@ -252,7 +252,7 @@ impl NodeNotReady {
 /// a unique violation: the sink's own duplicate handling must not take it for one).
 macro_rules! database_error {
     ($error:ty, $message:literal) => {
-        impl sqlx::error::DatabaseError for $error {
+        impl DatabaseError for $error {
             fn message(&self) -> &str {
                 $message
             }
@@ -275,8 +275,6 @@ macro_rules! database_error {
         }
     };
 }
-
-pub(crate) use database_error;
 
 database_error!(
     NodeNotReady,

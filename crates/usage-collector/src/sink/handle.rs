@@ -8,7 +8,6 @@ use sqlx::{MySqlPool, SqlitePool};
 
 use super::cluster::{Cluster, WriteSetLimits, split_hosts};
 use super::error::{NodeNotReady, Redactor, Server, SinkError};
-use super::known_sessions::{KnownSessions, StaleSessions};
 use super::sql::{self, Written};
 use super::{blackhole, mysql, sqlite};
 use crate::catalog::{Catalog, Current, RowBatch};
@@ -90,8 +89,6 @@ pub struct Sink {
     redactor: Redactor,
     /// Galera facts and the hosts of the URL (empty for SQLite and the blackhole).
     cluster: Arc<Cluster>,
-    /// Sessions this sink's batches committed, merged later without a read.
-    known: Arc<KnownSessions>,
 }
 
 impl fmt::Debug for Sink {
@@ -198,7 +195,6 @@ impl Sink {
             target: Arc::new(target),
             redactor: Redactor::new(secrets),
             cluster,
-            known: Arc::default(),
         })
     }
 
@@ -298,10 +294,6 @@ impl Sink {
     }
 
     /// Runs a batch's statements and commits them, or rolls them back (the write check).
-    ///
-    /// Sessions earlier batches committed are merged without a read ([`KnownSessions`]); if
-    /// one turns out not to be there, the batch is rolled back and written again reading them
-    /// all, and what was known is forgotten.
     pub(crate) async fn transaction(
         &self,
         catalog: &Catalog,
@@ -309,37 +301,14 @@ impl Sink {
         commit: bool,
     ) -> Result<Written, sqlx::Error> {
         with_pool!(self, |pool, Db| {
-            let mut known = Some(&*self.known);
-            loop {
-                let mut tx = pool.begin().await?;
-                let written = match <Db as sql::Driver>::write_in(&mut tx, catalog, batch, known)
-                    .await
-                {
-                    Err(e) if known.is_some() && StaleSessions::is(&e) => {
-                        tracing::debug!(error = %e, "a known session was missing; writing the batch again with a read of its sessions");
-                        tx.rollback().await?;
-                        self.known.forget();
-                        known = None;
-                        continue;
-                    }
-                    written => written?,
-                };
-                if !commit {
-                    tx.rollback().await?;
-                    return Ok(written);
-                }
-                tx.commit().await?;
-                if !written.session_starts.is_empty() {
-                    let now = time::OffsetDateTime::now_utc();
-                    self.known.remember(
-                        time::PrimitiveDateTime::new(now.date(), now.time()),
-                        batch.sessions.iter().zip(&written.session_starts).map(
-                            |((&(service, id), row), start)| (service, id, *start, row.last_activity),
-                        ),
-                    );
-                }
-                return Ok(written);
+            let mut tx = pool.begin().await?;
+            let written = <Db as sql::Driver>::write_in(&mut tx, catalog, batch).await?;
+            if commit {
+                tx.commit().await?
+            } else {
+                tx.rollback().await?
             }
+            Ok(written)
         }, blackhole => Ok(blackhole::write(catalog, batch)))
     }
 

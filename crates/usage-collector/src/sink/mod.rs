@@ -6,8 +6,6 @@
 //!   written in.
 //! - [`expand`]: the tables and columns a tracking plan declares, created or widened by
 //!   `migrate` (expand only: a change that would lose data is refused, naming it).
-//! - [`known_sessions`]: sessions this collector has seen committed, merged by later batches
-//!   without a locking read.
 //! - [`admin`]: the operator's commands' statements: the schema's releases, dead letters
 //!   counted, read and written again.
 //! - [`rebuild`]: the daily rollup and session counters recomputed from the raw rows for a
@@ -32,7 +30,6 @@ pub mod compat;
 pub mod error;
 pub mod expand;
 pub mod handle;
-pub mod known_sessions;
 pub mod migrate_lease;
 pub mod mysql;
 pub mod rebuild;

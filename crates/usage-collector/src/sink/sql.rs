@@ -40,7 +40,6 @@ use time::{Date, PrimitiveDateTime};
 use crate::catalog::tables::{SESSION_COLUMNS, TableKind};
 use crate::catalog::{Catalog, RowBatch, SessionRow, Value};
 use crate::sink::error::InsertRace;
-use crate::sink::known_sessions::{KnownSessions, StaleSessions};
 
 /// The table of daily counts per service the collector keeps (the `daily_usage_summary` view
 /// sums it over services).
@@ -103,12 +102,6 @@ pub trait Dialect: Database {
     const ON_DUPLICATE_HEARTBEAT: &'static str;
     /// Appended to the daily rollup's INSERT: an existing row adds the new counts.
     const ON_DUPLICATE_ROLLUP: &'static str;
-    /// Whether an upsert's affected-row count tells a row that existed and changed (2) from
-    /// one it inserted (1), so sessions known to exist can be merged without a read
-    /// ([`super::known_sessions`]). SQLite counts both as 1.
-    const UPSERT_COUNTS_UPDATES_TWICE: bool;
-    /// The rows a statement's result says it affected.
-    fn rows_affected(result: &Self::QueryResult) -> u64;
 }
 
 impl Dialect for sqlx::MySql {
@@ -178,11 +171,6 @@ impl Dialect for sqlx::MySql {
         program_errors = program_errors + VALUES(program_errors), \
         features_used = features_used + VALUES(features_used), \
         other_events = other_events + VALUES(other_events)";
-    const UPSERT_COUNTS_UPDATES_TWICE: bool = true;
-
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
-        result.rows_affected()
-    }
 }
 
 impl Dialect for sqlx::Sqlite {
@@ -244,11 +232,6 @@ impl Dialect for sqlx::Sqlite {
         program_errors = program_errors + excluded.program_errors, \
         features_used = features_used + excluded.features_used, \
         other_events = other_events + excluded.other_events";
-    const UPSERT_COUNTS_UPDATES_TWICE: bool = false;
-
-    fn rows_affected(result: &Self::QueryResult) -> u64 {
-        result.rows_affected()
-    }
 }
 
 /// Rows a batch committed, per table. A repeat of an already written event counts too: its
@@ -259,11 +242,6 @@ pub struct Written {
     pub rows: Vec<(&'static str, u64)>,
     /// Sessions upserted.
     pub sessions: u64,
-    /// For each of the batch's sessions, in key order: a time its stored start is at most once
-    /// the transaction commits (what [`KnownSessions`] remembers). Empty when not known.
-    pub session_starts: Vec<PrimitiveDateTime>,
-    /// Sessions merged without a read, as known from earlier batches ([`KnownSessions`]).
-    pub sessions_unread: u64,
 }
 
 /// A future the shared SQL returns.
@@ -438,13 +416,10 @@ impl<'a> Tally<'a> {
 /// one blanket impl below, which is the only place the driver's trait bounds are written.
 pub trait Driver: Dialect {
     /// Writes a batch inside `conn`'s open transaction (the caller commits or rolls back).
-    /// Sessions in `known` are merged without a read; if one is not there the write fails with
-    /// [`StaleSessions`] and the caller rolls back and writes again without `known`.
     fn write_in<'a>(
         conn: &'a mut Self::Connection,
         catalog: &'a Catalog,
         batch: &'a RowBatch<'_>,
-        known: Option<&'a KnownSessions>,
     ) -> Boxed<'a, Written>;
 
     /// Inserts the rows of one table that are not written yet; returns the rows it inserted.
@@ -474,15 +449,13 @@ pub trait Driver: Dialect {
         rows: &'a [&[Value]],
     ) -> Boxed<'a, HashSet<Vec<u8>>>;
 
-    /// Writes the batch's sessions and adds what they change to `tally`'s days; returns, for
-    /// each session in key order, a time its stored start is at most once this commits, and
-    /// how many sessions were merged without a read.
+    /// Writes the batch's sessions and adds what they change to `tally`'s days; returns the
+    /// sessions written.
     fn write_sessions<'a, 'b>(
         conn: &'a mut Self::Connection,
         sessions: &'a BTreeMap<(&'b str, &'b str), SessionRow>,
         tally: &'a mut Tally<'b>,
-        known: Option<&'a KnownSessions>,
-    ) -> Boxed<'a, (Vec<PrimitiveDateTime>, u64)>
+    ) -> Boxed<'a, u64>
     where
         'b: 'a;
 
@@ -493,13 +466,12 @@ pub trait Driver: Dialect {
         keys: &'a [&str],
     ) -> Boxed<'a, BTreeMap<String, PrimitiveDateTime>>;
 
-    /// Inserts (or merges, per `write`) sessions with their counters' increments; returns the
-    /// rows the server reported affected.
+    /// Inserts (or merges, per `write`) sessions with their counters' increments.
     fn put_sessions<'a>(
         conn: &'a mut Self::Connection,
         sessions: &'a [(&str, &str, &SessionRow, SessionCounts)],
         write: SessionWrite,
-    ) -> Boxed<'a, u64>;
+    ) -> Boxed<'a, ()>;
 
     /// Adds the tally's days to [`DAILY_ROLLUP`], in shard `shard`.
     fn add_days<'a>(
@@ -570,7 +542,6 @@ where
         conn: &'a mut DB::Connection,
         catalog: &'a Catalog,
         batch: &'a RowBatch<'_>,
-        known: Option<&'a KnownSessions>,
     ) -> Boxed<'a, Written> {
         Box::pin(async move {
             let mut written = Written::default();
@@ -588,10 +559,7 @@ where
                 written.rows.push((table.name, rows.len() as u64));
             }
             if !batch.sessions.is_empty() {
-                let known = known.filter(|_| DB::UPSERT_COUNTS_UPDATES_TWICE);
-                (written.session_starts, written.sessions_unread) =
-                    DB::write_sessions(conn, &batch.sessions, &mut tally, known).await?;
-                written.sessions = batch.sessions.len() as u64;
+                written.sessions = DB::write_sessions(conn, &batch.sessions, &mut tally).await?;
                 DB::refresh_durations(conn, batch).await?;
             }
             // Any shard will do (the counts add up whichever it is); a hash byte of the first
@@ -738,13 +706,12 @@ where
         conn: &'a mut DB::Connection,
         sessions: &'a BTreeMap<(&'b str, &'b str), SessionRow>,
         tally: &'a mut Tally<'b>,
-        known: Option<&'a KnownSessions>,
-    ) -> Boxed<'a, (Vec<PrimitiveDateTime>, u64)>
+    ) -> Boxed<'a, u64>
     where
         'b: 'a,
     {
         Box::pin(async move {
-            let all: Vec<(&'b str, &'b str, &SessionRow)> = sessions
+            let entries: Vec<(&'b str, &'b str, &SessionRow)> = sessions
                 .iter()
                 .map(|((service, id), row)| (*service, *id, row))
                 .collect();
@@ -755,43 +722,6 @@ where
                     .copied()
                     .unwrap_or_default()
             };
-            // Sessions known to exist that this batch adds to and whose start it does not move:
-            // merged without the read (they are not new, and no day changes).
-            let mut known_starts: BTreeMap<(&'b str, &'b str), PrimitiveDateTime> = BTreeMap::new();
-            if let Some(known) = known {
-                for (service, id, row) in &all {
-                    if let Some(start) = known.start(service, id)
-                        && row.start_time >= start
-                        && counts(service, id) != SessionCounts::default()
-                    {
-                        known_starts.insert((*service, *id), start);
-                    }
-                }
-            }
-            if !known_starts.is_empty() {
-                let merged: Vec<_> = all
-                    .iter()
-                    .filter(|(service, id, _)| known_starts.contains_key(&(*service, *id)))
-                    .map(|(service, id, row)| (*service, *id, *row, counts(service, id)))
-                    .collect();
-                let write = SessionWrite::Merge { start_moves: false };
-                let affected = DB::put_sessions(conn, &merged, write).await?;
-                let expected = 2 * merged.len() as u64;
-                if affected != expected {
-                    return Err(StaleSessions {
-                        merged: merged.len(),
-                        affected,
-                        expected,
-                    }
-                    .into_sqlx());
-                }
-            }
-            // The others: read (and locked), then created or merged.
-            let entries: Vec<(&'b str, &'b str, &SessionRow)> = all
-                .iter()
-                .filter(|(service, id, _)| !known_starts.contains_key(&(*service, *id)))
-                .copied()
-                .collect();
             let mut starts: BTreeMap<(&'b str, &'b str), PrimitiveDateTime> = BTreeMap::new();
             let mut pending: Vec<(&'b str, &'b str, &SessionRow)> = entries.clone();
             let mut created: HashSet<(&'b str, &'b str)> = HashSet::new();
@@ -824,7 +754,7 @@ where
                 let mut duplicate = false;
                 for chunk in new.chunks(SESSION_CHUNK) {
                     match DB::put_sessions(conn, chunk, SessionWrite::Insert).await {
-                        Ok(_) => {
+                        Ok(()) => {
                             for (service, id, row, _) in chunk {
                                 tally
                                     .days
@@ -880,19 +810,7 @@ where
             if !existing.is_empty() {
                 DB::put_sessions(conn, &existing, SessionWrite::Merge { start_moves }).await?;
             }
-            let after = all
-                .iter()
-                .map(|(service, id, row)| {
-                    let key = (*service, *id);
-                    match (known_starts.get(&key), starts.get(&key)) {
-                        (Some(known), _) => *known,
-                        (None, Some(stored)) => (*stored).min(row.start_time),
-                        // Created by this transaction.
-                        (None, None) => row.start_time,
-                    }
-                })
-                .collect();
-            Ok((after, known_starts.len() as u64))
+            Ok(sessions.len() as u64)
         })
     }
 
@@ -923,9 +841,8 @@ where
         conn: &'a mut DB::Connection,
         sessions: &'a [(&str, &str, &SessionRow, SessionCounts)],
         write: SessionWrite,
-    ) -> Boxed<'a, u64> {
+    ) -> Boxed<'a, ()> {
         Box::pin(async move {
-            let mut affected = 0;
             for chunk in sessions.chunks(SESSION_CHUNK) {
                 let columns = write.columns(chunk);
                 let mut query = QueryBuilder::<DB>::new(format!(
@@ -990,9 +907,9 @@ where
                     query.push(DB::ON_DUPLICATE_SESSION);
                     query.push(merges.join(", "));
                 }
-                affected += DB::rows_affected(&query.build().execute(&mut *conn).await?);
+                query.build().execute(&mut *conn).await?;
             }
-            Ok(affected)
+            Ok(())
         })
     }
 

@@ -201,7 +201,6 @@ impl Sender {
                 tracing::debug!(
                     events = batch.events,
                     sessions = written.sessions,
-                    sessions_unread = written.sessions_unread,
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "batch written"
                 );
