@@ -28,6 +28,8 @@
 //! - [`summaries`]: the daily rollup and session counters against a recount from the raw rows.
 //! - [`load`]: concurrent OTLP clients that retry like the SDKs and record what was acknowledged.
 //! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
+//! - [`naive`]: the database server's CPU time and idleness, and the naive client the benches
+//!   compare the collector with (1000-row INSERTs).
 //! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
@@ -41,6 +43,7 @@ pub mod galera;
 pub mod load;
 pub mod loadgen;
 pub mod measure;
+pub mod naive;
 pub mod otlp_http;
 pub mod peers;
 pub mod poll;

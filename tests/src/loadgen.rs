@@ -139,7 +139,10 @@ fn set_string(attributes: &mut [KeyValue], key: &str, value: String) {
     }
 }
 
-fn attributes(kind: Attributes, sender: usize, n: usize) -> Vec<KeyValue> {
+/// The attributes of sender `sender`'s `n`th record in a request: `event.id` (empty, filled in
+/// later), `url.path` and, with [`Attributes::Full`], a session of the sender's 64, a user, the
+/// referrer, user agent and client address.
+pub fn attributes(kind: Attributes, sender: usize, n: usize) -> Vec<KeyValue> {
     let mut attributes = vec![
         kv("event.id", ""),
         kv("url.path", format!("/load/{sender}/{n}")),
