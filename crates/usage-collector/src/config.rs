@@ -385,7 +385,7 @@ pub struct ConnectionSettings {
 #[derive(Debug, Clone, clap::Args)]
 pub struct WriterSettings {
     /// Most rows written in one transaction
-    #[arg(id = "writer.batch_size", long = "batch-size", env = "USAGE_BATCH_SIZE", default_value = "500", value_parser = positive::<usize>, global = true)]
+    #[arg(id = "writer.batch_size", long = "batch-size", env = "USAGE_BATCH_SIZE", default_value = "2048", value_parser = positive::<usize>, global = true)]
     pub batch_size: usize,
     /// Milliseconds to wait for more rows before writing a partial batch
     #[arg(id = "writer.flush_interval_ms", long = "flush-interval-ms", env = "USAGE_FLUSH_INTERVAL_MS", default_value = "5", value_parser = millis, global = true)]
@@ -1068,7 +1068,7 @@ mod tests {
             settings.spool.dir,
             PathBuf::from("/var/lib/usage-collector/spool")
         );
-        assert_eq!(settings.writer.batch_size, 500);
+        assert_eq!(settings.writer.batch_size, 2048);
         assert_eq!(settings.log.format, LogFormat::Text);
         assert_eq!(settings.log.filter.as_deref(), Some("info"));
         std::fs::remove_dir_all(dir).unwrap();
