@@ -78,6 +78,52 @@ pub fn migrator(migrations: &[(&'static str, &'static str)]) -> sqlx::migrate::M
 /// Most bind parameters in one statement (SQLite's default limit is the lowest of the two).
 const MAX_BINDS: usize = 32_766;
 
+/// Most bytes of values one event INSERT carries (after its first row): well under the
+/// smallest `max_allowed_packet` a server is likely to run with (MariaDB's default is 16 MiB,
+/// MySQL's 64 MiB; a statement over it is refused and the connection closed). A transaction of
+/// large rows — a usage event's attributes may be megabytes — takes several statements instead.
+const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// `rows` cut, in order, into statements of at most `per_statement` rows and, past each one's
+/// first row, [`MAX_STATEMENT_BYTES`] of values.
+fn statements<'a, 'r>(
+    rows: &'a [&'r [Value]],
+    per_statement: usize,
+) -> impl Iterator<Item = &'a [&'r [Value]]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (mut n, mut bytes) = (0, 0);
+        while n < rest.len() && n < per_statement {
+            let size = row_bytes(rest[n]);
+            if n > 0 && bytes + size > MAX_STATEMENT_BYTES {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
+        let (statement, tail) = rest.split_at(n.max(1));
+        rest = tail;
+        Some(statement)
+    })
+}
+
+/// About the bytes a row's values take on the wire (each with its length or type byte).
+fn row_bytes(row: &[Value]) -> usize {
+    row.iter()
+        .map(|value| match value {
+            Value::Null => 1,
+            Value::Id(id) => id.len() + 1,
+            Value::Text(text) | Value::Json(text) => text.len() + 9,
+            Value::Int(_) | Value::Float(_) => 9,
+            Value::Bool(_) => 2,
+            Value::Time(_) => 12,
+        })
+        .sum()
+}
+
 /// What differs between the dialects.
 pub trait Dialect: Database {
     /// Appended to a SELECT of rows a transaction is about to decide on: it waits for a
@@ -552,7 +598,7 @@ where
                 let columns = column_list(table.columns.iter().map(|c| c.name));
                 let per_statement = (MAX_BINDS / table.columns.len()).max(1);
                 let rules = rules(table);
-                for chunk in rows.chunks(per_statement) {
+                for chunk in statements(rows, per_statement) {
                     let inserted = DB::insert_new(conn, table.name, &columns, chunk).await?;
                     tally.add(&rules, &inserted);
                 }
@@ -1114,6 +1160,28 @@ fn column_list(columns: impl IntoIterator<Item = &'static str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn large_rows_are_written_in_statements_within_the_byte_bound() {
+        use super::{MAX_STATEMENT_BYTES, Value, row_bytes, statements};
+        let row = |bytes: usize| vec![Value::Id([7; 16]), Value::Json("x".repeat(bytes))];
+        // 1.5 MiB rows: two fit a statement, a third does not; small rows fill it up to the
+        // row bound; one row over the byte bound still goes alone.
+        let rows: Vec<Vec<Value>> = [1536, 1536, 1536, 1, 1, 1, 1, 1, 5000, 1]
+            .into_iter()
+            .map(|kib| row(kib << 10))
+            .collect();
+        let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
+        let cut: Vec<usize> = statements(&refs, 4).map(<[_]>::len).collect();
+        assert_eq!(cut, vec![2, 4, 2, 1, 1]);
+        for statement in statements(&refs, 4) {
+            let bytes: usize = statement.iter().map(|r| row_bytes(r)).sum();
+            assert!(statement.len() == 1 || bytes <= MAX_STATEMENT_BYTES);
+        }
+        let again: Vec<&[Value]> = statements(&refs, 4).flatten().copied().collect();
+        assert_eq!(again, refs, "every row once, in order");
+        assert_eq!(statements(&refs[..0], 4).count(), 0);
+    }
+
     use super::*;
 
     #[test]
