@@ -30,7 +30,8 @@
 //! - [`measure`]: a process's CPU time and peak memory, the machine, the slowest liveness answer.
 //! - [`naive`]: the database server's CPU time and idleness, and the naive client the benches
 //!   compare the collector with (1000-row INSERTs).
-//! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench).
+//! - [`loadgen`]: the load generator's engine (`usage-load`, the pipeline bench) and its
+//!   records' attributes (the sink bench).
 //!
 //! MariaDB is reached at `USAGE_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306`).
 

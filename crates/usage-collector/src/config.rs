@@ -1271,6 +1271,7 @@ mod tests {
         let defaults = Settings::defaults();
         assert_eq!(defaults.limits.max_request_bytes, 4 * 1024 * 1024);
         assert_eq!(defaults.writer.write_timeout, Duration::from_secs(10));
+        assert_eq!(defaults.writer.batch_size, 2048);
         assert_eq!(DatabaseSettings::new("sqlite://x.db").pool_size, 4);
         assert_eq!(defaults.retention.days, 0);
         assert_eq!(defaults.retention.tables, TableDays::default());
