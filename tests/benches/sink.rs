@@ -73,6 +73,10 @@ fn rounds(catalog: &Catalog, events: usize) -> Vec<Vec<Mapped>> {
 /// Writes every round through `sink` in transactions of `batch` events, as many at once as the
 /// writer runs; a transaction the database refused for the moment (a deadlock between two of
 /// them) is written again, as the writer does. Returns (rows/s, database CPU s).
+///
+/// The rounds are dealt to the streams in turn beforehand (the writer gives each round to
+/// whichever stream is free), so the slowest stream sets the time; the database's CPU is read
+/// when the last transaction commits.
 async fn write_all(sink: &Sink, rounds: Arc<Vec<Vec<Mapped>>>, batch: usize) -> (f64, f64) {
     let streams = sink.write_streams();
     settle().await;
