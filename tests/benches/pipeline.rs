@@ -40,19 +40,12 @@ use std::time::{Duration, Instant};
 use sqlx::MySqlPool;
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::loadgen::{self, Attributes, Plan, Signal};
-use usage_pipeline_tests::measure::{machine, usage};
+use usage_pipeline_tests::measure::{env_u64, machine, usage};
 use usage_pipeline_tests::naive::{database_cpu, raw_inserts, settle};
 use usage_pipeline_tests::peers::{self, Backends, OtelCol};
 use usage_pipeline_tests::process::{CollectorProcess, ProcessConfig, free_addr};
 
 const BIN: &str = env!("CARGO_BIN_EXE_usage-collector-e2e");
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A fresh MariaDB database migrated by collector binary `bin`.
 async fn migrated_db(bin: &str) -> TestDb {

@@ -23,20 +23,13 @@ use usage_collector::writer::batch::RECORDS_PER_READ;
 use usage_pipeline_tests::db::TestDb;
 use usage_pipeline_tests::fixtures::{event, kv, logs_request};
 use usage_pipeline_tests::loadgen::{Attributes, attributes};
-use usage_pipeline_tests::measure::machine;
+use usage_pipeline_tests::measure::{env_u64, machine};
 use usage_pipeline_tests::naive::{database_cpu, raw_inserts, settle};
 
 /// Load generator senders, each with its 64 sessions, as in the pipeline bench.
 const SENDERS: usize = 8;
 /// Records per request.
 const PER_REQUEST: usize = 512;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// `events` page visits without `event.id` (the collector derives it), stamped from now on,
 /// mapped by `catalog` and grouped as the writer reads them: rounds of [`RECORDS_PER_READ`]

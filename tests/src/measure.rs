@@ -7,6 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A bench's setting from the environment variable `name`, or `default` when it is unset or not
+/// a number.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The machine a measurement ran on, for a bench's header.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
