@@ -226,18 +226,27 @@ async fn python_sdk_events_land_column_by_column_and_app_spans_in_jaeger() {
         .await
         .expect("the OpenTelemetry Collector takes the app's span");
 
-    let received = poll::until(
-        "usage-collector received 7 log records and 2 spans",
+    // Received is counted before a request is spooled, accepted after: wait for both, or the
+    // wait for every accepted record to be written could pass before any was accepted.
+    let (received, _) = poll::until(
+        "usage-collector received and accepted (or rejected) 7 log records and 2 spans",
         DELIVERY,
         || async {
             let metrics = stack.metrics().await;
+            let count = |name: &str, signal: &str| by_signal(&metrics, name, signal);
+            let taken = |signal: &str| {
+                count("usage_collector_records_accepted_total", signal)
+                    + count("usage_collector_records_rejected_total", signal)
+            };
             let received = "usage_collector_records_received_total";
             (
-                by_signal(&metrics, received, "logs"),
-                by_signal(&metrics, received, "traces"),
+                (count(received, "logs"), count(received, "traces")),
+                (taken("logs"), taken("traces")),
             )
         },
-        |(logs, spans)| *logs >= 7.0 && *spans >= 2.0,
+        |((logs, spans), (logs_taken, spans_taken))| {
+            *logs >= 7.0 && *spans >= 2.0 && logs_taken >= logs && spans_taken >= spans
+        },
     )
     .await;
     stack.wait_written().await;
